@@ -1,0 +1,112 @@
+// Every error this library throws or answers with carries a stable `code`.
+// `instanceof` fails across realms (jest's VM contexts) and across two copies
+// of the package in one node_modules tree, so errors are recognised by a brand.
+const kBrand = Symbol.for('redundant-proxy.error');
+
+/** Stable error codes. The client-facing ones also appear in JSON error bodies. */
+export const codes = {
+  /** An option passed to a factory is missing or malformed. */
+  INVALID_OPTION: 'RP_ERR_INVALID_OPTION',
+  /** The request body exceeds `maxBodySize` (413). */
+  BODY_TOO_LARGE: 'RP_ERR_BODY_TOO_LARGE',
+  /** A body parser consumed the request stream and left no raw body (500). */
+  BODY_CONSUMED: 'RP_ERR_BODY_CONSUMED',
+  /** The client's request body could not be read (400). */
+  BODY_READ: 'RP_ERR_BODY_READ',
+  /** No copy produced an acceptable response and none produced any response (502). */
+  UPSTREAMS_FAILED: 'RP_ERR_UPSTREAMS_FAILED',
+  /** No acceptable response within `timeout` (504). */
+  TIMEOUT: 'RP_ERR_TIMEOUT',
+  /** Every upstream is ejected or none is usable for this request (503). */
+  NO_UPSTREAM: 'RP_ERR_NO_UPSTREAM',
+  /** A copy's signed headers are missing, malformed, forged or stale (401). */
+  BAD_SIGNATURE: 'RP_ERR_BAD_SIGNATURE',
+  /** Another copy of the same request committed first (409). */
+  SUPERSEDED: 'RP_ERR_SUPERSEDED',
+  /** The session store failed or did not answer in time. */
+  STORE_UNAVAILABLE: 'RP_ERR_STORE_UNAVAILABLE',
+  /** The proxy or store was closed. */
+  CLOSED: 'RP_ERR_CLOSED',
+  /** Unexpected failure inside the proxy (500). */
+  INTERNAL: 'RP_ERR_INTERNAL',
+} as const;
+
+export type ErrorCode = (typeof codes)[keyof typeof codes];
+
+export interface RedundantProxyErrorOptions {
+  cause?: unknown;
+  /** HTTP status this error maps to when it reaches a client. */
+  status?: number;
+}
+
+/** Base class of every error of this library. */
+export class RedundantProxyError extends Error {
+  readonly code: ErrorCode;
+  readonly status: number;
+
+  constructor(code: ErrorCode, message: string, options: RedundantProxyErrorOptions = {}) {
+    super(message, options.cause === undefined ? undefined : { cause: options.cause });
+    this.name = 'RedundantProxyError';
+    this.code = code;
+    this.status = options.status ?? 500;
+    brand(this);
+  }
+
+  /** The JSON body sent to a client for this error. */
+  toJSON(): { code: ErrorCode; message: string } {
+    return { code: this.code, message: this.message };
+  }
+}
+
+/**
+ * Thrown at construction when an option is missing or malformed. It is a
+ * `TypeError`, as lru-cache and Node itself throw for bad arguments, and it
+ * carries the brand and `code` of the library's errors.
+ */
+export class InvalidOptionError extends TypeError {
+  readonly code = codes.INVALID_OPTION;
+  /** The dotted name of the offending option, e.g. `hedge.delay`. */
+  readonly option: string;
+
+  constructor(option: string, expected: string, got: unknown) {
+    super(`redundant-proxy: option \`${option}\` ${expected}; got ${describe(got)}`);
+    this.name = 'InvalidOptionError';
+    this.option = option;
+    brand(this);
+  }
+}
+
+/**
+ * The copy lost the commit arbitration: another copy of the same request
+ * committed. Roll back and rethrow; the worker answers `409` with
+ * `x-redundant-commit: lost`, an answer the proxy never adopts.
+ */
+export class SupersededError extends RedundantProxyError {
+  constructor(message = 'another copy of this request committed first', options: RedundantProxyErrorOptions = {}) {
+    super(codes.SUPERSEDED, message, { status: 409, ...options });
+    this.name = 'SupersededError';
+  }
+}
+
+/** True for any error thrown by this library, across realms and package copies. */
+export function isRedundantProxyError(value: unknown): value is RedundantProxyError | InvalidOptionError {
+  return typeof value === 'object' && value !== null && (value as Record<symbol, unknown>)[kBrand] === true;
+}
+
+/** True for a `SupersededError`, across realms and package copies. */
+export function isSupersededError(value: unknown): value is SupersededError {
+  return isRedundantProxyError(value) && value.code === codes.SUPERSEDED;
+}
+
+function brand(err: object): void {
+  Object.defineProperty(err, kBrand, { value: true, enumerable: false });
+}
+
+function describe(value: unknown): string {
+  if (typeof value === 'string') return JSON.stringify(value);
+  if (typeof value === 'function') return 'a function';
+  if (Array.isArray(value)) return `an array of ${value.length}`;
+  if (value === null) return 'null';
+  if (typeof value === 'object') return 'an object';
+  return String(value);
+}

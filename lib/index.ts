@@ -1,0 +1,26 @@
+export { redundantProxy } from './proxy/proxy.js';
+export type { RedundantProxy, ProxyEvents, RaceStartEvent, CopySentEvent, ProxyErrorEvent, KoaLikeContext } from './proxy/proxy.js';
+export type { ProxyOptions, UpstreamSpec, UpstreamResponse, HedgeOptions } from './proxy/options.js';
+export type { RaceReport, CopyReport, RaceOutcome, CopyOutcome } from './proxy/race.js';
+export type { ProxyMetrics, UpstreamMetrics } from './proxy/metrics.js';
+export type { Disposable } from './events.js';
+export {
+  RedundantProxyError,
+  InvalidOptionError,
+  SupersededError,
+  isRedundantProxyError,
+  isSupersededError,
+  codes,
+} from './errors.js';
+export type { ErrorCode } from './errors.js';
+export type {
+  SessionStore,
+  RequestRecord,
+  CopyRecord,
+  CommitRecord,
+  SessionRecord,
+  RecordCopyInput,
+  RecordAdoptionInput,
+  ClaimOptions,
+  ClaimGrant,
+} from './store/types.js';

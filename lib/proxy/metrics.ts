@@ -1,0 +1,77 @@
+import { percentile } from './hedge.js';
+import type { CopyOutcome, RaceOutcome, RaceReport } from './race.js';
+
+const LATENCY_WINDOW = 2048;
+
+export interface UpstreamMetrics {
+  sent: number;
+  won: number;
+  /** won / sent */
+  winRate: number;
+  outcomes: Record<CopyOutcome, number>;
+}
+
+export interface ProxyMetrics {
+  requests: number;
+  outcomes: Record<RaceOutcome, number>;
+  copiesSent: number;
+  /** Copies sent because of a hedge delay, per request. */
+  hedgeRate: number;
+  /** Copies sent whose answer was not adopted, per request. */
+  wastedWork: number;
+  /** Race durations over the last 2048 requests, in ms. */
+  latency: { p50: number; p95: number; p99: number };
+  upstreams: Record<string, UpstreamMetrics>;
+}
+
+const zeroOutcomes = (): Record<RaceOutcome, number> => ({ won: 0, failed: 0, timeout: 0, 'client-closed': 0, broken: 0 });
+const zeroCopy = (): Record<CopyOutcome, number> => ({ won: 0, stopped: 0, drained: 0, failed: 0, rejected: 0, 'not-sent': 0 });
+
+export class Metrics {
+  #requests = 0;
+  #copies = 0;
+  #hedged = 0;
+  #wasted = 0;
+  readonly #outcomes = zeroOutcomes();
+  readonly #latency = new Float64Array(LATENCY_WINDOW);
+  readonly #upstreams = new Map<string, { sent: number; outcomes: Record<CopyOutcome, number> }>();
+
+  constructor(upstreamIds: string[]) {
+    for (const id of upstreamIds) this.#upstreams.set(id, { sent: 0, outcomes: zeroCopy() });
+  }
+
+  record(r: RaceReport): void {
+    this.#latency[this.#requests % LATENCY_WINDOW] = r.duration;
+    this.#requests++;
+    this.#outcomes[r.outcome]++;
+    for (const c of r.copies) {
+      const u = this.#upstreams.get(c.upstream)!;
+      u.outcomes[c.outcome]++;
+      if (c.sentAt === null) continue;
+      u.sent++;
+      this.#copies++;
+      if (c.hedged) this.#hedged++;
+      if (c.outcome !== 'won') this.#wasted++;
+    }
+  }
+
+  snapshot(): ProxyMetrics {
+    const n = this.#requests;
+    const window = this.#latency.subarray(0, Math.min(n, LATENCY_WINDOW));
+    const upstreams: Record<string, UpstreamMetrics> = {};
+    for (const [id, u] of this.#upstreams) {
+      upstreams[id] = { sent: u.sent, won: u.outcomes.won, winRate: u.sent ? u.outcomes.won / u.sent : 0, outcomes: { ...u.outcomes } };
+    }
+    return {
+      requests: n,
+      outcomes: { ...this.#outcomes },
+      copiesSent: this.#copies,
+      hedgeRate: n ? this.#hedged / n : 0,
+      wastedWork: n ? this.#wasted / n : 0,
+      latency: n
+        ? { p50: percentile(window, 0.5), p95: percentile(window, 0.95), p99: percentile(window, 0.99) }
+        : { p50: 0, p95: 0, p99: 0 },
+      upstreams,
+    };
+  }
+}

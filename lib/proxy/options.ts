@@ -1,0 +1,208 @@
+import type { IncomingMessage } from 'node:http';
+import { InvalidOptionError } from '../errors.js';
+import type { SessionStore } from '../store/types.js';
+
+/** An application server the proxy sends copies to. */
+export interface UpstreamSpec {
+  /** Short, stable name used in headers, events and metrics. Letters, digits and `._:-` only. */
+  id: string;
+  /** `http://` or `https://` origin, optionally with a path prefix prepended to every request path. */
+  url: string;
+}
+
+/** What `accept()` is shown of an upstream's response (its head only; the body is not read). */
+export interface UpstreamResponse {
+  status: number;
+  headers: Readonly<Record<string, string | string[] | undefined>>;
+  upstream: string;
+}
+
+/** Hedging: hold back each further copy until a delay passes without an acceptable answer. */
+export interface HedgeOptions {
+  /**
+   * Milliseconds between sending one copy and the next. `0` sends every copy
+   * at once. `'adaptive'` follows the 95th percentile of the route's recent
+   * latency (Finagle's backup requests).
+   * @default 0
+   */
+  delay?: number | 'adaptive';
+  /**
+   * Cap on the extra copies that hedging may add, as a fraction of requests
+   * (token bucket, as in gRPC retry throttling): `0.1` allows one extra copy
+   * per ten requests on average. Copies sent at once (`delay: 0`) are not
+   * hedges and are not capped.
+   * @default 0.1 with an adaptive delay, unlimited with a fixed one
+   */
+  maxExtraLoad?: number;
+}
+
+export interface ProxyOptions {
+  /**
+   * The replicas of the application server, as URLs or `{ id, url }`.
+   * A URL string gets its `host` as id.
+   * @example ['http://10.0.0.1:3000', { id: 'b', url: 'http://10.0.0.2:3000' }]
+   */
+  upstreams: ReadonlyArray<string | UpstreamSpec>;
+  /**
+   * Where copies, adoptions and commits are recorded.
+   * @default a new `MemorySessionStore()`
+   */
+  store?: SessionStore;
+  /**
+   * How many copies of each read to send, each to a different upstream.
+   * @default every upstream
+   */
+  copies?: number;
+  /** @default { delay: 0 }: every copy at once */
+  hedge?: HedgeOptions;
+  /**
+   * Milliseconds for the whole request: without an acceptable answer by then,
+   * the client gets `504`; a body still streaming then is cut off.
+   * @default 30000
+   */
+  timeout?: number;
+  /**
+   * Whether a response may win the race, judged on its status and headers.
+   * @default status < 500
+   */
+  accept?: (response: UpstreamResponse) => boolean;
+  /**
+   * Whether a request updates data. Updates go to a single upstream.
+   * @default method is not GET, HEAD, OPTIONS or TRACE
+   */
+  isUpdate?: (req: IncomingMessage) => boolean;
+  /**
+   * HMAC key shared with the workers; copies then carry a signature that
+   * workers verify. Without it workers trust the copy headers as they are.
+   */
+  secret?: string | Buffer;
+  /**
+   * Largest request body, in bytes, buffered to be copied; above it the
+   * client gets `413` before any copy leaves.
+   * @default 1048576 (1 MiB)
+   */
+  maxBodySize?: number;
+  /**
+   * Most connections kept open to each upstream.
+   * @default 256
+   */
+  connections?: number;
+  /** Clock, for tests. @default performance.now */
+  now?: () => number;
+}
+
+export interface Upstream {
+  id: string;
+  origin: string;
+  /** Path prefix from the upstream URL, without a trailing slash ('' for none). */
+  prefix: string;
+}
+
+export interface ResolvedOptions {
+  upstreams: Upstream[];
+  store: SessionStore | undefined;
+  copies: number;
+  hedgeDelay: number | 'adaptive';
+  maxExtraLoad: number;
+  timeout: number;
+  accept: (response: UpstreamResponse) => boolean;
+  isUpdate: (req: IncomingMessage) => boolean;
+  secret: string | Buffer | undefined;
+  maxBodySize: number;
+  connections: number;
+  now: () => number;
+}
+
+const KNOWN = new Set(['upstreams', 'store', 'copies', 'hedge', 'timeout', 'accept', 'isUpdate', 'secret', 'maxBodySize', 'connections', 'now']);
+// Named in the design, built in later milestones: refusing them beats silently ignoring them.
+const PLANNED = new Set(['select', 'onCancel', 'session', 'idempotency']);
+const READ_METHODS = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE']);
+const ID = /^[A-Za-z0-9._:-]{1,64}$/;
+
+export const defaultAccept = (r: UpstreamResponse): boolean => r.status < 500;
+export const defaultIsUpdate = (req: IncomingMessage): boolean => !READ_METHODS.has(req.method ?? 'GET');
+
+export function resolveOptions(options: ProxyOptions): ResolvedOptions {
+  if (typeof options !== 'object' || options === null) throw new InvalidOptionError('options', 'must be an object', options);
+  for (const key of Object.keys(options)) {
+    if (PLANNED.has(key)) throw new InvalidOptionError(key, 'is not supported by this version yet', (options as unknown as Record<string, unknown>)[key]);
+    if (!KNOWN.has(key)) throw new InvalidOptionError(key, `is not an option (known: ${[...KNOWN].join(', ')})`, (options as unknown as Record<string, unknown>)[key]);
+  }
+  const upstreams = resolveUpstreams(options.upstreams);
+  const copies = options.copies ?? upstreams.length;
+  if (!Number.isInteger(copies) || copies < 1 || copies > upstreams.length) {
+    throw new InvalidOptionError('copies', `must be an integer from 1 to the number of upstreams (${upstreams.length})`, options.copies);
+  }
+  const hedge = options.hedge ?? {};
+  if (typeof hedge !== 'object' || hedge === null) throw new InvalidOptionError('hedge', 'must be an object', hedge);
+  for (const key of Object.keys(hedge)) {
+    if (key !== 'delay' && key !== 'maxExtraLoad') throw new InvalidOptionError(`hedge.${key}`, 'is not an option (known: delay, maxExtraLoad)', (hedge as Record<string, unknown>)[key]);
+  }
+  const hedgeDelay = hedge.delay ?? 0;
+  if (hedgeDelay !== 'adaptive' && !(typeof hedgeDelay === 'number' && Number.isFinite(hedgeDelay) && hedgeDelay >= 0)) {
+    throw new InvalidOptionError('hedge.delay', "must be a number of milliseconds >= 0 or 'adaptive'", hedge.delay);
+  }
+  const maxExtraLoad = hedge.maxExtraLoad ?? (hedgeDelay === 'adaptive' ? 0.1 : Infinity);
+  if (typeof maxExtraLoad !== 'number' || Number.isNaN(maxExtraLoad) || maxExtraLoad < 0) {
+    throw new InvalidOptionError('hedge.maxExtraLoad', 'must be a number >= 0', hedge.maxExtraLoad);
+  }
+  const timeout = options.timeout ?? 30_000;
+  if (!Number.isFinite(timeout) || timeout <= 0) throw new InvalidOptionError('timeout', 'must be a number of milliseconds > 0', options.timeout);
+  const maxBodySize = options.maxBodySize ?? 1024 * 1024;
+  if (!Number.isInteger(maxBodySize) || maxBodySize < 0) throw new InvalidOptionError('maxBodySize', 'must be an integer number of bytes >= 0', options.maxBodySize);
+  const connections = options.connections ?? 256;
+  if (!Number.isInteger(connections) || connections < 1) throw new InvalidOptionError('connections', 'must be an integer >= 1', options.connections);
+  for (const fn of ['accept', 'isUpdate', 'now'] as const) {
+    if (options[fn] !== undefined && typeof options[fn] !== 'function') throw new InvalidOptionError(fn, 'must be a function', options[fn]);
+  }
+  const secret = options.secret;
+  if (secret !== undefined && !((typeof secret === 'string' && secret.length >= 16) || (Buffer.isBuffer(secret) && secret.length >= 16))) {
+    throw new InvalidOptionError('secret', 'must be a string or Buffer of at least 16 characters/bytes', secret);
+  }
+  const store = options.store;
+  if (store !== undefined && (typeof store !== 'object' || store === null || typeof store.recordCopy !== 'function' || typeof store.getRequest !== 'function')) {
+    throw new InvalidOptionError('store', 'must implement SessionStore', store);
+  }
+  return {
+    upstreams,
+    store,
+    copies,
+    hedgeDelay,
+    maxExtraLoad,
+    timeout,
+    accept: options.accept ?? defaultAccept,
+    isUpdate: options.isUpdate ?? defaultIsUpdate,
+    secret,
+    maxBodySize,
+    connections,
+    now: options.now ?? (() => performance.now()),
+  };
+}
+
+function resolveUpstreams(list: ProxyOptions['upstreams']): Upstream[] {
+  if (!Array.isArray(list) || list.length === 0) throw new InvalidOptionError('upstreams', 'must be a non-empty array of URLs or { id, url }', list);
+  const seen = new Set<string>();
+  return list.map((entry, i) => {
+    const name = `upstreams[${i}]`;
+    let url: string;
+    let id: string | undefined;
+    if (typeof entry === 'string') url = entry;
+    else if (typeof entry === 'object' && entry !== null && typeof entry.url === 'string') {
+      url = entry.url;
+      id = entry.id;
+      if (typeof id !== 'string' || !ID.test(id)) throw new InvalidOptionError(`${name}.id`, 'must be 1-64 characters of letters, digits and ._:-', id);
+    } else throw new InvalidOptionError(name, 'must be a URL string or { id, url }', entry);
+    let parsed: URL;
+    try {
+      parsed = new URL(url);
+    } catch {
+      throw new InvalidOptionError(name, 'must be an absolute http(s) URL', url);
+    }
+    if (parsed.protocol !== 'http:' && parsed.protocol !== 'https:') throw new InvalidOptionError(name, 'must be an http: or https: URL', url);
+    if (parsed.search || parsed.hash || parsed.username || parsed.password) throw new InvalidOptionError(name, 'must not carry a query, fragment or credentials', url);
+    id ??= parsed.host;
+    if (seen.has(id)) throw new InvalidOptionError(name, `repeats the upstream id "${id}"`, url);
+    seen.add(id);
+    return { id, origin: parsed.origin, prefix: parsed.pathname.replace(/\/+$/, '') };
+  });
+}

@@ -1,0 +1,129 @@
+// The session management server of the method, as an interface. Records are
+// plain JSON data (they round-trip through JSON.stringify unchanged), so a
+// store may keep them in memory, in Redis or anywhere else.
+
+/** claim 1 (c): an application server received one copy of a request. */
+export interface CopyRecord {
+  duplicateId: string;
+  upstreamId: string;
+  /** 1-based index of the copy and the number of copies the race planned. */
+  index: number;
+  of: number;
+  /** Milliseconds since the epoch, by the store's clock. */
+  receivedAt: number;
+}
+
+/** The outcome of the commit arbitration of one request. */
+export type CommitRecord =
+  | { state: 'none' }
+  | { state: 'claimed'; holder: string; fence: number; leaseUntil: number }
+  | { state: 'committed'; holder: string; fence: number; committedAt: number };
+
+/** Everything the store knows of one original request. */
+export interface RequestRecord {
+  requestId: string;
+  /** Session the request belongs to, or '' when none. */
+  sessionId: string;
+  update: boolean;
+  /** Copies that workers reported receiving, in arrival order. */
+  copies: CopyRecord[];
+  /** claim 1 (e): which copy / upstream produced the answer the proxy adopted. */
+  adopted: { duplicateIds: string[]; upstreamIds: string[]; at: number } | null;
+  /** Copies the proxy stopped after another copy committed. */
+  cancelled: string[];
+  commit: CommitRecord;
+}
+
+/** A session's adopted state. */
+export interface SessionRecord {
+  sessionId: string;
+  data: Record<string, unknown>;
+  /** Goes up by one on each promotion. */
+  version: number;
+  updatedAt: number;
+}
+
+export interface RecordCopyInput {
+  requestId: string;
+  duplicateId: string;
+  upstreamId: string;
+  index: number;
+  of: number;
+  update: boolean;
+  sessionId: string;
+}
+
+export interface RecordAdoptionInput {
+  requestId: string;
+  sessionId: string;
+  update: boolean;
+  duplicateIds: string[];
+  upstreamIds: string[];
+}
+
+export interface ClaimOptions {
+  /** How long the claim holds without a confirm or release before another copy may take over. */
+  leaseMs: number;
+  /** Stops waiting (rejects with the signal's reason). */
+  signal?: AbortSignal;
+}
+
+/** A held claim: the right to commit, with its fencing token. */
+export interface ClaimGrant {
+  /** Fencing token: strictly greater than every fence granted before by this store. */
+  fence: number;
+  leaseUntil: number;
+}
+
+/**
+ * What a session store does. Implementations: `MemorySessionStore` (one
+ * process), `RedisSessionStore` (`redundant-proxy/redis`), or your own,
+ * checked by `testSessionStore` from `redundant-proxy/testing`.
+ *
+ * Every method may reject; callers on the read path treat a rejection as a
+ * bookkeeping failure (an event), callers on the update path fail closed.
+ */
+export interface SessionStore {
+  /**
+   * claim 1 (c): a worker received a copy. Resolves `{ duplicate: true }` when
+   * this copy id was already recorded (a replayed copy), without changing it.
+   */
+  recordCopy(input: RecordCopyInput): Promise<{ duplicate: boolean }>;
+
+  /**
+   * Saves what a copy's handler left in its session data, as that copy's
+   * candidate. Nothing the client can see changes until the copy is adopted.
+   */
+  saveCandidate(sessionId: string, requestId: string, duplicateId: string, data: Record<string, unknown>): Promise<void>;
+
+  /**
+   * claim 1 (e): the proxy adopted the answer of these copies. Promotes the
+   * first adopted copy's session candidate (if it saved one) to the session's
+   * adopted state and discards the request's other candidates. Recording the
+   * same adoption twice is harmless.
+   */
+  recordAdoption(input: RecordAdoptionInput): Promise<void>;
+
+  /** The proxy stopped this copy because another one committed. */
+  recordCancelled(requestId: string, duplicateId: string): Promise<void>;
+
+  getRequest(requestId: string): Promise<RequestRecord | undefined>;
+  getSession(sessionId: string): Promise<SessionRecord | undefined>;
+
+  /**
+   * Asks for the right to commit `requestId`. Exactly one copy holds it at a
+   * time. While another copy holds it, waits: rejects with `SupersededError`
+   * when the holder confirms; takes over when the holder releases or its lease
+   * runs out. Rejects with `SupersededError` at once when already committed.
+   */
+  claim(requestId: string, duplicateId: string, options: ClaimOptions): Promise<ClaimGrant>;
+
+  /** The holder committed. Rejects with `SupersededError` if it no longer holds the claim (lease lost). */
+  confirm(requestId: string, duplicateId: string, fence: number): Promise<void>;
+
+  /** The holder gives the claim up (its commit failed). A no-op for anyone but the current holder. */
+  release(requestId: string, duplicateId: string, fence: number): Promise<void>;
+
+  /** Releases timers and connections the store itself opened. */
+  close(): Promise<void>;
+}

@@ -1,0 +1,114 @@
+import { createHmac, timingSafeEqual } from 'node:crypto';
+
+// The wire protocol between the proxy and the workers. Every header is
+// `x-redundant-*`; the proxy strips any a client sends, so a worker can trust
+// them when they are signed (and only then, when a secret is shared).
+
+/** Request headers the proxy sets on each copy. */
+export const H = {
+  requestId: 'x-redundant-request-id',
+  duplicateId: 'x-redundant-duplicate-id',
+  upstream: 'x-redundant-upstream',
+  copy: 'x-redundant-copy',
+  update: 'x-redundant-update',
+  session: 'x-redundant-session',
+  timestamp: 'x-redundant-timestamp',
+  signature: 'x-redundant-signature',
+  /** Response: set by every worker, so the proxy learns which upstreams run it. */
+  worker: 'x-redundant-worker',
+  /** Response: `won` (with `x-redundant-fence`) or `lost`. */
+  commit: 'x-redundant-commit',
+  fence: 'x-redundant-fence',
+  /** Response to the client: the id of the upstream whose answer was adopted. */
+  servedBy: 'x-redundant-served-by',
+} as const;
+
+export const PREFIX = 'x-redundant-';
+
+/** What a copy's headers say, once parsed (and verified, when signed). */
+export interface CopyClaims {
+  requestId: string;
+  duplicateId: string;
+  upstreamId: string;
+  /** 1-based index of this copy, and how many copies the race planned. */
+  index: number;
+  of: number;
+  update: boolean;
+  /** The client's session id, or '' when the request has none. */
+  sessionId: string;
+  /** Milliseconds since the epoch when the proxy sent the copy. */
+  timestamp: number;
+}
+
+function canonical(c: CopyClaims): string {
+  // Newline-separated: none of the fields may contain a newline (ids are
+  // minted by the proxy; the session id is validated before it is signed).
+  return ['v1', c.requestId, c.duplicateId, c.upstreamId, `${c.index}/${c.of}`, c.update ? '1' : '0', c.sessionId, String(c.timestamp)].join('\n');
+}
+
+export function sign(claims: CopyClaims, secret: string | Buffer): string {
+  return createHmac('sha256', secret).update(canonical(claims)).digest('base64url');
+}
+
+/** Writes the copy headers into `headers`. */
+export function writeCopyHeaders(headers: Record<string, string | string[]>, claims: CopyClaims, secret: string | Buffer | undefined): void {
+  headers[H.requestId] = claims.requestId;
+  headers[H.duplicateId] = claims.duplicateId;
+  headers[H.upstream] = claims.upstreamId;
+  headers[H.copy] = `${claims.index}/${claims.of}`;
+  headers[H.update] = claims.update ? '1' : '0';
+  if (claims.sessionId) headers[H.session] = claims.sessionId;
+  headers[H.timestamp] = String(claims.timestamp);
+  if (secret !== undefined) headers[H.signature] = sign(claims, secret);
+}
+
+type HeaderBag = Record<string, string | string[] | undefined>;
+
+function one(headers: HeaderBag, name: string): string | undefined {
+  const v = headers[name];
+  return Array.isArray(v) ? v[0] : v;
+}
+
+/** Why a copy's headers were refused. */
+export type ReadCopyResult =
+  | { ok: true; claims: CopyClaims }
+  | { ok: false; reason: 'absent' | 'malformed' | 'unsigned' | 'bad-signature' | 'stale' };
+
+/**
+ * Parses a copy's headers. With a `secret`, also checks the signature and that
+ * the timestamp lies within `maxSkewMs` of `now`, so a captured copy cannot be
+ * replayed later or into another request.
+ */
+export function readCopyHeaders(headers: HeaderBag, secret: string | Buffer | undefined, now: number, maxSkewMs: number): ReadCopyResult {
+  const requestId = one(headers, H.requestId);
+  if (requestId === undefined) {
+    // A signature without a request id is a tampered copy, not a direct request.
+    return secret !== undefined && one(headers, H.signature) !== undefined ? { ok: false, reason: 'malformed' } : { ok: false, reason: 'absent' };
+  }
+  const duplicateId = one(headers, H.duplicateId);
+  const upstreamId = one(headers, H.upstream);
+  const copy = /^(\d{1,4})\/(\d{1,4})$/.exec(one(headers, H.copy) ?? '');
+  const update = one(headers, H.update);
+  const ts = one(headers, H.timestamp);
+  if (!requestId || !duplicateId || !upstreamId || !copy || (update !== '0' && update !== '1') || !ts || !/^\d{1,16}$/.test(ts)) {
+    return { ok: false, reason: 'malformed' };
+  }
+  const claims: CopyClaims = {
+    requestId,
+    duplicateId,
+    upstreamId,
+    index: Number(copy[1]),
+    of: Number(copy[2]),
+    update: update === '1',
+    sessionId: one(headers, H.session) ?? '',
+    timestamp: Number(ts),
+  };
+  if (secret === undefined) return { ok: true, claims };
+  const signature = one(headers, H.signature);
+  if (!signature) return { ok: false, reason: 'unsigned' };
+  const expected = Buffer.from(sign(claims, secret));
+  const got = Buffer.from(signature);
+  if (got.length !== expected.length || !timingSafeEqual(got, expected)) return { ok: false, reason: 'bad-signature' };
+  if (Math.abs(now - claims.timestamp) > maxSkewMs) return { ok: false, reason: 'stale' };
+  return { ok: true, claims };
+}
