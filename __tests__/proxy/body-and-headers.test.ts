@@ -1,0 +1,211 @@
+import { createHash, randomBytes } from 'node:crypto';
+import { afterAll, afterEach, describe, expect, it } from '@jest/globals';
+import express from 'express';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { redundantProxy } from '../../lib/index.js';
+import { testClient } from '../helpers/client.js';
+import { frameworks, mountGateway } from '../helpers/gateway.js';
+import { after, rawRequest, startUpstream, type TestUpstream } from '../helpers/upstream.js';
+
+const client = testClient();
+let open: Array<{ close(): Promise<unknown> }> = [];
+afterEach(async () => {
+  for (const o of open.reverse()) await o.close();
+  open = [];
+});
+afterAll(() => client.close());
+
+async function upstreams(n: number, behaviour = after(1)): Promise<TestUpstream[]> {
+  const ups: TestUpstream[] = [];
+  for (let i = 0; i < n; i++) {
+    const u = await startUpstream(behaviour);
+    ups.push(u);
+    open.push(u);
+  }
+  return ups;
+}
+
+const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
+
+describe.each(frameworks)('request bodies (%s)', (kind) => {
+  it('a 1 MiB body reaches every copy byte for byte', async () => {
+    // Each upstream answers a while after the body is in, so no copy is stopped mid-body.
+    const ups = await upstreams(3, after(200));
+    // Reads are raced; a body on a read (e.g. a search POST marked as read) must reach all copies.
+    const proxy = redundantProxy({ upstreams: ups.map((u) => u.url), isUpdate: () => false });
+    const gw = await mountGateway(kind, proxy);
+    open.push(gw, proxy);
+    const body = randomBytes(1024 * 1024);
+    const res = await client.send(`${gw.url}/search`, { method: 'POST', body, headers: { 'content-type': 'application/octet-stream' } });
+    expect(res.status).toBe(200);
+    for (const u of ups) {
+      expect(u.seen).toHaveLength(1);
+      expect(u.seen[0]!.body.length).toBe(body.length);
+      expect(sha(u.seen[0]!.body)).toBe(sha(body));
+      expect(u.seen[0]!.headers['content-length']).toBe(String(body.length));
+    }
+  });
+
+  it('answers 413 before any copy leaves, with Content-Length', async () => {
+    const ups = await upstreams(2);
+    const proxy = redundantProxy({ upstreams: ups.map((u) => u.url), maxBodySize: 1000 });
+    const gw = await mountGateway(kind, proxy);
+    open.push(gw, proxy);
+    const res = await rawRequest(gw.url, `POST /x HTTP/1.1\r\nHost: gw\r\nContent-Length: 5000\r\nContent-Type: text/plain\r\n\r\n`, 'a'.repeat(5000));
+    expect(res.status).toBe(413);
+    expect(JSON.parse(res.body)).toMatchObject({ code: 'RP_ERR_BODY_TOO_LARGE' });
+    expect(ups.every((u) => u.seen.length === 0)).toBe(true);
+  });
+
+  it('answers 413 before any copy leaves, with a chunked body and no Content-Length', async () => {
+    const ups = await upstreams(2);
+    const proxy = redundantProxy({ upstreams: ups.map((u) => u.url), maxBodySize: 1000 });
+    const gw = await mountGateway(kind, proxy);
+    open.push(gw, proxy);
+    const chunk = 'b'.repeat(600);
+    const chunked = `${(600).toString(16)}\r\n${chunk}\r\n${(600).toString(16)}\r\n${chunk}\r\n0\r\n\r\n`;
+    const res = await rawRequest(gw.url, `POST /x HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n\r\n`, chunked);
+    expect(res.status).toBe(413);
+    expect(JSON.parse(res.body)).toMatchObject({ code: 'RP_ERR_BODY_TOO_LARGE' });
+    expect(ups.every((u) => u.seen.length === 0)).toBe(true);
+  });
+
+  it('a body exactly maxBodySize long is accepted', async () => {
+    const ups = await upstreams(1);
+    const proxy = redundantProxy({ upstreams: ups.map((u) => u.url), maxBodySize: 1000 });
+    const gw = await mountGateway(kind, proxy);
+    open.push(gw, proxy);
+    const res = await client.send(`${gw.url}/x`, { method: 'POST', body: 'c'.repeat(1000) });
+    expect(res.status).toBe(200);
+    expect(ups[0]!.seen[0]!.body.length).toBe(1000);
+  });
+});
+
+describe('bodies consumed by a parser before the proxy', () => {
+  async function expressGateway(mw: express.RequestHandler[], proxyUpstreams: string[]) {
+    const proxy = redundantProxy({ upstreams: proxyUpstreams });
+    const app = express();
+    app.use(...mw, proxy);
+    const server = http.createServer(app);
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    const gw = {
+      url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
+      close: () => new Promise<void>((r) => { server.closeAllConnections(); server.close(() => r()); }),
+    };
+    open.push(gw, proxy);
+    return gw;
+  }
+
+  it('express.json() without a raw body gives a clear 500 code instead of forwarding an empty body', async () => {
+    const ups = await upstreams(1);
+    const gw = await expressGateway([express.json()], ups.map((u) => u.url));
+    const res = await client.send(`${gw.url}/x`, { method: 'POST', body: '{"a":1}', headers: { 'content-type': 'application/json' } });
+    expect(res.status).toBe(500);
+    expect(res.json()).toMatchObject({ code: 'RP_ERR_BODY_CONSUMED' });
+    expect(ups[0]!.seen).toHaveLength(0);
+  });
+
+  it('uses the raw body a parser kept (express.json verify → req.rawBody)', async () => {
+    const ups = await upstreams(1);
+    const keepRaw = express.json({ verify: (req, _res, buf) => ((req as unknown as { rawBody: Buffer }).rawBody = Buffer.from(buf)) });
+    const gw = await expressGateway([keepRaw], ups.map((u) => u.url));
+    const res = await client.send(`${gw.url}/x`, { method: 'POST', body: '{"a":1}', headers: { 'content-type': 'application/json' } });
+    expect(res.status).toBe(200);
+    expect(ups[0]!.seen[0]!.body.toString()).toBe('{"a":1}');
+  });
+
+  it('uses the Buffer express.raw() leaves in req.body', async () => {
+    const ups = await upstreams(1);
+    const gw = await expressGateway([express.raw({ type: '*/*' })], ups.map((u) => u.url));
+    const res = await client.send(`${gw.url}/x`, { method: 'PUT', body: 'raw bytes', headers: { 'content-type': 'text/plain' } });
+    expect(res.status).toBe(200);
+    expect(ups[0]!.seen[0]!.body.toString()).toBe('raw bytes');
+  });
+});
+
+describe.each(frameworks)('headers (%s)', (kind) => {
+  it('never passes hop-by-hop or spoofed x-redundant-* headers, in either direction', async () => {
+    const ups = await upstreams(2, (_req, res) => {
+      res.writeHead(200, {
+        'content-type': 'text/plain',
+        connection: 'x-upstream-private',
+        'x-upstream-private': 'secret',
+        'keep-alive': 'timeout=5',
+        'x-redundant-commit': 'won',
+        'proxy-authenticate': 'Basic',
+        'x-kept': 'yes',
+      });
+      res.end('ok');
+    });
+    const proxy = redundantProxy({ upstreams: ups.map((u) => u.url) });
+    const gw = await mountGateway(kind, proxy);
+    open.push(gw, proxy);
+    const res = await rawRequest(
+      gw.url,
+      [
+        'GET /h HTTP/1.1',
+        'Host: gateway.example',
+        'Connection: close, X-Client-Private',
+        'X-Client-Private: nope',
+        'Keep-Alive: timeout=9',
+        'TE: trailers',
+        'Upgrade: websocket',
+        'Proxy-Authorization: Basic abc',
+        'X-Redundant-Request-Id: forged',
+        'X-Redundant-Commit: won',
+        'X-Request-Id: client-chosen',
+        'X-End-To-End: kept',
+        '',
+        '',
+      ].join('\r\n'),
+    );
+    expect(res.status).toBe(200);
+    for (const u of ups) {
+      const h = u.seen[0]!.headers;
+      expect(h['x-client-private']).toBeUndefined();
+      expect(h['keep-alive']).toBeUndefined();
+      expect(h.te).toBeUndefined();
+      expect(h.upgrade).toBeUndefined();
+      expect(h['proxy-authorization']).toBeUndefined();
+      expect(h['x-redundant-commit']).toBeUndefined();
+      expect(h['x-redundant-request-id']).not.toBe('forged');
+      expect(h['x-request-id']).not.toBe('client-chosen');
+      expect(h['x-request-id']).toBe(h['x-redundant-request-id']);
+      expect(h['x-end-to-end']).toBe('kept');
+      // The upstream gets its own Host, and learns the client's through X-Forwarded-*.
+      expect(h.host).toBe(`127.0.0.1:${u.port}`);
+      expect(h['x-forwarded-host']).toBe('gateway.example');
+      expect(h['x-forwarded-proto']).toBe('http');
+      expect(h['x-forwarded-for']).toMatch(/127\.0\.0\.1/);
+    }
+    expect(res.headers['x-upstream-private']).toBeUndefined();
+    expect(res.headers['proxy-authenticate']).toBeUndefined();
+    expect(res.headers['x-redundant-commit']).toBeUndefined();
+    expect(res.headers['keep-alive']).toBeUndefined();
+    expect(res.headers['x-kept']).toBe('yes');
+    expect(res.headers['x-redundant-served-by']).toBeDefined();
+  });
+
+  it('appends to an existing X-Forwarded-For chain', async () => {
+    const ups = await upstreams(1);
+    const proxy = redundantProxy({ upstreams: ups.map((u) => u.url) });
+    const gw = await mountGateway(kind, proxy);
+    open.push(gw, proxy);
+    await client.send(`${gw.url}/`, { headers: { 'x-forwarded-for': '203.0.113.9', 'x-forwarded-proto': 'https' } });
+    const h = ups[0]!.seen[0]!.headers;
+    expect(h['x-forwarded-for']).toMatch(/^203\.0\.113\.9, .*127\.0\.0\.1$/);
+    expect(h['x-forwarded-proto']).toBe('https');
+  });
+});
+
+describe('upstream URL with a path prefix', () => {
+  it('prepends the prefix to the request path', async () => {
+    const ups = await upstreams(1);
+    const proxy = redundantProxy({ upstreams: [`${ups[0]!.url}/api/v1/`] });
+    const gw = await mountGateway('node', proxy);
+    open.push(gw, proxy);
+    await client.send(`${gw.url}/users?id=3`);
+    expect(ups[0]!.seen[0]!.url).toBe('/api/v1/users?id=3');
+  });
+});

@@ -1,0 +1,73 @@
+import { describe, expect, it } from '@jest/globals';
+import { InvalidOptionError, isRedundantProxyError, redundantProxy, type ProxyOptions } from '../../lib/index.js';
+
+const U = 'http://127.0.0.1:1';
+
+function optionNamed(options: unknown): string {
+  try {
+    const p = redundantProxy(options as ProxyOptions);
+    void p.close();
+  } catch (err) {
+    expect(err).toBeInstanceOf(TypeError);
+    expect(isRedundantProxyError(err)).toBe(true);
+    expect((err as InvalidOptionError).code).toBe('RP_ERR_INVALID_OPTION');
+    return (err as InvalidOptionError).option;
+  }
+  throw new Error('expected the options to be refused');
+}
+
+describe('redundantProxy options are validated at construction', () => {
+  it.each([
+    [undefined, 'options'],
+    [{}, 'upstreams'],
+    [{ upstreams: [] }, 'upstreams'],
+    [{ upstreams: 'http://x' }, 'upstreams'],
+    [{ upstreams: ['not a url'] }, 'upstreams[0]'],
+    [{ upstreams: ['ftp://host'] }, 'upstreams[0]'],
+    [{ upstreams: ['http://u:p@host'] }, 'upstreams[0]'],
+    [{ upstreams: [U, U] }, 'upstreams[1]'],
+    [{ upstreams: [{ id: 'has space', url: U }] }, 'upstreams[0].id'],
+    [{ upstreams: [{ id: 'a', url: U }, { id: 'a', url: 'http://127.0.0.1:2' }] }, 'upstreams[1]'],
+    [{ upstreams: [42] }, 'upstreams[0]'],
+    [{ upstreams: [U], copies: 2 }, 'copies'],
+    [{ upstreams: [U], copies: 0 }, 'copies'],
+    [{ upstreams: [U], copies: 1.5 }, 'copies'],
+    [{ upstreams: [U], hedge: { delay: -1 } }, 'hedge.delay'],
+    [{ upstreams: [U], hedge: { delay: 'fast' } }, 'hedge.delay'],
+    [{ upstreams: [U], hedge: { dealy: 5 } }, 'hedge.dealy'],
+    [{ upstreams: [U], hedge: { maxExtraLoad: -0.5 } }, 'hedge.maxExtraLoad'],
+    [{ upstreams: [U], hedge: 5 }, 'hedge'],
+    [{ upstreams: [U], timeout: 0 }, 'timeout'],
+    [{ upstreams: [U], timeout: Infinity }, 'timeout'],
+    [{ upstreams: [U], maxBodySize: -1 }, 'maxBodySize'],
+    [{ upstreams: [U], maxBodySize: '1mb' }, 'maxBodySize'],
+    [{ upstreams: [U], connections: 0 }, 'connections'],
+    [{ upstreams: [U], accept: true }, 'accept'],
+    [{ upstreams: [U], isUpdate: 'POST' }, 'isUpdate'],
+    [{ upstreams: [U], secret: 'short' }, 'secret'],
+    [{ upstreams: [U], store: {} }, 'store'],
+    [{ upstreams: [U], upstream: [U] }, 'upstream'],
+  ])('%j → names `%s`', (options, name) => {
+    expect(optionNamed(options)).toBe(name);
+  });
+
+  it('names the option in the message', () => {
+    expect(() => redundantProxy({ upstreams: [U], copies: 5 })).toThrow(/`copies`/);
+  });
+
+  it('accepts a valid configuration', async () => {
+    const p = redundantProxy({
+      upstreams: [U, { id: 'b', url: 'https://127.0.0.1:2/base' }],
+      copies: 2,
+      hedge: { delay: 'adaptive', maxExtraLoad: 0.2 },
+      timeout: 1000,
+      maxBodySize: 0,
+      secret: 'a-long-enough-secret',
+      accept: (r) => r.status < 400,
+      isUpdate: () => false,
+    });
+    expect(typeof p).toBe('function');
+    expect(typeof p.handler).toBe('function');
+    await p.close();
+  });
+});
