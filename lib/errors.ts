@@ -19,8 +19,14 @@ export const codes = {
   TIMEOUT: 'RP_ERR_TIMEOUT',
   /** Every upstream is ejected or none is usable for this request (503). */
   NO_UPSTREAM: 'RP_ERR_NO_UPSTREAM',
-  /** A copy's signed headers are missing, malformed, forged or stale (401). */
+  /** A copy's signed headers are missing, malformed, forged or tampered with (401). */
   BAD_SIGNATURE: 'RP_ERR_BAD_SIGNATURE',
+  /** A signed copy's timestamp lies outside the accepted clock skew: a late replay (401). */
+  STALE_COPY: 'RP_ERR_STALE_COPY',
+  /** A signed copy already received once: a replay (401). */
+  REPLAYED_COPY: 'RP_ERR_REPLAYED_COPY',
+  /** A signed copy addressed to another upstream than this worker (401). */
+  WRONG_UPSTREAM: 'RP_ERR_WRONG_UPSTREAM',
   /** Another copy of the same request committed first (409). */
   SUPERSEDED: 'RP_ERR_SUPERSEDED',
   /** The session store failed or did not answer in time. */

@@ -1,6 +1,10 @@
 export { redundantProxy } from './proxy/proxy.js';
 export type { RedundantProxy, ProxyEvents, RaceStartEvent, CopySentEvent, ProxyErrorEvent, KoaLikeContext } from './proxy/proxy.js';
-export type { ProxyOptions, UpstreamSpec, UpstreamResponse, HedgeOptions } from './proxy/options.js';
+export type { ProxyOptions, UpstreamSpec, UpstreamResponse, HedgeOptions, SessionOptions } from './proxy/options.js';
+export { redundantWorker } from './worker/worker.js';
+export type { RedundantWorker, WorkerOptions, RedundantHandle, WorkerEvents, WorkerErrorEvent, KoaWorkerContext } from './worker/worker.js';
+export { MemorySessionStore } from './store/memory.js';
+export type { MemorySessionStoreOptions } from './store/memory.js';
 export type { RaceReport, CopyReport, RaceOutcome, CopyOutcome } from './proxy/race.js';
 export type { ProxyMetrics, UpstreamMetrics } from './proxy/metrics.js';
 export type { Disposable } from './events.js';

@@ -1,5 +1,6 @@
 import type { IncomingMessage } from 'node:http';
 import { InvalidOptionError } from '../errors.js';
+import { MemorySessionStore } from '../store/memory.js';
 import type { SessionStore } from '../store/types.js';
 
 /** An application server the proxy sends copies to. */
@@ -44,7 +45,9 @@ export interface ProxyOptions {
    */
   upstreams: ReadonlyArray<string | UpstreamSpec>;
   /**
-   * Where copies, adoptions and commits are recorded.
+   * Where copies, adoptions and sessions are recorded. Give the workers the
+   * same store. A store you pass is yours to close; the default one is closed
+   * by `proxy.close()`.
    * @default a new `MemorySessionStore()`
    */
   store?: SessionStore;
@@ -87,8 +90,30 @@ export interface ProxyOptions {
    * @default 256
    */
   connections?: number;
+  /**
+   * Where the proxy finds the client's session id: a cookie, or a request
+   * header. Without one it mints an id, and sends it back (cookie or response
+   * header) only when the adopted copy wrote session data. `false` turns
+   * sessions off.
+   * @default { cookie: 'rp_session' }
+   */
+  session?: SessionOptions | false;
+  /**
+   * Milliseconds the proxy waits for the store when an answer must wait for
+   * its bookkeeping (the adopted copy changed the session). Past it the answer
+   * goes out anyway and an `error` event reports the failure.
+   * @default 1000
+   */
+  storeTimeout?: number;
   /** Clock, for tests. @default performance.now */
   now?: () => number;
+}
+
+export interface SessionOptions {
+  /** Cookie carrying the session id. @default 'rp_session' unless `header` is set */
+  cookie?: string;
+  /** Request header carrying the session id (e.g. `x-session-id`); a minted id is returned in the same response header. */
+  header?: string;
 }
 
 export interface Upstream {
@@ -100,7 +125,11 @@ export interface Upstream {
 
 export interface ResolvedOptions {
   upstreams: Upstream[];
-  store: SessionStore | undefined;
+  store: SessionStore;
+  /** True when the proxy created the store and so closes it. */
+  ownsStore: boolean;
+  session: { cookie: string | undefined; header: string | undefined } | false;
+  storeTimeout: number;
   copies: number;
   hedgeDelay: number | 'adaptive';
   maxExtraLoad: number;
@@ -113,9 +142,10 @@ export interface ResolvedOptions {
   now: () => number;
 }
 
-const KNOWN = new Set(['upstreams', 'store', 'copies', 'hedge', 'timeout', 'accept', 'isUpdate', 'secret', 'maxBodySize', 'connections', 'now']);
+const KNOWN = new Set(['upstreams', 'store', 'copies', 'hedge', 'timeout', 'accept', 'isUpdate', 'secret', 'maxBodySize', 'connections', 'session', 'storeTimeout', 'now']);
 // Named in the design, built in later milestones: refusing them beats silently ignoring them.
-const PLANNED = new Set(['select', 'onCancel', 'session', 'idempotency']);
+const PLANNED = new Set(['select', 'onCancel', 'idempotency']);
+const TOKEN = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
 const READ_METHODS = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE']);
 const ID = /^[A-Za-z0-9._:-]{1,64}$/;
 
@@ -160,12 +190,17 @@ export function resolveOptions(options: ProxyOptions): ResolvedOptions {
     throw new InvalidOptionError('secret', 'must be a string or Buffer of at least 16 characters/bytes', secret);
   }
   const store = options.store;
-  if (store !== undefined && (typeof store !== 'object' || store === null || typeof store.recordCopy !== 'function' || typeof store.getRequest !== 'function')) {
+  if (store !== undefined && (typeof store !== 'object' || store === null || typeof store.recordCopy !== 'function' || typeof store.recordAdoption !== 'function')) {
     throw new InvalidOptionError('store', 'must implement SessionStore', store);
   }
+  const storeTimeout = options.storeTimeout ?? 1000;
+  if (!Number.isFinite(storeTimeout) || storeTimeout <= 0) throw new InvalidOptionError('storeTimeout', 'must be a number of milliseconds > 0', options.storeTimeout);
   return {
     upstreams,
-    store,
+    store: store ?? new MemorySessionStore(),
+    ownsStore: store === undefined,
+    session: resolveSession(options.session),
+    storeTimeout,
     copies,
     hedgeDelay,
     maxExtraLoad,
@@ -177,6 +212,22 @@ export function resolveOptions(options: ProxyOptions): ResolvedOptions {
     connections,
     now: options.now ?? (() => performance.now()),
   };
+}
+
+function resolveSession(session: ProxyOptions['session']): ResolvedOptions['session'] {
+  if (session === false) return false;
+  if (session === undefined) return { cookie: 'rp_session', header: undefined };
+  if (typeof session !== 'object' || session === null) throw new InvalidOptionError('session', 'must be { cookie?, header? } or false', session);
+  for (const key of Object.keys(session)) {
+    if (key !== 'cookie' && key !== 'header') throw new InvalidOptionError(`session.${key}`, 'is not an option (known: cookie, header)', (session as Record<string, unknown>)[key]);
+  }
+  const { cookie, header } = session;
+  if (cookie !== undefined && (typeof cookie !== 'string' || !TOKEN.test(cookie))) throw new InvalidOptionError('session.cookie', 'must be a cookie name', cookie);
+  if (header !== undefined && (typeof header !== 'string' || !TOKEN.test(header) || header.toLowerCase().startsWith('x-redundant-'))) {
+    throw new InvalidOptionError('session.header', 'must be a header name outside x-redundant-*', header);
+  }
+  if (cookie === undefined && header === undefined) return { cookie: 'rp_session', header: undefined };
+  return { cookie, header: header?.toLowerCase() };
 }
 
 function resolveUpstreams(list: ProxyOptions['upstreams']): Upstream[] {

@@ -1,7 +1,9 @@
-import { randomUUID } from 'node:crypto';
+import { randomBytes, randomUUID } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { Pool, type Dispatcher } from 'undici';
 import { codes, RedundantProxyError } from '../errors.js';
+import { withTimeout } from '../timeout.js';
+import { H, SESSION_ID } from '../wire/protocol.js';
 import { Emitter, type Disposable } from '../events.js';
 import { readBody, type ParsedBodyHints } from './body.js';
 import { forwardRequestHeaders } from './headers.js';
@@ -27,8 +29,11 @@ export interface CopySentEvent {
 
 export interface ProxyErrorEvent {
   requestId: string | null;
-  /** Where it happened: `accept` (the option threw), `internal`. */
-  source: 'accept' | 'internal';
+  /**
+   * Where it happened: `accept` (the option threw), `store` (bookkeeping
+   * failed or was too slow; the answer went out anyway), `internal`.
+   */
+  source: 'accept' | 'store' | 'internal';
   error: unknown;
 }
 
@@ -63,7 +68,8 @@ export interface KoaLikeContext {
   req: IncomingMessage;
   res: ServerResponse;
   respond?: boolean;
-  request: { rawBody?: unknown; body?: unknown };
+  /** koa-bodyparser keeps the raw body in `ctx.request.rawBody`. */
+  request: object;
 }
 
 /**
@@ -85,6 +91,7 @@ export function redundantProxy(options: ProxyOptions): RedundantProxy {
   }
   const inFlight = new Set<Promise<RaceReport>>();
   let closed = false;
+  let warnedStore = false;
   let rotation = 0;
 
   const mayHedge = () => budget.take();
@@ -122,12 +129,31 @@ export function redundantProxy(options: ProxyOptions): RedundantProxy {
     const targets = plan(update);
     budget.deposit();
     const route = adaptive ? `${method} ${path.split('?', 1)[0]}` : '';
+    const session = findSession(req);
+    // claim 1 (e), read-your-writes: when the adopted copy changed the
+    // session, record the adoption (promoting its candidate) before the
+    // answer goes out, so the client's next request sees the new state.
+    let recorded = false;
+    const adoption = (duplicateId: string, upstreamId: string) => ({
+      requestId,
+      sessionId: session.id,
+      update,
+      duplicateIds: [duplicateId],
+      upstreamIds: [upstreamId],
+    });
+    const beforeHead = (copy: CopyReport, headers: Record<string, string | string[] | undefined>) => {
+      if (!session.id || headers[H.sessionChanged] !== '1') return undefined;
+      recorded = true;
+      const extra = session.isNew ? sessionHeaders(req, session.id) : {};
+      return bookkeep(opts.store.recordAdoption(adoption(copy.duplicateId, copy.upstream)), requestId).then(() => extra);
+    };
     const race = new Race({
       requestId,
       method,
       path,
       update,
-      sessionId: '',
+      sessionId: session.id,
+      sessionNew: session.isNew,
       headers: forwardRequestHeaders(req, requestId),
       body,
       targets,
@@ -142,15 +168,50 @@ export function redundantProxy(options: ProxyOptions): RedundantProxy {
       res,
       onCopySent: events.has('copy:sent') ? (copy) => events.emit('copy:sent', { requestId, copy }) : undefined,
       onAcceptThrew,
+      beforeHead: opts.session ? beforeHead : undefined,
     });
     if (events.has('race:start')) events.emit('race:start', { requestId, method, path, update, upstreams: targets.map((t) => t.id) });
     const done = race.start();
     inFlight.add(done);
     const report = await done;
     inFlight.delete(done);
+    // claim 1 (e), off the critical path: which copy's answer was adopted.
+    if (report.adopted && !recorded) void bookkeep(opts.store.recordAdoption(adoption(report.adopted, report.servedBy!)), requestId);
     metrics.record(report);
     if (adaptive) for (const c of report.copies) if (c.latency !== null) adaptive.record(route, c.latency);
     events.emit('race:end', report);
+  }
+
+  /** Runs a store operation with a bound; a failure becomes an `error` event, never a failed request. */
+  function bookkeep(operation: Promise<unknown>, requestId: string): Promise<void> {
+    return withTimeout(operation, opts.storeTimeout, 'recordAdoption').then(
+      () => undefined,
+      (error: unknown) => {
+        if (events.has('error')) events.emit('error', { requestId, source: 'store', error });
+        else if (!warnedStore) {
+          warnedStore = true;
+          console.warn("redundant-proxy: session store bookkeeping failed (further failures are silent without an 'error' listener):", error);
+        }
+      },
+    );
+  }
+
+  function findSession(req: IncomingMessage): { id: string; isNew: boolean } {
+    const cfg = opts.session;
+    if (!cfg) return { id: '', isNew: false };
+    let id: string | undefined;
+    if (cfg.header) id = firstHeader(req.headers[cfg.header]);
+    if (id === undefined && cfg.cookie) id = readCookie(req.headers.cookie, cfg.cookie);
+    if (id !== undefined && SESSION_ID.test(id)) return { id, isNew: false };
+    return { id: randomBytes(18).toString('base64url'), isNew: true };
+  }
+
+  function sessionHeaders(req: IncomingMessage, id: string): Record<string, string> {
+    const cfg = opts.session;
+    if (!cfg) return {};
+    if (cfg.header) return { [cfg.header]: id };
+    const secure = (req.socket as { encrypted?: boolean } | undefined)?.encrypted || firstHeader(req.headers['x-forwarded-proto']) === 'https';
+    return { 'set-cookie': `${cfg.cookie}=${id}; Path=/; HttpOnly; SameSite=Lax${secure ? '; Secure' : ''}` };
   }
 
   function toInternal(err: unknown): RedundantProxyError {
@@ -174,7 +235,7 @@ export function redundantProxy(options: ProxyOptions): RedundantProxy {
     }
     // The proxy writes the response itself, streaming the winner's body.
     ctx.respond = false;
-    return safe(ctx.req, ctx.res, ctx.request ?? {});
+    return safe(ctx.req, ctx.res, (ctx.request ?? {}) as ParsedBodyHints);
   } as RedundantProxy;
 
   proxy.handler = (req, res) => safe(req, res, req as ParsedBodyHints);
@@ -185,7 +246,21 @@ export function redundantProxy(options: ProxyOptions): RedundantProxy {
     closed = true;
     await Promise.allSettled(inFlight);
     await Promise.all([...dispatchers.values()].map((d) => d.close()));
+    if (opts.ownsStore) await opts.store.close();
     events.clear();
   };
   return proxy;
+}
+
+function firstHeader(value: string | string[] | undefined): string | undefined {
+  return Array.isArray(value) ? value[0] : value;
+}
+
+function readCookie(header: string | undefined, name: string): string | undefined {
+  if (!header) return undefined;
+  for (const part of header.split(';')) {
+    const eq = part.indexOf('=');
+    if (eq > 0 && part.slice(0, eq).trim() === name) return part.slice(eq + 1).trim();
+  }
+  return undefined;
 }

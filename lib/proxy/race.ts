@@ -68,8 +68,10 @@ export interface RaceReport {
   outcome: RaceOutcome;
   /** Status sent to the client, or null when none was. */
   status: number | null;
-  /** Id of the upstream whose answer was adopted. */
+  /** Id of the upstream whose answer was adopted (the winner's, or the error passed through). */
   servedBy: string | null;
+  /** Duplicate id of the copy whose answer was adopted. */
+  adopted: string | null;
   /** Milliseconds from the start of the race to its end. */
   duration: number;
   copies: CopyReport[];
@@ -81,6 +83,7 @@ export interface RaceInput {
   path: string;
   update: boolean;
   sessionId: string;
+  sessionNew: boolean;
   /** Headers every copy shares (already cleaned). */
   headers: Record<string, string | string[]>;
   body: Buffer | null;
@@ -97,11 +100,16 @@ export interface RaceInput {
   wallClock: () => number;
   res: ServerResponse;
   onCopySent?: (copy: CopyReport) => void;
-  onAdopt?: (copy: CopyReport) => void;
+  /**
+   * Called when a copy wins, before its head goes to the client. May return
+   * headers to add, or a promise of them: the head (and body) wait for it.
+   */
+  beforeHead?: (copy: CopyReport, headers: Record<string, string | string[] | undefined>) => Record<string, string | string[]> | Promise<Record<string, string | string[]>> | undefined;
   onAcceptThrew?: (err: unknown) => void;
 }
 
-type CopyState = 'idle' | 'sent' | 'streaming' | 'collecting' | 'draining' | 'done';
+// 'holding': adopted, its head held back until the adoption is recorded.
+type CopyState = 'idle' | 'sent' | 'holding' | 'streaming' | 'collecting' | 'draining' | 'done';
 
 class Copy implements Dispatcher.DispatchHandler {
   state: CopyState = 'idle';
@@ -113,6 +121,9 @@ class Copy implements Dispatcher.DispatchHandler {
   chunks: Buffer[] = [];
   size = 0;
   headers: Record<string, string | string[] | undefined> = {};
+  /** While holding: the body ended, or broke, before the head could be sent. */
+  ended = false;
+  broken = false;
 
   constructor(
     readonly race: Race,
@@ -145,6 +156,7 @@ class Copy implements Dispatcher.DispatchHandler {
         if (this.drainable()) this.state = 'draining';
         else this.abort();
         break;
+      case 'holding':
       case 'streaming':
         this.abort();
         break;
@@ -187,6 +199,9 @@ class Copy implements Dispatcher.DispatchHandler {
         }
         break;
       }
+      case 'holding':
+        this.chunks.push(chunk);
+        break;
       case 'collecting':
         this.size += chunk.length;
         if (this.size > FALLBACK_LIMIT) {
@@ -200,6 +215,10 @@ class Copy implements Dispatcher.DispatchHandler {
   }
 
   onResponseEnd(): void {
+    if (this.state === 'holding') {
+      this.ended = true;
+      return;
+    }
     const state = this.state;
     this.state = 'done';
     if (state === 'streaming') this.race.onWinnerEnd();
@@ -209,7 +228,8 @@ class Copy implements Dispatcher.DispatchHandler {
   onResponseError(_controller: Dispatcher.DispatchController, err: Error): void {
     const state = this.state;
     this.state = 'done';
-    if (state === 'streaming') this.race.onWinnerBroken(err);
+    if (state === 'holding') this.broken = true;
+    else if (state === 'streaming') this.race.onWinnerBroken(err);
     else if (state === 'sent' || state === 'collecting') {
       this.chunks = [];
       this.race.onFailed(this, errorName(err));
@@ -227,6 +247,8 @@ export class Race {
   readonly started: number;
   winner: Copy | null = null;
   fallback: Copy | null = null;
+  /** The fallback's answer went to the client. */
+  passedThrough = false;
   next = 0;
   settled = 0;
   finished = false;
@@ -281,6 +303,7 @@ export class Race {
         of: this.copies.length,
         update: input.update,
         sessionId: input.sessionId,
+        sessionNew: input.sessionNew,
         timestamp: input.wallClock(),
       },
       input.secret,
@@ -342,18 +365,60 @@ export class Race {
 
   adopt(copy: Copy, status: number, headers: Record<string, string | string[] | undefined>): void {
     this.winner = copy;
-    copy.state = 'streaming';
     copy.report.outcome = 'won';
     this.clearHedge();
     for (const other of this.copies) if (other !== copy) other.stop();
     this.fallback = null;
+    const extra = this.input.beforeHead?.(copy.report, headers);
+    if (extra instanceof Promise) {
+      copy.state = 'holding';
+      copy.controller?.pause();
+      extra.then(
+        (more) => this.release(copy, status, headers, more),
+        () => this.release(copy, status, headers, undefined),
+      );
+      return;
+    }
+    copy.state = 'streaming';
+    this.writeHead(copy, status, headers, extra);
+  }
+
+  writeHead(copy: Copy, status: number, headers: Record<string, string | string[] | undefined>, extra: Record<string, string | string[]> | undefined): void {
     const { res } = this.input;
     if (res.destroyed) return;
-    this.input.onAdopt?.(copy.report);
     const out = forwardResponseHeaders(headers);
+    if (extra) {
+      for (const name in extra) {
+        const prior = out[name];
+        // Set-Cookie and other list headers: add to the upstream's values.
+        out[name] = prior === undefined ? extra[name]! : ([] as string[]).concat(prior, extra[name]!);
+      }
+    }
     out['x-request-id'] = this.input.requestId;
     out[H.servedBy] = copy.upstream.id;
     res.writeHead(status, out);
+  }
+
+  /** The held winner may go: send its head and whatever body arrived meanwhile. */
+  release(copy: Copy, status: number, headers: Record<string, string | string[] | undefined>, extra: Record<string, string | string[]> | undefined): void {
+    if (this.finished) return; // timed out or the client left while holding
+    if (copy.broken) {
+      copy.chunks = [];
+      sendError(this.input.res, new RedundantProxyError(codes.UPSTREAMS_FAILED, 'the adopted answer broke before it could be sent', { status: 502 }), this.input.requestId);
+      this.finish('failed');
+      return;
+    }
+    this.writeHead(copy, status, headers, extra);
+    const { res } = this.input;
+    for (const chunk of copy.chunks) res.write(chunk);
+    copy.chunks = [];
+    if (copy.ended) {
+      copy.state = 'done';
+      this.onWinnerEnd();
+      return;
+    }
+    copy.state = 'streaming';
+    copy.controller?.resume();
   }
 
   onWinnerEnd(): void {
@@ -404,6 +469,7 @@ export class Race {
       res.writeHead(fallback.report.status!, out);
       res.end(body);
       fallback.chunks = [];
+      this.passedThrough = true;
       this.finish('failed');
       return;
     }
@@ -444,6 +510,7 @@ export class Race {
     this.input.res.off('close', this.#onClientClose);
     for (const copy of this.copies) copy.stop();
     const { input } = this;
+    const adopted = this.winner ?? (this.passedThrough ? this.fallback : null);
     this.#resolve({
       requestId: input.requestId,
       method: input.method,
@@ -451,7 +518,8 @@ export class Race {
       update: input.update,
       outcome,
       status: input.res.headersSent ? input.res.statusCode : null,
-      servedBy: this.winner?.upstream.id ?? (outcome === 'failed' ? (this.fallback?.upstream.id ?? null) : null),
+      servedBy: adopted?.upstream.id ?? null,
+      adopted: adopted?.report.duplicateId ?? null,
       duration: input.now() - this.started,
       copies: this.copies.map((c) => c.report),
     });

@@ -12,6 +12,10 @@ export const H = {
   copy: 'x-redundant-copy',
   update: 'x-redundant-update',
   session: 'x-redundant-session',
+  /** Request: `1` when the proxy minted the session id for this request (nothing to load). */
+  sessionNew: 'x-redundant-session-new',
+  /** Response: `changed` when the copy saved a session candidate. */
+  sessionChanged: 'x-redundant-session-changed',
   timestamp: 'x-redundant-timestamp',
   signature: 'x-redundant-signature',
   /** Response: set by every worker, so the proxy learns which upstreams run it. */
@@ -25,6 +29,9 @@ export const H = {
 
 export const PREFIX = 'x-redundant-';
 
+/** What a session id may look like; anything else from a client is ignored and a new one minted. */
+export const SESSION_ID = /^[A-Za-z0-9_-]{16,128}$/;
+
 /** What a copy's headers say, once parsed (and verified, when signed). */
 export interface CopyClaims {
   requestId: string;
@@ -36,6 +43,8 @@ export interface CopyClaims {
   update: boolean;
   /** The client's session id, or '' when the request has none. */
   sessionId: string;
+  /** True when the proxy minted the session id: the session has no state yet. */
+  sessionNew: boolean;
   /** Milliseconds since the epoch when the proxy sent the copy. */
   timestamp: number;
 }
@@ -43,7 +52,7 @@ export interface CopyClaims {
 function canonical(c: CopyClaims): string {
   // Newline-separated: none of the fields may contain a newline (ids are
   // minted by the proxy; the session id is validated before it is signed).
-  return ['v1', c.requestId, c.duplicateId, c.upstreamId, `${c.index}/${c.of}`, c.update ? '1' : '0', c.sessionId, String(c.timestamp)].join('\n');
+  return ['v1', c.requestId, c.duplicateId, c.upstreamId, `${c.index}/${c.of}`, c.update ? '1' : '0', c.sessionId, c.sessionNew ? '1' : '0', String(c.timestamp)].join('\n');
 }
 
 export function sign(claims: CopyClaims, secret: string | Buffer): string {
@@ -58,6 +67,7 @@ export function writeCopyHeaders(headers: Record<string, string | string[]>, cla
   headers[H.copy] = `${claims.index}/${claims.of}`;
   headers[H.update] = claims.update ? '1' : '0';
   if (claims.sessionId) headers[H.session] = claims.sessionId;
+  if (claims.sessionNew) headers[H.sessionNew] = '1';
   headers[H.timestamp] = String(claims.timestamp);
   if (secret !== undefined) headers[H.signature] = sign(claims, secret);
 }
@@ -90,7 +100,8 @@ export function readCopyHeaders(headers: HeaderBag, secret: string | Buffer | un
   const copy = /^(\d{1,4})\/(\d{1,4})$/.exec(one(headers, H.copy) ?? '');
   const update = one(headers, H.update);
   const ts = one(headers, H.timestamp);
-  if (!requestId || !duplicateId || !upstreamId || !copy || (update !== '0' && update !== '1') || !ts || !/^\d{1,16}$/.test(ts)) {
+  const session = one(headers, H.session);
+  if (!requestId || !duplicateId || !upstreamId || !copy || (update !== '0' && update !== '1') || !ts || !/^\d{1,16}$/.test(ts) || (session !== undefined && !SESSION_ID.test(session))) {
     return { ok: false, reason: 'malformed' };
   }
   const claims: CopyClaims = {
@@ -100,7 +111,8 @@ export function readCopyHeaders(headers: HeaderBag, secret: string | Buffer | un
     index: Number(copy[1]),
     of: Number(copy[2]),
     update: update === '1',
-    sessionId: one(headers, H.session) ?? '',
+    sessionId: session ?? '',
+    sessionNew: one(headers, H.sessionNew) === '1',
     timestamp: Number(ts),
   };
   if (secret === undefined) return { ok: true, claims };

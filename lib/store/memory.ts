@@ -1,0 +1,387 @@
+import { LRUCache } from 'lru-cache';
+import { InvalidOptionError, RedundantProxyError, SupersededError, codes } from '../errors.js';
+import type {
+  ClaimGrant,
+  ClaimOptions,
+  RecordAdoptionInput,
+  RecordCopyInput,
+  RequestRecord,
+  SessionRecord,
+  SessionStore,
+} from './types.js';
+
+export interface MemorySessionStoreOptions {
+  /**
+   * Most requests the store remembers; the least recently used is forgotten
+   * first. Sessions and saved candidates are capped at the same number each.
+   * A forgotten request also loses its commit state, so keep `max` above
+   * (requests per second × seconds of your longest race).
+   * @default 10000
+   */
+  max?: number;
+  /**
+   * Milliseconds a request record lives after it was last written, and a
+   * session after it was last read or promoted.
+   * @default 600000 (10 minutes)
+   */
+  ttl?: number;
+  /**
+   * The clock, in milliseconds since the epoch. It stamps records, judges
+   * TTLs and commit leases. Inject one to test expiry without sleeping.
+   * @default Date.now
+   */
+  now?: () => number;
+}
+
+/** A request as the store keeps it: the public record plus what only the store needs. */
+interface Entry {
+  record: RequestRecord;
+  /** The adopted copy's candidate became the session's state; never promote twice. */
+  promoted: boolean;
+}
+
+interface Candidate {
+  sessionId: string;
+  data: Record<string, unknown>;
+}
+
+interface Waiter {
+  duplicateId: string;
+  leaseMs: number;
+  resolve: (grant: ClaimGrant) => void;
+  reject: (reason: unknown) => void;
+  signal: AbortSignal | undefined;
+  onAbort: (() => void) | undefined;
+}
+
+const KNOWN = new Set(['max', 'ttl', 'now']);
+
+/**
+ * The session store of one process: a bounded, TTL'd LRU (lru-cache). Use it
+ * when the proxy and the workers run in the same process (tests, the demo,
+ * a single-machine setup); across processes use a shared store.
+ *
+ * @example
+ * const store = new MemorySessionStore({ max: 50_000, ttl: 5 * 60_000 });
+ */
+export class MemorySessionStore implements SessionStore {
+  readonly #now: () => number;
+  readonly #requests: LRUCache<string, Entry>;
+  readonly #sessions: LRUCache<string, SessionRecord>;
+  /** Candidates of requests not adopted yet, by request id, then by duplicate id. */
+  readonly #candidates: LRUCache<string, Map<string, Candidate>>;
+  /** Copies waiting for a claim another copy holds, first come first served. */
+  readonly #waiters = new Map<string, Waiter[]>();
+  /** One lease timer per request that has waiters. */
+  readonly #timers = new Map<string, NodeJS.Timeout>();
+  /** Fencing tokens: store-wide and only ever going up. */
+  #fence = 0;
+  #closed = false;
+
+  constructor(options: MemorySessionStoreOptions = {}) {
+    if (typeof options !== 'object' || options === null) throw new InvalidOptionError('options', 'must be an object', options);
+    for (const key of Object.keys(options)) {
+      if (!KNOWN.has(key)) throw new InvalidOptionError(key, `is not an option (known: ${[...KNOWN].join(', ')})`, (options as Record<string, unknown>)[key]);
+    }
+    const { max = 10_000, ttl = 10 * 60_000, now = Date.now } = options;
+    if (!Number.isSafeInteger(max) || max < 1) throw new InvalidOptionError('max', 'must be an integer >= 1', max);
+    if (!Number.isSafeInteger(ttl) || ttl < 1) throw new InvalidOptionError('ttl', 'must be an integer number of milliseconds >= 1', ttl);
+    if (typeof now !== 'function') throw new InvalidOptionError('now', 'must be a function returning milliseconds', now);
+    this.#now = now;
+
+    // lru-cache treats a start time of 0 as "no TTL", so an injected clock
+    // that starts at 0 would make the first records immortal; measure from
+    // construction instead, offset by one. `ttlResolution: 0` reads the clock
+    // on every check rather than caching it for a real millisecond, so a test
+    // that moves its clock sees the effect at once.
+    const origin = now();
+    const perf = { now: () => now() - origin + 1 };
+    const common = { max, ttl, ttlResolution: 0, perf };
+    this.#requests = new LRUCache<string, Entry>(common);
+    this.#sessions = new LRUCache<string, SessionRecord>({ ...common, updateAgeOnGet: true });
+    this.#candidates = new LRUCache<string, Map<string, Candidate>>(common);
+  }
+
+  /**
+   * How many request records the store holds now (at most `max`; records past
+   * their TTL count until they are next touched or pushed out).
+   */
+  get size(): number {
+    return this.#requests.size;
+  }
+
+  async recordCopy(input: RecordCopyInput): Promise<{ duplicate: boolean }> {
+    this.#assertOpen();
+    // claim 1 (c): the application server received this copy.
+    const entry = this.#ensure(input.requestId, input.sessionId, input.update);
+    if (entry.record.copies.some((c) => c.duplicateId === input.duplicateId)) return { duplicate: true };
+    entry.record.copies.push({
+      duplicateId: input.duplicateId,
+      upstreamId: input.upstreamId,
+      index: input.index,
+      of: input.of,
+      receivedAt: this.#now(),
+    });
+    this.#touch(input.requestId, entry);
+    return { duplicate: false };
+  }
+
+  async saveCandidate(sessionId: string, requestId: string, duplicateId: string, data: Record<string, unknown>): Promise<void> {
+    this.#assertOpen();
+    const copy = jsonCopy(data);
+    // A request without a session has no state to carry to the next request.
+    if (sessionId === '') return;
+    const entry = this.#requests.get(requestId);
+    const adopted = entry?.record.adopted;
+    if (entry && adopted) {
+      // The proxy's adoption arrived first (the worker and the proxy race):
+      // promote the adopted copy's candidate now, drop anyone else's.
+      if (adopted.duplicateIds[0] === duplicateId && !entry.promoted) {
+        this.#promote(sessionId, copy);
+        entry.promoted = true;
+      }
+      return;
+    }
+    const byCopy = this.#candidates.get(requestId) ?? new Map<string, Candidate>();
+    byCopy.set(duplicateId, { sessionId, data: copy });
+    this.#candidates.set(requestId, byCopy);
+  }
+
+  async recordAdoption(input: RecordAdoptionInput): Promise<void> {
+    this.#assertOpen();
+    const entry = this.#ensure(input.requestId, input.sessionId, input.update);
+    // claim 1 (e): which copies produced the adopted answer. The first
+    // adoption recorded stands; a repeat or a different one changes nothing.
+    if (entry.record.adopted === null) {
+      entry.record.adopted = {
+        duplicateIds: [...input.duplicateIds],
+        upstreamIds: [...input.upstreamIds],
+        at: this.#now(),
+      };
+      this.#touch(input.requestId, entry);
+    }
+    const byCopy = this.#candidates.get(input.requestId);
+    if (!byCopy) return;
+    const winner = entry.record.adopted.duplicateIds[0];
+    const candidate = winner === undefined ? undefined : byCopy.get(winner);
+    if (candidate && !entry.promoted) {
+      this.#promote(candidate.sessionId, candidate.data);
+      entry.promoted = true;
+    }
+    // Only the adopted copy's session state may reach the client.
+    this.#candidates.delete(input.requestId);
+  }
+
+  async recordCancelled(requestId: string, duplicateId: string): Promise<void> {
+    this.#assertOpen();
+    const entry = this.#ensure(requestId, '', true);
+    if (entry.record.cancelled.includes(duplicateId)) return;
+    entry.record.cancelled.push(duplicateId);
+    this.#touch(requestId, entry);
+  }
+
+  async getRequest(requestId: string): Promise<RequestRecord | undefined> {
+    this.#assertOpen();
+    const entry = this.#requests.get(requestId);
+    return entry && structuredClone(entry.record);
+  }
+
+  async getSession(sessionId: string): Promise<SessionRecord | undefined> {
+    this.#assertOpen();
+    const session = this.#sessions.get(sessionId);
+    return session && structuredClone(session);
+  }
+
+  async claim(requestId: string, duplicateId: string, options: ClaimOptions): Promise<ClaimGrant> {
+    this.#assertOpen();
+    const { leaseMs, signal } = options;
+    if (!Number.isFinite(leaseMs) || leaseMs <= 0) throw new InvalidOptionError('leaseMs', 'must be a number of milliseconds > 0', leaseMs);
+    signal?.throwIfAborted();
+    // An expired lease goes to the copy that has waited longest, not to
+    // whoever happens to ask next.
+    this.#settle(requestId);
+    const entry = this.#ensure(requestId, '', true);
+    const commit = entry.record.commit;
+    if (commit.state === 'committed') throw new SupersededError(`request ${requestId}: copy ${commit.holder} committed first`);
+    if (commit.state === 'claimed' && this.#now() < commit.leaseUntil) {
+      if (commit.holder === duplicateId) return { fence: commit.fence, leaseUntil: commit.leaseUntil };
+      return this.#wait(requestId, duplicateId, leaseMs, signal);
+    }
+    return this.#grant(requestId, entry, duplicateId, leaseMs);
+  }
+
+  async confirm(requestId: string, duplicateId: string, fence: number): Promise<void> {
+    this.#assertOpen();
+    const entry = this.#requests.get(requestId);
+    const commit = entry?.record.commit;
+    // Confirming twice (a retried call) is harmless.
+    if (commit?.state === 'committed' && commit.holder === duplicateId && commit.fence === fence) return;
+    // A holder past its lease may still confirm as long as nobody took over:
+    // the takeover, not the clock, is what makes it lose.
+    if (!entry || commit?.state !== 'claimed' || commit.holder !== duplicateId || commit.fence !== fence) {
+      throw new SupersededError(`request ${requestId}: copy ${duplicateId} no longer holds the claim (fence ${fence})`);
+    }
+    entry.record.commit = { state: 'committed', holder: duplicateId, fence, committedAt: this.#now() };
+    this.#touch(requestId, entry);
+    this.#rejectWaiters(requestId, () => new SupersededError(`request ${requestId}: copy ${duplicateId} committed first`));
+  }
+
+  async release(requestId: string, duplicateId: string, fence: number): Promise<void> {
+    this.#assertOpen();
+    const entry = this.#requests.get(requestId);
+    const commit = entry?.record.commit;
+    if (!entry || commit?.state !== 'claimed' || commit.holder !== duplicateId || commit.fence !== fence) return;
+    entry.record.commit = { state: 'none' };
+    this.#touch(requestId, entry);
+    this.#settle(requestId);
+  }
+
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    for (const requestId of [...this.#waiters.keys()]) {
+      this.#rejectWaiters(requestId, () => closedError());
+    }
+    for (const timer of this.#timers.values()) clearTimeout(timer);
+    this.#timers.clear();
+    this.#requests.clear();
+    this.#sessions.clear();
+    this.#candidates.clear();
+  }
+
+  #assertOpen(): void {
+    if (this.#closed) throw closedError();
+  }
+
+  #ensure(requestId: string, sessionId: string, update: boolean): Entry {
+    let entry = this.#requests.get(requestId);
+    if (!entry) {
+      entry = {
+        record: { requestId, sessionId, update, copies: [], adopted: null, cancelled: [], commit: { state: 'none' } },
+        promoted: false,
+      };
+      this.#requests.set(requestId, entry);
+    }
+    return entry;
+  }
+
+  /** Entries are changed in place; setting one again restarts its TTL. */
+  #touch(requestId: string, entry: Entry): void {
+    this.#requests.set(requestId, entry);
+  }
+
+  #promote(sessionId: string, data: Record<string, unknown>): void {
+    const previous = this.#sessions.get(sessionId);
+    this.#sessions.set(sessionId, { sessionId, data, version: (previous?.version ?? 0) + 1, updatedAt: this.#now() });
+  }
+
+  #grant(requestId: string, entry: Entry, duplicateId: string, leaseMs: number): ClaimGrant {
+    const fence = ++this.#fence;
+    const leaseUntil = this.#now() + leaseMs;
+    entry.record.commit = { state: 'claimed', holder: duplicateId, fence, leaseUntil };
+    this.#touch(requestId, entry);
+    return { fence, leaseUntil };
+  }
+
+  #wait(requestId: string, duplicateId: string, leaseMs: number, signal: AbortSignal | undefined): Promise<ClaimGrant> {
+    return new Promise<ClaimGrant>((resolve, reject) => {
+      const waiter: Waiter = { duplicateId, leaseMs, resolve, reject, signal, onAbort: undefined };
+      if (signal) {
+        waiter.onAbort = () => {
+          this.#removeWaiter(requestId, waiter);
+          reject(signal.reason);
+        };
+        signal.addEventListener('abort', waiter.onAbort, { once: true });
+      }
+      const list = this.#waiters.get(requestId);
+      if (list) list.push(waiter);
+      else this.#waiters.set(requestId, [waiter]);
+      this.#schedule(requestId);
+    });
+  }
+
+  /**
+   * Hands the claim to the first waiter when nobody holds it (released,
+   * lease expired by the store's clock, or the record was forgotten), and
+   * turns everyone away once the request is committed.
+   */
+  #settle(requestId: string): void {
+    const list = this.#waiters.get(requestId);
+    if (!list || list.length === 0) return;
+    const entry = this.#ensure(requestId, '', true);
+    const commit = entry.record.commit;
+    if (commit.state === 'committed') {
+      this.#rejectWaiters(requestId, () => new SupersededError(`request ${requestId}: copy ${commit.holder} committed first`));
+      return;
+    }
+    if (commit.state === 'none' || this.#now() >= commit.leaseUntil) {
+      const next = list.shift() as Waiter;
+      if (list.length === 0) this.#waiters.delete(requestId);
+      detach(next);
+      next.resolve(this.#grant(requestId, entry, next.duplicateId, next.leaseMs));
+    }
+    this.#schedule(requestId);
+  }
+
+  /**
+   * Wakes the waiters of a request when the holder's lease should have run
+   * out, in real time. The lease is judged by the store's clock when the
+   * timer fires, so an injected clock decides; while the lease still runs,
+   * the timer is set again for what remains (at least 1 ms: no busy loop).
+   */
+  #schedule(requestId: string): void {
+    const existing = this.#timers.get(requestId);
+    if (existing) clearTimeout(existing);
+    this.#timers.delete(requestId);
+    if (!this.#waiters.has(requestId)) return;
+    const commit = this.#requests.get(requestId)?.record.commit;
+    const delay = commit?.state === 'claimed' ? Math.max(1, commit.leaseUntil - this.#now()) : 1;
+    const timer = setTimeout(() => {
+      this.#timers.delete(requestId);
+      this.#settle(requestId);
+    }, delay);
+    // Waiting copies must not keep a process alive that is otherwise done.
+    timer.unref();
+    this.#timers.set(requestId, timer);
+  }
+
+  #rejectWaiters(requestId: string, reason: () => unknown): void {
+    const list = this.#waiters.get(requestId) ?? [];
+    this.#waiters.delete(requestId);
+    this.#schedule(requestId);
+    for (const waiter of list) {
+      detach(waiter);
+      waiter.reject(reason());
+    }
+  }
+
+  #removeWaiter(requestId: string, waiter: Waiter): void {
+    const list = this.#waiters.get(requestId);
+    if (!list) return;
+    const at = list.indexOf(waiter);
+    if (at !== -1) list.splice(at, 1);
+    if (list.length === 0) {
+      this.#waiters.delete(requestId);
+      this.#schedule(requestId);
+    }
+  }
+}
+
+function detach(waiter: Waiter): void {
+  if (waiter.signal && waiter.onAbort) waiter.signal.removeEventListener('abort', waiter.onAbort);
+}
+
+function closedError(): RedundantProxyError {
+  return new RedundantProxyError(codes.CLOSED, 'the session store is closed', { status: 503 });
+}
+
+/**
+ * Stores what a shared store would: the data as JSON sees it. A value JSON
+ * cannot carry (a BigInt, a cycle) fails here, not later in another process.
+ */
+function jsonCopy(data: Record<string, unknown>): Record<string, unknown> {
+  if (typeof data !== 'object' || data === null || Array.isArray(data)) {
+    throw new TypeError('redundant-proxy: session data must be a plain object');
+  }
+  return JSON.parse(JSON.stringify(data)) as Record<string, unknown>;
+}

@@ -1,0 +1,314 @@
+import { randomUUID } from 'node:crypto';
+import { LRUCache } from 'lru-cache';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { codes, InvalidOptionError, RedundantProxyError } from '../errors.js';
+import { Emitter, type Disposable } from '../events.js';
+import type { SessionStore } from '../store/types.js';
+import { H, readCopyHeaders, type CopyClaims } from '../wire/protocol.js';
+import { withTimeout } from '../timeout.js';
+
+export interface WorkerOptions {
+  /**
+   * This replica's upstream id, exactly as the proxy names it (the `id` of
+   * its `upstreams` entry, or the URL's `host:port`). Signed copies addressed
+   * to another id are refused.
+   */
+  id: string;
+  /** The store the proxy uses too: shared memory in one process, Redis across machines. */
+  store: SessionStore;
+  /** The proxy's HMAC key. With it, unsigned, forged, tampered, stale and replayed copies get `401`. */
+  secret?: string | Buffer;
+  /**
+   * Milliseconds a signed copy stays valid after the proxy sent it (clock skew
+   * between gateway and replica included).
+   * @default 30000
+   */
+  maxSkew?: number;
+  /**
+   * Milliseconds to wait for the store when loading a session or saving a
+   * candidate before giving up on it (the request is still served).
+   * @default 1000
+   */
+  storeTimeout?: number;
+  /** Wall clock in ms, for tests. @default Date.now */
+  now?: () => number;
+}
+
+/** The per-request handle: `ctx.state.redundant` (Koa) or `req.redundant` (Express). */
+export interface RedundantHandle {
+  /** The original request's id, shared by every copy. */
+  requestId: string;
+  /** This copy's own id. */
+  duplicateId: string;
+  /** The upstream id the proxy sent this copy to. */
+  upstreamId: string;
+  /** 1-based index of this copy among `of` planned copies. */
+  copy: { index: number; of: number };
+  update: boolean;
+  /** True when the request did not come through the proxy. */
+  direct: boolean;
+  /** Aborted when the proxy stops this copy or the connection closes. */
+  signal: AbortSignal;
+  /**
+   * The session's adopted state. Change `data` (or replace it with another
+   * plain object); what it holds when the handler finishes is saved as this
+   * copy's candidate, and becomes the session's state if the proxy adopts
+   * this copy's answer.
+   */
+  session: { id: string; data: Record<string, unknown> };
+}
+
+export interface WorkerErrorEvent {
+  requestId: string;
+  /** What failed: recording the copy, loading the session, saving the candidate. */
+  operation: 'recordCopy' | 'getSession' | 'saveCandidate';
+  error: unknown;
+}
+
+export interface WorkerEvents {
+  /** A bookkeeping operation failed; the request was still served. */
+  error: WorkerErrorEvent;
+  /** A copy was refused with 401 before the handler ran. */
+  refused: { code: string; reason: string };
+}
+
+export interface RedundantWorker {
+  (ctx: KoaWorkerContext, next: () => Promise<unknown>): Promise<void>;
+  (req: IncomingMessage, res: ServerResponse, next: (err?: unknown) => void): void;
+  on<K extends keyof WorkerEvents>(name: K, listener: (event: WorkerEvents[K]) => void): Disposable;
+}
+
+/** The part of a Koa context the worker uses. */
+export interface KoaWorkerContext {
+  req: IncomingMessage;
+  res: ServerResponse;
+  state: Record<string, unknown>;
+  status: number;
+  body: unknown;
+  set(name: string, value: string): void;
+}
+
+interface Prepared {
+  handle: RedundantHandle;
+  /** JSON of the session as loaded; undefined when candidates must not be saved. */
+  sessionBefore: string | undefined;
+  /** Whether the store had seen this copy before, or the error recording it. */
+  recorded: Promise<boolean | Error>;
+}
+
+const READ_METHODS = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE']);
+
+/**
+ * Middleware for each application server: verifies the copy's signed
+ * headers, records the copy (claim 1 (c)), and exposes the per-request handle.
+ */
+export function redundantWorker(options: WorkerOptions): RedundantWorker {
+  if (typeof options !== 'object' || options === null) throw new InvalidOptionError('options', 'must be an object', options);
+  const { id, store, secret } = options;
+  if (typeof id !== 'string' || !/^[A-Za-z0-9._:-]{1,64}$/.test(id)) throw new InvalidOptionError('id', 'must be 1-64 characters of letters, digits and ._:-', id);
+  if (typeof store !== 'object' || store === null || typeof store.recordCopy !== 'function') throw new InvalidOptionError('store', 'must implement SessionStore', store);
+  if (secret !== undefined && !((typeof secret === 'string' || Buffer.isBuffer(secret)) && secret.length >= 16)) {
+    throw new InvalidOptionError('secret', 'must be a string or Buffer of at least 16 characters/bytes', secret);
+  }
+  const maxSkew = options.maxSkew ?? 30_000;
+  if (!Number.isFinite(maxSkew) || maxSkew <= 0) throw new InvalidOptionError('maxSkew', 'must be a number of milliseconds > 0', options.maxSkew);
+  const storeTimeout = options.storeTimeout ?? 1000;
+  if (!Number.isFinite(storeTimeout) || storeTimeout <= 0) throw new InvalidOptionError('storeTimeout', 'must be a number of milliseconds > 0', options.storeTimeout);
+  const now = options.now ?? Date.now;
+  if (typeof now !== 'function') throw new InvalidOptionError('now', 'must be a function', now);
+  const known = new Set(['id', 'store', 'secret', 'maxSkew', 'storeTimeout', 'now']);
+  for (const key of Object.keys(options)) {
+    if (key === 'lease') throw new InvalidOptionError(key, 'is not supported by this version yet', (options as unknown as Record<string, unknown>)[key]);
+    if (!known.has(key)) throw new InvalidOptionError(key, `is not an option (known: ${[...known].join(', ')})`, (options as unknown as Record<string, unknown>)[key]);
+  }
+
+  // Signed copies this process has accepted, for as long as their signature
+  // is valid: a replay is refused at once, without a store round trip. (A
+  // replay to another upstream fails the signature's upstream binding; one to
+  // another process of this upstream is caught by the store's copy record.)
+  const seen = secret === undefined ? null : new LRUCache<string, true>({ max: 100_000, ttl: 2 * maxSkew, perf: { now } });
+  const events = new Emitter<WorkerEvents>();
+  let warned = false;
+  const report = (requestId: string, operation: WorkerErrorEvent['operation'], error: unknown) => {
+    if (events.has('error')) events.emit('error', { requestId, operation, error });
+    else if (!warned) {
+      warned = true;
+      console.warn(`redundant-proxy worker: ${operation} failed (further failures are silent without an 'error' listener):`, error);
+    }
+  };
+
+  function refuse(code: (typeof codes)[keyof typeof codes], reason: string): RedundantProxyError {
+    events.emit('refused', { code, reason });
+    return new RedundantProxyError(code, `copy refused: ${reason}`, { status: 401 });
+  }
+
+  /** Checks the copy, records it and loads the session. Rejects with a 401 error for a refused copy. */
+  async function prepare(req: IncomingMessage, res: ServerResponse): Promise<Prepared> {
+    const controller = new AbortController();
+    res.once('close', () => {
+      if (!res.writableFinished) controller.abort(new RedundantProxyError(codes.CLOSED, 'the copy was stopped or the connection closed'));
+    });
+    const read = readCopyHeaders(req.headers, secret, now(), maxSkew);
+    if (!read.ok) {
+      if (read.reason !== 'absent') {
+        throw read.reason === 'stale'
+          ? refuse(codes.STALE_COPY, 'its timestamp is outside the accepted skew')
+          : refuse(codes.BAD_SIGNATURE, read.reason === 'unsigned' ? 'it is not signed' : read.reason === 'malformed' ? 'its headers are malformed' : 'its signature does not match');
+      }
+      const requestId = randomUUID();
+      const handle: RedundantHandle = {
+        requestId,
+        duplicateId: requestId,
+        upstreamId: id,
+        copy: { index: 1, of: 1 },
+        update: !READ_METHODS.has(req.method ?? 'GET'),
+        direct: true,
+        signal: controller.signal,
+        session: { id: '', data: {} },
+      };
+      return { handle, sessionBefore: undefined, recorded: Promise.resolve(false) };
+    }
+    const c: CopyClaims = read.claims;
+    if (secret !== undefined && c.upstreamId !== id) throw refuse(codes.WRONG_UPSTREAM, `it is addressed to upstream "${c.upstreamId}", this worker is "${id}"`);
+    if (seen) {
+      if (seen.has(c.duplicateId)) throw refuse(codes.REPLAYED_COPY, 'this copy was already received');
+      seen.set(c.duplicateId, true);
+    }
+    // claim 1 (c): this server received this copy. Resolves to whether the
+    // copy was seen before, or to the store's error (handled at once, so a
+    // failure is never an unhandled rejection while the session loads).
+    const recorded: Promise<boolean | Error> = withTimeout(
+      store.recordCopy({ requestId: c.requestId, duplicateId: c.duplicateId, upstreamId: c.upstreamId, index: c.index, of: c.of, update: c.update, sessionId: c.sessionId }),
+      storeTimeout,
+      'recordCopy',
+    ).then(
+      (r) => r.duplicate,
+      (err: unknown) => {
+        report(c.requestId, 'recordCopy', err);
+        return err instanceof Error ? err : new Error(String(err));
+      },
+    );
+    // Reads do not wait for the record (it is off the critical path); a
+    // replay is still caught before its session candidate could be saved.
+    // Updates wait: their commit arbitration needs the record first.
+    if (c.update) {
+      const duplicate = await recorded;
+      if (duplicate instanceof Error) {
+        // Fail closed: an update the store does not know of cannot be arbitrated.
+        throw new RedundantProxyError(codes.STORE_UNAVAILABLE, 'the session store is unavailable; the update was not processed', { status: 503, cause: duplicate });
+      }
+      if (duplicate && secret !== undefined) throw refuse(codes.REPLAYED_COPY, 'this copy was already received');
+    }
+    const handle: RedundantHandle = {
+      requestId: c.requestId,
+      duplicateId: c.duplicateId,
+      upstreamId: c.upstreamId,
+      copy: { index: c.index, of: c.of },
+      update: c.update,
+      direct: false,
+      signal: controller.signal,
+      session: { id: c.sessionId, data: {} },
+    };
+    let sessionBefore: string | undefined;
+    if (c.sessionId) {
+      if (c.sessionNew) sessionBefore = '{}';
+      else {
+        try {
+          const s = await withTimeout(store.getSession(c.sessionId), storeTimeout, 'getSession');
+          handle.session.data = s ? s.data : {};
+          sessionBefore = JSON.stringify(handle.session.data);
+        } catch (err) {
+          // Without the adopted state, a candidate would overwrite it with a guess: serve, but save nothing.
+          report(c.requestId, 'getSession', err);
+        }
+      }
+    }
+    return { handle, sessionBefore, recorded };
+  }
+
+  /**
+   * Saves this copy's session candidate if the handler changed the session.
+   * Resolves true when a candidate was saved (the response then says so, and
+   * the proxy records the adoption before answering: read-your-writes).
+   */
+  async function saveSession(p: Prepared): Promise<boolean> {
+    const { handle, sessionBefore } = p;
+    // A stopped copy's answer never reaches the proxy, so its candidate could never be adopted.
+    if (sessionBefore === undefined || !handle.session.id || handle.signal.aborted) return false;
+    let after: string;
+    try {
+      const data = handle.session.data;
+      if (typeof data !== 'object' || data === null || Array.isArray(data)) throw new TypeError('session.data must be a plain object');
+      after = JSON.stringify(data);
+    } catch (err) {
+      report(handle.requestId, 'saveCandidate', err);
+      return false;
+    }
+    if (after === sessionBefore) return false;
+    // A replayed copy must not overwrite the real copy's candidate.
+    if ((await p.recorded) === true) {
+      events.emit('refused', { code: codes.REPLAYED_COPY, reason: 'a replayed read tried to save a session candidate' });
+      return false;
+    }
+    try {
+      await withTimeout(store.saveCandidate(handle.session.id, handle.requestId, handle.duplicateId, JSON.parse(after) as Record<string, unknown>), storeTimeout, 'saveCandidate');
+      return true;
+    } catch (err) {
+      report(handle.requestId, 'saveCandidate', err);
+      return false;
+    }
+  }
+
+  const worker = function redundantWorkerMiddleware(a: IncomingMessage | KoaWorkerContext, b: unknown, c?: unknown): Promise<void> | void {
+    if (b !== null && typeof b === 'object' && typeof (b as ServerResponse).writeHead === 'function') {
+      return express(a as IncomingMessage & { redundant?: RedundantHandle }, b as ServerResponse, c as (err?: unknown) => void);
+    }
+    return koa(a as KoaWorkerContext, b as () => Promise<unknown>);
+  } as RedundantWorker;
+
+  async function koa(ctx: KoaWorkerContext, next: () => Promise<unknown>): Promise<void> {
+    ctx.set(H.worker, '1');
+    let p: Prepared;
+    try {
+      p = await prepare(ctx.req, ctx.res);
+    } catch (err) {
+      if (!(err instanceof RedundantProxyError)) throw err;
+      ctx.status = err.status;
+      ctx.body = err.toJSON();
+      return;
+    }
+    ctx.state.redundant = p.handle;
+    await next();
+    if (await saveSession(p)) ctx.set(H.sessionChanged, '1');
+  }
+
+  function express(req: IncomingMessage & { redundant?: RedundantHandle }, res: ServerResponse, next: (err?: unknown) => void): void {
+    res.setHeader(H.worker, '1');
+    prepare(req, res).then(
+      (p) => {
+        req.redundant = p.handle;
+        // Express handlers end the response themselves: hold the end until the
+        // session candidate is saved, so the answer never outruns its state.
+        const end = res.end;
+        res.end = function (this: ServerResponse, ...args: unknown[]) {
+          res.end = end;
+          saveSession(p).then((saved) => {
+            if (saved && !res.headersSent) res.setHeader(H.sessionChanged, '1');
+            (end as (...a: unknown[]) => void).apply(res, args);
+          });
+          return this;
+        } as ServerResponse['end'];
+        next();
+      },
+      (err) => {
+        if (!(err instanceof RedundantProxyError)) return next(err);
+        const body = JSON.stringify(err.toJSON());
+        res.writeHead(err.status, { 'content-type': 'application/json; charset=utf-8', 'content-length': String(Buffer.byteLength(body)) });
+        res.end(body);
+      },
+    );
+  }
+
+  worker.on = (name, listener) => events.on(name, listener);
+  return worker;
+}
