@@ -415,6 +415,59 @@ export function testSessionStore(
       });
     });
 
+    describe('idempotency keys', () => {
+      const answer = { status: 201, headers: { 'content-type': 'application/json', 'set-cookie': ['a=1', 'b=2'] }, body: Buffer.from('{"id":7}').toString('base64') };
+
+      it('starts a free key, reports it in flight to the same request, and a mismatch to another', async () => {
+        const key = id('key');
+        await expect(store.beginIdempotent(key, 'fp1', 'r1', 10_000)).resolves.toEqual({ state: 'started' });
+        await expect(store.beginIdempotent(key, 'fp1', 'r2', 10_000)).resolves.toEqual({ state: 'in-flight', requestId: 'r1' });
+        await expect(store.beginIdempotent(key, 'fp2', 'r3', 10_000)).resolves.toEqual({ state: 'mismatch' });
+      });
+
+      it('replays the completed answer exactly, and still refuses another fingerprint', async () => {
+        const key = id('key');
+        await store.beginIdempotent(key, 'fp1', 'r1', 10_000);
+        await store.completeIdempotent(key, 'r1', answer, 60_000);
+        const again = await store.beginIdempotent(key, 'fp1', 'r2', 10_000);
+        expect(again).toEqual({ state: 'completed', requestId: 'r1', answer });
+        expect(JSON.parse(JSON.stringify(again))).toEqual(again);
+        await expect(store.beginIdempotent(key, 'fp2', 'r3', 10_000)).resolves.toEqual({ state: 'mismatch' });
+      });
+
+      it('frees a key completed without an answer, so a retry runs anew', async () => {
+        const key = id('key');
+        await store.beginIdempotent(key, 'fp1', 'r1', 10_000);
+        await store.completeIdempotent(key, 'r1', null, 60_000);
+        await expect(store.beginIdempotent(key, 'fp1', 'r2', 10_000)).resolves.toEqual({ state: 'started' });
+      });
+
+      it('ignores a completion from a request that does not own the key', async () => {
+        const key = id('key');
+        await store.beginIdempotent(key, 'fp1', 'r1', 10_000);
+        await store.completeIdempotent(key, 'r9', answer, 60_000);
+        await store.completeIdempotent(key, 'r9', null, 60_000);
+        await expect(store.beginIdempotent(key, 'fp1', 'r2', 10_000)).resolves.toEqual({ state: 'in-flight', requestId: 'r1' });
+      });
+
+      it('frees a key whose owner neither completed nor released it within lockMs', async () => {
+        const key = id('key');
+        await store.beginIdempotent(key, 'fp1', 'r1', 50);
+        await sleep(120);
+        await expect(store.beginIdempotent(key, 'fp1', 'r2', 10_000)).resolves.toEqual({ state: 'started' });
+        // The first owner came back too late: its completion changes nothing.
+        await store.completeIdempotent(key, 'r1', answer, 60_000);
+        await expect(store.beginIdempotent(key, 'fp1', 'r3', 10_000)).resolves.toEqual({ state: 'in-flight', requestId: 'r2' });
+      });
+
+      it('lets exactly one of 10 concurrent requests start a key', async () => {
+        const key = id('key');
+        const results = await Promise.all(Array.from({ length: 10 }, (_, i) => store.beginIdempotent(key, 'fp', `r${i}`, 10_000)));
+        expect(results.filter((r) => r.state === 'started')).toHaveLength(1);
+        expect(results.filter((r) => r.state === 'in-flight')).toHaveLength(9);
+      });
+    });
+
     describe('close', () => {
       it('rejects waiting claims and every later call with a CLOSED error', async () => {
         const requestId = id('request');

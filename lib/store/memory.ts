@@ -3,6 +3,8 @@ import { InvalidOptionError, RedundantProxyError, SupersededError, codes } from 
 import type {
   ClaimGrant,
   ClaimOptions,
+  IdempotencyState,
+  StoredAnswer,
   RecordAdoptionInput,
   RecordCopyInput,
   RequestRecord,
@@ -45,6 +47,10 @@ interface Candidate {
   data: Record<string, unknown>;
 }
 
+type IdempotencyEntry =
+  | { state: 'in-flight'; fingerprint: string; requestId: string; until: number }
+  | { state: 'completed'; fingerprint: string; requestId: string; answer: StoredAnswer; until: number };
+
 interface Waiter {
   duplicateId: string;
   leaseMs: number;
@@ -74,6 +80,8 @@ export class MemorySessionStore implements SessionStore {
   readonly #waiters = new Map<string, Waiter[]>();
   /** One lease timer per request that has waiters. */
   readonly #timers = new Map<string, NodeJS.Timeout>();
+  /** Idempotency keys; each entry carries its own expiry, judged by the injected clock. */
+  readonly #idempotency: LRUCache<string, IdempotencyEntry>;
   /** Fencing tokens: store-wide and only ever going up. */
   #fence = 0;
   #closed = false;
@@ -100,6 +108,7 @@ export class MemorySessionStore implements SessionStore {
     this.#requests = new LRUCache<string, Entry>(common);
     this.#sessions = new LRUCache<string, SessionRecord>({ ...common, updateAgeOnGet: true });
     this.#candidates = new LRUCache<string, Map<string, Candidate>>(common);
+    this.#idempotency = new LRUCache<string, IdempotencyEntry>({ max });
   }
 
   /**
@@ -236,6 +245,27 @@ export class MemorySessionStore implements SessionStore {
     this.#settle(requestId);
   }
 
+  async beginIdempotent(key: string, fingerprint: string, requestId: string, lockMs: number): Promise<IdempotencyState> {
+    this.#assertOpen();
+    const now = this.#now();
+    const entry = this.#idempotency.get(key);
+    if (entry && entry.until > now) {
+      if (entry.fingerprint !== fingerprint) return { state: 'mismatch' };
+      if (entry.state === 'completed') return { state: 'completed', requestId: entry.requestId, answer: structuredClone(entry.answer) };
+      return { state: 'in-flight', requestId: entry.requestId };
+    }
+    this.#idempotency.set(key, { state: 'in-flight', fingerprint, requestId, until: now + lockMs });
+    return { state: 'started' };
+  }
+
+  async completeIdempotent(key: string, requestId: string, answer: StoredAnswer | null, ttlMs: number): Promise<void> {
+    this.#assertOpen();
+    const entry = this.#idempotency.get(key);
+    if (!entry || entry.state !== 'in-flight' || entry.requestId !== requestId) return;
+    if (answer === null) this.#idempotency.delete(key);
+    else this.#idempotency.set(key, { state: 'completed', fingerprint: entry.fingerprint, requestId, answer: structuredClone(answer), until: this.#now() + ttlMs });
+  }
+
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
@@ -247,6 +277,7 @@ export class MemorySessionStore implements SessionStore {
     this.#requests.clear();
     this.#sessions.clear();
     this.#candidates.clear();
+    this.#idempotency.clear();
   }
 
   #assertOpen(): void {

@@ -75,6 +75,25 @@ export interface ClaimGrant {
   leaseUntil: number;
 }
 
+/** An answer kept for an `Idempotency-Key`, to replay to a retry. */
+export interface StoredAnswer {
+  status: number;
+  headers: Record<string, string | string[]>;
+  /** The body, base64. */
+  body: string;
+}
+
+/** What `beginIdempotent` found. */
+export type IdempotencyState =
+  /** The key was free: this request owns it now. */
+  | { state: 'started' }
+  /** Another request with this key and the same fingerprint is still running (409). */
+  | { state: 'in-flight'; requestId: string }
+  /** The key was used with another fingerprint, a different request (422). */
+  | { state: 'mismatch' }
+  /** A request with this key finished: replay its answer. */
+  | { state: 'completed'; requestId: string; answer: StoredAnswer };
+
 /**
  * What a session store does. Implementations: `MemorySessionStore` (one
  * process), `RedisSessionStore` (`redundant-proxy/redis`), or your own,
@@ -93,6 +112,7 @@ export interface SessionStore {
   /**
    * Saves what a copy's handler left in its session data, as that copy's
    * candidate. Nothing the client can see changes until the copy is adopted.
+   * With `sessionId` '' nothing is saved.
    */
   saveCandidate(sessionId: string, requestId: string, duplicateId: string, data: Record<string, unknown>): Promise<void>;
 
@@ -115,14 +135,33 @@ export interface SessionStore {
    * time. While another copy holds it, waits: rejects with `SupersededError`
    * when the holder confirms; takes over when the holder releases or its lease
    * runs out. Rejects with `SupersededError` at once when already committed.
+   * A holder asking again during its lease gets its own grant back.
    */
   claim(requestId: string, duplicateId: string, options: ClaimOptions): Promise<ClaimGrant>;
 
-  /** The holder committed. Rejects with `SupersededError` if it no longer holds the claim (lease lost). */
+  /**
+   * The holder committed. Rejects with `SupersededError` if it no longer holds
+   * the claim (lease lost and taken over). Confirming again with the same
+   * fence is harmless.
+   */
   confirm(requestId: string, duplicateId: string, fence: number): Promise<void>;
 
   /** The holder gives the claim up (its commit failed). A no-op for anyone but the current holder. */
   release(requestId: string, duplicateId: string, fence: number): Promise<void>;
+
+  /**
+   * Takes an `Idempotency-Key` (already scoped by the caller) for a request,
+   * atomically. The key stays `in-flight` for at most `lockMs`, after which
+   * it is free again (the gateway that held it crashed).
+   */
+  beginIdempotent(key: string, fingerprint: string, requestId: string, lockMs: number): Promise<IdempotencyState>;
+
+  /**
+   * Ends the request that owns `key`: with an answer, kept for `ttlMs` and
+   * replayed to retries; with `null`, the key is freed so a retry runs anew.
+   * A no-op unless `requestId` owns the key.
+   */
+  completeIdempotent(key: string, requestId: string, answer: StoredAnswer | null, ttlMs: number): Promise<void>;
 
   /** Releases timers and connections the store itself opened. */
   close(): Promise<void>;
