@@ -29,6 +29,14 @@ export const codes = {
   WRONG_UPSTREAM: 'RP_ERR_WRONG_UPSTREAM',
   /** Another copy of the same request committed first (409). */
   SUPERSEDED: 'RP_ERR_SUPERSEDED',
+  /** An update was committed by an upstream, but its answer was lost on the way (502). Do not retry it blindly. */
+  ANSWER_LOST: 'RP_ERR_ANSWER_LOST',
+  /** A request with the same Idempotency-Key is still being processed (409). */
+  IDEMPOTENCY_IN_FLIGHT: 'RP_ERR_IDEMPOTENCY_IN_FLIGHT',
+  /** The Idempotency-Key was already used for a different request (422). */
+  IDEMPOTENCY_MISMATCH: 'RP_ERR_IDEMPOTENCY_MISMATCH',
+  /** The Idempotency-Key header is malformed (400). */
+  BAD_IDEMPOTENCY_KEY: 'RP_ERR_BAD_IDEMPOTENCY_KEY',
   /** The session store failed or did not answer in time. */
   STORE_UNAVAILABLE: 'RP_ERR_STORE_UNAVAILABLE',
   /** The proxy or store was closed. */
@@ -88,6 +96,9 @@ export class InvalidOptionError extends TypeError {
  * `x-redundant-commit: lost`, an answer the proxy never adopts.
  */
 export class SupersededError extends RedundantProxyError {
+  /** Applied by Express's final handler, so the proxy sees the loss whichever handler answers. */
+  readonly headers = { 'x-redundant-commit': 'lost' };
+
   constructor(message = 'another copy of this request committed first', options: RedundantProxyErrorOptions = {}) {
     super(codes.SUPERSEDED, message, { status: 409, ...options });
     this.name = 'SupersededError';

@@ -3,6 +3,7 @@ export type { RedundantProxy, ProxyEvents, RaceStartEvent, CopySentEvent, ProxyE
 export type { ProxyOptions, UpstreamSpec, UpstreamResponse, HedgeOptions, SessionOptions } from './proxy/options.js';
 export { redundantWorker } from './worker/worker.js';
 export type { RedundantWorker, WorkerOptions, RedundantHandle, WorkerEvents, WorkerErrorEvent, KoaWorkerContext } from './worker/worker.js';
+export type { Claim } from './worker/commit.js';
 export { MemorySessionStore } from './store/memory.js';
 export type { MemorySessionStoreOptions } from './store/memory.js';
 export type { RaceReport, CopyReport, RaceOutcome, CopyOutcome } from './proxy/race.js';
@@ -27,4 +28,6 @@ export type {
   RecordAdoptionInput,
   ClaimOptions,
   ClaimGrant,
+  StoredAnswer,
+  IdempotencyState,
 } from './store/types.js';

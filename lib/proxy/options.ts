@@ -37,6 +37,38 @@ export interface HedgeOptions {
   maxExtraLoad?: number;
 }
 
+/** What `onCancel` is told of a copy stopped because another copy of the update committed. */
+export interface CancelInfo {
+  requestId: string;
+  /** The stopped copy. */
+  duplicateId: string;
+  upstream: string;
+  /** The upstream whose copy committed. */
+  committedBy: string;
+  /** Aborted when `cancelTimeout` runs out: stop compensating work then. */
+  signal: AbortSignal;
+}
+
+export interface IdempotencyOptions {
+  /**
+   * Who a key belongs to, so one client can never replay another's answer.
+   * Return undefined to skip idempotency for this request.
+   * @default the client's session id; else its Authorization header (hashed); else one anonymous scope
+   */
+  scope?: (req: IncomingMessage) => string | undefined;
+  /**
+   * Milliseconds an answer is kept for replay.
+   * @default 86400000 (24 hours)
+   */
+  ttl?: number;
+  /**
+   * Largest answer body, in bytes, kept for replay. A larger committed answer
+   * is replayed as `409` `RP_ERR_ANSWER_LOST`-style notice that it was applied.
+   * @default 1048576 (1 MiB)
+   */
+  maxAnswerSize?: number;
+}
+
 export interface ProxyOptions {
   /**
    * The replicas of the application server, as URLs or `{ id, url }`.
@@ -105,6 +137,22 @@ export interface ProxyOptions {
    * @default 1000
    */
   storeTimeout?: number;
+  /**
+   * Called for each copy of an update stopped because another copy committed
+   * (after its request was aborted), for example to send a compensating call.
+   * Awaited for at most `cancelTimeout`; a hook that throws is an `error`
+   * event, never a failed request.
+   */
+  onCancel?: (info: CancelInfo) => void | Promise<void>;
+  /** @default 5000 */
+  cancelTimeout?: number;
+  /**
+   * `Idempotency-Key` on updates: a retry with the same key gets the first
+   * answer replayed; the same key still in flight gets `409`; with another
+   * body, `422`. `false` turns it off (the header then passes through).
+   * @default {}
+   */
+  idempotency?: IdempotencyOptions | false;
   /** Clock, for tests. @default performance.now */
   now?: () => number;
 }
@@ -130,6 +178,9 @@ export interface ResolvedOptions {
   ownsStore: boolean;
   session: { cookie: string | undefined; header: string | undefined } | false;
   storeTimeout: number;
+  onCancel: ((info: CancelInfo) => void | Promise<void>) | undefined;
+  cancelTimeout: number;
+  idempotency: { scope: ((req: IncomingMessage) => string | undefined) | undefined; ttl: number; maxAnswerSize: number } | false;
   copies: number;
   hedgeDelay: number | 'adaptive';
   maxExtraLoad: number;
@@ -142,9 +193,9 @@ export interface ResolvedOptions {
   now: () => number;
 }
 
-const KNOWN = new Set(['upstreams', 'store', 'copies', 'hedge', 'timeout', 'accept', 'isUpdate', 'secret', 'maxBodySize', 'connections', 'session', 'storeTimeout', 'now']);
-// Named in the design, built in later milestones: refusing them beats silently ignoring them.
-const PLANNED = new Set(['select', 'onCancel', 'idempotency']);
+const KNOWN = new Set(['upstreams', 'store', 'copies', 'hedge', 'timeout', 'accept', 'isUpdate', 'secret', 'maxBodySize', 'connections', 'session', 'storeTimeout', 'onCancel', 'cancelTimeout', 'idempotency', 'now']);
+// Named in the design, built in a later milestone: refusing it beats silently ignoring it.
+const PLANNED = new Set(['select']);
 const TOKEN = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
 const READ_METHODS = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE']);
 const ID = /^[A-Za-z0-9._:-]{1,64}$/;
@@ -182,7 +233,7 @@ export function resolveOptions(options: ProxyOptions): ResolvedOptions {
   if (!Number.isInteger(maxBodySize) || maxBodySize < 0) throw new InvalidOptionError('maxBodySize', 'must be an integer number of bytes >= 0', options.maxBodySize);
   const connections = options.connections ?? 256;
   if (!Number.isInteger(connections) || connections < 1) throw new InvalidOptionError('connections', 'must be an integer >= 1', options.connections);
-  for (const fn of ['accept', 'isUpdate', 'now'] as const) {
+  for (const fn of ['accept', 'isUpdate', 'now', 'onCancel'] as const) {
     if (options[fn] !== undefined && typeof options[fn] !== 'function') throw new InvalidOptionError(fn, 'must be a function', options[fn]);
   }
   const secret = options.secret;
@@ -195,8 +246,13 @@ export function resolveOptions(options: ProxyOptions): ResolvedOptions {
   }
   const storeTimeout = options.storeTimeout ?? 1000;
   if (!Number.isFinite(storeTimeout) || storeTimeout <= 0) throw new InvalidOptionError('storeTimeout', 'must be a number of milliseconds > 0', options.storeTimeout);
+  const cancelTimeout = options.cancelTimeout ?? 5000;
+  if (!Number.isFinite(cancelTimeout) || cancelTimeout <= 0) throw new InvalidOptionError('cancelTimeout', 'must be a number of milliseconds > 0', options.cancelTimeout);
   return {
     upstreams,
+    onCancel: options.onCancel,
+    cancelTimeout,
+    idempotency: resolveIdempotency(options.idempotency),
     store: store ?? new MemorySessionStore(),
     ownsStore: store === undefined,
     session: resolveSession(options.session),
@@ -212,6 +268,21 @@ export function resolveOptions(options: ProxyOptions): ResolvedOptions {
     connections,
     now: options.now ?? (() => performance.now()),
   };
+}
+
+function resolveIdempotency(idem: ProxyOptions['idempotency']): ResolvedOptions['idempotency'] {
+  if (idem === false) return false;
+  const o = idem ?? {};
+  if (typeof o !== 'object' || o === null) throw new InvalidOptionError('idempotency', 'must be { scope?, ttl?, maxAnswerSize? } or false', idem);
+  for (const key of Object.keys(o)) {
+    if (key !== 'scope' && key !== 'ttl' && key !== 'maxAnswerSize') throw new InvalidOptionError(`idempotency.${key}`, 'is not an option (known: scope, ttl, maxAnswerSize)', (o as Record<string, unknown>)[key]);
+  }
+  if (o.scope !== undefined && typeof o.scope !== 'function') throw new InvalidOptionError('idempotency.scope', 'must be a function', o.scope);
+  const ttl = o.ttl ?? 86_400_000;
+  if (!Number.isFinite(ttl) || ttl <= 0) throw new InvalidOptionError('idempotency.ttl', 'must be a number of milliseconds > 0', o.ttl);
+  const maxAnswerSize = o.maxAnswerSize ?? 1024 * 1024;
+  if (!Number.isInteger(maxAnswerSize) || maxAnswerSize < 0) throw new InvalidOptionError('idempotency.maxAnswerSize', 'must be an integer number of bytes >= 0', o.maxAnswerSize);
+  return { scope: o.scope, ttl, maxAnswerSize };
 }
 
 function resolveSession(session: ProxyOptions['session']): ResolvedOptions['session'] {

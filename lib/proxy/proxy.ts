@@ -1,4 +1,4 @@
-import { randomBytes, randomUUID } from 'node:crypto';
+import { createHash, randomBytes, randomUUID } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { Pool, type Dispatcher } from 'undici';
 import { codes, RedundantProxyError } from '../errors.js';
@@ -9,7 +9,8 @@ import { readBody, type ParsedBodyHints } from './body.js';
 import { forwardRequestHeaders } from './headers.js';
 import { AdaptiveDelay, HedgeBudget } from './hedge.js';
 import { Metrics, type ProxyMetrics } from './metrics.js';
-import { resolveOptions, type ProxyOptions, type Upstream } from './options.js';
+import { resolveOptions, type CancelInfo, type ProxyOptions, type Upstream } from './options.js';
+import type { IdempotencyState, StoredAnswer } from '../store/types.js';
 import { Race, type CopyReport, type RaceReport } from './race.js';
 import { sendError } from './respond.js';
 
@@ -33,8 +34,15 @@ export interface ProxyErrorEvent {
    * Where it happened: `accept` (the option threw), `store` (bookkeeping
    * failed or was too slow; the answer went out anyway), `internal`.
    */
-  source: 'accept' | 'store' | 'internal';
+  source: 'accept' | 'store' | 'onCancel' | 'internal';
   error: unknown;
+}
+
+export interface CopyCancelledEvent {
+  requestId: string;
+  duplicateId: string;
+  upstream: string;
+  committedBy: string;
 }
 
 /** Events of `.on(name, listener)`. */
@@ -45,6 +53,8 @@ export interface ProxyEvents {
   'copy:sent': CopySentEvent;
   /** A race ended: every copy's upstream, timing and outcome. */
   'race:end': RaceReport;
+  /** An update's copy was stopped because another copy committed; `onCancel` ran and the store recorded it. */
+  'copy:cancelled': CopyCancelledEvent;
   /** Something failed that did not fail the request. Never thrown. */
   error: ProxyErrorEvent;
 }
@@ -90,6 +100,11 @@ export function redundantProxy(options: ProxyOptions): RedundantProxy {
     dispatchers.set(u.id, new Pool(u.origin, { connections: opts.connections, keepAliveTimeout: 10_000, pipelining: 1 }));
   }
   const inFlight = new Set<Promise<RaceReport>>();
+  /** Cancel hooks and their bookkeeping, awaited by close(). */
+  const background = new Set<Promise<void>>();
+  /** Upstreams that answered with `x-redundant-worker`: they may receive copies of updates. */
+  const workers = new Set<string>();
+  const onWorkerSeen = (id: string) => void workers.add(id);
   let closed = false;
   let warnedStore = false;
   let rotation = 0;
@@ -98,14 +113,127 @@ export function redundantProxy(options: ProxyOptions): RedundantProxy {
   const onAcceptThrew = (error: unknown) => events.emit('error', { requestId: null, source: 'accept', error });
 
   function plan(update: boolean): Upstream[] {
-    const all = opts.upstreams;
-    // Until exactly-once commits exist, an update must reach one upstream only.
-    const n = update ? 1 : opts.copies;
-    const start = rotation++ % all.length;
-    if (n === all.length && start === 0) return all;
+    let pool = opts.upstreams;
+    let n = opts.copies;
+    if (update) {
+      // Safe by default: an update is copied only to upstreams that have shown
+      // they run the worker (so its commit is arbitrated); until two have, it
+      // goes to one upstream.
+      const known = pool.filter((u) => workers.has(u.id));
+      if (known.length >= 2) {
+        pool = known;
+        n = Math.min(n, known.length);
+      } else n = 1;
+    }
+    const start = rotation++ % pool.length;
+    if (n === pool.length && start === 0) return pool;
     const out: Upstream[] = [];
-    for (let i = 0; i < n; i++) out.push(all[(start + i) % all.length]!);
+    for (let i = 0; i < n; i++) out.push(pool[(start + i) % pool.length]!);
     return out;
+  }
+
+  /** The `Idempotency-Key` of an update: answers retries itself, or returns the key to complete later. */
+  async function beginIdempotency(
+    req: IncomingMessage,
+    res: ServerResponse,
+    ctx: { requestId: string; method: string; path: string; body: Buffer | null; sessionId: string | null },
+  ): Promise<{ answered: true } | { answered: false; key: string | null }> {
+    const cfg = opts.idempotency;
+    const raw = cfg ? firstHeader(req.headers['idempotency-key']) : undefined;
+    if (!cfg || raw === undefined) return { answered: false, key: null };
+    // A structured-field string ("...") or a bare token.
+    const value = raw.length >= 2 && raw.startsWith('"') && raw.endsWith('"') ? raw.slice(1, -1) : raw;
+    if (!/^[\x21-\x7e]{1,255}$/.test(value)) {
+      sendError(res, new RedundantProxyError(codes.BAD_IDEMPOTENCY_KEY, 'Idempotency-Key must be 1-255 visible ASCII characters', { status: 400 }), ctx.requestId);
+      return { answered: true };
+    }
+    const auth = firstHeader(req.headers.authorization);
+    const scope = cfg.scope ? cfg.scope(req) : (ctx.sessionId ?? (auth ? `auth:${sha256(auth)}` : 'anonymous'));
+    if (scope === undefined) return { answered: false, key: null };
+    const key = sha256(`${scope}\0${value}`);
+    const fingerprint = sha256(Buffer.concat([Buffer.from(`${ctx.method} ${ctx.path}\0`), ctx.body ?? Buffer.alloc(0)]));
+    let state: IdempotencyState;
+    try {
+      state = await withTimeout(opts.store.beginIdempotent(key, fingerprint, ctx.requestId, opts.timeout + opts.cancelTimeout + 5000), opts.storeTimeout, 'beginIdempotent');
+    } catch (err) {
+      // An update whose key cannot be checked is not run: it may be a retry of one that was applied.
+      sendError(res, new RedundantProxyError(codes.STORE_UNAVAILABLE, 'the session store is unavailable: the update was not processed', { status: 503, cause: err }), ctx.requestId);
+      return { answered: true };
+    }
+    switch (state.state) {
+      case 'started':
+        return { answered: false, key };
+      case 'in-flight':
+        sendError(res, new RedundantProxyError(codes.IDEMPOTENCY_IN_FLIGHT, 'a request with this Idempotency-Key is still being processed', { status: 409 }), ctx.requestId);
+        return { answered: true };
+      case 'mismatch':
+        sendError(res, new RedundantProxyError(codes.IDEMPOTENCY_MISMATCH, 'this Idempotency-Key was used for a different request', { status: 422 }), ctx.requestId);
+        return { answered: true };
+      case 'completed': {
+        const { status, headers, body } = state.answer;
+        const bytes = Buffer.from(body, 'base64');
+        res.writeHead(status, { ...headers, 'content-length': String(bytes.length), 'idempotent-replayed': 'true' });
+        res.end(bytes);
+        return { answered: true };
+      }
+    }
+  }
+
+  /** What a retry with the same key will be answered, or null to let it run anew. */
+  function answerToKeep(report: RaceReport, race: Race): StoredAnswer | null {
+    const lost = (message: string): StoredAnswer => ({
+      status: 502,
+      headers: { 'content-type': 'application/json; charset=utf-8', 'x-request-id': report.requestId },
+      body: Buffer.from(JSON.stringify({ code: codes.ANSWER_LOST, message, requestId: report.requestId })).toString('base64'),
+    });
+    const captured = race.captured;
+    if (report.outcome === 'won' && captured && (report.committed || captured.status < 500)) {
+      if (captured.body) return { status: captured.status, headers: captured.headers, body: captured.body.toString('base64') };
+      if (report.committed) return lost('the update was applied; its answer is too large to replay');
+      return null;
+    }
+    if (report.outcome === 'answer-lost' || report.committed) return lost('the update was applied, but its answer was lost');
+    return null;
+  }
+
+  function cancelled(requestId: string, copy: CopyReport, committed: CopyReport): void {
+    const work = (async () => {
+      const controller = new AbortController();
+      const info: CancelInfo = { requestId, duplicateId: copy.duplicateId, upstream: copy.upstream, committedBy: committed.upstream, signal: controller.signal };
+      if (opts.onCancel) {
+        const hook = opts.onCancel;
+        let timer: NodeJS.Timeout | undefined;
+        try {
+          await Promise.race([
+            Promise.resolve().then(() => hook(info)),
+            new Promise<never>((_, reject) => {
+              timer = setTimeout(() => {
+                const err = new RedundantProxyError(codes.TIMEOUT, `onCancel did not finish within ${opts.cancelTimeout} ms`);
+                controller.abort(err);
+                reject(err);
+              }, opts.cancelTimeout);
+            }),
+          ]);
+        } catch (error) {
+          events.emit('error', { requestId, source: 'onCancel', error });
+        } finally {
+          clearTimeout(timer);
+        }
+      }
+      await bookkeep(opts.store.recordCancelled(requestId, copy.duplicateId), requestId);
+      events.emit('copy:cancelled', { requestId, duplicateId: copy.duplicateId, upstream: copy.upstream, committedBy: committed.upstream });
+    })();
+    background.add(work);
+    void work.finally(() => background.delete(work));
+  }
+
+  /** Updates: is the request committed although no committed answer arrived? */
+  async function committedButLost(requestId: string): Promise<RedundantProxyError | undefined> {
+    const record = await withTimeout(opts.store.getRequest(requestId), opts.storeTimeout, 'getRequest');
+    if (record?.commit.state !== 'committed') return undefined;
+    const holder = record.commit.holder;
+    const upstream = record.copies.find((c) => c.duplicateId === holder)?.upstreamId ?? 'unknown';
+    return new RedundantProxyError(codes.ANSWER_LOST, `the update was applied by upstream "${upstream}", but its answer was lost; do not retry it blindly`, { status: 502 });
   }
 
   async function handle(req: IncomingMessage, res: ServerResponse, hints: ParsedBodyHints): Promise<void> {
@@ -126,10 +254,16 @@ export function redundantProxy(options: ProxyOptions): RedundantProxy {
     const method = req.method ?? 'GET';
     const path = req.url ?? '/';
     const update = opts.isUpdate(req);
+    const session = findSession(req);
+    let idempotencyKey: string | null = null;
+    if (update) {
+      const idem = await beginIdempotency(req, res, { requestId, method, path, body, sessionId: session.isNew ? null : session.id || null });
+      if (idem.answered) return;
+      idempotencyKey = idem.key;
+    }
     const targets = plan(update);
     budget.deposit();
     const route = adaptive ? `${method} ${path.split('?', 1)[0]}` : '';
-    const session = findSession(req);
     // claim 1 (e), read-your-writes: when the adopted copy changed the
     // session, record the adoption (promoting its candidate) before the
     // answer goes out, so the client's next request sees the new state.
@@ -169,6 +303,10 @@ export function redundantProxy(options: ProxyOptions): RedundantProxy {
       onCopySent: events.has('copy:sent') ? (copy) => events.emit('copy:sent', { requestId, copy }) : undefined,
       onAcceptThrew,
       beforeHead: opts.session ? beforeHead : undefined,
+      onWorkerSeen,
+      onCancelled: update ? (copy, committed) => cancelled(requestId, copy, committed) : undefined,
+      beforeFailure: update ? () => committedButLost(requestId) : undefined,
+      capture: idempotencyKey && opts.idempotency ? opts.idempotency.maxAnswerSize : 0,
     });
     if (events.has('race:start')) events.emit('race:start', { requestId, method, path, update, upstreams: targets.map((t) => t.id) });
     const done = race.start();
@@ -177,6 +315,9 @@ export function redundantProxy(options: ProxyOptions): RedundantProxy {
     inFlight.delete(done);
     // claim 1 (e), off the critical path: which copy's answer was adopted.
     if (report.adopted && !recorded) void bookkeep(opts.store.recordAdoption(adoption(report.adopted, report.servedBy!)), requestId);
+    if (idempotencyKey && opts.idempotency) {
+      void bookkeep(opts.store.completeIdempotent(idempotencyKey, requestId, answerToKeep(report, race), opts.idempotency.ttl), requestId);
+    }
     metrics.record(report);
     if (adaptive) for (const c of report.copies) if (c.latency !== null) adaptive.record(route, c.latency);
     events.emit('race:end', report);
@@ -184,7 +325,7 @@ export function redundantProxy(options: ProxyOptions): RedundantProxy {
 
   /** Runs a store operation with a bound; a failure becomes an `error` event, never a failed request. */
   function bookkeep(operation: Promise<unknown>, requestId: string): Promise<void> {
-    return withTimeout(operation, opts.storeTimeout, 'recordAdoption').then(
+    return withTimeout(operation, opts.storeTimeout, 'a bookkeeping write').then(
       () => undefined,
       (error: unknown) => {
         if (events.has('error')) events.emit('error', { requestId, source: 'store', error });
@@ -245,6 +386,7 @@ export function redundantProxy(options: ProxyOptions): RedundantProxy {
     if (closed) return;
     closed = true;
     await Promise.allSettled(inFlight);
+    await Promise.allSettled(background);
     await Promise.all([...dispatchers.values()].map((d) => d.close()));
     if (opts.ownsStore) await opts.store.close();
     events.clear();
@@ -263,4 +405,8 @@ function readCookie(header: string | undefined, name: string): string | undefine
     if (eq > 0 && part.slice(0, eq).trim() === name) return part.slice(eq + 1).trim();
   }
   return undefined;
+}
+
+function sha256(data: string | Buffer): string {
+  return createHash('sha256').update(data).digest('base64url');
 }

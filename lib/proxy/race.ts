@@ -30,7 +30,11 @@ export type CopyOutcome =
   /** Answered, but `accept()` refused the answer. */
   | 'rejected'
   /** Never sent: an earlier copy won before its hedge delay ran out. */
-  | 'not-sent';
+  | 'not-sent'
+  /** An update's copy that lost the commit arbitration (`x-redundant-commit: lost`): never adopted. */
+  | 'lost'
+  /** An update's copy stopped because another copy committed; `onCancel` ran for it. */
+  | 'cancelled';
 
 export interface CopyReport {
   index: number;
@@ -58,7 +62,9 @@ export type RaceOutcome =
   /** The client went away first. */
   | 'client-closed'
   /** The winner's body broke after its head was sent; the client connection was reset. */
-  | 'broken';
+  | 'broken'
+  /** An update committed, but its answer never arrived: the client was told so (`RP_ERR_ANSWER_LOST`). */
+  | 'answer-lost';
 
 export interface RaceReport {
   requestId: string;
@@ -72,6 +78,8 @@ export interface RaceReport {
   servedBy: string | null;
   /** Duplicate id of the copy whose answer was adopted. */
   adopted: string | null;
+  /** The adopted copy committed the update (`x-redundant-commit: won`). */
+  committed: boolean;
   /** Milliseconds from the start of the race to its end. */
   duration: number;
   copies: CopyReport[];
@@ -106,9 +114,31 @@ export interface RaceInput {
    */
   beforeHead?: (copy: CopyReport, headers: Record<string, string | string[] | undefined>) => Record<string, string | string[]> | Promise<Record<string, string | string[]>> | undefined;
   onAcceptThrew?: (err: unknown) => void;
+  /** An upstream answered with `x-redundant-worker`: it runs the worker. */
+  onWorkerSeen?: (upstreamId: string) => void;
+  /** A copy was stopped because another copy of the update committed. */
+  onCancelled?: (copy: CopyReport, committed: CopyReport) => void;
+  /**
+   * Updates only: asked before answering a failure or a timeout. Resolves an
+   * error to answer with instead (the update committed but its answer was
+   * lost), or undefined.
+   */
+  beforeFailure?: () => Promise<RedundantProxyError | undefined>;
+  /** Bytes of the adopted answer's body to keep for `captured` (idempotency); 0 keeps nothing. */
+  capture: number;
 }
 
-// 'holding': adopted, its head held back until the adoption is recorded.
+/** The adopted answer, as sent to the client, when `capture` asked for it. */
+export interface CapturedAnswer {
+  status: number;
+  headers: Record<string, string | string[]>;
+  /** null when the body was larger than `capture`. */
+  body: Buffer | null;
+}
+
+// 'holding': answered, its body paused and buffered: either an update's
+// answer held until every copy has answered or one committed, or the winner
+// whose head waits until its adoption is recorded.
 type CopyState = 'idle' | 'sent' | 'holding' | 'streaming' | 'collecting' | 'draining' | 'done';
 
 class Copy implements Dispatcher.DispatchHandler {
@@ -193,6 +223,7 @@ class Copy implements Dispatcher.DispatchHandler {
     switch (this.state) {
       case 'streaming': {
         const res = this.race.input.res;
+        this.race.keep(chunk);
         if (!res.write(chunk)) {
           controller.pause();
           res.once('drain', () => controller.resume());
@@ -228,8 +259,10 @@ class Copy implements Dispatcher.DispatchHandler {
   onResponseError(_controller: Dispatcher.DispatchController, err: Error): void {
     const state = this.state;
     this.state = 'done';
-    if (state === 'holding') this.broken = true;
-    else if (state === 'streaming') this.race.onWinnerBroken(err);
+    if (state === 'holding') {
+      this.broken = true;
+      this.race.onHeldBroken(this, errorName(err));
+    } else if (state === 'streaming') this.race.onWinnerBroken(err);
     else if (state === 'sent' || state === 'collecting') {
       this.chunks = [];
       this.race.onFailed(this, errorName(err));
@@ -246,6 +279,11 @@ export class Race {
   readonly copies: Copy[];
   readonly started: number;
   winner: Copy | null = null;
+  /** Updates: acceptable answers of copies that did not commit, waiting for the others. */
+  held: Copy[] = [];
+  committed = false;
+  captured: CapturedAnswer | null = null;
+  #captureSize = 0;
   fallback: Copy | null = null;
   /** The fallback's answer went to the client. */
   passedThrough = false;
@@ -334,6 +372,7 @@ export class Race {
   }
 
   onHead(copy: Copy, status: number, headers: Record<string, string | string[] | undefined>): void {
+    if (headers[H.worker] === '1') this.input.onWorkerSeen?.(copy.upstream.id);
     if (this.winner || this.finished) {
       // Lost the race: answered after another copy won.
       copy.report.outcome = 'drained';
@@ -344,13 +383,37 @@ export class Race {
       }
       return;
     }
+    if (this.input.update) {
+      const commit = headers[H.commit];
+      if (commit === 'lost') {
+        // Lost the arbitration: never adopted, not even as a fallback.
+        copy.report.outcome = 'lost';
+        if (copy.drainable()) copy.state = 'draining';
+        else copy.abort();
+        this.settle();
+        return;
+      }
+      if (commit === 'won') {
+        // The committed copy's answer wins at once, whatever its status.
+        this.committed = true;
+        this.adopt(copy);
+        return;
+      }
+    }
     let ok = false;
     try {
       ok = this.input.accept({ status, headers, upstream: copy.upstream.id });
     } catch (err) {
       this.input.onAcceptThrew?.(err);
     }
-    if (ok) this.adopt(copy, status, headers);
+    if (ok && this.input.update && this.copies.length > 1) {
+      // An answer that did not commit (a validation error, say) waits until
+      // every copy has answered or one has committed.
+      copy.state = 'holding';
+      copy.controller?.pause();
+      this.held.push(copy);
+      this.settle();
+    } else if (ok) this.adopt(copy);
     else {
       copy.report.outcome = 'rejected';
       if (!this.fallback) {
@@ -363,30 +426,43 @@ export class Race {
     }
   }
 
-  adopt(copy: Copy, status: number, headers: Record<string, string | string[] | undefined>): void {
+  adopt(copy: Copy): void {
     this.winner = copy;
     copy.report.outcome = 'won';
+    this.held = this.held.filter((c) => c !== copy);
     this.clearHedge();
-    for (const other of this.copies) if (other !== copy) other.stop();
+    for (const other of this.copies) {
+      if (other === copy) continue;
+      // claim 1, the patent's last step: once one copy committed, every
+      // other copy still processing the update is stopped.
+      const cancel = this.committed && other.state === 'sent';
+      other.stop();
+      if (cancel) {
+        other.report.outcome = 'cancelled';
+        this.input.onCancelled?.(other.report, copy.report);
+      }
+    }
     this.fallback = null;
-    const extra = this.input.beforeHead?.(copy.report, headers);
+    const extra = this.input.beforeHead?.(copy.report, copy.headers);
     if (extra instanceof Promise) {
-      copy.state = 'holding';
-      copy.controller?.pause();
+      if (copy.state !== 'holding') {
+        copy.state = 'holding';
+        copy.controller?.pause();
+      }
       extra.then(
-        (more) => this.release(copy, status, headers, more),
-        () => this.release(copy, status, headers, undefined),
+        (more) => this.release(copy, more),
+        () => this.release(copy, undefined),
       );
       return;
     }
-    copy.state = 'streaming';
-    this.writeHead(copy, status, headers, extra);
+    this.release(copy, extra);
   }
 
-  writeHead(copy: Copy, status: number, headers: Record<string, string | string[] | undefined>, extra: Record<string, string | string[]> | undefined): void {
+  writeHead(copy: Copy, extra: Record<string, string | string[]> | undefined): void {
     const { res } = this.input;
     if (res.destroyed) return;
-    const out = forwardResponseHeaders(headers);
+    const status = copy.report.status!;
+    const out = forwardResponseHeaders(copy.headers);
     if (extra) {
       for (const name in extra) {
         const prior = out[name];
@@ -396,11 +472,25 @@ export class Race {
     }
     out['x-request-id'] = this.input.requestId;
     out[H.servedBy] = copy.upstream.id;
+    if (this.input.capture > 0) this.captured = { status, headers: { ...out }, body: null };
     res.writeHead(status, out);
   }
 
-  /** The held winner may go: send its head and whatever body arrived meanwhile. */
-  release(copy: Copy, status: number, headers: Record<string, string | string[] | undefined>, extra: Record<string, string | string[]> | undefined): void {
+  /** Keeps the adopted answer's body, up to `capture` bytes, for idempotent replays. */
+  keep(chunk: Buffer): void {
+    if (!this.captured) return;
+    this.#captureSize += chunk.length;
+    if (this.#captureSize > this.input.capture) {
+      this.#kept = null;
+      return;
+    }
+    this.#kept?.push(chunk);
+  }
+
+  #kept: Buffer[] | null = [];
+
+  /** The winner may go: send its head and whatever body arrived while it was held. */
+  release(copy: Copy, extra: Record<string, string | string[]> | undefined): void {
     if (this.finished) return; // timed out or the client left while holding
     if (copy.broken) {
       copy.chunks = [];
@@ -408,9 +498,12 @@ export class Race {
       this.finish('failed');
       return;
     }
-    this.writeHead(copy, status, headers, extra);
+    this.writeHead(copy, extra);
     const { res } = this.input;
-    for (const chunk of copy.chunks) res.write(chunk);
+    for (const chunk of copy.chunks) {
+      this.keep(chunk);
+      res.write(chunk);
+    }
     copy.chunks = [];
     if (copy.ended) {
       copy.state = 'done';
@@ -422,8 +515,22 @@ export class Race {
   }
 
   onWinnerEnd(): void {
+    if (this.captured && this.#kept) this.captured.body = Buffer.concat(this.#kept, this.#captureSize);
     this.input.res.end();
     this.finish('won');
+  }
+
+  /** A held answer broke before it was adopted (or while its head waited). */
+  onHeldBroken(copy: Copy, error: string): void {
+    copy.chunks = [];
+    if (this.winner === copy) return; // release() answers for it
+    if (!this.held.includes(copy)) return;
+    this.held = this.held.filter((c) => c !== copy);
+    copy.report.outcome = 'failed';
+    copy.report.error = error;
+    // It was counted as settled when it was held.
+    this.settled--;
+    this.settle();
   }
 
   onWinnerBroken(_err: Error): void {
@@ -446,6 +553,12 @@ export class Race {
   settle(): void {
     this.settled++;
     if (this.winner || this.finished || this.settled < this.next) return;
+    // Every copy answered and none committed: adopt the first held answer.
+    const first = this.held[0];
+    if (first) {
+      this.adopt(first);
+      return;
+    }
     // Every copy sent so far failed. Fail over to the next upstream now: this
     // replaces a failed copy rather than adding load, so no budget applies.
     if (this.next < this.copies.length) {
@@ -458,6 +571,35 @@ export class Race {
   }
 
   answerFailure(): void {
+    if (this.input.beforeFailure) {
+      this.consultStore(() => this.answerFailureNow());
+      return;
+    }
+    this.answerFailureNow();
+  }
+
+  /**
+   * An update ends without an answer: ask the store first. If a copy
+   * committed and its answer was lost on the way, the client must hear that
+   * the update was applied, not that it failed.
+   */
+  consultStore(otherwise: () => void): void {
+    const ask = this.input.beforeFailure!;
+    this.input.beforeFailure = undefined; // once
+    this.clearHedge();
+    for (const copy of this.copies) if (!this.held.includes(copy)) copy.stop();
+    ask().then(
+      (err) => {
+        if (this.finished) return;
+        if (!err) return otherwise();
+        sendError(this.input.res, err, this.input.requestId);
+        this.finish('answer-lost');
+      },
+      () => !this.finished && otherwise(),
+    );
+  }
+
+  answerFailureNow(): void {
     const { res, requestId } = this.input;
     const fallback = this.fallback;
     if (fallback && !res.headersSent && !res.destroyed) {
@@ -485,12 +627,16 @@ export class Race {
     this.timeoutTimer = null;
     if (this.finished) return;
     const { res, requestId } = this.input;
-    if (res.headersSent) {
-      res.destroy();
-    } else {
-      sendError(res, new RedundantProxyError(codes.TIMEOUT, `no acceptable answer within ${this.input.timeout} ms`, { status: 504 }), requestId);
-    }
-    this.finish('timeout');
+    const timedOut = () => {
+      if (res.headersSent) res.destroy();
+      else sendError(res, new RedundantProxyError(codes.TIMEOUT, `no acceptable answer within ${this.input.timeout} ms`, { status: 504 }), requestId);
+      this.finish('timeout');
+    };
+    if (this.input.beforeFailure && !res.headersSent) {
+      // The copies still out never committed: an answer that did not commit
+      // may now be adopted.
+      this.consultStore(() => (this.held[0] ? this.adopt(this.held[0]) : timedOut()));
+    } else timedOut();
   }
 
   clearHedge(): void {
@@ -520,6 +666,7 @@ export class Race {
       status: input.res.headersSent ? input.res.statusCode : null,
       servedBy: adopted?.upstream.id ?? null,
       adopted: adopted?.report.duplicateId ?? null,
+      committed: this.committed,
       duration: input.now() - this.started,
       copies: this.copies.map((c) => c.report),
     });

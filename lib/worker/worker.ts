@@ -1,11 +1,12 @@
 import { randomUUID } from 'node:crypto';
 import { LRUCache } from 'lru-cache';
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { codes, InvalidOptionError, RedundantProxyError } from '../errors.js';
+import { codes, InvalidOptionError, isSupersededError, RedundantProxyError, SupersededError } from '../errors.js';
 import { Emitter, type Disposable } from '../events.js';
 import type { SessionStore } from '../store/types.js';
 import { H, readCopyHeaders, type CopyClaims } from '../wire/protocol.js';
 import { withTimeout } from '../timeout.js';
+import { commitGate, type Claim, type CommitGate } from './commit.js';
 
 export interface WorkerOptions {
   /**
@@ -30,6 +31,13 @@ export interface WorkerOptions {
    * @default 1000
    */
   storeTimeout?: number;
+  /**
+   * Milliseconds a commit claim holds without a confirm or release before
+   * another copy may take over (the holder is presumed dead). Longer than
+   * your slowest commit; the fencing token covers a holder paused past it.
+   * @default 10000
+   */
+  lease?: number;
   /** Wall clock in ms, for tests. @default Date.now */
   now?: () => number;
 }
@@ -56,6 +64,16 @@ export interface RedundantHandle {
    * this copy's answer.
    */
   session: { id: string; data: Record<string, unknown> };
+  /**
+   * Asks the store for the right to commit this request. Resolves when this
+   * copy holds it; while another copy holds it, waits. Rejects with
+   * `SupersededError` when another copy committed: roll back and rethrow.
+   * Rejects with a `503` error (`RP_ERR_STORE_UNAVAILABLE`) when the store is
+   * unreachable: never commit then.
+   */
+  claim(): Promise<Claim>;
+  /** `claim()`, then `fn(fence)`, then `confirm()`; if `fn` throws, `release()` and rethrow. */
+  commitOnce<T>(fn: (fence: number) => T | Promise<T>): Promise<T>;
 }
 
 export interface WorkerErrorEvent {
@@ -90,6 +108,7 @@ export interface KoaWorkerContext {
 
 interface Prepared {
   handle: RedundantHandle;
+  gate: CommitGate;
   /** JSON of the session as loaded; undefined when candidates must not be saved. */
   sessionBefore: string | undefined;
   /** Whether the store had seen this copy before, or the error recording it. */
@@ -114,11 +133,12 @@ export function redundantWorker(options: WorkerOptions): RedundantWorker {
   if (!Number.isFinite(maxSkew) || maxSkew <= 0) throw new InvalidOptionError('maxSkew', 'must be a number of milliseconds > 0', options.maxSkew);
   const storeTimeout = options.storeTimeout ?? 1000;
   if (!Number.isFinite(storeTimeout) || storeTimeout <= 0) throw new InvalidOptionError('storeTimeout', 'must be a number of milliseconds > 0', options.storeTimeout);
+  const lease = options.lease ?? 10_000;
+  if (!Number.isFinite(lease) || lease <= 0) throw new InvalidOptionError('lease', 'must be a number of milliseconds > 0', options.lease);
   const now = options.now ?? Date.now;
   if (typeof now !== 'function') throw new InvalidOptionError('now', 'must be a function', now);
-  const known = new Set(['id', 'store', 'secret', 'maxSkew', 'storeTimeout', 'now']);
+  const known = new Set(['id', 'store', 'secret', 'maxSkew', 'storeTimeout', 'lease', 'now']);
   for (const key of Object.keys(options)) {
-    if (key === 'lease') throw new InvalidOptionError(key, 'is not supported by this version yet', (options as unknown as Record<string, unknown>)[key]);
     if (!known.has(key)) throw new InvalidOptionError(key, `is not an option (known: ${[...known].join(', ')})`, (options as unknown as Record<string, unknown>)[key]);
   }
 
@@ -156,17 +176,12 @@ export function redundantWorker(options: WorkerOptions): RedundantWorker {
           : refuse(codes.BAD_SIGNATURE, read.reason === 'unsigned' ? 'it is not signed' : read.reason === 'malformed' ? 'its headers are malformed' : 'its signature does not match');
       }
       const requestId = randomUUID();
-      const handle: RedundantHandle = {
-        requestId,
-        duplicateId: requestId,
-        upstreamId: id,
-        copy: { index: 1, of: 1 },
-        update: !READ_METHODS.has(req.method ?? 'GET'),
-        direct: true,
-        signal: controller.signal,
-        session: { id: '', data: {} },
-      };
-      return { handle, sessionBefore: undefined, recorded: Promise.resolve(false) };
+      const gate = commitGate({ store, requestId, duplicateId: requestId, leaseMs: lease, signal: controller.signal, res });
+      const handle = makeHandle(
+        { requestId, duplicateId: requestId, upstreamId: id, copy: { index: 1, of: 1 }, update: !READ_METHODS.has(req.method ?? 'GET'), direct: true, signal: controller.signal, session: { id: '', data: {} } },
+        gate,
+      );
+      return { handle, gate, sessionBefore: undefined, recorded: Promise.resolve(false) };
     }
     const c: CopyClaims = read.claims;
     if (secret !== undefined && c.upstreamId !== id) throw refuse(codes.WRONG_UPSTREAM, `it is addressed to upstream "${c.upstreamId}", this worker is "${id}"`);
@@ -199,16 +214,11 @@ export function redundantWorker(options: WorkerOptions): RedundantWorker {
       }
       if (duplicate && secret !== undefined) throw refuse(codes.REPLAYED_COPY, 'this copy was already received');
     }
-    const handle: RedundantHandle = {
-      requestId: c.requestId,
-      duplicateId: c.duplicateId,
-      upstreamId: c.upstreamId,
-      copy: { index: c.index, of: c.of },
-      update: c.update,
-      direct: false,
-      signal: controller.signal,
-      session: { id: c.sessionId, data: {} },
-    };
+    const gate = commitGate({ store, requestId: c.requestId, duplicateId: c.duplicateId, leaseMs: lease, signal: controller.signal, res });
+    const handle = makeHandle(
+      { requestId: c.requestId, duplicateId: c.duplicateId, upstreamId: c.upstreamId, copy: { index: c.index, of: c.of }, update: c.update, direct: false, signal: controller.signal, session: { id: c.sessionId, data: {} } },
+      gate,
+    );
     let sessionBefore: string | undefined;
     if (c.sessionId) {
       if (c.sessionNew) sessionBefore = '{}';
@@ -223,7 +233,7 @@ export function redundantWorker(options: WorkerOptions): RedundantWorker {
         }
       }
     }
-    return { handle, sessionBefore, recorded };
+    return { handle, gate, sessionBefore, recorded };
   }
 
   /**
@@ -266,6 +276,26 @@ export function redundantWorker(options: WorkerOptions): RedundantWorker {
     return koa(a as KoaWorkerContext, b as () => Promise<unknown>);
   } as RedundantWorker;
 
+  /**
+   * Holds the response's end until the session candidate is saved, so the
+   * answer never outruns its state, and stamps the commit outcome on it
+   * whichever handler (or error handler) ends the response.
+   */
+  function holdEnd(res: ServerResponse, p: Prepared): void {
+    const end = res.end;
+    res.end = function (this: ServerResponse, ...args: unknown[]) {
+      res.end = end;
+      p.gate.mark(res);
+      // A copy that lost the commit has no session state worth keeping.
+      const saving = p.gate.outcome === 'lost' ? Promise.resolve(false) : saveSession(p);
+      saving.then((saved) => {
+        if (saved && !res.headersSent) res.setHeader(H.sessionChanged, '1');
+        (end as (...a: unknown[]) => void).apply(res, args);
+      });
+      return this;
+    } as ServerResponse['end'];
+  }
+
   async function koa(ctx: KoaWorkerContext, next: () => Promise<unknown>): Promise<void> {
     ctx.set(H.worker, '1');
     let p: Prepared;
@@ -278,8 +308,26 @@ export function redundantWorker(options: WorkerOptions): RedundantWorker {
       return;
     }
     ctx.state.redundant = p.handle;
-    await next();
-    if (await saveSession(p)) ctx.set(H.sessionChanged, '1');
+    holdEnd(ctx.res, p);
+    try {
+      await next();
+    } catch (err) {
+      // A copy that lost the arbitration answers 409 `lost`, whatever the
+      // handler threw after learning it; the proxy never adopts that answer.
+      if (p.gate.outcome === 'lost' || isSupersededError(err)) {
+        const e = isSupersededError(err) ? err : new SupersededError();
+        ctx.status = 409;
+        ctx.body = e.toJSON();
+        ctx.set(H.commit, 'lost');
+        return;
+      }
+      if (err instanceof RedundantProxyError && err.code === codes.STORE_UNAVAILABLE) {
+        ctx.status = 503;
+        ctx.body = err.toJSON();
+        return;
+      }
+      throw err;
+    }
   }
 
   function express(req: IncomingMessage & { redundant?: RedundantHandle }, res: ServerResponse, next: (err?: unknown) => void): void {
@@ -287,17 +335,7 @@ export function redundantWorker(options: WorkerOptions): RedundantWorker {
     prepare(req, res).then(
       (p) => {
         req.redundant = p.handle;
-        // Express handlers end the response themselves: hold the end until the
-        // session candidate is saved, so the answer never outruns its state.
-        const end = res.end;
-        res.end = function (this: ServerResponse, ...args: unknown[]) {
-          res.end = end;
-          saveSession(p).then((saved) => {
-            if (saved && !res.headersSent) res.setHeader(H.sessionChanged, '1');
-            (end as (...a: unknown[]) => void).apply(res, args);
-          });
-          return this;
-        } as ServerResponse['end'];
+        holdEnd(res, p);
         next();
       },
       (err) => {
@@ -311,4 +349,8 @@ export function redundantWorker(options: WorkerOptions): RedundantWorker {
 
   worker.on = (name, listener) => events.on(name, listener);
   return worker;
+}
+
+function makeHandle(fields: Omit<RedundantHandle, 'claim' | 'commitOnce'>, gate: CommitGate): RedundantHandle {
+  return { ...fields, claim: () => gate.claim(), commitOnce: (fn) => gate.commitOnce(fn) };
 }

@@ -1,0 +1,136 @@
+import type { ServerResponse } from 'node:http';
+import { codes, isSupersededError, RedundantProxyError } from '../errors.js';
+import type { SessionStore } from '../store/types.js';
+import { H } from '../wire/protocol.js';
+
+// The commit arbitration on the worker side: first committed wins, exactly
+// once. Several replicas run the same update; before one commits, it claims
+// the request id in the store. Exactly one copy holds the claim at a time;
+// the others wait, and learn either that the holder confirmed (they lose:
+// SupersededError, roll back) or that it released or vanished (they take
+// over). The fencing token that comes with the claim lets the database refuse
+// a writer whose lease ran out while it was paused.
+
+/** The right to commit one request, held by one copy. */
+export interface Claim {
+  /** Fencing token: greater than every token granted before. Write it with the update. */
+  readonly fence: number;
+  /** The database commit succeeded: the other copies now lose. Rejects with `SupersededError` if the lease was lost to another copy. */
+  confirm(): Promise<void>;
+  /** The commit failed: give the claim to a waiting copy. */
+  release(): Promise<void>;
+}
+
+export interface CommitGate {
+  claim(): Promise<Claim>;
+  commitOnce<T>(fn: (fence: number) => T | Promise<T>): Promise<T>;
+  /** 'won' once confirmed, 'lost' once superseded, else undefined. */
+  readonly outcome: 'won' | 'lost' | undefined;
+  readonly fence: number | undefined;
+  /** Writes the outcome headers, if the response can still take them. */
+  mark(res: ServerResponse): void;
+}
+
+export interface CommitGateInput {
+  store: SessionStore;
+  requestId: string;
+  duplicateId: string;
+  leaseMs: number;
+  signal: AbortSignal;
+  res: ServerResponse;
+}
+
+// A confirm that fails for a store error is retried: the commit is already in
+// the database, and a confirm that never lands lets the lease run out and
+// another copy take over (which the fence then has to stop).
+const CONFIRM_ATTEMPTS = 3;
+const CONFIRM_BACKOFF_MS = 50;
+
+export function commitGate(input: CommitGateInput): CommitGate {
+  const { store, requestId, duplicateId, leaseMs, signal, res } = input;
+  let outcome: 'won' | 'lost' | undefined;
+  let fence: number | undefined;
+  let pending: Promise<Claim> | undefined;
+
+  const mark = (r: ServerResponse) => {
+    if (outcome === undefined || r.headersSent) return;
+    r.setHeader(H.commit, outcome);
+    if (outcome === 'won' && fence !== undefined) r.setHeader(H.fence, String(fence));
+  };
+
+  const lose = (err: unknown): never => {
+    outcome = 'lost';
+    mark(res);
+    throw err;
+  };
+
+  async function acquire(): Promise<Claim> {
+    let grant;
+    try {
+      grant = await store.claim(requestId, duplicateId, { leaseMs, signal });
+    } catch (err) {
+      if (isSupersededError(err)) lose(err);
+      if (signal.aborted) throw signal.reason;
+      // Fail closed: without the store there is no arbitration, so no commit.
+      throw new RedundantProxyError(codes.STORE_UNAVAILABLE, 'the session store is unavailable: the update cannot be arbitrated, nothing was committed', { status: 503, cause: err });
+    }
+    fence = grant.fence;
+    const token = grant.fence;
+    let settled = false;
+    return {
+      fence: token,
+      async confirm() {
+        if (settled) return;
+        for (let attempt = 1; ; attempt++) {
+          try {
+            await store.confirm(requestId, duplicateId, token);
+            break;
+          } catch (err) {
+            if (isSupersededError(err)) lose(err);
+            if (attempt >= CONFIRM_ATTEMPTS) {
+              throw new RedundantProxyError(codes.STORE_UNAVAILABLE, 'the commit happened but the session store could not record it', { status: 503, cause: err });
+            }
+            await new Promise((r) => setTimeout(r, CONFIRM_BACKOFF_MS * attempt));
+          }
+        }
+        settled = true;
+        outcome = 'won';
+        mark(res);
+      },
+      async release() {
+        if (settled) return;
+        settled = true;
+        await store.release(requestId, duplicateId, token);
+      },
+    };
+  }
+
+  return {
+    claim() {
+      // One claim per copy: asking twice returns the same claim.
+      pending ??= acquire();
+      return pending;
+    },
+    async commitOnce<T>(fn: (fence: number) => T | Promise<T>): Promise<T> {
+      const claim = await this.claim();
+      let result: T;
+      try {
+        result = await fn(claim.fence);
+      } catch (err) {
+        // The commit failed: another copy may take over. A release that fails
+        // is not worse than a crash: the lease runs out.
+        await claim.release().catch(() => undefined);
+        throw err;
+      }
+      await claim.confirm();
+      return result;
+    },
+    get outcome() {
+      return outcome;
+    },
+    get fence() {
+      return fence;
+    },
+    mark,
+  };
+}
