@@ -20,7 +20,7 @@ export interface Replica {
 /** An application server (Koa or Express) running redundantWorker, on 127.0.0.1:0. */
 export async function startReplica(
   kind: 'koa' | 'express',
-  options: { id: string; store: SessionStore; secret?: string; storeTimeout?: number },
+  options: { id: string; store: SessionStore; secret?: string; storeTimeout?: number; lease?: number },
   handler: ReplicaHandler,
 ): Promise<Replica> {
   const worker = redundantWorker(options);
@@ -42,6 +42,7 @@ export async function startReplica(
       const answer = await handler((req as unknown as { redundant: RedundantHandle }).redundant, req);
       if (!res.destroyed) res.status(answer.status ?? 200).json(answer.body);
     });
+    app.use(worker.errorHandler);
     listener = app;
   }
   const server = http.createServer(listener);

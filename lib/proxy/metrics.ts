@@ -4,6 +4,8 @@ import type { CopyOutcome, RaceOutcome, RaceReport } from './race.js';
 const LATENCY_WINDOW = 2048;
 
 export interface UpstreamMetrics {
+  /** It answered with `x-redundant-worker`: it runs the worker, and may receive copies of updates. */
+  worker: boolean;
   sent: number;
   won: number;
   /** won / sent */
@@ -55,12 +57,12 @@ export class Metrics {
     }
   }
 
-  snapshot(): ProxyMetrics {
+  snapshot(workers: ReadonlySet<string>): ProxyMetrics {
     const n = this.#requests;
     const window = this.#latency.subarray(0, Math.min(n, LATENCY_WINDOW));
     const upstreams: Record<string, UpstreamMetrics> = {};
     for (const [id, u] of this.#upstreams) {
-      upstreams[id] = { sent: u.sent, won: u.outcomes.won, winRate: u.sent ? u.outcomes.won / u.sent : 0, outcomes: { ...u.outcomes } };
+      upstreams[id] = { worker: workers.has(id), sent: u.sent, won: u.outcomes.won, winRate: u.sent ? u.outcomes.won / u.sent : 0, outcomes: { ...u.outcomes } };
     }
     return {
       requests: n,

@@ -381,7 +381,7 @@ export function redundantProxy(options: ProxyOptions): RedundantProxy {
 
   proxy.handler = (req, res) => safe(req, res, req as ParsedBodyHints);
   proxy.on = (name, listener) => events.on(name, listener);
-  proxy.metrics = () => metrics.snapshot();
+  proxy.metrics = () => metrics.snapshot(workers);
   proxy.close = async () => {
     if (closed) return;
     closed = true;

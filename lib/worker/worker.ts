@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { LRUCache } from 'lru-cache';
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { codes, InvalidOptionError, isSupersededError, RedundantProxyError, SupersededError } from '../errors.js';
+import { codes, InvalidOptionError, isRedundantProxyError, isSupersededError, RedundantProxyError, SupersededError } from '../errors.js';
 import { Emitter, type Disposable } from '../events.js';
 import type { SessionStore } from '../store/types.js';
 import { H, readCopyHeaders, type CopyClaims } from '../wire/protocol.js';
@@ -94,6 +94,13 @@ export interface RedundantWorker {
   (ctx: KoaWorkerContext, next: () => Promise<unknown>): Promise<void>;
   (req: IncomingMessage, res: ServerResponse, next: (err?: unknown) => void): void;
   on<K extends keyof WorkerEvents>(name: K, listener: (event: WorkerEvents[K]) => void): Disposable;
+  /**
+   * Express only: an error-handling middleware that answers this library's
+   * errors (`SupersededError` → 409 `lost`, store unavailable → 503) as JSON
+   * with their `code`. Mount it after your routes: `app.use(worker.errorHandler)`.
+   * (Koa needs nothing: the worker catches them itself.)
+   */
+  errorHandler: (err: unknown, req: IncomingMessage, res: ServerResponse, next: (err?: unknown) => void) => void;
 }
 
 /** The part of a Koa context the worker uses. */
@@ -348,6 +355,16 @@ export function redundantWorker(options: WorkerOptions): RedundantWorker {
   }
 
   worker.on = (name, listener) => events.on(name, listener);
+  worker.errorHandler = (err, _req, res, next) => {
+    // By brand, not instanceof: the error may come from another copy of this package.
+    const e = err as RedundantProxyError;
+    if (!isRedundantProxyError(err) || typeof e.status !== 'number' || typeof e.toJSON !== 'function' || res.headersSent) return next(err);
+    const body = JSON.stringify(e.toJSON());
+    const headers: Record<string, string> = { 'content-type': 'application/json; charset=utf-8', 'content-length': String(Buffer.byteLength(body)) };
+    if (isSupersededError(err)) headers[H.commit] = 'lost';
+    res.writeHead(e.status, headers);
+    res.end(body);
+  };
   return worker;
 }
 

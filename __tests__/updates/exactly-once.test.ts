@@ -1,0 +1,324 @@
+import { afterAll, afterEach, describe, expect, it } from '@jest/globals';
+import { MemorySessionStore, redundantProxy, type CancelInfo, type RaceReport, type RedundantProxy, type SessionStore } from '../../lib/index.js';
+import { createBank, type Bank } from '../helpers/bank.js';
+import { testClient } from '../helpers/client.js';
+import { mountGateway, type Gateway } from '../helpers/gateway.js';
+import { startReplica, type Replica } from '../helpers/replica.js';
+import { sleep, transferHandler, type TransferHooks } from '../helpers/transfer.js';
+
+const SECRET = 'exactly-once-secret-0123';
+const client = testClient();
+let open: Array<{ close(): Promise<unknown> }> = [];
+afterEach(async () => {
+  for (const o of open.reverse()) await o.close();
+  open = [];
+});
+afterAll(() => client.close());
+
+interface Fleet {
+  bank: Bank;
+  store: SessionStore;
+  replicas: Replica[];
+  proxy: RedundantProxy;
+  gw: Gateway;
+  reports: RaceReport[];
+  cancels: CancelInfo[];
+}
+
+async function fleet(options: { hooks?: (id: string) => TransferHooks; lease?: number; store?: SessionStore; proxy?: Record<string, unknown> } = {}): Promise<Fleet> {
+  const bank = await createBank();
+  open.push(bank);
+  const store = options.store ?? new MemorySessionStore({ max: 100_000 });
+  open.push(store);
+  const replicas: Replica[] = [];
+  for (const [i, id] of ['a', 'b', 'c'].entries()) {
+    const pool = bank.pool(8);
+    const r = await startReplica(i % 2 ? 'express' : 'koa', { id, store, secret: SECRET, ...(options.lease ? { lease: options.lease } : {}) }, transferHandler(pool, options.hooks?.(id)));
+    replicas.push(r);
+    open.push(r);
+  }
+  const cancels: CancelInfo[] = [];
+  const proxy = redundantProxy({
+    upstreams: replicas.map((r) => ({ id: r.id, url: r.url })),
+    store,
+    secret: SECRET,
+    timeout: 20_000,
+    onCancel: (info) => void cancels.push(info),
+    ...options.proxy,
+  });
+  const gw = await mountGateway('koa', proxy);
+  open.push(gw, proxy);
+  const reports: RaceReport[] = [];
+  proxy.on('race:end', (r) => reports.push(r));
+  // The proxy copies updates only to upstreams that have shown they run the worker.
+  for (let i = 0; i < 50 && !Object.values(proxy.metrics().upstreams).every((u) => u.worker); i++) {
+    await client.send(`${gw.url}/health`);
+  }
+  expect(Object.values(proxy.metrics().upstreams).every((u) => u.worker)).toBe(true);
+  return { bank, store, replicas, proxy, gw, reports, cancels };
+}
+
+const transfer = (gw: Gateway, t: { from: number; to: number; amount: number }, headers: Record<string, string> = {}) =>
+  client.send(`${gw.url}/transfer`, { method: 'POST', body: JSON.stringify(t), headers: { 'content-type': 'application/json', ...headers } });
+
+describe('exactly-once transfers on three replicas (PostgreSQL)', () => {
+  it('200 concurrent transfers with random delays: the total never changes and each request id has exactly one ledger row', async () => {
+    const f = await fleet({ hooks: () => ({ delay: () => Math.random() * 20 }) });
+    const before = await f.bank.total();
+    const results = await Promise.all(
+      Array.from({ length: 200 }, (_, i) => {
+        const from = 1 + (i % 10);
+        const to = 1 + ((i * 7 + 3) % 10 === i % 10 ? (i + 1) % 10 : (i * 7 + 3) % 10);
+        return transfer(f.gw, { from, to, amount: 1 + (i % 5) });
+      }),
+    );
+    const ok = results.filter((r) => r.status === 200);
+    expect(ok.length).toBe(200);
+    expect(await f.bank.total()).toBe(before);
+    const ledger = await f.bank.ledger();
+    // Counted in the database: one row per answered request, no more.
+    expect(ledger.length).toBe(200);
+    expect(new Set(ledger.map((l) => l.request_id))).toEqual(new Set(ok.map((r) => r.headers['x-request-id'] as string)));
+    // Each answer came from the copy that committed, and was copied to all three replicas.
+    for (const r of ok) expect(r.headers['x-redundant-served-by']).toBe((r.json() as { by: string }).by);
+    const updates = f.reports.filter((r) => r.update);
+    expect(updates.every((r) => r.copies.length === 3 && r.committed)).toBe(true);
+    // The copies that lost either answered `lost` or were stopped (and their cancel hook ran).
+    const outcomes = updates.flatMap((r) => r.copies.filter((c) => c.outcome !== 'won').map((c) => c.outcome));
+    expect(outcomes.every((o) => o === 'lost' || o === 'cancelled' || o === 'drained')).toBe(true);
+  });
+
+  it("the first claimant's commit throws: another copy commits, exactly once", async () => {
+    let failed = 0;
+    const f = await fleet({
+      hooks: () => ({
+        beforeCommit: () => {
+          if (failed++ === 0) throw new Error('disk full');
+        },
+      }),
+    });
+    const before = await f.bank.total();
+    const res = await transfer(f.gw, { from: 1, to: 2, amount: 5 });
+    expect(res.status).toBe(200);
+    expect(failed).toBe(2); // the failed attempt and the copy that took over
+    expect(await f.bank.total()).toBe(before);
+    const ledger = await f.bank.ledger();
+    expect(ledger).toHaveLength(1);
+    expect(ledger[0]!.request_id).toBe(res.headers['x-request-id']);
+    expect(ledger[0]!.upstream).toBe((res.json() as { by: string }).by);
+  });
+
+  it('the first claimant dies between claim and commit: another copy commits after its lease, exactly once', async () => {
+    let died = 0;
+    const f = await fleet({
+      lease: 300,
+      hooks: () => ({
+        beforeCommit: async (_h, conn, req) => {
+          if (died++ > 0) return;
+          // A crash: the database connection and the HTTP connection vanish,
+          // and nothing is confirmed or released. Only the lease frees the claim.
+          conn.on('error', () => undefined);
+          conn.release(true);
+          req.socket.destroy();
+          await new Promise<never>(() => undefined);
+        },
+      }),
+    });
+    const before = await f.bank.total();
+    const t0 = Date.now();
+    const res = await transfer(f.gw, { from: 3, to: 4, amount: 7 });
+    expect(res.status).toBe(200);
+    expect(Date.now() - t0).toBeLessThan(10_000);
+    expect(await f.bank.total()).toBe(before);
+    expect(await f.bank.ledger()).toHaveLength(1);
+  });
+
+  it('a copy stopped after another committed gets its cancel hook called and is recorded as cancelled', async () => {
+    const f = await fleet({
+      hooks: (id) => ({
+        // a commits at once; b and c take long enough to be stopped while still processing.
+        think: () => (id === 'a' ? 0 : 400),
+      }),
+    });
+    const res = await transfer(f.gw, { from: 5, to: 6, amount: 1 });
+    expect(res.status).toBe(200);
+    const requestId = res.headers['x-request-id'] as string;
+    await sleep(100);
+    const mine = f.cancels.filter((c) => c.requestId === requestId);
+    expect(mine.length).toBeGreaterThanOrEqual(1);
+    for (const c of mine) expect(c.committedBy).toBe('a');
+    const record = await f.store.getRequest(requestId);
+    expect(record!.cancelled.sort()).toEqual(mine.map((c) => c.duplicateId).sort());
+    expect(record!.commit).toMatchObject({ state: 'committed' });
+    // The stopped copies rolled back once they learned they lost: one ledger row.
+    await sleep(600);
+    expect(await f.bank.ledger()).toHaveLength(1);
+  });
+
+  it('an onCancel hook that throws is an error event, not a failed request', async () => {
+    const f = await fleet({
+      hooks: (id) => ({ think: () => (id === 'b' ? 0 : 300) }),
+      proxy: {
+        onCancel: () => {
+          throw new Error('compensation service down');
+        },
+      },
+    });
+    const errors: unknown[] = [];
+    f.proxy.on('error', (e) => errors.push(e));
+    const res = await transfer(f.gw, { from: 7, to: 8, amount: 2 });
+    expect(res.status).toBe(200);
+    await sleep(100);
+    expect(errors.length).toBeGreaterThanOrEqual(1);
+    expect(errors[0]).toMatchObject({ source: 'onCancel' });
+  });
+});
+
+describe('faults', () => {
+  it('a claimant paused past its lease has its late write refused by the fence', async () => {
+    const bank = await createBank();
+    open.push(bank);
+    const store = new MemorySessionStore();
+    open.push(store);
+    let paused = 0;
+    const refused: string[] = [];
+    const replicas: Replica[] = [];
+    for (const id of ['a', 'b']) {
+      const handler = (await import('../helpers/transfer.js')).fencedTransferHandler(bank.pool(4), {
+        afterClaim: async () => {
+          // The first claimant stalls (a GC pause, a stopped process) well past its lease.
+          if (paused++ === 0) await sleep(900);
+        },
+        refused: (h) => void refused.push(h.upstreamId),
+      });
+      const r = await startReplica('koa', { id, store, secret: SECRET, lease: 200 }, handler);
+      replicas.push(r);
+      open.push(r);
+    }
+    const proxy = redundantProxy({ upstreams: replicas.map((r) => ({ id: r.id, url: r.url })), store, secret: SECRET });
+    const gw = await mountGateway('node', proxy);
+    open.push(gw, proxy);
+    while (!Object.values(proxy.metrics().upstreams).every((u) => u.worker)) await client.send(`${gw.url}/health`);
+    const before = await bank.total();
+    const res = await transfer(gw, { from: 1, to: 2, amount: 9 });
+    expect(res.status).toBe(200);
+    // Let the paused copy wake up and try its write.
+    await sleep(1200);
+    expect(refused).toHaveLength(1);
+    expect(await bank.total()).toBe(before);
+    const ledger = await bank.ledger();
+    expect(ledger).toHaveLength(1);
+    expect(Number(ledger[0]!.fence)).toBe((res.json() as { fence: number }).fence);
+    const rows = await bank.admin.query(`SELECT id, balance::int, fence::int FROM ${bank.schema}.accounts WHERE id IN (1, 2) ORDER BY id`);
+    expect(rows.rows).toEqual([
+      { id: 1, balance: 991, fence: Number(ledger[0]!.fence) },
+      { id: 2, balance: 1009, fence: Number(ledger[0]!.fence) },
+    ]);
+  });
+
+  it("the committed copy's connection dies before its answer: the client is told it was applied (RP_ERR_ANSWER_LOST)", async () => {
+    let first = true;
+    const f = await fleet({
+      hooks: () => ({
+        afterCommit: (_h, req) => {
+          if (!first) return;
+          first = false;
+          req.socket.destroy();
+        },
+      }),
+    });
+    const res = await transfer(f.gw, { from: 9, to: 10, amount: 3 });
+    expect(res.status).toBe(502);
+    expect(res.json()).toMatchObject({ code: 'RP_ERR_ANSWER_LOST', requestId: res.headers['x-request-id'] });
+    const ledger = await f.bank.ledger();
+    expect(ledger).toHaveLength(1);
+    expect(ledger[0]!.request_id).toBe(res.headers['x-request-id']);
+  });
+
+  it('the store goes away mid-run: updates get 503 and nothing is applied twice', async () => {
+    const inner = new MemorySessionStore({ max: 100_000 });
+    let down = false;
+    const store = new Proxy(inner, {
+      get(target, prop, receiver) {
+        const value = Reflect.get(target, prop, receiver);
+        if (typeof value !== 'function' || prop === 'close') return typeof value === 'function' ? value.bind(target) : value;
+        return (...args: unknown[]) => (down ? Promise.reject(new Error('store unreachable')) : (value as (...a: unknown[]) => unknown).apply(target, args));
+      },
+    }) as SessionStore;
+    const f = await fleet({ store, hooks: () => ({ delay: () => Math.random() * 30 }) });
+    const before = await f.bank.total();
+    const results = await Promise.all(
+      Array.from({ length: 60 }, async (_, i) => {
+        await sleep(i * 5);
+        if (i === 30) down = true;
+        return transfer(f.gw, { from: 1 + (i % 5), to: 6 + (i % 5), amount: 1 });
+      }),
+    );
+    const ok = results.filter((r) => r.status === 200);
+    const refused = results.filter((r) => r.status === 503);
+    expect(ok.length).toBeGreaterThan(0);
+    expect(refused.length).toBeGreaterThan(0);
+    for (const r of refused) expect(r.json()).toMatchObject({ code: 'RP_ERR_STORE_UNAVAILABLE' });
+    expect(ok.length + refused.length).toBe(60);
+    expect(await f.bank.total()).toBe(before);
+    const ledger = await f.bank.ledger();
+    // Every acknowledged transfer is in the ledger once; nothing was applied without coordination.
+    const ids = new Set(ledger.map((l) => l.request_id));
+    for (const r of ok) expect(ids.has(r.headers['x-request-id'] as string)).toBe(true);
+    expect(ledger.length).toBeLessThanOrEqual(60);
+    down = false;
+  });
+});
+
+describe('Idempotency-Key', () => {
+  it('replays the committed answer to a retry with the same key, without a second commit', async () => {
+    const f = await fleet();
+    const headers = { 'idempotency-key': '"retry-key-1"', cookie: 'rp_session=session-of-client-one-0001' };
+    const first = await transfer(f.gw, { from: 1, to: 2, amount: 4 }, headers);
+    expect(first.status).toBe(200);
+    await sleep(50); // the answer is kept off the critical path
+    const again = await transfer(f.gw, { from: 1, to: 2, amount: 4 }, headers);
+    expect(again.status).toBe(200);
+    expect(again.headers['idempotent-replayed']).toBe('true');
+    expect(again.json()).toEqual(first.json());
+    expect(again.headers['x-request-id']).toBe(first.headers['x-request-id']);
+    expect(await f.bank.ledger()).toHaveLength(1);
+  });
+
+  it('answers 409 while the same key is still in flight, and 422 for the same key with another body', async () => {
+    const f = await fleet({ hooks: () => ({ think: () => 300 }) });
+    const headers = { 'idempotency-key': 'key-in-flight', cookie: 'rp_session=session-of-client-two-0002' };
+    const [a, b] = await Promise.all([
+      transfer(f.gw, { from: 3, to: 4, amount: 1 }, headers),
+      sleep(50).then(() => transfer(f.gw, { from: 3, to: 4, amount: 1 }, headers)),
+    ]);
+    expect(a.status).toBe(200);
+    expect(b.status).toBe(409);
+    expect(b.json()).toMatchObject({ code: 'RP_ERR_IDEMPOTENCY_IN_FLIGHT' });
+    await sleep(50);
+    const other = await transfer(f.gw, { from: 3, to: 4, amount: 2 }, headers);
+    expect(other.status).toBe(422);
+    expect(other.json()).toMatchObject({ code: 'RP_ERR_IDEMPOTENCY_MISMATCH' });
+    expect(await f.bank.ledger()).toHaveLength(1);
+  });
+
+  it("scopes keys by session: another client's same key runs anew and never sees the first answer", async () => {
+    const f = await fleet();
+    const one = await transfer(f.gw, { from: 5, to: 6, amount: 1 }, { 'idempotency-key': 'shared-key', cookie: 'rp_session=session-of-client-aaa-0003' });
+    await sleep(50);
+    const two = await transfer(f.gw, { from: 5, to: 6, amount: 1 }, { 'idempotency-key': 'shared-key', cookie: 'rp_session=session-of-client-bbb-0004' });
+    expect(one.status).toBe(200);
+    expect(two.status).toBe(200);
+    expect(two.headers['idempotent-replayed']).toBeUndefined();
+    expect(two.headers['x-request-id']).not.toBe(one.headers['x-request-id']);
+    expect(await f.bank.ledger()).toHaveLength(2);
+  });
+
+  it('refuses a malformed key with 400', async () => {
+    const f = await fleet();
+    const res = await transfer(f.gw, { from: 1, to: 2, amount: 1 }, { 'idempotency-key': 'x'.repeat(300) });
+    expect(res.status).toBe(400);
+    expect(res.json()).toMatchObject({ code: 'RP_ERR_BAD_IDEMPOTENCY_KEY' });
+    expect(await f.bank.ledger()).toHaveLength(0);
+  });
+});
