@@ -316,7 +316,8 @@ export class Race {
   #onClientClose = (): void => this.finish('client-closed');
 
   armHedge(): void {
-    if (this.next >= this.copies.length) return;
+    // An adaptive delay is Infinity until the route has latencies to go by.
+    if (this.next >= this.copies.length || !Number.isFinite(this.input.hedgeDelay)) return;
     this.hedgeTimer = setTimeout(() => {
       this.hedgeTimer = null;
       if (this.winner || this.finished) return;
