@@ -210,6 +210,14 @@ export function redundantWorker(options: WorkerOptions): RedundantWorker {
         return err instanceof Error ? err : new Error(String(err));
       },
     );
+    // The session loads while the copy is recorded: one round trip of latency, not two.
+    const loading =
+      c.sessionId && !c.sessionNew
+        ? withTimeout(store.getSession(c.sessionId), storeTimeout, 'getSession').then(
+            (s) => ({ ok: true as const, data: s ? s.data : {} }),
+            (err: unknown) => ({ ok: false as const, err }),
+          )
+        : undefined;
     // Reads do not wait for the record (it is off the critical path); a
     // replay is still caught before its session candidate could be saved.
     // Updates wait: their commit arbitration needs the record first.
@@ -227,17 +235,15 @@ export function redundantWorker(options: WorkerOptions): RedundantWorker {
       gate,
     );
     let sessionBefore: string | undefined;
-    if (c.sessionId) {
-      if (c.sessionNew) sessionBefore = '{}';
-      else {
-        try {
-          const s = await withTimeout(store.getSession(c.sessionId), storeTimeout, 'getSession');
-          handle.session.data = s ? s.data : {};
-          sessionBefore = JSON.stringify(handle.session.data);
-        } catch (err) {
-          // Without the adopted state, a candidate would overwrite it with a guess: serve, but save nothing.
-          report(c.requestId, 'getSession', err);
-        }
+    if (c.sessionId && c.sessionNew) sessionBefore = '{}';
+    else if (loading) {
+      const loaded = await loading;
+      if (loaded.ok) {
+        handle.session.data = loaded.data;
+        sessionBefore = JSON.stringify(loaded.data);
+      } else {
+        // Without the adopted state, a candidate would overwrite it with a guess: serve, but save nothing.
+        report(c.requestId, 'getSession', loaded.err);
       }
     }
     return { handle, gate, sessionBefore, recorded };
