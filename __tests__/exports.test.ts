@@ -19,4 +19,13 @@ describe('package exports', () => {
     expect(esm).toEqual(expect.arrayContaining(['redundantProxy', 'SupersededError', 'isRedundantProxyError']));
     expect(same).toBe(true);
   });
+
+  it('resolves the ./redis and ./testing entries', () => {
+    const out = run(`
+      const redis = await import('redundant-proxy/redis');
+      const testing = await import('redundant-proxy/testing');
+      console.log(JSON.stringify({ redis: typeof redis.RedisSessionStore, testing: typeof testing.testSessionStore }));
+    `);
+    expect(JSON.parse(out)).toEqual({ redis: 'function', testing: 'function' });
+  });
 });

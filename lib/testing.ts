@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import { afterEach, beforeEach, describe, expect, it } from '@jest/globals';
+import type * as JestGlobals from '@jest/globals';
 import { codes, isRedundantProxyError, isSupersededError } from './errors.js';
 import type { RecordCopyInput, SessionStore } from './store/types.js';
 
@@ -23,7 +23,7 @@ export interface TestSessionStoreOptions {
 }
 
 /**
- * Registers jest tests (`describe`/`it` from `@jest/globals`) that check a
+ * Registers jest tests (with the runner's global `describe`/`it`) that check a
  * `SessionStore` implementation. Call it at the top level of a test file.
  * `createStore` runs before each test and must return a fresh, open store;
  * the suite closes it after each test (so `close()` must tolerate a second
@@ -38,6 +38,7 @@ export function testSessionStore(
   options: TestSessionStoreOptions = {},
 ): void {
   const { name = 'SessionStore', destroy } = options;
+  const { describe, it, expect, beforeEach, afterEach } = runnerGlobals();
 
   describe(`${name} conformance`, () => {
     let store: SessionStore;
@@ -485,6 +486,21 @@ export function testSessionStore(
       });
     });
   });
+}
+
+type Runner = Pick<typeof JestGlobals, 'describe' | 'it' | 'expect' | 'beforeEach' | 'afterEach'>;
+
+// The runner's own globals, not an import of '@jest/globals': that import
+// only resolves inside jest's ESM runtime, while globals work in jest's ESM
+// and CommonJS modes alike (and in any runner with jest-compatible globals).
+function runnerGlobals(): Runner {
+  const g = globalThis as unknown as Partial<Runner>;
+  for (const fn of ['describe', 'it', 'expect', 'beforeEach', 'afterEach'] as const) {
+    if (typeof g[fn] !== 'function') {
+      throw new Error(`redundant-proxy/testing: testSessionStore() registers tests: call it from a jest test file (no global \`${fn}\` here)`);
+    }
+  }
+  return g as Runner;
 }
 
 interface Tracked<T> {

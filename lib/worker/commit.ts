@@ -15,7 +15,14 @@ import { H } from '../wire/protocol.js';
 export interface Claim {
   /** Fencing token: greater than every token granted before. Write it with the update. */
   readonly fence: number;
-  /** The database commit succeeded: the other copies now lose. Rejects with `SupersededError` if the lease was lost to another copy. */
+  /**
+   * The database commit succeeded: the other copies now lose. If this copy's
+   * lease ran out meanwhile and another copy holds the claim but has not
+   * confirmed, this commit still stands (it came first; the unique row per
+   * request id makes the other copy's commit fail) and `onLateConfirm` is
+   * told. Rejects with `SupersededError` only when another copy confirmed
+   * first.
+   */
   confirm(): Promise<void>;
   /** The commit failed: give the claim to a waiting copy. */
   release(): Promise<void>;
@@ -38,6 +45,8 @@ export interface CommitGateInput {
   leaseMs: number;
   signal: AbortSignal;
   res: ServerResponse;
+  /** This copy confirmed after its lease was taken over (see `Claim.confirm`). */
+  onLateConfirm?: (fence: number) => void;
 }
 
 // A confirm that fails for a store error is retried: the commit is already in
@@ -86,7 +95,15 @@ export function commitGate(input: CommitGateInput): CommitGate {
             await store.confirm(requestId, duplicateId, token);
             break;
           } catch (err) {
-            if (isSupersededError(err)) lose(err);
+            if (isSupersededError(err)) {
+              // Our commit is in the database already. It loses only to a copy
+              // that confirmed before us; otherwise it is the first commit.
+              const record = await store.getRequest(requestId).catch(() => undefined);
+              const commit = record?.commit;
+              if (commit?.state === 'committed' && commit.holder !== duplicateId) lose(err);
+              input.onLateConfirm?.(token);
+              break;
+            }
             if (attempt >= CONFIRM_ATTEMPTS) {
               throw new RedundantProxyError(codes.STORE_UNAVAILABLE, 'the commit happened but the session store could not record it', { status: 503, cause: err });
             }

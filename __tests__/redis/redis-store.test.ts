@@ -1,0 +1,422 @@
+import { randomUUID } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
+import { getEventListeners } from 'node:events';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from '@jest/globals';
+import { Redis } from 'ioredis';
+import { codes, isRedundantProxyError, isSupersededError } from '../../lib/errors.js';
+import { RedisSessionStore, type RedisSessionStoreOptions } from '../../lib/store/redis.js';
+import { startRedisServer, type RedisServer } from '../helpers/redis-server.js';
+
+// What only the Redis store has: options, key layout (TTLs, hash tags), and
+// waiters woken across connections by pub/sub.
+
+let server: RedisServer;
+let admin: Redis;
+const opened: Array<{ close(): Promise<void> }> = [];
+const clients: Redis[] = [];
+
+beforeAll(async () => {
+  server = await startRedisServer();
+  admin = await connect();
+});
+
+afterEach(async () => {
+  await Promise.all(opened.splice(0).map((s) => s.close()));
+  await Promise.all(clients.splice(0).map((c) => c.quit()));
+});
+
+afterAll(async () => {
+  await admin.quit();
+  await server.stop();
+});
+
+async function connect(): Promise<Redis> {
+  const client = new Redis({ host: server.host, port: server.port, lazyConnect: true, maxRetriesPerRequest: 1, enableOfflineQueue: false });
+  await client.connect();
+  return client;
+}
+
+/** A store on a client of its own (as another process would have), with a shared or fresh prefix. */
+async function open(options: Partial<RedisSessionStoreOptions> = {}): Promise<RedisSessionStore> {
+  const client = await connect();
+  clients.push(client);
+  const store = new RedisSessionStore({ client, prefix: `rp-test:${randomUUID()}:`, ...options });
+  opened.push(store);
+  return store;
+}
+
+function copy(requestId: string, duplicateId: string, sessionId = 's') {
+  return { requestId, duplicateId, upstreamId: `up-${duplicateId}`, index: 1, of: 2, update: true, sessionId };
+}
+
+async function keysUnder(prefix: string): Promise<string[]> {
+  const keys: string[] = [];
+  let cursor = '0';
+  do {
+    const [next, batch] = await admin.scan(cursor, 'MATCH', `${prefix}*`, 'COUNT', 1000);
+    cursor = next;
+    keys.push(...batch);
+  } while (cursor !== '0');
+  return keys.sort();
+}
+
+/** The part of a key Redis Cluster hashes: the first non-empty `{…}`, else the whole key. */
+function hashTag(key: string): string {
+  const open = key.indexOf('{');
+  if (open === -1) return key;
+  const close = key.indexOf('}', open + 1);
+  if (close === -1 || close === open + 1) return key;
+  return key.slice(open + 1, close);
+}
+
+function elapsed(start: number): number {
+  return performance.now() - start;
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+describe('RedisSessionStore options', () => {
+  it.each([
+    ['client', { client: undefined }],
+    ['client', { client: {} }],
+    ['prefix', { prefix: 'a{b}:' }],
+    ['prefix', { prefix: 5 }],
+    ['ttl', { ttl: 0 }],
+    ['ttl', { ttl: 1.5 }],
+    ['sessionTtl', { sessionTtl: -1 }],
+    ['pollInterval', { pollInterval: Infinity }],
+    ['pollInterval', { pollInterval: 2 ** 31 }],
+    ['commandTimeout', { commandTimeout: '1s' }],
+    ['max', { max: 10 }],
+  ])('rejects a bad %s with an error that names it', (option, overrides) => {
+    let error: unknown;
+    try {
+      new RedisSessionStore({ client: admin, ...(overrides as object) } as RedisSessionStoreOptions);
+    } catch (err) {
+      error = err;
+    }
+    expect(error).toBeInstanceOf(TypeError);
+    expect(isRedundantProxyError(error)).toBe(true);
+    expect(error).toMatchObject({ code: codes.INVALID_OPTION, option });
+    expect((error as Error).message).toContain(`\`${option}\``);
+  });
+
+  it('accepts only a client, and every option', async () => {
+    const a = new RedisSessionStore({ client: admin });
+    const b = new RedisSessionStore({ client: admin, prefix: '', ttl: 1, sessionTtl: 1, pollInterval: 1, commandTimeout: 1 });
+    await a.close();
+    await b.close();
+  });
+
+  it('never closes the caller\'s client, only its own pub/sub connection', async () => {
+    const client = await connect();
+    clients.push(client);
+    const name = `rp-test-${randomUUID()}`;
+    await client.client('SETNAME', name);
+    const store = new RedisSessionStore({ client, prefix: `rp-test:${randomUUID()}:` });
+    const requestId = randomUUID();
+    await store.claim(requestId, 'a', { leaseMs: 10_000 });
+    const waiting = store.claim(requestId, 'b', { leaseMs: 10_000 }).catch((err: unknown) => err);
+    await sleep(50);
+    const before = (await admin.call('CLIENT', 'LIST', 'TYPE', 'pubsub')) as string;
+    expect(before.split('\n').filter(Boolean).length).toBeGreaterThanOrEqual(1);
+    await store.close();
+    expect(isRedundantProxyError(await waiting) && (await waiting as { code: string }).code === codes.CLOSED).toBe(true);
+    await expect(client.ping()).resolves.toBe('PONG');
+    // The store's duplicate connection is gone; the caller's is still there.
+    const after = (await admin.call('CLIENT', 'LIST')) as string;
+    expect(after).toContain(`name=${name}`);
+    expect(((await admin.call('CLIENT', 'LIST', 'TYPE', 'pubsub')) as string).split('\n').filter(Boolean)).toHaveLength(0);
+  });
+});
+
+describe('RedisSessionStore keys', () => {
+  it('gives every key a TTL (request ttl, session sessionTtl), except the fence counter', async () => {
+    const prefix = `rp-test:${randomUUID()}:`;
+    const client = await connect();
+    clients.push(client);
+    const store = new RedisSessionStore({ client, prefix, ttl: 60_000, sessionTtl: 3_600_000 });
+    opened.push(store);
+    const requestId = randomUUID();
+    const sessionId = randomUUID();
+    await store.recordCopy(copy(requestId, 'a', sessionId));
+    await store.recordCopy(copy(requestId, 'b', sessionId));
+    await store.saveCandidate(sessionId, requestId, 'a', { cart: [1] });
+    await store.saveCandidate(sessionId, requestId, 'b', { cart: [2] });
+    const grant = await store.claim(requestId, 'a', { leaseMs: 5_000 });
+    await store.confirm(requestId, 'a', grant.fence);
+    await store.recordCancelled(requestId, 'b');
+    await store.recordAdoption({ requestId, sessionId, update: true, duplicateIds: ['a'], upstreamIds: ['up-a'] });
+    // A candidate saved for a request not adopted yet.
+    const pending = randomUUID();
+    await store.saveCandidate(sessionId, pending, 'x', { n: 1 });
+    await store.beginIdempotent('key-1', 'fp', requestId, 30_000);
+    await store.beginIdempotent('key-2', 'fp', requestId, 30_000);
+    await store.completeIdempotent('key-2', requestId, { status: 200, headers: {}, body: '' }, 90_000);
+    await expect(store.getSession(sessionId)).resolves.toMatchObject({ data: { cart: [1] }, version: 1 });
+
+    const keys = await keysUnder(prefix);
+    const ttls = Object.fromEntries(await Promise.all(keys.map(async (k) => [k.slice(prefix.length), await admin.pttl(k)] as const)));
+    expect(Object.keys(ttls).sort()).toEqual([
+      'fence',
+      `{i:key-1}`,
+      `{i:key-2}`,
+      `{r:${requestId}}`,
+      `{s:${sessionId}}`,
+      `{s:${sessionId}}:adopt:${requestId}`,
+      `{s:${sessionId}}:cand:${pending}`,
+    ].sort());
+    // The fence counter must outlive every record: tokens only go up.
+    expect(ttls.fence).toBe(-1);
+    const within = (key: string, max: number) => {
+      expect(ttls[key]).toBeGreaterThan(max - 10_000);
+      expect(ttls[key]).toBeLessThanOrEqual(max);
+    };
+    within(`{r:${requestId}}`, 60_000);
+    within(`{s:${sessionId}}:adopt:${requestId}`, 60_000);
+    within(`{s:${sessionId}}:cand:${pending}`, 60_000);
+    within(`{s:${sessionId}}`, 3_600_000);
+    within('{i:key-1}', 30_000);
+    within('{i:key-2}', 90_000);
+  });
+
+  it('keeps the commit state at least as long as the lease', async () => {
+    const prefix = `rp-test:${randomUUID()}:`;
+    const client = await connect();
+    clients.push(client);
+    const store = new RedisSessionStore({ client, prefix, ttl: 1_000 });
+    opened.push(store);
+    const requestId = randomUUID();
+    await store.claim(requestId, 'a', { leaseMs: 30_000 });
+    expect(await admin.pttl(`${prefix}{r:${requestId}}`)).toBeGreaterThan(20_000);
+    // A later write does not cut it short.
+    await store.recordCopy(copy(requestId, 'b'));
+    await store.recordCancelled(requestId, 'c');
+    expect(await admin.pttl(`${prefix}{r:${requestId}}`)).toBeGreaterThan(20_000);
+  });
+
+  it('slides a session\'s expiry when it is read', async () => {
+    const prefix = `rp-test:${randomUUID()}:`;
+    const client = await connect();
+    clients.push(client);
+    const store = new RedisSessionStore({ client, prefix, sessionTtl: 60_000 });
+    opened.push(store);
+    const requestId = randomUUID();
+    await store.saveCandidate('s1', requestId, 'a', { n: 1 });
+    await store.recordAdoption({ requestId, sessionId: 's1', update: false, duplicateIds: ['a'], upstreamIds: ['up'] });
+    await admin.pexpire(`${prefix}{s:s1}`, 5_000);
+    await store.getSession('s1');
+    expect(await admin.pttl(`${prefix}{s:s1}`)).toBeGreaterThan(50_000);
+  });
+
+  it('puts all keys and the channel of one request under one hash tag, whatever the ids contain', async () => {
+    const prefix = `rp-test:${randomUUID()}:`;
+    const client = await connect();
+    clients.push(client);
+    const store = new RedisSessionStore({ client, prefix });
+    opened.push(store);
+    for (const [requestId, sessionId] of [[randomUUID(), randomUUID()], ['}{weird}%7D{', '{s}'], ['', '}']]) {
+      await store.recordCopy(copy(requestId!, 'a', sessionId));
+      await store.saveCandidate(sessionId!, requestId!, 'a', { ok: true });
+      await store.saveCandidate(sessionId!, requestId!, 'b', { ok: false });
+      await store.recordAdoption({ requestId: requestId!, sessionId: sessionId!, update: true, duplicateIds: ['b'], upstreamIds: ['up-b'] });
+      await expect(store.getRequest(requestId!)).resolves.toMatchObject({ requestId, sessionId, copies: [{ duplicateId: 'a' }] });
+      await expect(store.getSession(sessionId!)).resolves.toMatchObject({ sessionId, data: { ok: false } });
+    }
+    const keys = (await keysUnder(prefix)).filter((k) => k !== `${prefix}fence`);
+    // Every key has a non-empty tag: request keys 'r:…', session keys 's:…'.
+    const tags = new Map<string, string[]>();
+    for (const key of keys) {
+      const t = hashTag(key);
+      expect(t).not.toBe(key);
+      tags.set(t, [...(tags.get(t) ?? []), key]);
+    }
+    expect([...tags.keys()].filter((t) => t.startsWith('r:'))).toHaveLength(3);
+    expect([...tags.keys()].filter((t) => t.startsWith('s:'))).toHaveLength(3);
+    // The session side of a request (adoption marker) shares the session's tag.
+    for (const [t, group] of tags) {
+      if (t.startsWith('s:')) expect(group.some((k) => k.includes(':adopt:'))).toBe(true);
+    }
+  });
+});
+
+describe('RedisSessionStore waiters across connections', () => {
+  // A poll this long cannot be what wakes the waiter: only pub/sub can.
+  const slowPoll = { pollInterval: 10_000 };
+
+  it('wakes a waiter on another connection by pub/sub when the holder releases', async () => {
+    const prefix = `rp-test:${randomUUID()}:`;
+    const holder = await open({ prefix, ...slowPoll });
+    const other = await open({ prefix, ...slowPoll });
+    const requestId = randomUUID();
+    const first = await holder.claim(requestId, 'a', { leaseMs: 30_000 });
+    const controller = new AbortController();
+    const waiting = other.claim(requestId, 'b', { leaseMs: 30_000, signal: controller.signal });
+    await sleep(100);
+    // Sharded pub/sub (Redis 7): one subscriber on the request's channel.
+    expect(await admin.call('PUBSUB', 'SHARDNUMSUB', `${prefix}{r:${requestId}}:commit`)).toEqual([`${prefix}{r:${requestId}}:commit`, 1]);
+    const start = performance.now();
+    await holder.release(requestId, 'a', first.fence);
+    const grant = await waiting;
+    expect(elapsed(start)).toBeLessThan(500);
+    expect(grant.fence).toBeGreaterThan(first.fence);
+    expect(getEventListeners(controller.signal, 'abort')).toHaveLength(0);
+    await sleep(50);
+    // Nobody waits any more: the store left the channel.
+    expect(await admin.call('PUBSUB', 'SHARDNUMSUB', `${prefix}{r:${requestId}}:commit`)).toEqual([`${prefix}{r:${requestId}}:commit`, 0]);
+  });
+
+  it('turns waiters on another connection away by pub/sub when the holder confirms', async () => {
+    const prefix = `rp-test:${randomUUID()}:`;
+    const holder = await open({ prefix, ...slowPoll });
+    const other = await open({ prefix, ...slowPoll });
+    const requestId = randomUUID();
+    const grant = await holder.claim(requestId, 'a', { leaseMs: 30_000 });
+    const waiters = ['b', 'c'].map((d) => other.claim(requestId, d, { leaseMs: 30_000 }).then(() => 'granted', (err: unknown) => err));
+    await sleep(100);
+    const start = performance.now();
+    await holder.confirm(requestId, 'a', grant.fence);
+    const outcomes = await Promise.all(waiters);
+    expect(elapsed(start)).toBeLessThan(500);
+    for (const outcome of outcomes) expect(isSupersededError(outcome)).toBe(true);
+  });
+
+  it('hands a released claim to exactly one waiter among several processes', async () => {
+    const prefix = `rp-test:${randomUUID()}:`;
+    const stores = [await open({ prefix }), await open({ prefix }), await open({ prefix })];
+    const requestId = randomUUID();
+    const first = await stores[0]!.claim(requestId, 'a', { leaseMs: 30_000 });
+    const outcomes: Array<string> = [];
+    const waiters = stores.flatMap((store, s) => [1, 2].map((n) => {
+      const id = `w${s}-${n}`;
+      return store.claim(requestId, id, { leaseMs: 30_000 }).then(
+        (grant) => { outcomes.push(`granted ${id}`); return { id, grant }; },
+        (err: unknown) => { outcomes.push(isSupersededError(err) ? 'superseded' : String(err)); return undefined; },
+      );
+    }));
+    await sleep(100);
+    await stores[0]!.release(requestId, 'a', first.fence);
+    await sleep(300);
+    expect(outcomes.filter((o) => o.startsWith('granted'))).toHaveLength(1);
+    const winner = outcomes[0]!.slice('granted '.length);
+    const record = await stores[1]!.getRequest(requestId);
+    expect(record?.commit).toMatchObject({ state: 'claimed', holder: winner });
+    const fence = (record!.commit as { fence: number }).fence;
+    await stores[2]!.confirm(requestId, winner, fence);
+    await Promise.all(waiters);
+    expect(outcomes.filter((o) => o === 'superseded')).toHaveLength(5);
+  });
+
+  it('resubscribes by itself when its pub/sub connection drops', async () => {
+    const prefix = `rp-test:${randomUUID()}:`;
+    const holder = await open({ prefix, ...slowPoll });
+    const other = await open({ prefix, ...slowPoll });
+    const requestId = randomUUID();
+    const first = await holder.claim(requestId, 'a', { leaseMs: 30_000 });
+    const waiting = other.claim(requestId, 'b', { leaseMs: 30_000 });
+    await sleep(100);
+    await admin.client('KILL', 'TYPE', 'pubsub');
+    const channel = `${prefix}{r:${requestId}}:commit`;
+    for (let n = 0; n < 100 && ((await admin.call('PUBSUB', 'SHARDNUMSUB', channel)) as [string, number])[1] === 0; n++) await sleep(20);
+    expect(await admin.call('PUBSUB', 'SHARDNUMSUB', channel)).toEqual([channel, 1]);
+    const start = performance.now();
+    await holder.release(requestId, 'a', first.fence);
+    await expect(waiting).resolves.toMatchObject({ fence: expect.any(Number) });
+    expect(elapsed(start)).toBeLessThan(500);
+  });
+
+  it('falls back to the poll when a message is lost', async () => {
+    const prefix = `rp-test:${randomUUID()}:`;
+    const holder = await open({ prefix });
+    const other = await open({ prefix, pollInterval: 100 });
+    const requestId = randomUUID();
+    await holder.claim(requestId, 'a', { leaseMs: 30_000 });
+    const waiting = other.claim(requestId, 'b', { leaseMs: 30_000 });
+    await sleep(50);
+    // The holder's claim vanishes without a message (as if it was lost).
+    await admin.hset(`${prefix}{r:${requestId}}`, 'state', 'none');
+    const start = performance.now();
+    await expect(waiting).resolves.toMatchObject({ fence: expect.any(Number) });
+    expect(elapsed(start)).toBeLessThan(400);
+  });
+
+  it('hands the claim past a waiter that gave up to the next one', async () => {
+    const prefix = `rp-test:${randomUUID()}:`;
+    const holder = await open({ prefix });
+    const other = await open({ prefix });
+    const requestId = randomUUID();
+    const first = await holder.claim(requestId, 'a', { leaseMs: 30_000 });
+    const controller = new AbortController();
+    const quitter = other.claim(requestId, 'b', { leaseMs: 30_000, signal: controller.signal }).catch((err: unknown) => err);
+    const stayer = other.claim(requestId, 'c', { leaseMs: 30_000 });
+    await sleep(50);
+    controller.abort(new Error('gone'));
+    await holder.release(requestId, 'a', first.fence);
+    await expect(quitter).resolves.toMatchObject({ message: 'gone' });
+    await expect(stayer).resolves.toMatchObject({ fence: expect.any(Number) });
+    await expect(other.getRequest(requestId)).resolves.toMatchObject({ commit: { state: 'claimed', holder: 'c' } });
+  });
+});
+
+describe('RedisSessionStore claims given up while Redis answers', () => {
+  it('gives back a claim granted to a caller that aborted meanwhile', async () => {
+    const store = await open();
+    const requestId = randomUUID();
+    const controller = new AbortController();
+    const claiming = store.claim(requestId, 'a', { leaseMs: 30_000, signal: controller.signal });
+    controller.abort(new Error('client went away'));
+    await expect(claiming).rejects.toThrow('client went away');
+    // The release is sent without waiting for it: look until it landed.
+    for (let n = 0; n < 50 && (await store.getRequest(requestId))?.commit.state !== 'none'; n++) await sleep(10);
+    await expect(store.getRequest(requestId)).resolves.toMatchObject({ commit: { state: 'none' } });
+    await expect(store.claim(requestId, 'b', { leaseMs: 1_000 })).resolves.toMatchObject({ fence: expect.any(Number) });
+  });
+
+  it('rejects a claim in flight when the store closes, and gives the grant back', async () => {
+    const prefix = `rp-test:${randomUUID()}:`;
+    const store = await open({ prefix });
+    const other = await open({ prefix });
+    const requestId = randomUUID();
+    const claiming = store.claim(requestId, 'a', { leaseMs: 30_000 });
+    await store.close();
+    const error = await claiming.catch((err: unknown) => err);
+    expect(isRedundantProxyError(error) && error.code).toBe(codes.CLOSED);
+    for (let n = 0; n < 50 && (await other.getRequest(requestId))?.commit.state !== 'none'; n++) await sleep(10);
+    await expect(other.getRequest(requestId)).resolves.toMatchObject({ commit: { state: 'none' } });
+  });
+});
+
+describe('RedisSessionStore fences', () => {
+  it('takes fences above the Redis clock in µs, so they go up even if the counter is lost', async () => {
+    const prefix = `rp-test:${randomUUID()}:`;
+    const store = await open({ prefix });
+    const before = Date.now() * 1000;
+    const a = await store.claim(randomUUID(), 'a', { leaseMs: 1000 });
+    expect(a.fence).toBeGreaterThanOrEqual(before - 60_000_000);
+    expect(Number.isSafeInteger(a.fence)).toBe(true);
+    await admin.del(`${prefix}fence`);
+    const b = await store.claim(randomUUID(), 'a', { leaseMs: 1000 });
+    expect(b.fence).toBeGreaterThan(a.fence);
+  });
+
+  it('gives concurrent claims from several connections distinct fences', async () => {
+    const prefix = `rp-test:${randomUUID()}:`;
+    const stores = [await open({ prefix }), await open({ prefix })];
+    const grants = await Promise.all(Array.from({ length: 40 }, (_, n) => stores[n % 2]!.claim(randomUUID(), 'a', { leaseMs: 1000 })));
+    const fences = grants.map((g) => g.fence);
+    expect(new Set(fences).size).toBe(fences.length);
+  });
+});
+
+describe('the redundant-proxy/redis entry', () => {
+  it('uses ioredis only as types, so the main entry never needs it', async () => {
+    for (const file of ['../../lib/redis.ts', '../../lib/store/redis.ts']) {
+      const source = await readFile(new URL(file, import.meta.url), 'utf8');
+      const imports = source.split('\n').filter((line) => /^(import|export) .*from 'ioredis'/.test(line));
+      expect(imports.length).toBeLessThanOrEqual(1);
+      for (const line of imports) expect(line).toMatch(/^import type /);
+    }
+  });
+});

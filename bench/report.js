@@ -1,0 +1,271 @@
+// Turns bench results into docs/benchmarks.md and docs/latency-cdf.svg.
+// Called by bench/run.js after a full run; `node bench/report.js [results.json]`
+// regenerates both from bench/results/latest.json (or the given file).
+// bench/notes.md, when present, is copied into the report as "Findings".
+
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { FAST, SLOW } from './model.js';
+
+const docs = new URL('../docs/', import.meta.url);
+
+const f1 = (x) => (x === null || x === undefined || Number.isNaN(x) ? '–' : x.toFixed(1));
+const f2 = (x) => (x === null || x === undefined || Number.isNaN(x) ? '–' : x.toFixed(2));
+const int = (x) => (x === null || x === undefined ? '–' : Math.round(x).toLocaleString('en-US'));
+const pct = (x) => `${(x * 100).toFixed(1)}%`;
+const mark = (met) => (met ? '✅ met' : '❌ **missed**');
+
+// ---------------------------------------------------------------- SVG
+
+const COLORS = { direct: '#d62728', racing: '#1f77b4', hedged: '#ff7f0e', 'hedged-10': '#2ca02c', 'ref-abort': '#8c8c8c', 'ref-drain': '#9467bd', ideal: '#222222' };
+const DASH = { 'ref-abort': '2 3', 'ref-drain': '2 3', ideal: '7 5' };
+const WIDTH = { 'ref-abort': 1.6, 'ref-drain': 1.6 };
+const esc = (s) => String(s).replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;');
+
+/**
+ * CDF of scenario b: latency on a log axis; the cumulative share on a
+ * "nines" axis (-log10(1 - F)) so that p90, p99 and p99.9 get equal room.
+ */
+export function cdfSvg(b) {
+  const series = b.contestants.map((c) => ({ name: c.name, label: c.label, values: c.latencies, dash: DASH[c.name] ?? null }));
+  series.push({ name: 'ideal', label: 'ideal: min of 3 draws, zero overhead (model)', values: b.model.idealLatencies, dash: DASH.ideal });
+  const legendRows = Math.ceil(series.length / 2);
+  const W = 860;
+  const m = { left: 78, right: 24, top: 52, bottom: 74 + legendRows * 22 };
+  const H = 470 + legendRows * 22;
+  const pw = W - m.left - m.right;
+  const ph = H - m.top - m.bottom;
+  const all = series.flatMap((s) => s.values);
+  const lo = Math.min(...all);
+  const hi = Math.max(...all);
+  const ticksX = [0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000];
+  const xmin = [...ticksX].reverse().find((t) => t <= lo) ?? 0.1;
+  const xmax = ticksX.find((t) => t >= hi) ?? 10_000;
+  const n = Math.max(...series.map((s) => s.values.length));
+  const ymax = Math.min(4, Math.log10(n) - 0.3 > 3 ? 3.3 : Math.log10(n));
+  const X = (v) => m.left + ((Math.log10(Math.max(v, xmin)) - Math.log10(xmin)) / (Math.log10(xmax) - Math.log10(xmin))) * pw;
+  const Y = (nines) => m.top + ph - (Math.min(nines, ymax) / ymax) * ph;
+  const nines = (F) => (F >= 1 ? Infinity : -Math.log10(1 - F));
+
+  const out = [];
+  out.push(`<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" viewBox="0 0 ${W} ${H}" font-family="Helvetica, Arial, sans-serif" font-size="13">`);
+  out.push(`<rect width="${W}" height="${H}" fill="#ffffff"/>`);
+  out.push(`<text x="${W / 2}" y="24" text-anchor="middle" font-size="16" font-weight="bold">Scenario b: latency CDF, open loop at ${b.config.rate} req/s, ${b.config.requests.toLocaleString('en-US')} requests each</text>`);
+  out.push(`<text x="${W / 2}" y="42" text-anchor="middle" font-size="12" fill="#555">upstream model: ${FAST.p * 100}% in ${FAST.min}–${FAST.max} ms, ${Math.round((1 - FAST.p) * 100)}% in ${SLOW.min}–${SLOW.max} ms (seeded); further left at the top is better</text>`);
+  out.push(`<defs><clipPath id="plot"><rect x="${m.left}" y="${m.top}" width="${pw}" height="${ph}"/></clipPath></defs>`);
+  // grid and ticks
+  out.push(`<g stroke="#e3e3e3" stroke-width="1">`);
+  for (const t of ticksX) if (t >= xmin && t <= xmax) out.push(`<line x1="${X(t).toFixed(1)}" y1="${m.top}" x2="${X(t).toFixed(1)}" y2="${m.top + ph}"/>`);
+  const ticksY = [
+    [0, '0%'],
+    [Math.log10(2), '50%'],
+    [1, '90%'],
+    [2, '99%'],
+    [3, '99.9%'],
+    [4, '99.99%'],
+  ].filter(([v]) => v <= ymax + 1e-9);
+  for (const [v] of ticksY) out.push(`<line x1="${m.left}" y1="${Y(v).toFixed(1)}" x2="${m.left + pw}" y2="${Y(v).toFixed(1)}"/>`);
+  out.push(`</g>`);
+  out.push(`<g fill="#333">`);
+  for (const t of ticksX) if (t >= xmin && t <= xmax) out.push(`<text x="${X(t).toFixed(1)}" y="${m.top + ph + 18}" text-anchor="middle">${t}</text>`);
+  for (const [v, label] of ticksY) out.push(`<text x="${m.left - 8}" y="${(Y(v) + 4).toFixed(1)}" text-anchor="end">${label}</text>`);
+  out.push(`</g>`);
+  out.push(`<rect x="${m.left}" y="${m.top}" width="${pw}" height="${ph}" fill="none" stroke="#999"/>`);
+  out.push(`<text x="${m.left + pw / 2}" y="${m.top + ph + 40}" text-anchor="middle" font-size="14">latency in ms, from each request's scheduled send to the end of its body (log scale)</text>`);
+  out.push(`<text transform="translate(20 ${m.top + ph / 2}) rotate(-90)" text-anchor="middle" font-size="14">requests answered within x (scale stretched toward 100%)</text>`);
+  // curves
+  out.push(`<g clip-path="url(#plot)" fill="none" stroke-width="2.2" stroke-linejoin="round">`);
+  for (const s of series) {
+    const sorted = Float64Array.from(s.values).sort();
+    const pts = [];
+    let lx = -1;
+    let ly = -1;
+    for (let i = 0; i < sorted.length; i++) {
+      const F = (i + 1) / sorted.length;
+      const x = X(sorted[i]);
+      const y = Y(nines(F));
+      const last = i === sorted.length - 1;
+      if (last || Math.abs(x - lx) >= 0.6 || Math.abs(y - ly) >= 0.6) {
+        pts.push(`${x.toFixed(1)},${y.toFixed(1)}`);
+        lx = x;
+        ly = y;
+      }
+    }
+    out.push(`<polyline stroke="${COLORS[s.name] ?? '#8c564b'}"${WIDTH[s.name] ? ` stroke-width="${WIDTH[s.name]}"` : ''}${s.dash ? ` stroke-dasharray="${s.dash}"` : ''} points="${pts.join(' ')}"/>`);
+  }
+  out.push(`</g>`);
+  // legend, under the plot in two columns (the curves fill the plot's corners)
+  const colW = pw / 2;
+  series.forEach((s, i) => {
+    const x0 = m.left + (i % 2) * colW;
+    const y = H - m.bottom + 62 + Math.floor(i / 2) * 22;
+    const c = b.contestants.find((x) => x.name === s.name);
+    const p99 = c ? c.p99 : b.model.race.p99;
+    const name = s.name === 'ideal' ? 'ideal (model: min of 3 draws)' : s.label.replace('redundant-proxy (Koa), ', 'ours: ').replace(' (30 lines)', '');
+    out.push(`<line x1="${x0}" y1="${y - 4}" x2="${x0 + 30}" y2="${y - 4}" stroke="${COLORS[s.name] ?? '#8c564b'}" stroke-width="${WIDTH[s.name] ?? 2.5}"${s.dash ? ` stroke-dasharray="${s.dash}"` : ''}/>`);
+    out.push(`<text x="${x0 + 38}" y="${y}">${esc(name)}, p99 ${f1(p99)} ms</text>`);
+  });
+  out.push(`</svg>`);
+  return `${out.join('\n')}\n`;
+}
+
+// ---------------------------------------------------------------- Markdown
+
+export function markdown(r) {
+  const L = [];
+  const { a, b, c } = r.scenarios;
+  L.push('# Benchmarks');
+  L.push('');
+  L.push('Generated by `bench/run.js` from `bench/results/latest.json`; the "Findings" section is written by hand (`bench/notes.md`).');
+  L.push('Every number below was measured in the run described here, on one shared machine, on loopback: treat');
+  L.push('the ratios (measured side by side, contestants alternated) as more telling than the absolute figures.');
+  L.push('');
+  L.push('| | |');
+  L.push('| --- | --- |');
+  L.push(`| command | \`${r.command}\` (\`npm run bench -- --quick\` for a run under a minute) |`);
+  L.push(`| date | ${r.date} |`);
+  L.push(`| machine | ${r.machine.nproc} CPUs (\`nproc\`), ${esc(r.machine.cpu)}, ${r.machine.platform} |`);
+  L.push(`| node | ${r.machine.node} |`);
+  L.push(`| load average | ${r.machine.loadavgAtStart.map(f2).join(' ')} at start, ${r.machine.loadavgAtEnd.map(f2).join(' ')} at the end (shared, noisy machine) |`);
+  L.push(`| duration | ${Math.round(r.durationSec)} s |`);
+  L.push('');
+  L.push('## Targets');
+  L.push('');
+  L.push('| scenario | target | measured | |');
+  L.push('| --- | --- | --- | --- |');
+  for (const t of r.targets) L.push(`| ${t.scenario} | ${t.target} | ${t.display} | ${mark(t.met)} |`);
+  L.push('');
+
+  if (a) {
+    L.push('## a. Overhead: one upstream, `copies: 1`');
+    L.push('');
+    L.push(`One upstream in its own process answering a tiny JSON body at once; each gateway in its own process, alone while it is measured.`);
+    L.push(`autocannon (programmatic) with ${a.config.connections} keep-alive connections, ${a.config.warmupRequests} warm-up requests then ${a.config.durationSec} s measured,`);
+    L.push(`${a.config.rounds} rounds with the contestants' order rotated each round; the table shows the median of the rounds.`);
+    L.push('Latencies are autocannon\'s (whole milliseconds). Gateway CPU is `process.cpuUsage()` in the gateway process over the measured window, per request served.');
+    L.push('');
+    L.push('| contestant | req/s | vs @fastify/http-proxy | p50 ms | p99 ms | gateway CPU µs/request | errors |');
+    L.push('| --- | ---: | ---: | ---: | ---: | ---: | ---: |');
+    const ref = a.contestants.find((x) => x.name === 'fastify-http-proxy').rps;
+    for (const x of a.contestants) {
+      L.push(`| ${x.label} | ${int(x.rps)} | ${x.name === 'direct' ? '–' : `${f2(x.rps / ref)}×`} | ${x.p50} | ${x.p99} | ${x.cpuMicrosPerRequest === null ? '–' : int(x.cpuMicrosPerRequest)} | ${x.errors} |`);
+    }
+    L.push('');
+    L.push('Requests/s of each round:');
+    L.push('');
+    L.push('| contestant | ' + a.contestants[0].rounds.map((_, i) => `round ${i + 1}`).join(' | ') + ' |');
+    L.push('| --- | ' + a.contestants[0].rounds.map(() => '---:').join(' | ') + ' |');
+    for (const x of a.contestants) L.push(`| ${x.name} | ${x.rounds.map((q) => int(q.rps)).join(' | ')} |`);
+    L.push('');
+  }
+
+  if (b) {
+    const by = Object.fromEntries(b.contestants.map((x) => [x.name, x]));
+    L.push('## b. Tail latency: three heavy-tailed upstreams');
+    L.push('');
+    L.push(`Three upstreams (one process) whose every request to \`/work\` waits a latency drawn from a seeded PRNG (\`bench/model.js\`):`);
+    L.push(`${FAST.p * 100}% uniform in ${FAST.min}–${FAST.max} ms, ${Math.round((1 - FAST.p) * 100)}% uniform in ${SLOW.min}–${SLOW.max} ms. Each contestant gets freshly started upstreams, so all meet the same draws.`);
+    L.push(`Open-loop load: ${b.config.requests.toLocaleString('en-US')} requests at ${b.config.rate} req/s, request *i* scheduled at t0 + i/${b.config.rate} s and timed from that`);
+    L.push(`scheduled instant to the end of its body (a late send or a queued request counts against the contestant: no coordinated omission).`);
+    L.push(`${b.config.warmup} warm-up requests first, on a path that does not consume draws. The gateway is Koa with \`redundantProxy()\`.`);
+    L.push('');
+    L.push('| contestant | p50 ms | p99 ms | p99.9 ms | max ms | extra copies / request | new upstream connections / request | errors |');
+    L.push('| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |');
+    for (const x of b.contestants) {
+      L.push(`| ${x.label} | ${f2(x.p50)} | ${f2(x.p99)} | ${f2(x.p999)} | ${f1(x.max)} | ${x.name === 'direct' ? '–' : f2(x.extraCopiesPerRequest)} | ${f2(x.newConnectionsPerRequest)} | ${x.errors + Object.entries(x.statuses).filter(([s]) => s !== '200').reduce((q, [, v]) => q + v, 0)} |`);
+    }
+    L.push(`| *model: one upstream* | *${f2(b.model.direct.p50)}* | *${f2(b.model.direct.p99)}* | *${f2(b.model.direct.p999)}* | *${f1(b.model.direct.max)}* | | | |`);
+    L.push(`| *ideal: min of 3 draws (model, zero overhead)* | *${f2(b.model.race.p50)}* | *${f2(b.model.race.p99)}* | *${f2(b.model.race.p999)}* | *${f1(b.model.race.max)}* | *2.00* | | |`);
+    L.push(`| *model: hedged, delay ${b.model.hedged.delay} ms* | *${f2(b.model.hedged.p50)}* | *${f2(b.model.hedged.p99)}* | *${f2(b.model.hedged.p999)}* | *${f1(b.model.hedged.max)}* | *${f2(b.model.hedged.extraCopiesPerRequest)}* | | |`);
+    if (by['hedged-10']) L.push(`| *model: hedged, delay 10 ms* | *${f2(b.model.hedged10.p50)}* | *${f2(b.model.hedged10.p99)}* | *${f2(b.model.hedged10.p999)}* | *${f1(b.model.hedged10.max)}* | *${f2(b.model.hedged10.extraCopiesPerRequest)}* | | |`);
+    L.push('');
+    L.push('| ratio | value |');
+    L.push('| --- | ---: |');
+    L.push(`| direct p99 / racing p99 | ${f1(b.ratios['direct p99 / racing p99'])}× |`);
+    L.push(`| racing p99 / ideal p99 | ${f2(b.ratios['racing p99 / ideal p99'])}× |`);
+    L.push(`| hedged p99 / racing p99 | ${f2(b.ratios['hedged p99 / racing p99'])}× |`);
+    L.push(`| hedged extra copies per request | ${pct(b.ratios['hedged extra copies per request'])} |`);
+    L.push(`| model alone: hedged (delay ${b.model.hedged.delay} ms) p99 / ideal p99 | ${f2(b.ratios['model: hedged p99 / ideal race p99'])}× |`);
+    if (by['hedged-10']) L.push(`| hedge delay 10 ms: p99 / racing p99 (extra copies) | ${f2(by['hedged-10'].p99 / by.racing.p99)}× (${pct(by['hedged-10'].extraCopiesPerRequest)}) |`);
+    L.push('');
+    L.push('Where the time goes (p50 / p99, ms): the load generator\'s send lag (actual send − scheduled send) and the upstreams\' timer lateness');
+    L.push('(actual wait − drawn latency) are part of every contestant\'s figures; the gateway columns come from the `race:end` events.');
+    L.push('');
+    L.push('| contestant | send lag | upstream timer lateness | gateway: winning copy\'s answer | gateway: whole race | client: total |');
+    L.push('| --- | ---: | ---: | ---: | ---: | ---: |');
+    const pp = (o) => (o && o.n ? `${f2(o.p50)} / ${f2(o.p99)}` : '–');
+    for (const x of b.contestants) {
+      const slop = Object.values(x.upstreams).filter((u) => u.timerSlop?.n).sort((p, q) => q.timerSlop.p99 - p.timerSlop.p99)[0]?.timerSlop;
+      L.push(`| ${x.name} | ${f2(x.sendLag.p50 ?? x.sendLag.mean)} / ${f2(x.sendLag.p99)} | ${pp(slop)} | ${pp(x.gatewayWinnerLatency)} | ${pp(x.gatewayRaceDuration)} | ${f2(x.p50)} / ${f2(x.p99)} |`);
+    }
+    L.push('');
+    L.push('![Latency CDF of scenario b](latency-cdf.svg)');
+    L.push('');
+    L.push(`**Why a hedge delay of ${b.config.hedgeDelay} ms.** The model's p95 is about 100 ms, inside the slow mode: hedging there would only`);
+    L.push(`cut the slowest 5%. What matters is the gap between the two modes: every fast answer comes by ${FAST.max} ms and no slow one before ${SLOW.min} ms,`);
+    L.push(`so a copy still unanswered a little after ${FAST.max} ms is almost surely a slow one. In the model any delay inside the gap hedges the same`);
+    L.push(`~${pct(b.model.hedged.extraCopiesPerRequest)} of requests (the slow first copies, plus a third copy when the second is slow too), and the p99 grows`);
+    L.push(`with the delay (about 2 × delay + 1 ms: the 1% tail is the requests whose first two copies were both slow). So the delay is the`);
+    L.push(`shortest that stays clear of the fast answers as the gateway sees them: ${FAST.max} ms plus about 2 ms that Node's millisecond timers,`);
+    L.push(`loopback and scheduling add on this machine (the racing gateway's fastest copy answers within about that much more than the model).`);
+    L.push(`A shorter delay hedges fast answers too and passes the 15% budget when the machine is busy; the 10 ms row shows what a longer one costs.`);
+    L.push('');
+  }
+
+  if (c) {
+    L.push('## c. Cost of copies');
+    L.push('');
+    L.push(`Three fast upstreams (one process), \`redundantProxy({ copies })\` on node:http \`.handler\`, autocannon with ${c.config.connections} connections,`);
+    L.push(`${c.config.warmupRequests} warm-up requests then ${c.config.durationSec} s measured, ${c.config.rounds} rounds rotated, median kept. The upstreams share the same 2 CPUs, so each extra copy also costs`);
+    L.push('upstream CPU on this machine (it would not on separate replicas); gateway CPU per request isolates the gateway\'s own cost.');
+    L.push('');
+    L.push('| contestant | req/s | vs copies: 1 | gateway CPU µs/request | gateway CPU (share of one core) | upstreams\' CPU µs/request | p50 ms | p99 ms | new upstream connections / request | errors |');
+    L.push('| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |');
+    const ref = c.contestants[0].rps;
+    for (const x of c.contestants) {
+      L.push(`| ${x.label} | ${int(x.rps)} | ${f2(x.rps / ref)}× | ${int(x.cpuMicrosPerRequest)} | ${pct(x.gatewayCpuShare)} | ${int(x.upstreamCpuMicrosPerRequest)} | ${x.p50} | ${x.p99} | ${f2(x.newConnectionsPerRequest)} | ${x.errors} |`);
+    }
+    L.push('');
+    L.push('Requests/s of each round:');
+    L.push('');
+    L.push('| contestant | ' + c.contestants[0].rounds.map((_, i) => `round ${i + 1}`).join(' | ') + ' |');
+    L.push('| --- | ' + c.contestants[0].rounds.map(() => '---:').join(' | ') + ' |');
+    for (const x of c.contestants) L.push(`| ${x.name} | ${x.rounds.map((q) => int(q.rps)).join(' | ')} |`);
+    L.push('');
+  }
+
+  L.push('## Method');
+  L.push('');
+  L.push('- `bench/upstream.js` and `bench/gateway.js` run as `child_process.fork` children; the load generators (autocannon, the open-loop');
+  L.push('  generator on an undici `Pool`) run in the parent. Only one gateway process is alive at a time.');
+  L.push('- The library is used with its defaults plus the options shown (in-memory store, sessions on, no secret).');
+  L.push('- `bench/model.js` holds the latency model and its PRNG (mulberry32); the ideal is the same streams simulated without any proxy.');
+  L.push('- Raw per-request latencies of scenario b and every round of a and c are in `bench/results/latest.json`.');
+  L.push('');
+  const notes = new URL('./notes.md', import.meta.url);
+  if (existsSync(notes)) {
+    L.push('## Findings');
+    L.push('');
+    L.push(readFileSync(notes, 'utf8').trim());
+    L.push('');
+  }
+  return `${L.join('\n')}\n`;
+}
+
+export function writeReport(results) {
+  const written = [];
+  if (results.scenarios.b) {
+    const svg = new URL('latency-cdf.svg', docs);
+    writeFileSync(svg, cdfSvg(results.scenarios.b));
+    written.push(fileURLToPath(svg));
+  }
+  const md = new URL('benchmarks.md', docs);
+  writeFileSync(md, markdown(results));
+  written.push(fileURLToPath(md));
+  return written;
+}
+
+if (process.argv[1] && fileURLToPath(import.meta.url) === process.argv[1]) {
+  const file = process.argv[2] ?? fileURLToPath(new URL('./results/latest.json', import.meta.url));
+  for (const f of writeReport(JSON.parse(readFileSync(file, 'utf8')))) console.log(`wrote ${f}`);
+}

@@ -1,0 +1,492 @@
+// redundant-proxy benchmarks. `npm run bench` (a few minutes) or
+// `npm run bench -- --quick` (under a minute). Everything runs on loopback;
+// every load is bounded in count and time. Upstreams and gateways each run in
+// their own child process (bench/upstream.js, bench/gateway.js); only one
+// gateway is alive at a time. The load generators run in this process.
+//
+//   a. overhead: one fast upstream, copies: 1, closed-loop autocannon,
+//      contestants alternated round by round, median of the rounds kept;
+//   b. tail: three upstreams with the seeded heavy-tailed latency of
+//      bench/model.js, open-loop load at a fixed rate, each request timed
+//      from its scheduled send (no coordinated omission);
+//   c. cost of copies: copies 1, 2, 3 on three fast upstreams.
+//
+// Writes bench/results/latest.json, docs/benchmarks.md, docs/latency-cdf.svg.
+// Options: --quick, --only=a,b,c (a partial run writes its JSON to
+// bench/results/partial.json and leaves the docs alone).
+
+import { fork, execSync } from 'node:child_process';
+import { mkdirSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import { setTimeout as sleep } from 'node:timers/promises';
+import autocannon from 'autocannon';
+import { Pool } from 'undici';
+import { SEEDS, simulate, summarize, FAST, SLOW } from './model.js';
+import { writeReport } from './report.js';
+
+const args = process.argv.slice(2);
+const quick = args.includes('--quick');
+const onlyArg = args.find((a) => a.startsWith('--only='));
+const only = onlyArg ? new Set(onlyArg.slice(7).split(',')) : new Set(['a', 'b', 'c']);
+
+// autocannon runs for whole seconds (a shorter duration still takes 1 s), so
+// warm-ups are a fixed number of requests instead.
+const CFG = quick
+  ? {
+      a: { rounds: 3, warmupRequests: 1500, durationSec: 1, connections: 32 },
+      b: { rate: 200, requests: 400, warmup: 150, hedgeDelay: 5 },
+      c: { rounds: 2, warmupRequests: 1000, durationSec: 1, connections: 32 },
+    }
+  : {
+      a: { rounds: 4, warmupRequests: 4000, durationSec: 3, connections: 32 },
+      b: { rate: 200, requests: 3500, warmup: 600, hedgeDelay: 5 },
+      c: { rounds: 3, warmupRequests: 3000, durationSec: 3, connections: 32 },
+    };
+
+const started = Date.now();
+const log = (...m) => console.log(`[${((Date.now() - started) / 1000).toFixed(1).padStart(5)}s]`, ...m);
+
+// ---------------------------------------------------------------- children
+
+const children = new Set();
+
+function spawn(file, config) {
+  // --prof: V8 CPU profiles of the gateways in /tmp/redundant-proxy-prof (for digging, not for figures).
+  const execArgv = args.includes('--prof') && file.includes('gateway') ? ['--cpu-prof', '--cpu-prof-dir=/tmp/redundant-proxy-prof'] : [];
+  const child = fork(new URL(file, import.meta.url), [JSON.stringify(config)], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'], execArgv });
+  children.add(child);
+  let seq = 0;
+  const pending = new Map();
+  const exited = new Promise((resolve) => child.once('exit', (code) => {
+    children.delete(child);
+    for (const [, p] of pending) p.reject(new Error(`${file} exited (${code}) before answering`));
+    resolve(code);
+  }));
+  const ready = new Promise((resolve, reject) => {
+    const t = setTimeout(() => reject(new Error(`${file} not ready within 15 s`)), 15_000);
+    child.once('message', (m) => {
+      clearTimeout(t);
+      resolve(m);
+    });
+    void exited.then((code) => reject(new Error(`${file} exited (${code}) before it was ready`)));
+  });
+  child.on('message', (m) => {
+    const p = m && pending.get(m.id);
+    if (p) {
+      pending.delete(m.id);
+      p.resolve(m);
+    }
+  });
+  return {
+    ready,
+    ask(type) {
+      const id = ++seq;
+      return new Promise((resolve, reject) => {
+        pending.set(id, { resolve, reject });
+        child.send({ type, id });
+      });
+    },
+    async stop() {
+      if (child.exitCode !== null || child.signalCode !== null) return;
+      child.send({ type: 'close' });
+      const t = setTimeout(() => child.kill('SIGKILL'), 5000);
+      await exited;
+      clearTimeout(t);
+    },
+  };
+}
+
+async function startUpstreams(ids, model) {
+  const u = spawn('./upstream.js', { servers: ids.map((id) => ({ id, seed: SEEDS[id] })), model });
+  const { ports } = await u.ready;
+  u.urls = ids.map((id) => ({ id, url: `http://127.0.0.1:${ports[id]}` }));
+  return u;
+}
+
+async function startGateway(kind, upstreams, options) {
+  const g = spawn('./gateway.js', { kind, upstreams, options });
+  const { port } = await g.ready;
+  g.url = `http://127.0.0.1:${port}`;
+  return g;
+}
+
+// ---------------------------------------------------------------- load
+
+function cannon(url, { connections, durationSec }) {
+  return new Promise((resolve, reject) => {
+    autocannon({ url, connections, duration: durationSec, pipelining: 1, timeout: 10 }, (err, result) => (err ? reject(err) : resolve(result)));
+  });
+}
+
+const median = (xs) => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
+};
+
+/** Closed-loop warm-up: `count` requests, `concurrency` at a time. */
+async function warm(origin, path, count, concurrency = 10) {
+  const pool = new Pool(origin, { connections: concurrency });
+  let next = 0;
+  await Promise.all(
+    Array.from({ length: concurrency }, async () => {
+      while (next < count) {
+        next++;
+        const { body } = await pool.request({ path, method: 'GET' });
+        await body.dump();
+      }
+    }),
+  );
+  await pool.close();
+}
+
+/**
+ * Open-loop load: request i is scheduled at t0 + i / rate and timed from
+ * that scheduled instant to the end of its body, so a slow answer never
+ * delays the measurement of the next ones (no coordinated omission).
+ */
+async function openLoop(origin, path, { rate, requests }) {
+  const pool = new Pool(origin, { connections: 256, pipelining: 1 });
+  const latencies = new Float64Array(requests);
+  const lags = new Float64Array(requests);
+  const statuses = {};
+  let errors = 0;
+  let done = 0;
+  const interval = 1000 / rate;
+  const t0 = performance.now() + 20;
+  let resolveAll;
+  const all = new Promise((r) => (resolveAll = r));
+  const fire = (i) => {
+    const scheduled = t0 + i * interval;
+    lags[i] = performance.now() - scheduled;
+    pool.request({ path, method: 'GET', headersTimeout: 10_000, bodyTimeout: 10_000 }).then(
+      async ({ statusCode, body }) => {
+        await body.dump();
+        latencies[i] = performance.now() - scheduled;
+        statuses[statusCode] = (statuses[statusCode] ?? 0) + 1;
+        if (++done === requests) resolveAll();
+      },
+      () => {
+        errors++;
+        latencies[i] = performance.now() - scheduled;
+        if (++done === requests) resolveAll();
+      },
+    );
+  };
+  let next = 0;
+  const tick = () => {
+    const now = performance.now();
+    while (next < requests && t0 + next * interval <= now) fire(next++);
+    if (next < requests) setTimeout(tick, Math.max(0, t0 + next * interval - performance.now()));
+  };
+  setTimeout(tick, 20);
+  const guard = setTimeout(() => resolveAll(), (requests / rate) * 1000 + 20_000);
+  await all;
+  clearTimeout(guard);
+  await pool.close();
+  return { latencies: Array.from(latencies), lag: summarize(lags), statuses, errors };
+}
+
+// ---------------------------------------------------------------- scenario a
+
+async function scenarioA() {
+  const cfg = CFG.a;
+  log(`a. overhead: 1 fast upstream, copies: 1, autocannon ${cfg.connections} connections, ${cfg.rounds} rounds × ${cfg.durationSec} s per contestant`);
+  const up = await startUpstreams(['a'], 'fast');
+  const upstreams = up.urls;
+  const contestants = [
+    { name: 'direct', label: 'direct to the upstream (no gateway)' },
+    { name: 'ours-koa', label: 'redundant-proxy in Koa', kind: 'ours-koa', options: { copies: 1 } },
+    { name: 'ours-express', label: 'redundant-proxy in Express', kind: 'ours-express', options: { copies: 1 } },
+    { name: 'ours-node', label: 'redundant-proxy on node:http (.handler)', kind: 'ours-node', options: { copies: 1 } },
+    { name: 'hpm-express', label: 'http-proxy-middleware 3 in Express 5 (keep-alive agent)', kind: 'hpm-express' },
+    { name: 'fastify-http-proxy', label: '@fastify/http-proxy 11 on fastify 5', kind: 'fastify-http-proxy' },
+  ];
+  const runs = Object.fromEntries(contestants.map((c) => [c.name, []]));
+  for (let round = 0; round < cfg.rounds; round++) {
+    // Rotate the order each round so that drift hits every contestant alike.
+    const order = contestants.map((_, i) => contestants[(i + round) % contestants.length]);
+    for (const c of order) {
+      const gw = c.kind ? await startGateway(c.kind, upstreams, c.options) : null;
+      const url = `${gw ? gw.url : upstreams[0].url}/json`;
+      await warm(gw ? gw.url : upstreams[0].url, '/json', cfg.warmupRequests, cfg.connections);
+      if (gw) await gw.ask('reset');
+      const r = await cannon(url, { connections: cfg.connections, durationSec: cfg.durationSec });
+      const stats = gw ? await gw.ask('stats') : null;
+      if (gw) await gw.stop();
+      const run = {
+        rps: r.requests.total / r.duration,
+        p50: r.latency.p50,
+        p99: r.latency.p99,
+        requests: r.requests.total,
+        errors: r.errors + r.timeouts,
+        non2xx: r.non2xx,
+        cpuMicrosPerRequest: stats && stats.served ? stats.cpuMicros / stats.served : null,
+        gatewayCpuShare: stats ? stats.cpuMicros / 1000 / stats.wallMs : null,
+      };
+      runs[c.name].push(run);
+      log(`   round ${round + 1} ${c.name.padEnd(19)} ${run.rps.toFixed(0).padStart(6)} req/s  p50 ${run.p50} ms  p99 ${run.p99} ms${run.errors || run.non2xx ? `  errors ${run.errors} non2xx ${run.non2xx}` : ''}${run.cpuMicrosPerRequest ? `  gateway CPU ${run.cpuMicrosPerRequest.toFixed(0)} µs/req` : ''}`);
+    }
+  }
+  await up.stop();
+  const result = contestants.map((c) => {
+    const rs = runs[c.name];
+    return {
+      name: c.name,
+      label: c.label,
+      rps: median(rs.map((r) => r.rps)),
+      p50: median(rs.map((r) => r.p50)),
+      p99: median(rs.map((r) => r.p99)),
+      cpuMicrosPerRequest: rs[0].cpuMicrosPerRequest === null ? null : median(rs.map((r) => r.cpuMicrosPerRequest)),
+      errors: rs.reduce((a, r) => a + r.errors + r.non2xx, 0),
+      rounds: rs,
+    };
+  });
+  const by = Object.fromEntries(result.map((r) => [r.name, r]));
+  const ref = by['fastify-http-proxy'].rps;
+  const ratios = {
+    'ours-koa/fastify-http-proxy': by['ours-koa'].rps / ref,
+    'ours-express/fastify-http-proxy': by['ours-express'].rps / ref,
+    'ours-node/fastify-http-proxy': by['ours-node'].rps / ref,
+    'ours-express/hpm-express': by['ours-express'].rps / by['hpm-express'].rps,
+  };
+  return { config: cfg, contestants: result, ratios };
+}
+
+// ---------------------------------------------------------------- scenario b
+
+async function scenarioB() {
+  const cfg = CFG.b;
+  log(`b. tail: 3 heavy-tailed upstreams (${FAST.p * 100}% in ${FAST.min}-${FAST.max} ms, ${Math.round((1 - FAST.p) * 100)}% in ${SLOW.min}-${SLOW.max} ms), open loop ${cfg.rate} req/s × ${cfg.requests} requests per contestant`);
+  const ids = ['a', 'b', 'c'];
+  const contestants = [
+    { name: 'direct', label: 'direct to one upstream' },
+    { name: 'racing', label: 'redundant-proxy (Koa), 3 copies at once', kind: 'ours-koa', options: { copies: 3 } },
+    { name: 'hedged', label: `redundant-proxy (Koa), hedge: { delay: ${cfg.hedgeDelay} }`, kind: 'ours-koa', options: { copies: 3, hedge: { delay: cfg.hedgeDelay } } },
+  ];
+  if (!quick) {
+    contestants.push(
+      { name: 'hedged-10', label: 'redundant-proxy (Koa), hedge: { delay: 10 }', kind: 'ours-koa', options: { copies: 3, hedge: { delay: 10 } } },
+      // Reference points, not products: the floor this machine allows a racer.
+      { name: 'ref-abort', label: 'reference racer (30 lines), losers aborted', kind: 'mini-race', options: { abortLosers: true } },
+      { name: 'ref-drain', label: 'reference racer (30 lines), losers drained', kind: 'mini-race', options: { abortLosers: false } },
+    );
+  }
+  if (args.includes('--diag')) {
+    contestants.push({ name: 'racing-node', label: 'redundant-proxy (node:http), 3 copies at once', kind: 'ours-node', options: { copies: 3 } });
+  }
+  const out = [];
+  for (const c of contestants) {
+    // Fresh upstreams for every contestant: each starts its seeded stream anew,
+    // so every contestant meets exactly the same latency draws.
+    const up = await startUpstreams(ids, 'heavy');
+    const gw = c.kind ? await startGateway(c.kind, up.urls, c.options) : null;
+    const origin = gw ? gw.url : up.urls[0].url;
+    await warm(origin, '/warmup', cfg.warmup);
+    if (gw) await gw.ask('reset');
+    const before = await up.ask('stats');
+    const load = await openLoop(origin, '/work', cfg);
+    const after = await up.ask('stats');
+    const stats = gw ? await gw.ask('stats') : null;
+    if (gw) await gw.stop();
+    await up.stop();
+    const upstreamDelta = Object.fromEntries(ids.map((id) => [id, {
+      requests: after.stats[id].requests - before.stats[id].requests,
+      connections: after.stats[id].connections - before.stats[id].connections,
+      timerSlop: after.stats[id].timerSlop,
+    }]));
+    const summary = summarize(load.latencies);
+    const races = stats?.races ?? null;
+    const entry = {
+      name: c.name,
+      label: c.label,
+      options: c.options ?? null,
+      ...summary,
+      errors: load.errors,
+      statuses: load.statuses,
+      sendLag: { mean: load.lag.mean, p50: load.lag.p50, p99: load.lag.p99, max: load.lag.max },
+      copiesPerRequest: races ? races.copiesSent / races.requests : 1,
+      extraCopiesPerRequest: races ? (races.copiesSent - races.requests) / races.requests : 0,
+      hedgedPerRequest: races ? races.hedged / races.requests : 0,
+      gatewayRaceDuration: races?.durations ?? null,
+      gatewayWinnerLatency: races?.winnerLatencies ?? null,
+      raceOutcomes: races?.outcomes ?? null,
+      copyOutcomes: races?.copyOutcomes ?? null,
+      metrics: stats?.metrics ?? null,
+      upstreams: upstreamDelta,
+      newConnectionsPerRequest: Object.values(upstreamDelta).reduce((a, u) => a + u.connections, 0) / cfg.requests,
+      latencies: load.latencies.map((x) => Math.round(x * 1000) / 1000),
+    };
+    out.push(entry);
+    log(`   ${c.name.padEnd(10)} p50 ${summary.p50.toFixed(2)} ms  p99 ${summary.p99.toFixed(2)} ms  p99.9 ${summary.p999.toFixed(2)} ms  copies/request ${entry.copiesPerRequest.toFixed(3)}  errors ${load.errors}  send lag mean ${load.lag.mean.toFixed(2)} ms`);
+  }
+  // The ideal: the same draws, a proxy with zero overhead.
+  const sim = simulate({ n: cfg.requests, delay: cfg.hedgeDelay, rotationStart: cfg.warmup });
+  const sim10 = simulate({ n: cfg.requests, delay: 10, rotationStart: cfg.warmup });
+  const model = {
+    direct: summarize(sim.direct),
+    race: summarize(sim.race),
+    hedged: { ...summarize(sim.hedged.times), extraCopiesPerRequest: sim.hedged.extraCopiesPerRequest, delay: cfg.hedgeDelay },
+    hedged10: { ...summarize(sim10.hedged.times), extraCopiesPerRequest: sim10.hedged.extraCopiesPerRequest, delay: 10 },
+    idealLatencies: sim.race.map((x) => Math.round(x * 1000) / 1000),
+  };
+  const by = Object.fromEntries(out.map((r) => [r.name, r]));
+  const ratios = {
+    'direct p99 / racing p99': by.direct.p99 / by.racing.p99,
+    'racing p99 / ideal p99': by.racing.p99 / model.race.p99,
+    'hedged p99 / racing p99': by.hedged.p99 / by.racing.p99,
+    'hedged extra copies per request': by.hedged.extraCopiesPerRequest,
+    'model: hedged p99 / ideal race p99': model.hedged.p99 / model.race.p99,
+  };
+  log(`   ideal (min of 3 draws) p50 ${model.race.p50.toFixed(2)} ms  p99 ${model.race.p99.toFixed(2)} ms  p99.9 ${model.race.p999.toFixed(2)} ms; model hedged(${cfg.hedgeDelay}) p99 ${model.hedged.p99.toFixed(2)} ms, extra ${(model.hedged.extraCopiesPerRequest * 100).toFixed(1)}%`);
+  return { config: cfg, contestants: out, model, ratios };
+}
+
+// ---------------------------------------------------------------- scenario c
+
+async function scenarioC() {
+  const cfg = CFG.c;
+  log(`c. cost of copies: 3 fast upstreams, redundant-proxy on node:http, copies 1/2/3, autocannon ${cfg.connections} connections, ${cfg.rounds} rounds × ${cfg.durationSec} s`);
+  const up = await startUpstreams(['a', 'b', 'c'], 'fast');
+  const contestants = [1, 2, 3].map((copies) => ({ name: `copies-${copies}`, label: `redundant-proxy, copies: ${copies}`, copies, kind: 'ours-node', options: { copies } }));
+  if (!quick) {
+    contestants.push(
+      // Reference points, not products: what the copies cost a bare racer.
+      { name: 'ref-abort-3', label: 'reference racer, 3 copies, losers aborted', copies: 3, kind: 'mini-race', options: { abortLosers: true } },
+      { name: 'ref-drain-3', label: 'reference racer, 3 copies, losers drained', copies: 3, kind: 'mini-race', options: { abortLosers: false } },
+    );
+  }
+  const runs = Object.fromEntries(contestants.map((c) => [c.name, []]));
+  for (let round = 0; round < cfg.rounds; round++) {
+    const order = contestants.map((_, i) => contestants[(i + round) % contestants.length]);
+    for (const c of order) {
+      const gw = await startGateway(c.kind, up.urls, c.options);
+      const url = `${gw.url}/json`;
+      await warm(gw.url, '/json', cfg.warmupRequests, cfg.connections);
+      await gw.ask('reset');
+      const u0 = await up.ask('stats');
+      const r = await cannon(url, { connections: cfg.connections, durationSec: cfg.durationSec });
+      const u1 = await up.ask('stats');
+      const stats = await gw.ask('stats');
+      await gw.stop();
+      const conns = Object.keys(u1.stats).reduce((a, id) => a + u1.stats[id].connections - u0.stats[id].connections, 0);
+      const upReqs = Object.keys(u1.stats).reduce((a, id) => a + u1.stats[id].requests - u0.stats[id].requests, 0);
+      const run = {
+        rps: r.requests.total / r.duration,
+        p50: r.latency.p50,
+        p99: r.latency.p99,
+        errors: r.errors + r.timeouts + r.non2xx,
+        cpuMicrosPerRequest: stats.cpuMicros / stats.served,
+        gatewayCpuShare: stats.cpuMicros / 1000 / stats.wallMs,
+        copiesPerRequest: stats.races ? stats.races.copiesSent / stats.races.requests : c.copies,
+        upstreamRequestsPerRequest: upReqs / stats.served,
+        newConnectionsPerRequest: conns / stats.served,
+        upstreamCpuMicrosPerRequest: (u1.cpuMicros - u0.cpuMicros) / stats.served,
+        copyOutcomes: stats.races?.copyOutcomes ?? null,
+      };
+      runs[c.name].push(run);
+      log(`   round ${round + 1} ${c.name}  ${run.rps.toFixed(0).padStart(6)} req/s  gateway CPU ${run.cpuMicrosPerRequest.toFixed(0)} µs/req (${(run.gatewayCpuShare * 100).toFixed(0)}% of a core), upstreams ${run.upstreamCpuMicrosPerRequest.toFixed(0)} µs/req  p99 ${run.p99} ms  new upstream connections/request ${run.newConnectionsPerRequest.toFixed(2)}${run.errors ? `  errors ${run.errors}` : ''}`);
+    }
+  }
+  await up.stop();
+  const result = contestants.map((c) => {
+    const rs = runs[c.name];
+    return {
+      name: c.name,
+      label: c.label,
+      copies: c.copies,
+      rps: median(rs.map((r) => r.rps)),
+      p50: median(rs.map((r) => r.p50)),
+      p99: median(rs.map((r) => r.p99)),
+      cpuMicrosPerRequest: median(rs.map((r) => r.cpuMicrosPerRequest)),
+      gatewayCpuShare: median(rs.map((r) => r.gatewayCpuShare)),
+      copiesPerRequest: median(rs.map((r) => r.copiesPerRequest)),
+      newConnectionsPerRequest: median(rs.map((r) => r.newConnectionsPerRequest)),
+      upstreamCpuMicrosPerRequest: median(rs.map((r) => r.upstreamCpuMicrosPerRequest)),
+      errors: rs.reduce((a, r) => a + r.errors, 0),
+      rounds: rs,
+    };
+  });
+  const by = Object.fromEntries(result.map((r) => [r.name, r]));
+  const ratios = {
+    'copies-2 / copies-1 req/s': by['copies-2'].rps / by['copies-1'].rps,
+    'copies-3 / copies-1 req/s': by['copies-3'].rps / by['copies-1'].rps,
+    'copies-3 / copies-1 CPU per request': by['copies-3'].cpuMicrosPerRequest / by['copies-1'].cpuMicrosPerRequest,
+  };
+  return { config: cfg, contestants: result, ratios };
+}
+
+// ---------------------------------------------------------------- main
+
+function targets(results) {
+  const t = [];
+  const a = results.scenarios.a;
+  if (a) {
+    for (const name of ['ours-node', 'ours-koa', 'ours-express']) {
+      const ratio = a.ratios[`${name}/fastify-http-proxy`];
+      t.push({ id: `a:${name}`, scenario: 'a', target: `copies: 1, ${name} req/s ≥ @fastify/http-proxy req/s`, value: ratio, display: `${ratio.toFixed(2)}×`, met: ratio >= 1 });
+    }
+  }
+  const b = results.scenarios.b;
+  if (b) {
+    const r = b.ratios;
+    t.push({ id: 'b:vs-direct', scenario: 'b', target: 'racing p99 ≥ 20× lower than direct p99', value: r['direct p99 / racing p99'], display: `${r['direct p99 / racing p99'].toFixed(1)}× lower`, met: r['direct p99 / racing p99'] >= 20 });
+    t.push({ id: 'b:vs-ideal', scenario: 'b', target: 'racing p99 within 2× the ideal p99', value: r['racing p99 / ideal p99'], display: `${r['racing p99 / ideal p99'].toFixed(2)}× the ideal`, met: r['racing p99 / ideal p99'] <= 2 });
+    t.push({ id: 'b:hedged-p99', scenario: 'b', target: 'hedged p99 within 2× racing p99', value: r['hedged p99 / racing p99'], display: `${r['hedged p99 / racing p99'].toFixed(2)}×`, met: r['hedged p99 / racing p99'] <= 2 });
+    t.push({ id: 'b:hedged-extra', scenario: 'b', target: 'hedged: ≤ 15% extra copies', value: r['hedged extra copies per request'], display: `${(r['hedged extra copies per request'] * 100).toFixed(1)}%`, met: r['hedged extra copies per request'] <= 0.15 });
+  }
+  const c = results.scenarios.c;
+  if (c) {
+    const ratio = c.ratios['copies-3 / copies-1 req/s'];
+    t.push({ id: 'c:copies-3', scenario: 'c', target: 'copies: 3 keeps ≥ half the req/s of copies: 1', value: ratio, display: `${ratio.toFixed(2)}×`, met: ratio >= 0.5 });
+  }
+  return t;
+}
+
+async function main() {
+  const results = {
+    command: `npm run bench${args.length ? ` -- ${args.join(' ')}` : ''}`,
+    quick,
+    date: execSync('date -u').toString().trim(),
+    machine: {
+      nproc: Number(execSync('nproc').toString().trim()),
+      cpu: os.cpus()[0]?.model ?? 'unknown',
+      node: process.version,
+      platform: `${os.type()} ${os.release()} ${os.arch()}`,
+      loadavgAtStart: os.loadavg(),
+    },
+    scenarios: {},
+  };
+  log(`redundant-proxy benchmarks${quick ? ' (--quick)' : ''}: ${results.machine.nproc} CPUs, node ${process.version}, load average ${os.loadavg().map((x) => x.toFixed(2)).join(' ')}`);
+  if (only.has('a')) results.scenarios.a = await scenarioA();
+  if (only.has('b')) results.scenarios.b = await scenarioB();
+  if (only.has('c')) results.scenarios.c = await scenarioC();
+  results.machine.loadavgAtEnd = os.loadavg();
+  results.durationSec = (Date.now() - started) / 1000;
+  results.targets = targets(results);
+  const full = only.size === 3;
+  mkdirSync(new URL('./results/', import.meta.url), { recursive: true });
+  const file = new URL(full ? './results/latest.json' : './results/partial.json', import.meta.url);
+  writeFileSync(file, `${JSON.stringify(results, null, 1)}\n`);
+  log(`wrote ${file.pathname}`);
+  if (full) {
+    const written = writeReport(results);
+    for (const f of written) log(`wrote ${f}`);
+  }
+  console.log('\ntargets:');
+  for (const t of results.targets) console.log(`  ${t.met ? 'met   ' : 'MISSED'}  ${t.target}: ${t.display}`);
+  console.log(`\ndone in ${results.durationSec.toFixed(0)} s`);
+}
+
+const cleanup = () => {
+  for (const child of children) child.kill('SIGKILL');
+};
+process.on('exit', cleanup);
+process.on('SIGINT', () => process.exit(130));
+
+main().then(
+  () => process.exit(0),
+  (err) => {
+    console.error(err);
+    process.exit(1);
+  },
+);
