@@ -14,5 +14,6 @@ export function testClient() {
       json: () => JSON.parse(body.toString()) as Record<string, unknown>,
     };
   }
-  return { agent, send, close: () => agent.close() };
+  let closing: Promise<void> | undefined;
+  return { agent, send, close: () => (closing ??= agent.close()) };
 }
