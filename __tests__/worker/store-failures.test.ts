@@ -83,6 +83,8 @@ describe.each(['throws', 'hangs'] as Mode[])('a store that %s', (mode) => {
       ran++;
       return { body: {} };
     });
+    const failures: unknown[] = [];
+    r.worker.on('error', (e) => failures.push(e));
     open.push(r);
     const proxy = redundantProxy({ upstreams: [{ id: 'a', url: r.url }], store });
     const gw = await mountGateway('koa', proxy);
@@ -91,5 +93,6 @@ describe.each(['throws', 'hangs'] as Mode[])('a store that %s', (mode) => {
     expect(res.status).toBe(503);
     expect(res.json()).toMatchObject({ code: 'RP_ERR_STORE_UNAVAILABLE' });
     expect(ran).toBe(0);
+    expect(failures).toHaveLength(1);
   });
 });

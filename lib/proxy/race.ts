@@ -17,6 +17,13 @@ const DRAIN_LIMIT = 64 * 1024;
 // An upstream's own error response is kept (up to this size) so that it can
 // be passed through when no copy produced an acceptable answer.
 const FALLBACK_LIMIT = 1024 * 1024;
+// A read's loser that has not answered when the winner does is given a short
+// grace to answer, then aborted. Copies to equally fast replicas usually
+// answer within it and are drained, so their connections stay pooled; only a
+// copy that is really slow (in the tail) costs its connection. The grace is
+// half the winner's latency, within these bounds.
+const LINGER_MIN_MS = 2;
+const LINGER_MAX_MS = 10;
 
 export type CopyOutcome =
   /** Its answer was adopted. */
@@ -139,7 +146,8 @@ export interface CapturedAnswer {
 // 'holding': answered, its body paused and buffered: either an update's
 // answer held until every copy has answered or one committed, or the winner
 // whose head waits until its adoption is recorded.
-type CopyState = 'idle' | 'sent' | 'holding' | 'streaming' | 'collecting' | 'draining' | 'done';
+// 'lingering': lost the race before answering; given a short grace to answer (then drained) before it is aborted.
+type CopyState = 'idle' | 'sent' | 'lingering' | 'holding' | 'streaming' | 'collecting' | 'draining' | 'done';
 
 class Copy implements Dispatcher.DispatchHandler {
   state: CopyState = 'idle';
@@ -177,6 +185,7 @@ class Copy implements Dispatcher.DispatchHandler {
   stop(): void {
     switch (this.state) {
       case 'sent':
+      case 'lingering':
         this.report.outcome = 'stopped';
         this.abort();
         break;
@@ -211,11 +220,21 @@ class Copy implements Dispatcher.DispatchHandler {
   }
 
   onResponseStart(controller: Dispatcher.DispatchController, status: number, headers: Record<string, string | string[] | undefined>): void {
-    if (this.state !== 'sent') return;
+    if (this.state !== 'sent' && this.state !== 'lingering') return;
     this.controller = controller;
     this.headers = headers;
     this.report.status = status;
     this.report.latency = this.race.input.now() - this.startedAt;
+    if (this.state === 'lingering') {
+      if (headers[H.worker] === '1') this.race.input.onWorkerSeen?.(this.upstream.id);
+      // Answered within its grace: drain it (keeping the connection) if small.
+      if (this.drainable()) {
+        this.state = 'draining';
+        this.report.outcome = 'drained';
+      } else this.stop();
+      this.race.lingerSettled();
+      return;
+    }
     this.race.onHead(this, status, headers);
   }
 
@@ -259,7 +278,11 @@ class Copy implements Dispatcher.DispatchHandler {
   onResponseError(_controller: Dispatcher.DispatchController, err: Error): void {
     const state = this.state;
     this.state = 'done';
-    if (state === 'holding') {
+    if (state === 'lingering') {
+      this.report.outcome = 'failed';
+      this.report.error = errorName(err);
+      this.race.lingerSettled();
+    } else if (state === 'holding') {
       this.broken = true;
       this.race.onHeldBroken(this, errorName(err));
     } else if (state === 'streaming') this.race.onWinnerBroken(err);
@@ -293,6 +316,9 @@ export class Race {
   outcome: RaceOutcome = 'failed';
   hedgeTimer: NodeJS.Timeout | null = null;
   timeoutTimer: NodeJS.Timeout | null = null;
+  lingerTimer: NodeJS.Timeout | null = null;
+  #finishedAt = 0;
+  #resolved = false;
   readonly done: Promise<RaceReport>;
   #resolve!: (r: RaceReport) => void;
 
@@ -437,6 +463,8 @@ export class Race {
       // claim 1, the patent's last step: once one copy committed, every
       // other copy still processing the update is stopped.
       const cancel = this.committed && other.state === 'sent';
+      // A read's copy still out gets a short grace (lingerLosers); anything else stops now.
+      if (!this.input.update && other.state === 'sent') continue;
       other.stop();
       if (cancel) {
         other.report.outcome = 'cancelled';
@@ -444,6 +472,7 @@ export class Race {
       }
     }
     this.fallback = null;
+    this.lingerLosers();
     const extra = this.input.beforeHead?.(copy.report, copy.headers);
     if (extra instanceof Promise) {
       if (copy.state !== 'holding') {
@@ -489,6 +518,27 @@ export class Race {
   }
 
   #kept: Buffer[] | null = [];
+
+  /** Gives the read's losers still out a short grace to answer, then aborts them. */
+  lingerLosers(): void {
+    const losers = this.copies.filter((c) => c.state === 'sent');
+    if (losers.length === 0) return;
+    const grace = Math.min(LINGER_MAX_MS, Math.max(LINGER_MIN_MS, (this.input.now() - this.started) / 2));
+    for (const c of losers) c.state = 'lingering';
+    this.lingerTimer = setTimeout(() => {
+      this.lingerTimer = null;
+      for (const c of this.copies) if (c.state === 'lingering') c.stop();
+      this.lingerSettled();
+    }, grace);
+  }
+
+  /** A lingering loser answered, failed or was aborted: the report may be final now. */
+  lingerSettled(): void {
+    if (this.copies.some((c) => c.state === 'lingering')) return;
+    if (this.lingerTimer) clearTimeout(this.lingerTimer);
+    this.lingerTimer = null;
+    if (this.finished) this.resolve();
+  }
 
   /** The winner may go: send its head and whatever body arrived while it was held. */
   release(copy: Copy, extra: Record<string, string | string[]> | undefined): void {
@@ -655,8 +705,17 @@ export class Race {
     if (this.timeoutTimer) clearTimeout(this.timeoutTimer);
     this.timeoutTimer = null;
     this.input.res.off('close', this.#onClientClose);
-    for (const copy of this.copies) copy.stop();
-    const { input } = this;
+    this.#finishedAt = this.input.now();
+    // Lingering losers keep their grace after a won race; otherwise everything stops now.
+    for (const copy of this.copies) if (outcome !== 'won' || copy.state !== 'lingering') copy.stop();
+    this.lingerSettled();
+  }
+
+  /** Reports the race once it is finished and no loser lingers. */
+  resolve(): void {
+    if (this.#resolved) return;
+    this.#resolved = true;
+    const { input, outcome } = this;
     const adopted = this.winner ?? (this.passedThrough ? this.fallback : null);
     this.#resolve({
       requestId: input.requestId,
@@ -668,7 +727,7 @@ export class Race {
       servedBy: adopted?.upstream.id ?? null,
       adopted: adopted?.report.duplicateId ?? null,
       committed: this.committed,
-      duration: input.now() - this.started,
+      duration: this.#finishedAt - this.started,
       copies: this.copies.map((c) => c.report),
     });
   }

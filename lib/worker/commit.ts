@@ -20,8 +20,8 @@ export interface Claim {
    * lease ran out meanwhile and another copy holds the claim but has not
    * confirmed, this commit still stands (it came first; the unique row per
    * request id makes the other copy's commit fail) and `onLateConfirm` is
-   * told. Rejects with `SupersededError` only when another copy confirmed
-   * first.
+   * told; the same when the store cannot be reached to record it. Rejects
+   * with `SupersededError` only when another copy confirmed first.
    */
   confirm(): Promise<void>;
   /** The commit failed: give the claim to a waiting copy. */
@@ -45,8 +45,8 @@ export interface CommitGateInput {
   leaseMs: number;
   signal: AbortSignal;
   res: ServerResponse;
-  /** This copy confirmed after its lease was taken over (see `Claim.confirm`). */
-  onLateConfirm?: (fence: number) => void;
+  /** The commit stands although the store did not record it as this copy's (see `Claim.confirm`). */
+  onLateConfirm?: (fence: number, reason: 'lease-lost' | 'store-unavailable', error: unknown) => void;
 }
 
 // A confirm that fails for a store error is retried: the commit is already in
@@ -101,11 +101,16 @@ export function commitGate(input: CommitGateInput): CommitGate {
               const record = await store.getRequest(requestId).catch(() => undefined);
               const commit = record?.commit;
               if (commit?.state === 'committed' && commit.holder !== duplicateId) lose(err);
-              input.onLateConfirm?.(token);
+              input.onLateConfirm?.(token, 'lease-lost', err);
               break;
             }
             if (attempt >= CONFIRM_ATTEMPTS) {
-              throw new RedundantProxyError(codes.STORE_UNAVAILABLE, 'the commit happened but the session store could not record it', { status: 503, cause: err });
+              // The commit is in the database: answering a failure would invite a
+              // retry of an applied update. It stands; waiting copies cannot
+              // claim while the store is down, and after it their commit fails
+              // on the unique row.
+              input.onLateConfirm?.(token, 'store-unavailable', err);
+              break;
             }
             await new Promise((r) => setTimeout(r, CONFIRM_BACKOFF_MS * attempt));
           }

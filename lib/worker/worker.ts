@@ -89,12 +89,14 @@ export interface WorkerEvents {
   /** A copy was refused with 401 before the handler ran. */
   refused: { code: string; reason: string };
   /**
-   * A copy confirmed its commit after its lease had run out and another copy
-   * had taken the claim over. Its commit stands; the other copy's commit must
-   * be refused by the database (a unique row per request id), or the update
-   * is applied twice. Worth an alert: raise `lease` above your slowest commit.
+   * A copy's commit stands although the store did not record it: its lease
+   * had run out and another copy had taken the claim over (`lease-lost`), or
+   * the store could not be reached (`store-unavailable`). Any other copy's
+   * commit must then be refused by the database (a unique row per request
+   * id), or the update is applied twice. Worth an alert: for `lease-lost`,
+   * raise `lease` above your slowest commit.
    */
-  lateConfirm: { requestId: string; duplicateId: string; fence: number };
+  lateConfirm: { requestId: string; duplicateId: string; fence: number; reason: 'lease-lost' | 'store-unavailable'; error: unknown };
 }
 
 export interface RedundantWorker {
@@ -190,7 +192,7 @@ export function redundantWorker(options: WorkerOptions): RedundantWorker {
           : refuse(codes.BAD_SIGNATURE, read.reason === 'unsigned' ? 'it is not signed' : read.reason === 'malformed' ? 'its headers are malformed' : 'its signature does not match');
       }
       const requestId = randomUUID();
-      const gate = commitGate({ store, requestId, duplicateId: requestId, leaseMs: lease, signal: controller.signal, res, onLateConfirm: (fence) => events.emit('lateConfirm', { requestId, duplicateId: requestId, fence }) });
+      const gate = commitGate({ store, requestId, duplicateId: requestId, leaseMs: lease, signal: controller.signal, res, onLateConfirm: (fence, reason, error) => events.emit('lateConfirm', { requestId, duplicateId: requestId, fence, reason, error }) });
       const handle = makeHandle(
         { requestId, duplicateId: requestId, upstreamId: id, copy: { index: 1, of: 1 }, update: !READ_METHODS.has(req.method ?? 'GET'), direct: true, signal: controller.signal, session: { id: '', data: {} } },
         gate,
@@ -236,7 +238,7 @@ export function redundantWorker(options: WorkerOptions): RedundantWorker {
       }
       if (duplicate && secret !== undefined) throw refuse(codes.REPLAYED_COPY, 'this copy was already received');
     }
-    const gate = commitGate({ store, requestId: c.requestId, duplicateId: c.duplicateId, leaseMs: lease, signal: controller.signal, res, onLateConfirm: (fence) => events.emit('lateConfirm', { requestId: c.requestId, duplicateId: c.duplicateId, fence }) });
+    const gate = commitGate({ store, requestId: c.requestId, duplicateId: c.duplicateId, leaseMs: lease, signal: controller.signal, res, onLateConfirm: (fence, reason, error) => events.emit('lateConfirm', { requestId: c.requestId, duplicateId: c.duplicateId, fence, reason, error }) });
     const handle = makeHandle(
       { requestId: c.requestId, duplicateId: c.duplicateId, upstreamId: c.upstreamId, copy: { index: c.index, of: c.of }, update: c.update, direct: false, signal: controller.signal, session: { id: c.sessionId, data: {} } },
       gate,
