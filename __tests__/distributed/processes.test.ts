@@ -1,11 +1,12 @@
 import { randomBytes } from 'node:crypto';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from '@jest/globals';
+import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
 import { Redis } from 'ioredis';
 import { RedisSessionStore } from '../../lib/redis.js';
 import { createBank, type Bank } from '../helpers/bank.js';
 import { testClient } from '../helpers/client.js';
 import { forkFixture, type Child } from '../helpers/processes.js';
 import { startRedisServer, type RedisServer } from '../helpers/redis-server.js';
+import { closeAfterEach } from '../helpers/cleanup.js';
 
 // The gateway and three replicas as separate processes sharing one Redis, the
 // replicas moving money in PostgreSQL. Commits are counted in the database.
@@ -29,11 +30,7 @@ interface Fleet {
   replicas: Child[];
   gateway: Child;
 }
-let open: Array<{ close(): Promise<unknown> }> = [];
-afterEach(async () => {
-  for (const o of open.reverse()) await o.close();
-  open = [];
-});
+const open = closeAfterEach();
 
 async function fleet(accounts = 10): Promise<Fleet> {
   const bank = await createBank(accounts);

@@ -1,8 +1,8 @@
 import http from 'node:http';
-import type { AddressInfo } from 'node:net';
 import Koa from 'koa';
 import express from 'express';
 import type { RedundantProxy } from '../../lib/index.js';
+import { listen } from './upstream.js';
 
 export type Framework = 'koa' | 'express' | 'node';
 export const frameworks: Framework[] = ['koa', 'express', 'node'];
@@ -27,16 +27,5 @@ export async function mountGateway(kind: Framework, proxy: RedundantProxy): Prom
   } else {
     listener = proxy.handler;
   }
-  const server = http.createServer(listener);
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  const port = (server.address() as AddressInfo).port;
-  return {
-    url: `http://127.0.0.1:${port}`,
-    server,
-    close: () =>
-      new Promise<void>((resolve) => {
-        server.closeAllConnections();
-        server.close(() => resolve());
-      }),
-  };
+  return listen(listener);
 }

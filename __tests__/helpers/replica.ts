@@ -1,7 +1,7 @@
 import http from 'node:http';
-import type { AddressInfo } from 'node:net';
 import Koa from 'koa';
 import express from 'express';
+import { listen } from './upstream.js';
 import { redundantWorker, type RedundantHandle, type RedundantWorker, type SessionStore } from '../../lib/index.js';
 
 export interface Answer {
@@ -45,18 +45,8 @@ export async function startReplica(
     app.use(worker.errorHandler);
     listener = app;
   }
-  const server = http.createServer(listener);
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  return {
-    id: options.id,
-    url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
-    worker,
-    close: () =>
-      new Promise<void>((resolve) => {
-        server.closeAllConnections();
-        server.close(() => resolve());
-      }),
-  };
+  const server = await listen(listener);
+  return { id: options.id, url: server.url, worker, close: server.close };
 }
 
 /** Resolves once `check` returns a truthy value, polling every 5 ms for at most `ms`. */

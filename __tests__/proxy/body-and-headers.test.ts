@@ -1,5 +1,5 @@
 import { createHash, randomBytes } from 'node:crypto';
-import { afterAll, afterEach, describe, expect, it } from '@jest/globals';
+import { afterAll, describe, expect, it } from '@jest/globals';
 import express from 'express';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -7,13 +7,10 @@ import { redundantProxy } from '../../lib/index.js';
 import { testClient } from '../helpers/client.js';
 import { frameworks, mountGateway } from '../helpers/gateway.js';
 import { after, rawRequest, startUpstream, type TestUpstream } from '../helpers/upstream.js';
+import { closeAfterEach } from '../helpers/cleanup.js';
 
 const client = testClient();
-let open: Array<{ close(): Promise<unknown> }> = [];
-afterEach(async () => {
-  for (const o of open.reverse()) await o.close();
-  open = [];
-});
+const open = closeAfterEach();
 afterAll(() => client.close());
 
 async function upstreams(n: number, behaviour = after(1)): Promise<TestUpstream[]> {

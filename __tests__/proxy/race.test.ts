@@ -1,15 +1,12 @@
-import { afterAll, afterEach, describe, expect, it } from '@jest/globals';
+import { afterAll, describe, expect, it } from '@jest/globals';
 import { redundantProxy, type RaceReport, type RedundantProxy } from '../../lib/index.js';
 import { testClient } from '../helpers/client.js';
 import { frameworks, mountGateway, type Gateway } from '../helpers/gateway.js';
 import { after, deadPort, sleep, startUpstream, type TestUpstream } from '../helpers/upstream.js';
+import { closeAfterEach } from '../helpers/cleanup.js';
 
 const client = testClient();
-let open: Array<{ close(): Promise<unknown> }> = [];
-afterEach(async () => {
-  for (const o of open.reverse()) await o.close();
-  open = [];
-});
+const open = closeAfterEach();
 afterAll(() => client.close());
 
 async function setup(kind: (typeof frameworks)[number], behaviours: Parameters<typeof startUpstream>[0][], options: Record<string, unknown> = {}) {

@@ -1,16 +1,13 @@
 import { createHash } from 'node:crypto';
-import { afterAll, afterEach, describe, expect, it } from '@jest/globals';
+import { afterAll, describe, expect, it } from '@jest/globals';
 import { Agent, request } from 'undici';
 import { redundantProxy, type RaceReport } from '../../lib/index.js';
 import { frameworks, mountGateway } from '../helpers/gateway.js';
 import { after, sleep, startUpstream } from '../helpers/upstream.js';
+import { closeAfterEach } from '../helpers/cleanup.js';
 
 const agent = new Agent({ keepAliveTimeout: 500 });
-let open: Array<{ close(): Promise<unknown> }> = [];
-afterEach(async () => {
-  for (const o of open.reverse()) await o.close();
-  open = [];
-});
+const open = closeAfterEach();
 afterAll(() => agent.close());
 
 const MiB = 1024 * 1024;

@@ -1,18 +1,15 @@
-import { afterAll, afterEach, describe, expect, it } from '@jest/globals';
+import { afterAll, describe, expect, it } from '@jest/globals';
 import { MemorySessionStore, redundantProxy, type CancelInfo, type RaceReport, type RedundantProxy, type SessionStore } from '../../lib/index.js';
 import { createBank, type Bank } from '../helpers/bank.js';
 import { testClient } from '../helpers/client.js';
 import { mountGateway, type Gateway } from '../helpers/gateway.js';
 import { startReplica, type Replica } from '../helpers/replica.js';
 import { sleep, transferHandler, type TransferHooks } from '../helpers/transfer.js';
+import { closeAfterEach } from '../helpers/cleanup.js';
 
 const SECRET = 'exactly-once-secret-0123';
 const client = testClient();
-let open: Array<{ close(): Promise<unknown> }> = [];
-afterEach(async () => {
-  for (const o of open.reverse()) await o.close();
-  open = [];
-});
+const open = closeAfterEach();
 afterAll(() => client.close());
 
 interface Fleet {

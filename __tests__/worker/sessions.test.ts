@@ -1,16 +1,13 @@
-import { afterAll, afterEach, describe, expect, it } from '@jest/globals';
+import { afterAll, describe, expect, it } from '@jest/globals';
 import { MemorySessionStore, redundantProxy, type RaceReport } from '../../lib/index.js';
 import { testClient } from '../helpers/client.js';
 import { mountGateway } from '../helpers/gateway.js';
 import { eventually, startReplica, type Replica } from '../helpers/replica.js';
 import { sleep } from '../helpers/upstream.js';
+import { closeAfterEach } from '../helpers/cleanup.js';
 
 const client = testClient();
-let open: Array<{ close(): Promise<unknown> }> = [];
-afterEach(async () => {
-  for (const o of open.reverse()) await o.close();
-  open = [];
-});
+const open = closeAfterEach();
 afterAll(() => client.close());
 
 const SECRET = 'test-secret-0123456789';

@@ -1,15 +1,12 @@
-import { afterAll, afterEach, describe, expect, it } from '@jest/globals';
+import { afterAll, describe, expect, it } from '@jest/globals';
 import { MemorySessionStore, redundantProxy, type SessionStore } from '../../lib/index.js';
 import { testClient } from '../helpers/client.js';
 import { mountGateway } from '../helpers/gateway.js';
 import { startReplica } from '../helpers/replica.js';
+import { closeAfterEach } from '../helpers/cleanup.js';
 
 const client = testClient();
-let open: Array<{ close(): Promise<unknown> }> = [];
-afterEach(async () => {
-  for (const o of open.reverse()) await o.close();
-  open = [];
-});
+const open = closeAfterEach();
 afterAll(() => client.close());
 
 type Mode = 'throws' | 'hangs';
