@@ -325,7 +325,7 @@ export function redundantProxy(options: ProxyOptions): RedundantProxy {
 
   /** Runs a store operation with a bound; a failure becomes an `error` event, never a failed request. */
   function bookkeep(operation: Promise<unknown>, requestId: string): Promise<void> {
-    return withTimeout(operation, opts.storeTimeout, 'a bookkeeping write').then(
+    const work = withTimeout(operation, opts.storeTimeout, 'a bookkeeping write').then(
       () => undefined,
       (error: unknown) => {
         if (events.has('error')) events.emit('error', { requestId, source: 'store', error });
@@ -335,6 +335,10 @@ export function redundantProxy(options: ProxyOptions): RedundantProxy {
         }
       },
     );
+    // close() waits for it (at most storeTimeout), so its outcome is still reported.
+    background.add(work);
+    void work.then(() => background.delete(work));
+    return work;
   }
 
   function findSession(req: IncomingMessage): { id: string; isNew: boolean } {
