@@ -9,6 +9,7 @@
 // { type: 'stats' } answers what the window saw; { type: 'close' } exits.
 
 import http from 'node:http';
+import { pathToFileURL } from 'node:url';
 import { summarize } from './model.js';
 
 const config = JSON.parse(process.argv[2] ?? '{}');
@@ -27,7 +28,10 @@ resetRaces();
 
 async function start() {
   if (kind.startsWith('ours-')) {
-    const { redundantProxy } = await import('../dist/index.js');
+    // bench/run.js passes a snapshot of dist/ taken when the run started.
+    const { redundantProxy } = process.env.RP_BENCH_DIST
+      ? await import(pathToFileURL(`${process.env.RP_BENCH_DIST}/index.js`).href)
+      : await import('../dist/index.js');
     proxy = redundantProxy({ upstreams, ...options });
     proxy.on('race:end', (report) => {
       races.requests++;

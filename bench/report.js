@@ -126,6 +126,9 @@ export function markdown(r) {
   L.push(`| date | ${r.date} |`);
   L.push(`| machine | ${r.machine.nproc} CPUs (\`nproc\`), ${esc(r.machine.cpu)}, ${r.machine.platform} |`);
   L.push(`| node | ${r.machine.node} |`);
+  if (r.library) {
+    L.push(`| library | commit \`${r.library.commit}\`${r.library.uncommittedLibFiles.length ? ` plus uncommitted changes to ${r.library.uncommittedLibFiles.map((f) => `\`${f}\``).join(', ')}` : ''} at the time of the run; built \`dist/\` sha256 \`${r.library.distSha256}\` |`);
+  }
   L.push(`| load average | ${r.machine.loadavgAtStart.map(f2).join(' ')} at start, ${r.machine.loadavgAtEnd.map(f2).join(' ')} at the end (shared, noisy machine) |`);
   L.push(`| duration | ${Math.round(r.durationSec)} s |`);
   L.push('');
@@ -189,14 +192,14 @@ export function markdown(r) {
     if (by['hedged-10']) L.push(`| hedge delay 10 ms: p99 / racing p99 (extra copies) | ${f2(by['hedged-10'].p99 / by.racing.p99)}× (${pct(by['hedged-10'].extraCopiesPerRequest)}) |`);
     L.push('');
     L.push('Where the time goes (p50 / p99, ms): the load generator\'s send lag (actual send − scheduled send) and the upstreams\' timer lateness');
-    L.push('(actual wait − drawn latency) are part of every contestant\'s figures; the gateway columns come from the `race:end` events.');
+    L.push('(actual wait − drawn latency, the worst of the three upstreams) are part of every contestant\'s figures; the gateway columns come from the `race:end` events.');
     L.push('');
-    L.push('| contestant | send lag | upstream timer lateness | gateway: winning copy\'s answer | gateway: whole race | client: total |');
-    L.push('| --- | ---: | ---: | ---: | ---: | ---: |');
+    L.push('| contestant | 1-min load average before | send lag | upstream timer lateness | gateway: winning copy\'s answer | gateway: whole race | client: total |');
+    L.push('| --- | ---: | ---: | ---: | ---: | ---: | ---: |');
     const pp = (o) => (o && o.n ? `${f2(o.p50)} / ${f2(o.p99)}` : '–');
     for (const x of b.contestants) {
       const slop = Object.values(x.upstreams).filter((u) => u.timerSlop?.n).sort((p, q) => q.timerSlop.p99 - p.timerSlop.p99)[0]?.timerSlop;
-      L.push(`| ${x.name} | ${f2(x.sendLag.p50 ?? x.sendLag.mean)} / ${f2(x.sendLag.p99)} | ${pp(slop)} | ${pp(x.gatewayWinnerLatency)} | ${pp(x.gatewayRaceDuration)} | ${f2(x.p50)} / ${f2(x.p99)} |`);
+      L.push(`| ${x.name} | ${x.loadavgBefore === undefined ? '–' : f2(x.loadavgBefore)} | ${f2(x.sendLag.p50 ?? x.sendLag.mean)} / ${f2(x.sendLag.p99)} | ${pp(slop)} | ${pp(x.gatewayWinnerLatency)} | ${pp(x.gatewayRaceDuration)} | ${f2(x.p50)} / ${f2(x.p99)} |`);
     }
     L.push('');
     L.push('![Latency CDF of scenario b](latency-cdf.svg)');
@@ -238,7 +241,11 @@ export function markdown(r) {
   L.push('');
   L.push('- `bench/upstream.js` and `bench/gateway.js` run as `child_process.fork` children; the load generators (autocannon, the open-loop');
   L.push('  generator on an undici `Pool`) run in the parent. Only one gateway process is alive at a time.');
+  L.push('- The gateways load a copy of `dist/` taken when the run starts (`bench/results/dist-*.tmp`, removed at the end), so that a');
+  L.push('  rebuild during a run cannot mix two versions of the library; its commit and hash are in the table at the top.');
   L.push('- The library is used with its defaults plus the options shown (in-memory store, sessions on, no secret).');
+  L.push('- A race is reported (`race:end`, `metrics()`) once its losers are settled, up to 10 ms after its answer: counters are read 50 ms after the load ends.');
+  L.push('- `node bench/run.js --only=b --diag` adds ours on node:http to b; `--prof` writes V8 CPU profiles of the gateways to /tmp.');
   L.push('- `bench/model.js` holds the latency model and its PRNG (mulberry32); the ideal is the same streams simulated without any proxy.');
   L.push('- Raw per-request latencies of scenario b and every round of a and c are in `bench/results/latest.json`.');
   L.push('');

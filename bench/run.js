@@ -12,11 +12,14 @@
 //   c. cost of copies: copies 1, 2, 3 on three fast upstreams.
 //
 // Writes bench/results/latest.json, docs/benchmarks.md, docs/latency-cdf.svg.
-// Options: --quick, --only=a,b,c (a partial run writes its JSON to
-// bench/results/partial.json and leaves the docs alone).
+// Options: --quick; --only=a,b,c (a partial run writes its JSON to
+// bench/results/partial.json.tmp and leaves the docs alone); --diag (an extra
+// contestant in b); --prof (V8 CPU profiles of the gateways, for digging).
 
 import { fork, execSync } from 'node:child_process';
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { cpSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
 import os from 'node:os';
 import { setTimeout as sleep } from 'node:timers/promises';
 import autocannon from 'autocannon';
@@ -33,9 +36,9 @@ const only = onlyArg ? new Set(onlyArg.slice(7).split(',')) : new Set(['a', 'b',
 // warm-ups are a fixed number of requests instead.
 const CFG = quick
   ? {
-      a: { rounds: 3, warmupRequests: 1500, durationSec: 1, connections: 32 },
+      a: { rounds: 2, warmupRequests: 600, durationSec: 1, connections: 32 },
       b: { rate: 200, requests: 400, warmup: 150, hedgeDelay: 5 },
-      c: { rounds: 2, warmupRequests: 1000, durationSec: 1, connections: 32 },
+      c: { rounds: 2, warmupRequests: 600, durationSec: 1, connections: 32 },
     }
   : {
       a: { rounds: 4, warmupRequests: 4000, durationSec: 3, connections: 32 },
@@ -46,6 +49,43 @@ const CFG = quick
 const started = Date.now();
 const log = (...m) => console.log(`[${((Date.now() - started) / 1000).toFixed(1).padStart(5)}s]`, ...m);
 
+// ---------------------------------------------------------------- library snapshot
+
+// Other people rebuild dist/ while a run may last minutes: the gateways load a
+// copy of dist/ taken at the start (under bench/results/, git-ignored as *.tmp),
+// so that every contestant of a run measures the same build.
+const distDir = fileURLToPath(new URL('../dist/', import.meta.url));
+const snapshotDir = fileURLToPath(new URL(`./results/dist-${process.pid}.tmp/`, import.meta.url));
+
+function snapshotDist() {
+  cpSync(distDir, snapshotDir, { recursive: true });
+  const hash = createHash('sha256');
+  for (const f of readdirSync(snapshotDir, { recursive: true }).filter((f) => String(f).endsWith('.js')).sort()) {
+    hash.update(String(f)).update(readFileSync(snapshotDir + f));
+  }
+  return hash.digest('hex').slice(0, 16);
+}
+
+function libraryVersion() {
+  const git = (cmd) => {
+    try {
+      return execSync(`git ${cmd}`, { cwd: fileURLToPath(new URL('..', import.meta.url)), stdio: ['ignore', 'pipe', 'ignore'] }).toString().trim();
+    } catch {
+      return null;
+    }
+  };
+  // Porcelain lines are "XY path": keep the leading blank, so no trim here.
+  let dirty = '';
+  try {
+    dirty = execSync('git status --porcelain -- lib', { cwd: fileURLToPath(new URL('..', import.meta.url)), stdio: ['ignore', 'pipe', 'ignore'] }).toString();
+  } catch {}
+  return {
+    commit: git('rev-parse --short HEAD'),
+    uncommittedLibFiles: dirty.split('\n').filter(Boolean).map((l) => l.slice(3)),
+    distSha256: snapshotDist(),
+  };
+}
+
 // ---------------------------------------------------------------- children
 
 const children = new Set();
@@ -53,7 +93,11 @@ const children = new Set();
 function spawn(file, config) {
   // --prof: V8 CPU profiles of the gateways in /tmp/redundant-proxy-prof (for digging, not for figures).
   const execArgv = args.includes('--prof') && file.includes('gateway') ? ['--cpu-prof', '--cpu-prof-dir=/tmp/redundant-proxy-prof'] : [];
-  const child = fork(new URL(file, import.meta.url), [JSON.stringify(config)], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'], execArgv });
+  const child = fork(new URL(file, import.meta.url), [JSON.stringify(config)], {
+    stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+    execArgv,
+    env: { ...process.env, RP_BENCH_DIST: snapshotDir },
+  });
   children.add(child);
   let seq = 0;
   const pending = new Map();
@@ -278,6 +322,7 @@ async function scenarioB() {
   for (const c of contestants) {
     // Fresh upstreams for every contestant: each starts its seeded stream anew,
     // so every contestant meets exactly the same latency draws.
+    const loadavg = os.loadavg()[0];
     const up = await startUpstreams(ids, 'heavy');
     const gw = c.kind ? await startGateway(c.kind, up.urls, c.options) : null;
     const origin = gw ? gw.url : up.urls[0].url;
@@ -285,6 +330,7 @@ async function scenarioB() {
     if (gw) await gw.ask('reset');
     const before = await up.ask('stats');
     const load = await openLoop(origin, '/work', cfg);
+    await sleep(50); // a race is reported once its losers' grace is over
     const after = await up.ask('stats');
     const stats = gw ? await gw.ask('stats') : null;
     if (gw) await gw.stop();
@@ -300,12 +346,14 @@ async function scenarioB() {
       name: c.name,
       label: c.label,
       options: c.options ?? null,
+      loadavgBefore: loadavg,
       ...summary,
       errors: load.errors,
       statuses: load.statuses,
       sendLag: { mean: load.lag.mean, p50: load.lag.p50, p99: load.lag.p99, max: load.lag.max },
-      copiesPerRequest: races ? races.copiesSent / races.requests : 1,
-      extraCopiesPerRequest: races ? (races.copiesSent - races.requests) / races.requests : 0,
+      // The reference racer always sends one copy per upstream.
+      copiesPerRequest: races ? races.copiesSent / races.requests : c.kind === 'mini-race' ? ids.length : 1,
+      extraCopiesPerRequest: races ? (races.copiesSent - races.requests) / races.requests : c.kind === 'mini-race' ? ids.length - 1 : 0,
       hedgedPerRequest: races ? races.hedged / races.requests : 0,
       gatewayRaceDuration: races?.durations ?? null,
       gatewayWinnerLatency: races?.winnerLatencies ?? null,
@@ -365,6 +413,7 @@ async function scenarioC() {
       await gw.ask('reset');
       const u0 = await up.ask('stats');
       const r = await cannon(url, { connections: cfg.connections, durationSec: cfg.durationSec });
+      await sleep(50); // a race is reported once its losers' grace is over
       const u1 = await up.ask('stats');
       const stats = await gw.ask('stats');
       await gw.stop();
@@ -454,9 +503,11 @@ async function main() {
       platform: `${os.type()} ${os.release()} ${os.arch()}`,
       loadavgAtStart: os.loadavg(),
     },
+    library: libraryVersion(),
     scenarios: {},
   };
   log(`redundant-proxy benchmarks${quick ? ' (--quick)' : ''}: ${results.machine.nproc} CPUs, node ${process.version}, load average ${os.loadavg().map((x) => x.toFixed(2)).join(' ')}`);
+  log(`library: commit ${results.library.commit}${results.library.uncommittedLibFiles.length ? ` + uncommitted ${results.library.uncommittedLibFiles.join(', ')}` : ''}, dist sha256 ${results.library.distSha256} (snapshot)`);
   if (only.has('a')) results.scenarios.a = await scenarioA();
   if (only.has('b')) results.scenarios.b = await scenarioB();
   if (only.has('c')) results.scenarios.c = await scenarioC();
@@ -465,7 +516,7 @@ async function main() {
   results.targets = targets(results);
   const full = only.size === 3;
   mkdirSync(new URL('./results/', import.meta.url), { recursive: true });
-  const file = new URL(full ? './results/latest.json' : './results/partial.json', import.meta.url);
+  const file = new URL(full ? './results/latest.json' : './results/partial.json.tmp', import.meta.url);
   writeFileSync(file, `${JSON.stringify(results, null, 1)}\n`);
   log(`wrote ${file.pathname}`);
   if (full) {
@@ -479,6 +530,7 @@ async function main() {
 
 const cleanup = () => {
   for (const child of children) child.kill('SIGKILL');
+  rmSync(snapshotDir, { recursive: true, force: true });
 };
 process.on('exit', cleanup);
 process.on('SIGINT', () => process.exit(130));
