@@ -348,6 +348,7 @@ export function redundantProxy(options: ProxyOptions): RedundantProxy {
     if (cfg.header) id = firstHeader(req.headers[cfg.header]);
     if (id === undefined && cfg.cookie) id = readCookie(req.headers.cookie, cfg.cookie);
     if (id !== undefined && SESSION_ID.test(id)) return { id, isNew: false };
+    // Not derived from the request id: that one is logged everywhere, a session id must not be.
     return { id: randomBytes(18).toString('base64url'), isNew: true };
   }
 

@@ -527,8 +527,12 @@ export class Race {
     for (const c of losers) c.state = 'lingering';
     this.lingerTimer = setTimeout(() => {
       this.lingerTimer = null;
-      for (const c of this.copies) if (c.state === 'lingering') c.stop();
-      this.lingerSettled();
+      // Timers run before the event loop reads sockets: give answers already
+      // waiting there one turn to arrive, rather than abort them (and their connection).
+      setImmediate(() => {
+        for (const c of this.copies) if (c.state === 'lingering') c.stop();
+        this.lingerSettled();
+      });
     }, grace);
   }
 
