@@ -19,7 +19,8 @@
 //   import { scenarioBookkeeping } from './bookkeeping.js';
 //   const r = await scenarioBookkeeping({ quick, dist: snapshotDir, log });
 
-import { fork, spawn } from 'node:child_process';
+import { spawn } from 'node:child_process';
+import { forkChild, stopChild } from './child.js';
 import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import http from 'node:http';
@@ -371,64 +372,14 @@ function redisCpuMicros(pid) {
 // --------------------------------------------------------------- child control
 
 function startNode(config, dist, children) {
-  const child = fork(SELF, ['--child', JSON.stringify(config)], {
-    stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
-    env: { ...process.env, RP_BENCH_DIST: dist },
+  const node = forkChild(SELF, ['--child', JSON.stringify(config)], { name: `bookkeeping ${config.variant}`, dist, children });
+  node.url = null;
+  node.ready = node.ready.then((m) => {
+    node.url = `http://127.0.0.1:${m.port}`;
+    return m;
   });
-  children.add(child);
-  child.on('error', () => {}); // a send to a child that just died: its exit is handled below
-  let seq = 0;
-  const pending = new Map();
-  const exited = new Promise((resolve) =>
-    child.once('exit', (code) => {
-      children.delete(child);
-      for (const [, p] of pending) p.reject(new Error(`bookkeeping ${config.variant} child exited (${code}) before answering`));
-      pending.clear();
-      resolve(code);
-    }),
-  );
-  child.exited = exited;
-  const node = { child, url: null };
-  node.ready = new Promise((resolve, reject) => {
-    const t = setTimeout(() => reject(new Error(`bookkeeping ${config.variant} child not ready within 20 s`)), 20_000);
-    child.once('message', (m) => {
-      clearTimeout(t);
-      if (m?.type === 'ready') {
-        node.url = `http://127.0.0.1:${m.port}`;
-        resolve(m);
-      } else reject(new Error(`bookkeeping ${config.variant} child failed: ${m?.error ?? JSON.stringify(m)}`));
-    });
-    void exited.then((code) => {
-      clearTimeout(t);
-      reject(new Error(`bookkeeping ${config.variant} child exited (${code}) before it was ready`));
-    });
-  });
-  node.ready.catch(() => {}); // awaited by the caller; never an unhandled rejection meanwhile
-  child.on('message', (m) => {
-    const p = m && pending.get(m.id);
-    if (p) {
-      pending.delete(m.id);
-      p.resolve(m);
-    }
-  });
-  node.ask = (type) => {
-    const id = ++seq;
-    return new Promise((resolve, reject) => {
-      if (!child.connected) return reject(new Error(`${type}: the child process is gone`));
-      pending.set(id, { resolve, reject });
-      child.send({ type, id });
-    });
-  };
+  node.ready.catch(() => {});
   return node;
-}
-
-async function stopChild(child) {
-  if (child.exitCode !== null || child.signalCode !== null) return;
-  if (child.connected) child.send({ type: 'close' }, (err) => err && child.kill('SIGKILL'));
-  else child.kill('SIGKILL');
-  const t = setTimeout(() => child.kill('SIGKILL'), 8000);
-  await child.exited;
-  clearTimeout(t);
 }
 
 // ======================================================================= child

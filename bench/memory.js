@@ -22,7 +22,7 @@
 //   import { scenarioMemory } from './memory.js';
 //   const r = await scenarioMemory({ quick, dist: snapshotDir, log });
 
-import { fork } from 'node:child_process';
+import { forkChild, stopChild } from './child.js';
 import { readdirSync, readFileSync, readlinkSync } from 'node:fs';
 import http from 'node:http';
 import os from 'node:os';
@@ -247,62 +247,7 @@ async function run(pool, load, count, concurrency, deadline) {
 // --------------------------------------------------------------- child control
 
 function startChild(role, config, dist, children, execArgv = []) {
-  const child = fork(SELF, ['--child', role, JSON.stringify(config)], {
-    stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
-    execArgv,
-    env: { ...process.env, RP_BENCH_DIST: dist },
-  });
-  children.add(child);
-  child.on('error', () => {}); // a send to a child that just died: its exit is handled below
-  let seq = 0;
-  const pending = new Map();
-  child.exited = new Promise((resolve) =>
-    child.once('exit', (code) => {
-      children.delete(child);
-      for (const [, p] of pending) p.reject(new Error(`memory ${role} child exited (${code}) before answering`));
-      pending.clear();
-      resolve(code);
-    }),
-  );
-  const handle = { child };
-  handle.ready = new Promise((resolve, reject) => {
-    const t = setTimeout(() => reject(new Error(`memory ${role} child not ready within 20 s`)), 20_000);
-    child.once('message', (m) => {
-      clearTimeout(t);
-      if (m?.type === 'ready') resolve(m);
-      else reject(new Error(`memory ${role} child failed: ${m?.error ?? JSON.stringify(m)}`));
-    });
-    void child.exited.then((code) => {
-      clearTimeout(t);
-      reject(new Error(`memory ${role} child exited (${code}) before it was ready`));
-    });
-  });
-  handle.ready.catch(() => {});
-  child.on('message', (m) => {
-    const p = m && pending.get(m.id);
-    if (p) {
-      pending.delete(m.id);
-      p.resolve(m);
-    }
-  });
-  handle.ask = (type) => {
-    const id = ++seq;
-    return new Promise((resolve, reject) => {
-      if (!child.connected) return reject(new Error(`${type}: the child process is gone`));
-      pending.set(id, { resolve, reject });
-      child.send({ type, id });
-    });
-  };
-  return handle;
-}
-
-async function stopChild(child) {
-  if (child.exitCode !== null || child.signalCode !== null) return;
-  if (child.connected) child.send({ type: 'close' }, (err) => err && child.kill('SIGKILL'));
-  else child.kill('SIGKILL');
-  const t = setTimeout(() => child.kill('SIGKILL'), 8000);
-  await child.exited;
-  clearTimeout(t);
+  return forkChild(SELF, ['--child', role, JSON.stringify(config)], { name: `memory ${role}`, dist, children, execArgv });
 }
 
 // ====================================================================== children

@@ -11,6 +11,7 @@ import type {
   SessionRecord,
   SessionStore,
 } from './types.js';
+import type { Waiter } from './waiter.js';
 
 export interface MemorySessionStoreOptions {
   /**
@@ -51,14 +52,6 @@ type IdempotencyEntry =
   | { state: 'in-flight'; fingerprint: string; requestId: string; until: number }
   | { state: 'completed'; fingerprint: string; requestId: string; answer: StoredAnswer; until: number };
 
-interface Waiter {
-  duplicateId: string;
-  leaseMs: number;
-  resolve: (grant: ClaimGrant) => void;
-  reject: (reason: unknown) => void;
-  signal: AbortSignal | undefined;
-  onAbort: (() => void) | undefined;
-}
 
 const KNOWN = new Set(['max', 'ttl', 'now']);
 

@@ -16,6 +16,7 @@ import type {
   SessionStore,
   StoredAnswer,
 } from './types.js';
+import type { Waiter } from './waiter.js';
 
 // The session management server of the method on Redis or Redis Cluster.
 //
@@ -139,14 +140,6 @@ type Attempt =
   | { kind: 'wait'; remaining: number }
   | { kind: 'superseded'; holder: string };
 
-interface Waiter {
-  duplicateId: string;
-  leaseMs: number;
-  resolve: (grant: ClaimGrant) => void;
-  reject: (reason: unknown) => void;
-  signal: AbortSignal | undefined;
-  onAbort: (() => void) | undefined;
-}
 
 /** The copies of this process waiting for one request's claim. */
 interface Queue {

@@ -1,0 +1,64 @@
+// A benchmark child process spoken to over IPC: `ready` resolves with its
+// { type: 'ready', ... } message, `ask(type)` sends { type, id } and resolves
+// with the answer carrying the same id, `stopChild` asks it to close and kills
+// it if it does not. Shared by bench/bookkeeping.js and bench/memory.js.
+import { fork } from 'node:child_process';
+
+export function forkChild(script, args, { name, dist, children, execArgv = [] }) {
+  const child = fork(script, args, {
+    stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+    execArgv,
+    env: { ...process.env, RP_BENCH_DIST: dist },
+  });
+  children.add(child);
+  child.on('error', () => {}); // a send to a child that just died: its exit is handled below
+  let seq = 0;
+  const pending = new Map();
+  child.exited = new Promise((resolve) =>
+    child.once('exit', (code) => {
+      children.delete(child);
+      for (const [, p] of pending) p.reject(new Error(`${name} child exited (${code}) before answering`));
+      pending.clear();
+      resolve(code);
+    }),
+  );
+  const handle = { child };
+  handle.ready = new Promise((resolve, reject) => {
+    const t = setTimeout(() => reject(new Error(`${name} child not ready within 20 s`)), 20_000);
+    child.once('message', (m) => {
+      clearTimeout(t);
+      if (m?.type === 'ready') resolve(m);
+      else reject(new Error(`${name} child failed: ${m?.error ?? JSON.stringify(m)}`));
+    });
+    void child.exited.then((code) => {
+      clearTimeout(t);
+      reject(new Error(`${name} child exited (${code}) before it was ready`));
+    });
+  });
+  handle.ready.catch(() => {}); // awaited by the caller; never an unhandled rejection meanwhile
+  child.on('message', (m) => {
+    const p = m && pending.get(m.id);
+    if (p) {
+      pending.delete(m.id);
+      p.resolve(m);
+    }
+  });
+  handle.ask = (type) => {
+    const id = ++seq;
+    return new Promise((resolve, reject) => {
+      if (!child.connected) return reject(new Error(`${type}: the child process is gone`));
+      pending.set(id, { resolve, reject });
+      child.send({ type, id });
+    });
+  };
+  return handle;
+}
+
+export async function stopChild(child) {
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  if (child.connected) child.send({ type: 'close' }, (err) => err && child.kill('SIGKILL'));
+  else child.kill('SIGKILL');
+  const t = setTimeout(() => child.kill('SIGKILL'), 8000);
+  await child.exited;
+  clearTimeout(t);
+}
