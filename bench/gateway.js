@@ -4,6 +4,7 @@
 //
 // argv[2]: JSON { kind, upstreams: [{ id, url }], options }
 //   kind: ours-koa | ours-express | ours-node | hpm-express | fastify-http-proxy
+//         | express-alone | mini-race (reference points)
 //   options: passed to redundantProxy() (ours-* only)
 // Messages: { type: 'reset' } starts a measurement window (CPU, counters);
 // { type: 'stats' } answers what the window saw; { type: 'close' } exits.
@@ -70,6 +71,21 @@ async function start() {
     case 'mini-race':
       server = http.createServer(await miniRace(upstreams, options));
       break;
+    case 'express-alone': {
+      // A reference point, not a proxy: Express 5 answering the same tiny
+      // JSON itself, the floor of any Express middleware on this machine.
+      const { default: express } = await import('express');
+      const app = express();
+      app.disable('x-powered-by');
+      app.disable('etag');
+      const body = Buffer.from(JSON.stringify({ ok: true, upstream: 'express' }));
+      app.use((req, res) => {
+        res.writeHead(200, { 'content-type': 'application/json', 'content-length': body.length });
+        res.end(body);
+      });
+      server = http.createServer(app);
+      break;
+    }
     case 'hpm-express': {
       const { default: express } = await import('express');
       const { createProxyMiddleware } = await import('http-proxy-middleware');

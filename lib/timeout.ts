@@ -5,9 +5,17 @@ import { codes, RedundantProxyError } from './errors.js';
  * `ms`. The timer is cleared either way, so nothing is left pending.
  */
 export function withTimeout<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: NodeJS.Timeout;
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new RedundantProxyError(codes.STORE_UNAVAILABLE, `the session store did not answer ${what} within ${ms} ms`, { status: 503 })), ms);
+  return new Promise<T>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new RedundantProxyError(codes.STORE_UNAVAILABLE, `the session store did not answer ${what} within ${ms} ms`, { status: 503 })), ms);
+    promise.then(
+      (value) => {
+        clearTimeout(timer);
+        resolve(value);
+      },
+      (err: unknown) => {
+        clearTimeout(timer);
+        reject(err);
+      },
+    );
   });
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
 }

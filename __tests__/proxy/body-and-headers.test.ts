@@ -184,6 +184,34 @@ describe.each(frameworks)('headers (%s)', (kind) => {
     expect(res.headers['x-redundant-served-by']).toBeDefined();
   });
 
+  it('drops X-Forwarded-* headers that Connection names, and sets its own; repeated lines pass joined', async () => {
+    const ups = await upstreams(1);
+    const proxy = redundantProxy({ upstreams: ups.map((u) => u.url) });
+    const gw = await mountGateway(kind, proxy);
+    open.push(gw, proxy);
+    const res = await rawRequest(
+      gw.url,
+      [
+        'GET /h HTTP/1.1',
+        'Host: gateway.example',
+        'Connection: keep-alive, X-Forwarded-Proto, X-Forwarded-Host',
+        'X-Forwarded-Proto: https',
+        'X-Forwarded-Host: spoofed.example',
+        'Accept: text/plain',
+        'Accept: application/json',
+        'Connection: close',
+        '',
+        '',
+      ].join('\r\n'),
+    );
+    expect(res.status).toBe(200);
+    const h = ups[0]!.seen[0]!.headers;
+    expect(h['x-forwarded-proto']).toBe('http');
+    expect(h['x-forwarded-host']).toBe('gateway.example');
+    expect(h.accept).toBe('text/plain, application/json');
+    expect(h.connection).not.toMatch(/forwarded/i);
+  });
+
   it('appends to an existing X-Forwarded-For chain', async () => {
     const ups = await upstreams(1);
     const proxy = redundantProxy({ upstreams: ups.map((u) => u.url) });

@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
 import { MemorySessionStore, redundantProxy, type RedundantProxy } from '../../lib/index.js';
-import { sign, type CopyClaims } from '../../lib/wire/protocol.js';
+import { mintSessionId, SESSION_ID, sign, type CopyClaims } from '../../lib/wire/protocol.js';
 import { testClient } from '../helpers/client.js';
 import { mountGateway, type Gateway } from '../helpers/gateway.js';
 import { startReplica, type Replica } from '../helpers/replica.js';
@@ -129,3 +129,17 @@ describe.each(['koa', 'express'] as const)('copy signatures (%s worker)', (kind)
 });
 
 afterAll(() => client.close());
+
+describe('minted session ids', () => {
+  it('are valid, 144-bit and never repeat, across refills of the entropy batch', () => {
+    const seen = new Set<string>();
+    // 256 ids per batch: this crosses ten refills.
+    for (let i = 0; i < 2600; i++) {
+      const id = mintSessionId();
+      expect(id).toMatch(SESSION_ID);
+      expect(Buffer.from(id, 'base64url')).toHaveLength(18);
+      seen.add(id);
+    }
+    expect(seen.size).toBe(2600);
+  });
+});

@@ -17,16 +17,25 @@ const HOP_BY_HOP = new Set([
 const REQUEST_MANAGED = new Set(['host', 'content-length', 'expect', 'x-request-id']);
 const RESPONSE_MANAGED = new Set(['x-request-id']);
 
-/** Names listed in a `Connection` header, lowercased. */
+/**
+ * Names listed in a `Connection` header, lowercased, less the ones removed
+ * anyway (`keep-alive`, `close` and other hop-by-hop names): undefined when
+ * none is left, which is nearly always.
+ */
 function connectionTokens(value: string | string[] | undefined): Set<string> | undefined {
-  if (value === undefined) return undefined;
+  if (value === undefined || value === 'keep-alive' || value === 'close') return undefined;
   const joined = Array.isArray(value) ? value.join(',') : value;
-  const out = new Set<string>();
+  let out: Set<string> | undefined;
   for (const token of joined.split(',')) {
     const t = token.trim().toLowerCase();
-    if (t) out.add(t);
+    if (t && t !== 'close' && !HOP_BY_HOP.has(t)) (out ??= new Set()).add(t);
   }
-  return out.size ? out : undefined;
+  return out;
+}
+
+/** Whether a header `name` (lowercased) passes, given the `Connection` tokens. */
+function passes(name: string, managed: Set<string>, named: Set<string> | undefined): boolean {
+  return !HOP_BY_HOP.has(name) && !managed.has(name) && !name.startsWith(PREFIX) && !named?.has(name);
 }
 
 function copyHeaders(
@@ -37,31 +46,40 @@ function copyHeaders(
   const out: Record<string, string | string[]> = {};
   for (const name in from) {
     const value = from[name];
-    if (value === undefined) continue;
     // Node and undici hand us lowercased names.
-    if (HOP_BY_HOP.has(name) || managed.has(name) || name.startsWith(PREFIX)) continue;
-    if (named?.has(name)) continue;
-    out[name] = value;
+    if (value !== undefined && passes(name, managed, named)) out[name] = value;
   }
   return out;
 }
 
 /**
- * The headers every copy of `req` shares: the client's end-to-end headers,
+ * The headers every copy of `req` shares, as a flat `[name, value, …]` list
+ * (what undici takes with the least work): the client's end-to-end headers,
  * less hop-by-hop ones and any `x-redundant-*` a client sent, plus
  * `X-Forwarded-*` and the minted request id.
  */
-export function forwardRequestHeaders(req: IncomingMessage, requestId: string): Record<string, string | string[]> {
-  const out = copyHeaders(req.headers, REQUEST_MANAGED);
-  const remote = req.socket?.remoteAddress;
-  if (remote) {
-    const prior = req.headers['x-forwarded-for'];
-    out['x-forwarded-for'] = prior ? `${Array.isArray(prior) ? prior.join(', ') : prior}, ${remote}` : remote;
+export function forwardRequestHeaders(req: IncomingMessage, requestId: string): string[] {
+  const from = req.headers;
+  const named = connectionTokens(from.connection);
+  const out: string[] = [];
+  let proto = false;
+  let host = false;
+  for (const name in from) {
+    const value = from[name];
+    if (value === undefined || name === 'x-forwarded-for' || !passes(name, REQUEST_MANAGED, named)) continue;
+    if (typeof value === 'string') out.push(name, value);
+    else for (const v of value) out.push(name, v);
+    if (name === 'x-forwarded-proto') proto = true;
+    else if (name === 'x-forwarded-host') host = true;
   }
+  const prior = from['x-forwarded-for'];
+  const remote = req.socket?.remoteAddress;
+  if (remote) out.push('x-forwarded-for', prior ? `${Array.isArray(prior) ? prior.join(', ') : prior}, ${remote}` : remote);
+  else if (prior !== undefined) out.push('x-forwarded-for', Array.isArray(prior) ? prior.join(', ') : prior);
   // A front load balancer may already have set these: keep its view.
-  out['x-forwarded-proto'] ??= (req.socket as { encrypted?: boolean } | undefined)?.encrypted ? 'https' : 'http';
-  if (req.headers.host) out['x-forwarded-host'] ??= req.headers.host;
-  out['x-request-id'] = requestId;
+  if (!proto) out.push('x-forwarded-proto', (req.socket as { encrypted?: boolean } | undefined)?.encrypted ? 'https' : 'http');
+  if (!host && from.host) out.push('x-forwarded-host', from.host);
+  out.push('x-request-id', requestId);
   return out;
 }
 

@@ -1,9 +1,9 @@
-import { createHash, randomBytes, randomUUID } from 'node:crypto';
+import { createHash, randomUUID } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { Pool, type Dispatcher } from 'undici';
 import { codes, RedundantProxyError } from '../errors.js';
 import { withTimeout } from '../timeout.js';
-import { H, SESSION_ID } from '../wire/protocol.js';
+import { H, mintSessionId, SESSION_ID } from '../wire/protocol.js';
 import { Emitter, type Disposable } from '../events.js';
 import { readBody, type ParsedBodyHints } from './body.js';
 import { forwardRequestHeaders } from './headers.js';
@@ -349,7 +349,7 @@ export function redundantProxy(options: ProxyOptions): RedundantProxy {
     if (id === undefined && cfg.cookie) id = readCookie(req.headers.cookie, cfg.cookie);
     if (id !== undefined && SESSION_ID.test(id)) return { id, isNew: false };
     // Not derived from the request id: that one is logged everywhere, a session id must not be.
-    return { id: randomBytes(18).toString('base64url'), isNew: true };
+    return { id: mintSessionId(), isNew: true };
   }
 
   function sessionHeaders(req: IncomingMessage, id: string): Record<string, string> {

@@ -1,7 +1,7 @@
 import type { ServerResponse } from 'node:http';
 import type { Dispatcher } from 'undici';
 import { codes, RedundantProxyError } from '../errors.js';
-import { H, writeCopyHeaders } from '../wire/protocol.js';
+import { appendCopyHeaders, H } from '../wire/protocol.js';
 import { forwardResponseHeaders } from './headers.js';
 import type { Upstream, UpstreamResponse } from './options.js';
 import { sendError } from './respond.js';
@@ -99,8 +99,8 @@ export interface RaceInput {
   update: boolean;
   sessionId: string;
   sessionNew: boolean;
-  /** Headers every copy shares (already cleaned). */
-  headers: Record<string, string | string[]>;
+  /** Headers every copy shares (already cleaned), as a flat `[name, value, …]` list. */
+  headers: string[];
   body: Buffer | null;
   /** Upstreams to use, in order: copy i goes to targets[i]. */
   targets: Upstream[];
@@ -357,8 +357,8 @@ export class Race {
   send(hedged: boolean): void {
     const copy = this.copies[this.next++]!;
     const { input } = this;
-    const headers = { ...input.headers };
-    writeCopyHeaders(
+    const headers = input.headers.slice();
+    appendCopyHeaders(
       headers,
       {
         requestId: input.requestId,

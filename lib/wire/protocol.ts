@@ -1,4 +1,4 @@
-import { createHmac, timingSafeEqual } from 'node:crypto';
+import { createHmac, randomFillSync, timingSafeEqual } from 'node:crypto';
 
 // The wire protocol between the proxy and the workers. Every header is
 // `x-redundant-*`; the proxy strips any a client sends, so a worker can trust
@@ -59,17 +59,42 @@ export function sign(claims: CopyClaims, secret: string | Buffer): string {
   return createHmac('sha256', secret).update(canonical(claims)).digest('base64url');
 }
 
-/** Writes the copy headers into `headers`. */
-export function writeCopyHeaders(headers: Record<string, string | string[]>, claims: CopyClaims, secret: string | Buffer | undefined): void {
-  headers[H.requestId] = claims.requestId;
-  headers[H.duplicateId] = claims.duplicateId;
-  headers[H.upstream] = claims.upstreamId;
-  headers[H.copy] = `${claims.index}/${claims.of}`;
-  headers[H.update] = claims.update ? '1' : '0';
-  if (claims.sessionId) headers[H.session] = claims.sessionId;
-  if (claims.sessionNew) headers[H.sessionNew] = '1';
-  headers[H.timestamp] = String(claims.timestamp);
-  if (secret !== undefined) headers[H.signature] = sign(claims, secret);
+/** Appends the copy headers to a flat `[name, value, …]` header list. */
+export function appendCopyHeaders(out: string[], claims: CopyClaims, secret: string | Buffer | undefined): void {
+  out.push(
+    H.requestId,
+    claims.requestId,
+    H.duplicateId,
+    claims.duplicateId,
+    H.upstream,
+    claims.upstreamId,
+    H.copy,
+    `${claims.index}/${claims.of}`,
+    H.update,
+    claims.update ? '1' : '0',
+  );
+  if (claims.sessionId) out.push(H.session, claims.sessionId);
+  if (claims.sessionNew) out.push(H.sessionNew, '1');
+  out.push(H.timestamp, String(claims.timestamp));
+  if (secret !== undefined) out.push(H.signature, sign(claims, secret));
+}
+
+// Session ids are minted for every request that comes without one, so their
+// entropy is drawn from the CSPRNG in batches (as crypto.randomUUID() does)
+// rather than with one randomBytes() call each. Every byte is used once.
+const SESSION_ID_BYTES = 18;
+const entropy = Buffer.allocUnsafeSlow(SESSION_ID_BYTES * 256);
+let entropyOffset = entropy.length;
+
+/** A new session id: 18 random bytes (144 bits), base64url (24 characters). */
+export function mintSessionId(): string {
+  if (entropyOffset + SESSION_ID_BYTES > entropy.length) {
+    randomFillSync(entropy);
+    entropyOffset = 0;
+  }
+  const id = entropy.toString('base64url', entropyOffset, entropyOffset + SESSION_ID_BYTES);
+  entropyOffset += SESSION_ID_BYTES;
+  return id;
 }
 
 type HeaderBag = Record<string, string | string[] | undefined>;
