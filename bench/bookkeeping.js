@@ -35,7 +35,7 @@ const UPSTREAM_IDS = ['a', 'b', 'c'];
 const UPDATE_BODY = JSON.stringify({ item: 42, quantity: 1, note: 'bench' });
 
 export const BOOKKEEPING_CONFIG = {
-  quick: { rounds: 3, durationSec: 1, connections: 16, warmupReads: 2000, warmupUpdates: 800 },
+  quick: { rounds: 2, durationSec: 1, connections: 16, warmupReads: 1500, warmupUpdates: 500 },
   full: { rounds: 5, durationSec: 3, connections: 16, warmupReads: 5000, warmupUpdates: 2500 },
 };
 

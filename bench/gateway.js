@@ -17,13 +17,20 @@ const config = JSON.parse(process.argv[2] ?? '{}');
 const { kind, upstreams, options = {} } = config;
 
 let served = 0;
+/** Per request: ms from the 'request' event to the response's 'finish' (the gateway's own view). */
+let inGateway = [];
+function count(_req, res) {
+  served++;
+  const t0 = performance.now();
+  res.once('finish', () => inGateway.push(performance.now() - t0));
+}
 let proxy = null;
 let races = null;
 let cpuStart = process.cpuUsage();
 let wallStart = performance.now();
 
 function resetRaces() {
-  races = { requests: 0, copiesSent: 0, hedged: 0, outcomes: {}, copyOutcomes: {}, durations: [], winnerLatencies: [] };
+  races = { requests: 0, copiesSent: 0, hedged: 0, outcomes: {}, copyOutcomes: {}, durations: [], winnerLatencies: [], winnerHeadToEnd: [] };
 }
 resetRaces();
 
@@ -43,7 +50,10 @@ async function start() {
         if (c.sentAt === null) continue;
         races.copiesSent++;
         if (c.hedged) races.hedged++;
-        if (c.outcome === 'won' && c.latency !== null) races.winnerLatencies.push(c.sentAt + c.latency);
+        if (c.outcome === 'won' && c.latency !== null) {
+          races.winnerLatencies.push(c.sentAt + c.latency);
+          races.winnerHeadToEnd.push(report.duration - c.sentAt - c.latency);
+        }
       }
     });
     proxy.on('error', () => {});
@@ -102,13 +112,13 @@ async function start() {
       await app.register(fastifyHttpProxy, { upstream: upstreams[0].url });
       await app.listen({ port: 0, host: '127.0.0.1' });
       server = app.server;
-      server.on('request', () => served++);
+      server.on('request', count);
       return server.address().port;
     }
     default:
       throw new Error(`unknown gateway kind ${kind}`);
   }
-  server.on('request', () => served++);
+  server.on('request', count);
   server.keepAliveTimeout = 30_000;
   await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
   return server.address().port;
@@ -149,6 +159,7 @@ process.on('message', async (msg) => {
   switch (msg?.type) {
     case 'reset':
       served = 0;
+      inGateway = [];
       resetRaces();
       cpuStart = process.cpuUsage();
       wallStart = performance.now();
@@ -162,9 +173,10 @@ process.on('message', async (msg) => {
         served,
         wallMs: performance.now() - wallStart,
         cpuMicros: cpu.user + cpu.system,
-        races: proxy ? { ...races, durations: summarize(races.durations), winnerLatencies: summarize(races.winnerLatencies) } : null,
+        races: proxy ? { ...races, durations: summarize(races.durations), winnerLatencies: summarize(races.winnerLatencies), winnerHeadToEnd: summarize(races.winnerHeadToEnd) } : null,
         metrics: proxy ? proxy.metrics() : null,
         rssMB: process.memoryUsage().rss / 2 ** 20,
+        inGateway: summarize(inGateway),
       });
       break;
     }

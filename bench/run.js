@@ -9,14 +9,18 @@
 //   b. tail: three upstreams with the seeded heavy-tailed latency of
 //      bench/model.js, open-loop load at a fixed rate, each request timed
 //      from its scheduled send (no coordinated omission);
-//   c. cost of copies: copies 1, 2, 3 on three fast upstreams.
+//   c. cost of copies: copies 1, 2, 3 on three fast upstreams;
+//   d. bookkeeping: reads and updates per second through replicas running the
+//      worker, with the in-memory store and with Redis (bench/bookkeeping.js);
+//   e. memory: 200 000 raced requests, heap and sockets (bench/memory.js).
 //
 // Writes bench/results/latest.json, docs/benchmarks.md, docs/latency-cdf.svg.
-// Options: --quick; --only=a,b,c (a partial run writes its JSON to
-// bench/results/partial.json.tmp and leaves the docs alone); --diag (an extra
-// contestant in b); --prof (V8 CPU profiles of the gateways, for digging).
+// Options: --quick; --only=a,b,c,d,e (a partial run writes its JSON to
+// bench/results/partial.json.tmp and leaves the docs alone); --contestants=x,y
+// (only these contestants of a, b and c: a partial run); --prof (V8 CPU
+// profiles of the gateways, for digging).
 
-import { fork, execSync } from 'node:child_process';
+import { execSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { cpSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
@@ -24,25 +28,34 @@ import os from 'node:os';
 import { setTimeout as sleep } from 'node:timers/promises';
 import autocannon from 'autocannon';
 import { Pool } from 'undici';
+import { scenarioBookkeeping } from './bookkeeping.js';
+import { forkChild, stopChild } from './child.js';
+import { scenarioMemory } from './memory.js';
 import { SEEDS, simulate, summarize, FAST, SLOW } from './model.js';
 import { writeReport } from './report.js';
 
 const args = process.argv.slice(2);
 const quick = args.includes('--quick');
 const onlyArg = args.find((a) => a.startsWith('--only='));
-const only = onlyArg ? new Set(onlyArg.slice(7).split(',')) : new Set(['a', 'b', 'c']);
+const ALL = ['a', 'b', 'c', 'd', 'e'];
+const only = onlyArg ? new Set(onlyArg.slice(7).split(',')) : new Set(ALL);
+for (const s of only) if (!ALL.includes(s)) throw new Error(`--only: unknown scenario "${s}" (known: ${ALL.join(', ')})`);
+// --contestants=racing,ref-drain: run only these contestants (a partial run, for digging).
+const pickArg = args.find((a) => a.startsWith('--contestants='));
+const picked = pickArg ? new Set(pickArg.slice(14).split(',')) : null;
+const pick = (list) => (picked ? list.filter((c) => picked.has(c.name)) : list);
 
 // autocannon runs for whole seconds (a shorter duration still takes 1 s), so
 // warm-ups are a fixed number of requests instead.
 const CFG = quick
   ? {
-      a: { rounds: 2, warmupRequests: 600, durationSec: 1, connections: 32 },
-      b: { rate: 200, requests: 400, warmup: 150, hedgeDelay: 5 },
-      c: { rounds: 2, warmupRequests: 600, durationSec: 1, connections: 32 },
+      a: { rounds: 1, warmupRequests: 1500, durationSec: 1, connections: 32 },
+      b: { rate: 200, requests: 400, warmup: 150, hedgeDelay: 4 },
+      c: { rounds: 1, warmupRequests: 1500, durationSec: 1, connections: 32 },
     }
   : {
       a: { rounds: 4, warmupRequests: 4000, durationSec: 3, connections: 32 },
-      b: { rate: 200, requests: 3500, warmup: 600, hedgeDelay: 5 },
+      b: { rate: 200, requests: 3500, warmup: 600, hedgeDelay: 4 },
       c: { rounds: 3, warmupRequests: 3000, durationSec: 3, connections: 32 },
     };
 
@@ -93,51 +106,9 @@ const children = new Set();
 function spawn(file, config) {
   // --prof: V8 CPU profiles of the gateways in /tmp/redundant-proxy-prof (for digging, not for figures).
   const execArgv = args.includes('--prof') && file.includes('gateway') ? ['--cpu-prof', '--cpu-prof-dir=/tmp/redundant-proxy-prof'] : [];
-  const child = fork(new URL(file, import.meta.url), [JSON.stringify(config)], {
-    stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
-    execArgv,
-    env: { ...process.env, RP_BENCH_DIST: snapshotDir },
-  });
-  children.add(child);
-  let seq = 0;
-  const pending = new Map();
-  const exited = new Promise((resolve) => child.once('exit', (code) => {
-    children.delete(child);
-    for (const [, p] of pending) p.reject(new Error(`${file} exited (${code}) before answering`));
-    resolve(code);
-  }));
-  const ready = new Promise((resolve, reject) => {
-    const t = setTimeout(() => reject(new Error(`${file} not ready within 15 s`)), 15_000);
-    child.once('message', (m) => {
-      clearTimeout(t);
-      resolve(m);
-    });
-    void exited.then((code) => reject(new Error(`${file} exited (${code}) before it was ready`)));
-  });
-  child.on('message', (m) => {
-    const p = m && pending.get(m.id);
-    if (p) {
-      pending.delete(m.id);
-      p.resolve(m);
-    }
-  });
-  return {
-    ready,
-    ask(type) {
-      const id = ++seq;
-      return new Promise((resolve, reject) => {
-        pending.set(id, { resolve, reject });
-        child.send({ type, id });
-      });
-    },
-    async stop() {
-      if (child.exitCode !== null || child.signalCode !== null) return;
-      child.send({ type: 'close' });
-      const t = setTimeout(() => child.kill('SIGKILL'), 5000);
-      await exited;
-      clearTimeout(t);
-    },
-  };
+  const handle = forkChild(fileURLToPath(new URL(file, import.meta.url)), [JSON.stringify(config)], { name: file, dist: snapshotDir, children, execArgv });
+  handle.stop = () => stopChild(handle.child);
+  return handle;
 }
 
 async function startUpstreams(ids, model) {
@@ -184,13 +155,18 @@ async function warm(origin, path, count, concurrency = 10) {
 }
 
 /**
- * Open-loop load: request i is scheduled at t0 + i / rate and timed from
- * that scheduled instant to the end of its body, so a slow answer never
- * delays the measurement of the next ones (no coordinated omission).
+ * Open-loop load: request i is scheduled at t0 + i / rate and sent then,
+ * whether or not earlier requests have answered, so a slow answer never
+ * delays the sending or the measurement of the next ones (no coordinated
+ * omission). Each request is timed from its own send to the end of its body;
+ * the same requests timed from their scheduled instant are kept too: the
+ * difference is this generator's timer lateness (the send lag), which no
+ * contestant causes.
  */
 async function openLoop(origin, path, { rate, requests }) {
   const pool = new Pool(origin, { connections: 256, pipelining: 1 });
   const latencies = new Float64Array(requests);
+  const fromSchedule = new Float64Array(requests);
   const lags = new Float64Array(requests);
   const statuses = {};
   let errors = 0;
@@ -201,18 +177,23 @@ async function openLoop(origin, path, { rate, requests }) {
   const all = new Promise((r) => (resolveAll = r));
   const fire = (i) => {
     const scheduled = t0 + i * interval;
-    lags[i] = performance.now() - scheduled;
+    const sent = performance.now();
+    lags[i] = sent - scheduled;
+    const end = () => {
+      const now = performance.now();
+      latencies[i] = now - sent;
+      fromSchedule[i] = now - scheduled;
+      if (++done === requests) resolveAll();
+    };
     pool.request({ path, method: 'GET', headersTimeout: 10_000, bodyTimeout: 10_000 }).then(
       async ({ statusCode, body }) => {
         await body.dump();
-        latencies[i] = performance.now() - scheduled;
         statuses[statusCode] = (statuses[statusCode] ?? 0) + 1;
-        if (++done === requests) resolveAll();
+        end();
       },
       () => {
         errors++;
-        latencies[i] = performance.now() - scheduled;
-        if (++done === requests) resolveAll();
+        end();
       },
     );
   };
@@ -227,7 +208,7 @@ async function openLoop(origin, path, { rate, requests }) {
   await all;
   clearTimeout(guard);
   await pool.close();
-  return { latencies: Array.from(latencies), lag: summarize(lags), statuses, errors };
+  return { latencies: Array.from(latencies), latenciesFromSchedule: Array.from(fromSchedule), fromSchedule: summarize(fromSchedule), lag: summarize(lags), statuses, errors };
 }
 
 // ---------------------------------------------------------------- scenario a
@@ -244,7 +225,10 @@ async function scenarioA() {
     { name: 'ours-node', label: 'redundant-proxy on node:http (.handler)', kind: 'ours-node', options: { copies: 1 } },
     { name: 'hpm-express', label: 'http-proxy-middleware 3 in Express 5 (keep-alive agent)', kind: 'hpm-express' },
     { name: 'fastify-http-proxy', label: '@fastify/http-proxy 11 on fastify 5', kind: 'fastify-http-proxy' },
+    // A reference point, not a proxy: what Express 5 costs before any middleware runs.
+    { name: 'express-alone', label: 'Express 5 answering by itself, no proxying (reference)', kind: 'express-alone' },
   ];
+  if (picked) contestants.splice(0, contestants.length, ...pick(contestants));
   const runs = Object.fromEntries(contestants.map((c) => [c.name, []]));
   for (let round = 0; round < cfg.rounds; round++) {
     // Rotate the order each round so that drift hits every contestant alike.
@@ -286,12 +270,14 @@ async function scenarioA() {
     };
   });
   const by = Object.fromEntries(result.map((r) => [r.name, r]));
+  if (picked) return { config: cfg, contestants: result, ratios: null };
   const ref = by['fastify-http-proxy'].rps;
   const ratios = {
     'ours-koa/fastify-http-proxy': by['ours-koa'].rps / ref,
     'ours-express/fastify-http-proxy': by['ours-express'].rps / ref,
     'ours-node/fastify-http-proxy': by['ours-node'].rps / ref,
     'ours-express/hpm-express': by['ours-express'].rps / by['hpm-express'].rps,
+    'express-alone/fastify-http-proxy': by['express-alone'].rps / ref,
   };
   return { config: cfg, contestants: result, ratios };
 }
@@ -304,22 +290,20 @@ async function scenarioB() {
   const ids = ['a', 'b', 'c'];
   const contestants = [
     { name: 'direct', label: 'direct to one upstream' },
-    { name: 'racing', label: 'redundant-proxy (Koa), 3 copies at once', kind: 'ours-koa', options: { copies: 3 } },
-    { name: 'hedged', label: `redundant-proxy (Koa), hedge: { delay: ${cfg.hedgeDelay} }`, kind: 'ours-koa', options: { copies: 3, hedge: { delay: cfg.hedgeDelay } } },
+    { name: 'racing', label: 'redundant-proxy (node:http), 3 copies at once', kind: 'ours-node', options: { copies: 3 } },
+    { name: 'hedged', label: `redundant-proxy (node:http), hedge: { delay: ${cfg.hedgeDelay} }`, kind: 'ours-node', options: { copies: 3, hedge: { delay: cfg.hedgeDelay } } },
   ];
   if (!quick) {
     contestants.push(
-      { name: 'hedged-10', label: 'redundant-proxy (Koa), hedge: { delay: 10 }', kind: 'ours-koa', options: { copies: 3, hedge: { delay: 10 } } },
+      { name: 'racing-koa', label: 'redundant-proxy in Koa, 3 copies at once', kind: 'ours-koa', options: { copies: 3 } },
+      { name: 'hedged-10', label: 'redundant-proxy (node:http), hedge: { delay: 10 }', kind: 'ours-node', options: { copies: 3, hedge: { delay: 10 } } },
       // Reference points, not products: the floor this machine allows a racer.
       { name: 'ref-abort', label: 'reference racer (30 lines), losers aborted', kind: 'mini-race', options: { abortLosers: true } },
       { name: 'ref-drain', label: 'reference racer (30 lines), losers drained', kind: 'mini-race', options: { abortLosers: false } },
     );
   }
-  if (args.includes('--diag')) {
-    contestants.push({ name: 'racing-node', label: 'redundant-proxy (node:http), 3 copies at once', kind: 'ours-node', options: { copies: 3 } });
-  }
   const out = [];
-  for (const c of contestants) {
+  for (const c of pick(contestants)) {
     // Fresh upstreams for every contestant: each starts its seeded stream anew,
     // so every contestant meets exactly the same latency draws.
     const loadavg = os.loadavg()[0];
@@ -340,6 +324,8 @@ async function scenarioB() {
       connections: after.stats[id].connections - before.stats[id].connections,
       timerSlop: after.stats[id].timerSlop,
     }]));
+    // Timed from each request's own send (see openLoop); the same requests
+    // timed from their scheduled send are kept too.
     const summary = summarize(load.latencies);
     const races = stats?.races ?? null;
     const entry = {
@@ -350,22 +336,26 @@ async function scenarioB() {
       ...summary,
       errors: load.errors,
       statuses: load.statuses,
+      fromSchedule: load.fromSchedule,
       sendLag: { mean: load.lag.mean, p50: load.lag.p50, p99: load.lag.p99, max: load.lag.max },
       // The reference racer always sends one copy per upstream.
       copiesPerRequest: races ? races.copiesSent / races.requests : c.kind === 'mini-race' ? ids.length : 1,
       extraCopiesPerRequest: races ? (races.copiesSent - races.requests) / races.requests : c.kind === 'mini-race' ? ids.length - 1 : 0,
       hedgedPerRequest: races ? races.hedged / races.requests : 0,
       gatewayRaceDuration: races?.durations ?? null,
+      inGateway: stats?.inGateway ?? null,
       gatewayWinnerLatency: races?.winnerLatencies ?? null,
+      gatewayWinnerHeadToEnd: races?.winnerHeadToEnd ?? null,
       raceOutcomes: races?.outcomes ?? null,
       copyOutcomes: races?.copyOutcomes ?? null,
       metrics: stats?.metrics ?? null,
       upstreams: upstreamDelta,
       newConnectionsPerRequest: Object.values(upstreamDelta).reduce((a, u) => a + u.connections, 0) / cfg.requests,
       latencies: load.latencies.map((x) => Math.round(x * 1000) / 1000),
+      latenciesFromSchedule: load.latenciesFromSchedule.map((x) => Math.round(x * 1000) / 1000),
     };
     out.push(entry);
-    log(`   ${c.name.padEnd(10)} p50 ${summary.p50.toFixed(2)} ms  p99 ${summary.p99.toFixed(2)} ms  p99.9 ${summary.p999.toFixed(2)} ms  copies/request ${entry.copiesPerRequest.toFixed(3)}  errors ${load.errors}  send lag mean ${load.lag.mean.toFixed(2)} ms`);
+    log(`   ${c.name.padEnd(10)} p50 ${summary.p50.toFixed(2)} ms  p99 ${summary.p99.toFixed(2)} ms  p99.9 ${summary.p999.toFixed(2)} ms (from the scheduled send: p99 ${load.fromSchedule.p99.toFixed(2)} ms)  copies/request ${entry.copiesPerRequest.toFixed(3)}  errors ${load.errors}  send lag p99 ${load.lag.p99.toFixed(2)} ms`);
   }
   // The ideal: the same draws, a proxy with zero overhead.
   const sim = simulate({ n: cfg.requests, delay: cfg.hedgeDelay, rotationStart: cfg.warmup });
@@ -378,6 +368,7 @@ async function scenarioB() {
     idealLatencies: sim.race.map((x) => Math.round(x * 1000) / 1000),
   };
   const by = Object.fromEntries(out.map((r) => [r.name, r]));
+  if (picked) return { config: cfg, contestants: out, model, ratios: null };
   const ratios = {
     'direct p99 / racing p99': by.direct.p99 / by.racing.p99,
     'racing p99 / ideal p99': by.racing.p99 / model.race.p99,
@@ -403,6 +394,7 @@ async function scenarioC() {
       { name: 'ref-drain-3', label: 'reference racer, 3 copies, losers drained', copies: 3, kind: 'mini-race', options: { abortLosers: false } },
     );
   }
+  if (picked) contestants.splice(0, contestants.length, ...pick(contestants));
   const runs = Object.fromEntries(contestants.map((c) => [c.name, []]));
   for (let round = 0; round < cfg.rounds; round++) {
     const order = contestants.map((_, i) => contestants[(i + round) % contestants.length]);
@@ -456,6 +448,7 @@ async function scenarioC() {
     };
   });
   const by = Object.fromEntries(result.map((r) => [r.name, r]));
+  if (picked) return { config: cfg, contestants: result, ratios: null };
   const ratios = {
     'copies-2 / copies-1 req/s': by['copies-2'].rps / by['copies-1'].rps,
     'copies-3 / copies-1 req/s': by['copies-3'].rps / by['copies-1'].rps,
@@ -469,14 +462,14 @@ async function scenarioC() {
 function targets(results) {
   const t = [];
   const a = results.scenarios.a;
-  if (a) {
+  if (a?.ratios) {
     for (const name of ['ours-node', 'ours-koa', 'ours-express']) {
       const ratio = a.ratios[`${name}/fastify-http-proxy`];
       t.push({ id: `a:${name}`, scenario: 'a', target: `copies: 1, ${name} req/s ≥ @fastify/http-proxy req/s`, value: ratio, display: `${ratio.toFixed(2)}×`, met: ratio >= 1 });
     }
   }
   const b = results.scenarios.b;
-  if (b) {
+  if (b?.ratios) {
     const r = b.ratios;
     t.push({ id: 'b:vs-direct', scenario: 'b', target: 'racing p99 ≥ 20× lower than direct p99', value: r['direct p99 / racing p99'], display: `${r['direct p99 / racing p99'].toFixed(1)}× lower`, met: r['direct p99 / racing p99'] >= 20 });
     t.push({ id: 'b:vs-ideal', scenario: 'b', target: 'racing p99 within 2× the ideal p99', value: r['racing p99 / ideal p99'], display: `${r['racing p99 / ideal p99'].toFixed(2)}× the ideal`, met: r['racing p99 / ideal p99'] <= 2 });
@@ -484,9 +477,16 @@ function targets(results) {
     t.push({ id: 'b:hedged-extra', scenario: 'b', target: 'hedged: ≤ 15% extra copies', value: r['hedged extra copies per request'], display: `${(r['hedged extra copies per request'] * 100).toFixed(1)}%`, met: r['hedged extra copies per request'] <= 0.15 });
   }
   const c = results.scenarios.c;
-  if (c) {
+  if (c?.ratios) {
     const ratio = c.ratios['copies-3 / copies-1 req/s'];
     t.push({ id: 'c:copies-3', scenario: 'c', target: 'copies: 3 keeps ≥ half the req/s of copies: 1', value: ratio, display: `${ratio.toFixed(2)}×`, met: ratio >= 0.5 });
+  }
+  const e = results.scenarios.e;
+  if (e) {
+    const n = `${e.requests.toLocaleString('en-US')} requests${e.truncated ? ' (time limit reached)' : ''}`;
+    const planned = `${e.config.requests.toLocaleString('en-US')} raced requests${e.quick ? ' (--quick; a full run makes 200,000)' : ''}`;
+    t.push({ id: 'e:heap', scenario: 'e', target: `heap after GC flat within ${e.heap.targetMB} MB over ${planned}`, value: e.heap.growthMB, display: `${e.heap.growthMB >= 0 ? '+' : ''}${e.heap.growthMB.toFixed(1)} MB over ${n}`, met: e.heap.flat && !e.truncated });
+    t.push({ id: 'e:sockets', scenario: 'e', target: 'zero leaked sockets', value: e.sockets.leftAfterKeepAlive, display: `${e.sockets.clientSocketsLeaked} client, ${e.sockets.leftAfterKeepAlive} upstream sockets left`, met: e.sockets.zeroLeaked });
   }
   return t;
 }
@@ -511,10 +511,18 @@ async function main() {
   if (only.has('a')) results.scenarios.a = await scenarioA();
   if (only.has('b')) results.scenarios.b = await scenarioB();
   if (only.has('c')) results.scenarios.c = await scenarioC();
+  if (only.has('d')) {
+    log(`d. bookkeeping: reads and updates per second, memory store vs Redis (bench/bookkeeping.js)`);
+    results.scenarios.d = await scenarioBookkeeping({ quick, dist: snapshotDir, log });
+  }
+  if (only.has('e')) {
+    log(`e. memory: raced requests, heap after GC and sockets (bench/memory.js)`);
+    results.scenarios.e = await scenarioMemory({ quick, dist: snapshotDir, log });
+  }
   results.machine.loadavgAtEnd = os.loadavg();
   results.durationSec = (Date.now() - started) / 1000;
   results.targets = targets(results);
-  const full = only.size === 3;
+  const full = only.size === ALL.length && !picked;
   mkdirSync(new URL('./results/', import.meta.url), { recursive: true });
   const file = new URL(full ? './results/latest.json' : './results/partial.json.tmp', import.meta.url);
   writeFileSync(file, `${JSON.stringify(results, null, 1)}\n`);

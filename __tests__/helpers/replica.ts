@@ -14,6 +14,7 @@ export interface Replica {
   id: string;
   url: string;
   worker: RedundantWorker;
+  server: http.Server;
   close(): Promise<void>;
 }
 
@@ -46,7 +47,7 @@ export async function startReplica(
     listener = app;
   }
   const server = await listen(listener);
-  return { id: options.id, url: server.url, worker, close: server.close };
+  return { id: options.id, url: server.url, worker, server: server.server, close: server.close };
 }
 
 /** Resolves once `check` returns a truthy value, polling every 5 ms for at most `ms`. */

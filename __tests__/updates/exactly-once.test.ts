@@ -1,9 +1,9 @@
 import { afterAll, describe, expect, it } from '@jest/globals';
-import { MemorySessionStore, redundantProxy, type CancelInfo, type RaceReport, type RedundantProxy, type SessionStore } from '../../lib/index.js';
+import { isSupersededError, MemorySessionStore, redundantProxy, type CancelInfo, type RaceReport, type RedundantHandle, type RedundantProxy, type SessionStore } from '../../lib/index.js';
 import { createBank, type Bank } from '../helpers/bank.js';
 import { testClient } from '../helpers/client.js';
 import { mountGateway, type Gateway } from '../helpers/gateway.js';
-import { startReplica, type Replica } from '../helpers/replica.js';
+import { eventually, startReplica, type Replica } from '../helpers/replica.js';
 import { sleep, transferHandler, type TransferHooks } from '../helpers/transfer.js';
 import { closeAfterEach } from '../helpers/cleanup.js';
 
@@ -150,6 +150,57 @@ describe('exactly-once transfers on three replicas (PostgreSQL)', () => {
     // The stopped copies rolled back once they learned they lost: one ledger row.
     await sleep(600);
     expect(await f.bank.ledger()).toHaveLength(1);
+  });
+
+  it('copies that answer `lost` within the grace after the commit are drained, not cancelled: no connection is closed', async () => {
+    const store = new MemorySessionStore();
+    open.push(store);
+    // No database here: a commits after 40 ms; b and c claim 10 ms later and
+    // learn at once that they lost, well within the grace (half the winner's
+    // latency, at most 10 ms).
+    const handler = async (h: RedundantHandle) => {
+      await sleep(h.upstreamId === 'a' ? 40 : 50);
+      try {
+        await h.commitOnce(async () => undefined);
+      } catch (err) {
+        if (isSupersededError(err)) return { status: 409, body: { lost: true } };
+        throw err;
+      }
+      return { body: { ok: true, by: h.upstreamId } };
+    };
+    const replicas: Replica[] = [];
+    for (const id of ['a', 'b', 'c']) {
+      const r = await startReplica('koa', { id, store, secret: SECRET }, handler);
+      open.push(r);
+      replicas.push(r);
+    }
+    let connections = 0;
+    for (const r of replicas) r.server.on('connection', () => connections++);
+    const cancels: CancelInfo[] = [];
+    const proxy = redundantProxy({ upstreams: replicas.map((r) => ({ id: r.id, url: r.url })), store, secret: SECRET, onCancel: (info) => void cancels.push(info) });
+    const gw = await mountGateway('node', proxy);
+    open.push(gw, proxy);
+    const reports: RaceReport[] = [];
+    proxy.on('race:end', (r) => reports.push(r));
+    for (let i = 0; i < 50 && !Object.values(proxy.metrics().upstreams).every((u) => u.worker); i++) await client.send(`${gw.url}/health`);
+    await eventually(() => reports.length > 0 && connections >= 3);
+    const warm = connections;
+    for (let i = 0; i < 5; i++) {
+      const res = await client.send(`${gw.url}/order`, { method: 'POST', body: '{}', headers: { 'content-type': 'application/json' } });
+      expect(res.status).toBe(200);
+      expect(res.json()).toMatchObject({ by: 'a' });
+    }
+    await eventually(() => reports.filter((r) => r.update).length === 5);
+    for (const r of reports.filter((x) => x.update)) {
+      expect(r.copies.map((c) => [c.upstream, c.outcome]).sort()).toEqual([
+        ['a', 'won'],
+        ['b', 'lost'],
+        ['c', 'lost'],
+      ]);
+    }
+    expect(cancels).toEqual([]);
+    // Every copy went over a connection that was already open.
+    expect(connections).toBe(warm);
   });
 
   it('an onCancel hook that throws is an error event, not a failed request', async () => {

@@ -139,7 +139,9 @@ export interface ProxyOptions {
   storeTimeout?: number;
   /**
    * Called for each copy of an update stopped because another copy committed
-   * (after its request was aborted), for example to send a compensating call.
+   * (after its request was aborted: a copy that answers `lost` within the
+   * short grace stopped by itself and is not cancelled), for example to send
+   * a compensating call.
    * Awaited for at most `cancelTimeout`; a hook that throws is an `error`
    * event, never a failed request.
    */

@@ -17,11 +17,13 @@ const DRAIN_LIMIT = 64 * 1024;
 // An upstream's own error response is kept (up to this size) so that it can
 // be passed through when no copy produced an acceptable answer.
 const FALLBACK_LIMIT = 1024 * 1024;
-// A read's loser that has not answered when the winner does is given a short
-// grace to answer, then aborted. Copies to equally fast replicas usually
-// answer within it and are drained, so their connections stay pooled; only a
-// copy that is really slow (in the tail) costs its connection. The grace is
-// half the winner's latency, within these bounds.
+// A loser that has not answered when the winner does (a read's, or an
+// update's once another copy committed) is given a short grace to answer,
+// then aborted. Copies to equally fast replicas usually answer within it (an
+// update's with `x-redundant-commit: lost`) and are drained, so their
+// connections stay pooled; only a copy that is really slow (in the tail)
+// costs its connection, and for an update its cancel hook. The grace is half
+// the winner's latency, within these bounds.
 const LINGER_MIN_MS = 2;
 const LINGER_MAX_MS = 10;
 
@@ -40,7 +42,7 @@ export type CopyOutcome =
   | 'not-sent'
   /** An update's copy that lost the commit arbitration (`x-redundant-commit: lost`): never adopted. */
   | 'lost'
-  /** An update's copy stopped because another copy committed; `onCancel` ran for it. */
+  /** An update's copy still processing when another copy committed (and past its grace): aborted, and `onCancel` ran for it. */
   | 'cancelled';
 
 export interface CopyReport {
@@ -227,11 +229,16 @@ class Copy implements Dispatcher.DispatchHandler {
     this.report.latency = this.race.input.now() - this.startedAt;
     if (this.state === 'lingering') {
       if (headers[H.worker] === '1') this.race.input.onWorkerSeen?.(this.upstream.id);
-      // Answered within its grace: drain it (keeping the connection) if small.
+      // Answered within its grace: it stopped by itself. Drain it (keeping
+      // the connection) if small. An update's copy says it lost the commit.
+      const lost = headers[H.commit] === 'lost';
       if (this.drainable()) {
         this.state = 'draining';
-        this.report.outcome = 'drained';
-      } else this.stop();
+        this.report.outcome = lost ? 'lost' : 'drained';
+      } else {
+        this.stop();
+        if (lost) this.report.outcome = 'lost';
+      }
       this.race.lingerSettled();
       return;
     }
@@ -459,17 +466,8 @@ export class Race {
     this.held = this.held.filter((c) => c !== copy);
     this.clearHedge();
     for (const other of this.copies) {
-      if (other === copy) continue;
-      // claim 1, the patent's last step: once one copy committed, every
-      // other copy still processing the update is stopped.
-      const cancel = this.committed && other.state === 'sent';
-      // A read's copy still out gets a short grace (lingerLosers); anything else stops now.
-      if (!this.input.update && other.state === 'sent') continue;
-      other.stop();
-      if (cancel) {
-        other.report.outcome = 'cancelled';
-        this.input.onCancelled?.(other.report, copy.report);
-      }
+      // A copy still out gets a short grace (lingerLosers); anything else stops now.
+      if (other !== copy && other.state !== 'sent') other.stop();
     }
     this.fallback = null;
     this.lingerLosers();
@@ -530,10 +528,23 @@ export class Race {
       // Timers run before the event loop reads sockets: give answers already
       // waiting there one turn to arrive, rather than abort them (and their connection).
       setImmediate(() => {
-        for (const c of this.copies) if (c.state === 'lingering') c.stop();
+        for (const c of this.copies) if (c.state === 'lingering') this.stopLingering(c);
         this.lingerSettled();
       });
     }, grace);
+  }
+
+  /**
+   * Stops a loser whose grace is over (or cut short). claim 1, the patent's
+   * last step: once one copy committed, every other copy still processing
+   * the update is stopped, and its cancel hook runs.
+   */
+  stopLingering(copy: Copy): void {
+    copy.stop();
+    if (this.committed && this.winner) {
+      copy.report.outcome = 'cancelled';
+      this.input.onCancelled?.(copy.report, this.winner.report);
+    }
   }
 
   /** A lingering loser answered, failed or was aborted: the report may be final now. */
@@ -711,7 +722,10 @@ export class Race {
     this.input.res.off('close', this.#onClientClose);
     this.#finishedAt = this.input.now();
     // Lingering losers keep their grace after a won race; otherwise everything stops now.
-    for (const copy of this.copies) if (outcome !== 'won' || copy.state !== 'lingering') copy.stop();
+    for (const copy of this.copies) {
+      if (copy.state !== 'lingering') copy.stop();
+      else if (outcome !== 'won') this.stopLingering(copy);
+    }
     this.lingerSettled();
   }
 
