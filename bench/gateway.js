@@ -136,12 +136,14 @@ async function miniRace(list, { abortLosers = true } = {}) {
   const pools = list.map((u) => new Pool(u.url, { connections: 256, pipelining: 1 }));
   return (req, res) => {
     let won = false;
+    const t0 = performance.now();
     const controllers = pools.map(() => new AbortController());
     pools.forEach((pool, i) => {
       pool.request({ path: req.url, method: req.method, headers: { 'x-forwarded-for': req.socket.remoteAddress }, signal: controllers[i].signal }).then(
         ({ statusCode, headers, body }) => {
           if (won) return void body.dump().catch(() => {});
           won = true;
+          races.winnerLatencies.push(performance.now() - t0);
           if (abortLosers) controllers.forEach((c, j) => j !== i && c.abort());
           res.writeHead(statusCode, { 'content-type': headers['content-type'] ?? 'application/octet-stream', 'content-length': headers['content-length'] });
           body.pipe(res);
@@ -173,7 +175,7 @@ process.on('message', async (msg) => {
         served,
         wallMs: performance.now() - wallStart,
         cpuMicros: cpu.user + cpu.system,
-        races: proxy ? { ...races, durations: summarize(races.durations), winnerLatencies: summarize(races.winnerLatencies), winnerHeadToEnd: summarize(races.winnerHeadToEnd) } : null,
+        races: proxy ? { ...races, durations: summarize(races.durations), winnerLatencies: summarize(races.winnerLatencies), winnerHeadToEnd: summarize(races.winnerHeadToEnd) } : kind === 'mini-race' ? { winnerLatencies: summarize(races.winnerLatencies) } : null,
         metrics: proxy ? proxy.metrics() : null,
         rssMB: process.memoryUsage().rss / 2 ** 20,
         inGateway: summarize(inGateway),

@@ -143,7 +143,7 @@ export function markdown(r) {
     L.push('## a. Overhead: one upstream, `copies: 1`');
     L.push('');
     L.push(`One upstream in its own process answering a tiny JSON body at once; each gateway in its own process, alone while it is measured.`);
-    L.push(`autocannon (programmatic) with ${a.config.connections} keep-alive connections, ${a.config.warmupRequests} warm-up requests then ${a.config.durationSec} s measured,`);
+    L.push(`autocannon (programmatic) with ${a.config.connections} keep-alive connections, ${int(a.config.warmupRequests)} warm-up requests then ${a.config.durationSec} s measured,`);
     L.push(`${a.config.rounds} rounds with the contestants' order rotated each round; the table shows the median of the rounds.`);
     L.push('Latencies are autocannon\'s (whole milliseconds). Gateway CPU is `process.cpuUsage()` in the gateway process over the measured window, per request served.');
     L.push('');
@@ -178,7 +178,7 @@ export function markdown(r) {
     L.push(`have answered (no coordinated omission: a slow answer never delays the next sends), and timed from its own send to the end of its body.`);
     L.push(`The same requests timed from their *scheduled* instant are in the "from schedule" column: the difference is the load generator's own`);
     L.push(`timer lateness (its send lag, below), which no contestant causes but which lands on every one of them.`);
-    L.push(`${b.config.warmup} warm-up requests first, on a path that does not consume draws. "racing" and "hedged" use \`redundantProxy()\` as a node:http \`.handler\`;`);
+    L.push(`${int(b.config.warmup)} warm-up requests first, on a path that does not consume draws. "racing" and "hedged" use \`redundantProxy()\` as a node:http \`.handler\`;`);
     L.push(`"racing-koa" is the same race mounted in Koa.`);
     L.push('');
     L.push('| contestant | p50 ms | p99 ms | p99.9 ms | max ms | p99 from schedule, ms | extra copies / request | new upstream connections / request | errors |');
@@ -230,7 +230,7 @@ export function markdown(r) {
     L.push('## c. Cost of copies');
     L.push('');
     L.push(`Three fast upstreams (one process), \`redundantProxy({ copies })\` on node:http \`.handler\`, autocannon with ${c.config.connections} connections,`);
-    L.push(`${c.config.warmupRequests} warm-up requests then ${c.config.durationSec} s measured, ${c.config.rounds} rounds rotated, median kept. The upstreams share the same 2 CPUs, so each extra copy also costs`);
+    L.push(`${int(c.config.warmupRequests)} warm-up requests then ${c.config.durationSec} s measured, ${c.config.rounds} rounds rotated, median kept. The upstreams share the same 2 CPUs, so each extra copy also costs`);
     L.push('upstream CPU on this machine (it would not on separate replicas); gateway CPU per request isolates the gateway\'s own cost.');
     L.push('');
     L.push('| contestant | req/s | vs copies: 1 | gateway CPU µs/request | gateway CPU (share of one core) | upstreams\' CPU µs/request | p50 ms | p99 ms | new upstream connections / request | errors |');

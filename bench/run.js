@@ -54,9 +54,9 @@ const CFG = quick
       c: { rounds: 1, warmupRequests: 1500, durationSec: 1, connections: 32 },
     }
   : {
-      a: { rounds: 4, warmupRequests: 4000, durationSec: 3, connections: 32 },
-      b: { rate: 200, requests: 3500, warmup: 600, hedgeDelay: 4 },
-      c: { rounds: 3, warmupRequests: 3000, durationSec: 3, connections: 32 },
+      a: { rounds: 4, warmupRequests: 10000, durationSec: 3, connections: 32 },
+      b: { rate: 200, requests: 3500, warmup: 5000, hedgeDelay: 4 },
+      c: { rounds: 3, warmupRequests: 10000, durationSec: 3, connections: 32 },
     };
 
 const started = Date.now();
@@ -303,7 +303,8 @@ async function scenarioB() {
     );
   }
   const out = [];
-  for (const c of pick(contestants)) {
+  const ordered = picked ? [...picked].map((n) => contestants.find((c) => c.name === n)).filter(Boolean) : contestants;
+  for (const c of ordered) {
     // Fresh upstreams for every contestant: each starts its seeded stream anew,
     // so every contestant meets exactly the same latency draws.
     const loadavg = os.loadavg()[0];
@@ -339,9 +340,9 @@ async function scenarioB() {
       fromSchedule: load.fromSchedule,
       sendLag: { mean: load.lag.mean, p50: load.lag.p50, p99: load.lag.p99, max: load.lag.max },
       // The reference racer always sends one copy per upstream.
-      copiesPerRequest: races ? races.copiesSent / races.requests : c.kind === 'mini-race' ? ids.length : 1,
-      extraCopiesPerRequest: races ? (races.copiesSent - races.requests) / races.requests : c.kind === 'mini-race' ? ids.length - 1 : 0,
-      hedgedPerRequest: races ? races.hedged / races.requests : 0,
+      copiesPerRequest: races?.requests ? races.copiesSent / races.requests : c.kind === 'mini-race' ? ids.length : 1,
+      extraCopiesPerRequest: races?.requests ? (races.copiesSent - races.requests) / races.requests : c.kind === 'mini-race' ? ids.length - 1 : 0,
+      hedgedPerRequest: races?.requests ? races.hedged / races.requests : 0,
       gatewayRaceDuration: races?.durations ?? null,
       inGateway: stats?.inGateway ?? null,
       gatewayWinnerLatency: races?.winnerLatencies ?? null,
@@ -418,7 +419,7 @@ async function scenarioC() {
         errors: r.errors + r.timeouts + r.non2xx,
         cpuMicrosPerRequest: stats.cpuMicros / stats.served,
         gatewayCpuShare: stats.cpuMicros / 1000 / stats.wallMs,
-        copiesPerRequest: stats.races ? stats.races.copiesSent / stats.races.requests : c.copies,
+        copiesPerRequest: stats.races?.requests ? stats.races.copiesSent / stats.races.requests : c.copies,
         upstreamRequestsPerRequest: upReqs / stats.served,
         newConnectionsPerRequest: conns / stats.served,
         upstreamCpuMicrosPerRequest: (u1.cpuMicros - u0.cpuMicros) / stats.served,
