@@ -103,6 +103,18 @@ describe('bodies consumed by a parser before the proxy', () => {
     expect(ups[0]!.seen).toHaveLength(0);
   });
 
+  it('forwards a header a middleware set to a number, as its string', async () => {
+    const ups = await upstreams(1);
+    const setsNumber = (req: express.Request, _res: express.Response, next: express.NextFunction) => {
+      (req.headers as Record<string, unknown>)['x-attempt'] = 3;
+      next();
+    };
+    const gw = await expressGateway([setsNumber], ups.map((u) => u.url));
+    const res = await client.send(`${gw.url}/x`);
+    expect(res.status).toBe(200);
+    expect(ups[0]!.seen[0]!.headers['x-attempt']).toBe('3');
+  });
+
   it('uses the raw body a parser kept (express.json verify → req.rawBody)', async () => {
     const ups = await upstreams(1);
     const keepRaw = express.json({ verify: (req, _res, buf) => ((req as unknown as { rawBody: Buffer }).rawBody = Buffer.from(buf)) });

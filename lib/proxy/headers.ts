@@ -68,7 +68,9 @@ export function forwardRequestHeaders(req: IncomingMessage, requestId: string): 
     const value = from[name];
     if (value === undefined || name === 'x-forwarded-for' || !passes(name, REQUEST_MANAGED, named)) continue;
     if (typeof value === 'string') out.push(name, value);
-    else for (const v of value) out.push(name, v);
+    else if (Array.isArray(value)) for (const v of value) out.push(name, v);
+    // A middleware before the proxy may have set a number: undici would have stringified it.
+    else out.push(name, String(value));
     if (name === 'x-forwarded-proto') proto = true;
     else if (name === 'x-forwarded-host') host = true;
   }

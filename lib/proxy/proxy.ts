@@ -302,6 +302,7 @@ export function redundantProxy(options: ProxyOptions): RedundantProxy {
       res,
       onCopySent: events.has('copy:sent') ? (copy) => events.emit('copy:sent', { requestId, copy }) : undefined,
       onAcceptThrew,
+      onError: (error) => events.emit('error', { requestId, source: 'internal', error }),
       beforeHead: opts.session ? beforeHead : undefined,
       onWorkerSeen,
       onCancelled: update ? (copy, committed) => cancelled(requestId, copy, committed) : undefined,

@@ -123,6 +123,8 @@ export interface RaceInput {
    */
   beforeHead?: (copy: CopyReport, headers: Record<string, string | string[] | undefined>) => Record<string, string | string[]> | Promise<Record<string, string | string[]>> | undefined;
   onAcceptThrew?: (err: unknown) => void;
+  /** Something went wrong that does not fail the request (it becomes an `error` event). */
+  onError?: (err: unknown) => void;
   /** An upstream answered with `x-redundant-worker`: it runs the worker. */
   onWorkerSeen?: (upstreamId: string) => void;
   /** A copy was stopped because another copy of the update committed. */
@@ -232,6 +234,7 @@ class Copy implements Dispatcher.DispatchHandler {
       // Answered within its grace: it stopped by itself. Drain it (keeping
       // the connection) if small. An update's copy says it lost the commit.
       const lost = headers[H.commit] === 'lost';
+      if (headers[H.commit] === 'won') this.race.secondCommit(this);
       if (this.drainable()) {
         this.state = 'draining';
         this.report.outcome = lost ? 'lost' : 'drained';
@@ -288,7 +291,7 @@ class Copy implements Dispatcher.DispatchHandler {
     if (state === 'lingering') {
       this.report.outcome = 'failed';
       this.report.error = errorName(err);
-      this.race.lingerSettled();
+      this.race.lingerFailed(this);
     } else if (state === 'holding') {
       this.broken = true;
       this.race.onHeldBroken(this, errorName(err));
@@ -409,6 +412,7 @@ export class Race {
     if (headers[H.worker] === '1') this.input.onWorkerSeen?.(copy.upstream.id);
     if (this.winner || this.finished) {
       // Lost the race: answered after another copy won.
+      if (this.input.update && headers[H.commit] === 'won' && this.committed) this.secondCommit(copy);
       copy.report.outcome = 'drained';
       if (copy.drainable()) copy.state = 'draining';
       else {
@@ -541,10 +545,37 @@ export class Race {
    */
   stopLingering(copy: Copy): void {
     copy.stop();
-    if (this.committed && this.winner) {
-      copy.report.outcome = 'cancelled';
-      this.input.onCancelled?.(copy.report, this.winner.report);
-    }
+    this.cancelAfterCommit(copy);
+  }
+
+  /** Stops a copy, through stopLingering when it lingers (so that its cancel hook runs). */
+  stopCopy(copy: Copy): void {
+    if (copy.state === 'lingering') this.stopLingering(copy);
+    else copy.stop();
+  }
+
+  /** After a commit, a loser stopped or broken while still processing: its work is cancelled (onCancel runs). */
+  cancelAfterCommit(copy: Copy): void {
+    if (!this.committed || !this.winner) return;
+    copy.report.outcome = 'cancelled';
+    this.input.onCancelled?.(copy.report, this.winner.report);
+  }
+
+  /** A lingering loser's connection broke: after a commit its work is in an unknown state, so it is cancelled. */
+  lingerFailed(copy: Copy): void {
+    this.cancelAfterCommit(copy);
+    this.lingerSettled();
+  }
+
+  /** Another copy answered `x-redundant-commit: won` after one committed: the store's arbitration failed. */
+  secondCommit(copy: Copy): void {
+    const first = this.winner?.upstream.id ?? 'unknown';
+    this.input.onError?.(
+      new RedundantProxyError(
+        codes.INTERNAL,
+        `request ${this.input.requestId}: upstream "${copy.upstream.id}" answered x-redundant-commit: won after upstream "${first}" had committed; the session store's commit arbitration failed (is every worker on the same store?)`,
+      ),
+    );
   }
 
   /** A lingering loser answered, failed or was aborted: the report may be final now. */
@@ -653,7 +684,8 @@ export class Race {
     const ask = this.input.beforeFailure!;
     this.input.beforeFailure = undefined; // once
     this.clearHedge();
-    for (const copy of this.copies) if (!this.held.includes(copy)) copy.stop();
+    for (const copy of this.copies) if (!this.held.includes(copy)) this.stopCopy(copy);
+    this.lingerSettled();
     ask().then(
       (err) => {
         if (this.finished) return;
@@ -722,10 +754,7 @@ export class Race {
     this.input.res.off('close', this.#onClientClose);
     this.#finishedAt = this.input.now();
     // Lingering losers keep their grace after a won race; otherwise everything stops now.
-    for (const copy of this.copies) {
-      if (copy.state !== 'lingering') copy.stop();
-      else if (outcome !== 'won') this.stopLingering(copy);
-    }
+    for (const copy of this.copies) if (outcome !== 'won' || copy.state !== 'lingering') this.stopCopy(copy);
     this.lingerSettled();
   }
 

@@ -82,6 +82,8 @@ export function appendCopyHeaders(out: string[], claims: CopyClaims, secret: str
 // Session ids are minted for every request that comes without one, so their
 // entropy is drawn from the CSPRNG in batches (as crypto.randomUUID() does)
 // rather than with one randomBytes() call each. Every byte is used once.
+// (A process started from a V8 startup snapshot built after ids were minted
+// would reuse the rest of the batch: the library mints none at import time.)
 const SESSION_ID_BYTES = 18;
 const entropy = Buffer.allocUnsafeSlow(SESSION_ID_BYTES * 256);
 let entropyOffset = entropy.length;
