@@ -17,7 +17,7 @@ const mark = (met) => (met ? '✅ met' : '❌ **missed**');
 
 // ---------------------------------------------------------------- SVG
 
-const COLORS = { direct: '#d62728', racing: '#1f77b4', 'racing-koa': '#17becf', hedged: '#ff7f0e', 'hedged-10': '#2ca02c', 'ref-abort': '#8c8c8c', 'ref-drain': '#9467bd', ideal: '#222222' };
+const COLORS = { direct: '#d62728', racing: '#1f77b4', 'racing-koa': '#17becf', hedged: '#ff7f0e', 'hedged-10': '#2ca02c', 'hedged-adaptive': '#bcbd22', 'ref-abort': '#8c8c8c', 'ref-drain': '#9467bd', ideal: '#222222' };
 const DASH = { 'ref-abort': '2 3', 'ref-drain': '2 3', ideal: '7 5' };
 const WIDTH = { 'ref-abort': 1.6, 'ref-drain': 1.6 };
 const esc = (s) => String(s).replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;');
@@ -199,6 +199,7 @@ export function markdown(r) {
     L.push(`| hedged extra copies per request | ${pct(b.ratios['hedged extra copies per request'])} |`);
     L.push(`| model alone: hedged (delay ${b.model.hedged.delay} ms) p99 / ideal p99 | ${f2(b.ratios['model: hedged p99 / ideal race p99'])}× |`);
     if (by['hedged-10']) L.push(`| hedge delay 10 ms: p99 / racing p99 (extra copies) | ${f2(by['hedged-10'].p99 / by.racing.p99)}× (${pct(by['hedged-10'].extraCopiesPerRequest)}) |`);
+    if (by['hedged-adaptive']) L.push(`| adaptive hedge delay (maxExtraLoad 0.25): p99 / racing p99 (extra copies) | ${f2(by['hedged-adaptive'].p99 / by.racing.p99)}× (${pct(by['hedged-adaptive'].extraCopiesPerRequest)}) |`);
     if (by['racing-koa']) L.push(`| racing in Koa: p99 / ideal p99 (direct p99 / its p99) | ${f2(by['racing-koa'].p99 / b.model.race.p99)}× (${f1(by.direct.p99 / by['racing-koa'].p99)}×) |`);
     L.push(`| from the scheduled send: direct p99 / racing p99, racing p99 / ideal p99 | ${f1(by.direct.fromSchedule.p99 / by.racing.fromSchedule.p99)}×, ${f2(by.racing.fromSchedule.p99 / b.model.race.p99)}× |`);
     L.push('');

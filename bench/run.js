@@ -297,6 +297,7 @@ async function scenarioB() {
     contestants.push(
       { name: 'racing-koa', label: 'redundant-proxy in Koa, 3 copies at once', kind: 'ours-koa', options: { copies: 3 } },
       { name: 'hedged-10', label: 'redundant-proxy (node:http), hedge: { delay: 10 }', kind: 'ours-node', options: { copies: 3, hedge: { delay: 10 } } },
+      { name: 'hedged-adaptive', label: "redundant-proxy (node:http), hedge: { delay: 'adaptive', maxExtraLoad: 0.25 } (the p87.5)", kind: 'ours-node', options: { copies: 3, hedge: { delay: 'adaptive', maxExtraLoad: 0.25 } } },
       // Reference points, not products: the floor this machine allows a racer.
       { name: 'ref-abort', label: 'reference racer (30 lines), losers aborted', kind: 'mini-race', options: { abortLosers: true } },
       { name: 'ref-drain', label: 'reference racer (30 lines), losers drained', kind: 'mini-race', options: { abortLosers: false } },

@@ -1,6 +1,6 @@
 import { afterAll, describe, expect, it } from '@jest/globals';
 import { redundantProxy, type RaceReport } from '../../lib/index.js';
-import { AdaptiveDelay, HedgeBudget, percentile } from '../../lib/proxy/hedge.js';
+import { AdaptiveDelay, HedgeBudget, hedgeQuantile, percentile } from '../../lib/proxy/hedge.js';
 import { testClient } from '../helpers/client.js';
 import { mountGateway } from '../helpers/gateway.js';
 import { startUpstream } from '../helpers/upstream.js';
@@ -20,6 +20,70 @@ describe('adaptive hedge delay (pure logic)', () => {
     const d = new AdaptiveDelay();
     for (let i = 0; i < 40; i++) d.record(`GET /r${i % 4}`, 10);
     expect(d.delay('GET /new')).toBe(10);
+  });
+
+  it('hedges at the 1 - maxExtraLoad / 2 quantile, within p50 and p99.9', () => {
+    expect(hedgeQuantile(0.1)).toBeCloseTo(0.95);
+    expect(hedgeQuantile(0.01)).toBeCloseTo(0.995);
+    expect(hedgeQuantile(0.25)).toBeCloseTo(0.875);
+    expect(hedgeQuantile(2)).toBe(0.5);
+    expect(hedgeQuantile(0)).toBe(0.999);
+    // 90 fast answers and 10 slow ones: the p87.5 is a fast answer, the p95 a slow one.
+    const wide = new AdaptiveDelay(hedgeQuantile(0.25));
+    const narrow = new AdaptiveDelay(hedgeQuantile(0.1));
+    for (let i = 0; i < 100; i++) {
+      const ms = i % 10 === 9 ? 100 : 2 + (i % 10) / 10;
+      wide.record('GET /a', ms);
+      narrow.record('GET /a', ms);
+    }
+    expect(wide.delay('GET /a')).toBeCloseTo(2.8);
+    expect(narrow.delay('GET /a')).toBe(100);
+  });
+
+  it('learns from first copies, counting one stopped unanswered as at least as slow as it was out', () => {
+    const fast = { duration: 2, copies: [{ index: 1, sentAt: 0, latency: 2, outcome: 'won' }] };
+    // A slow first copy: the hedge sent at 4 ms answered in 2 ms; the first copy was stopped, unanswered, at 6 ms.
+    const hedged = {
+      duration: 6,
+      copies: [
+        { index: 1, sentAt: 0, latency: null, outcome: 'stopped' },
+        { index: 2, sentAt: 4, latency: 2, outcome: 'won' },
+      ],
+    };
+    const d = new AdaptiveDelay(0.75);
+    const answersOnly = new AdaptiveDelay(0.75);
+    for (let i = 0; i < 100; i++) {
+      const race = i % 3 === 2 ? hedged : fast;
+      d.learn('GET /a', race, 4);
+      for (const c of race.copies) if (c.latency !== null) answersOnly.record('GET /a', c.latency);
+    }
+    // A third of first copies are slow, and the p75 says so.
+    expect(d.delay('GET /a')).toBe(6);
+    // Counting every answer instead, the slow first copies are invisible: the delay drifts down to the fast answers.
+    expect(answersOnly.delay('GET /a')).toBe(2);
+  });
+
+  it('leaves hedged copies out: a hedge that lost to its first copy was stopped before it could answer slowly', () => {
+    const d = new AdaptiveDelay(0.5);
+    for (let i = 0; i < 20; i++) {
+      d.learn(
+        'GET /b',
+        {
+          duration: 5,
+          copies: [
+            { index: 1, sentAt: 0, latency: 5, outcome: 'won' },
+            { index: 2, sentAt: 4, latency: 0.5, outcome: 'drained' },
+            { index: 3, sentAt: 4, latency: null, outcome: 'stopped' },
+          ],
+        },
+        4,
+      );
+    }
+    expect(d.delay('GET /b')).toBe(5);
+    // A first copy stopped sooner than the delay (the client left) says nothing of the tail.
+    const e = new AdaptiveDelay(0.5);
+    for (let i = 0; i < 20; i++) e.learn('GET /c', { duration: 1, copies: [{ index: 1, sentAt: 0, latency: null, outcome: 'stopped' }] }, 4);
+    expect(e.delay('GET /c')).toBe(Infinity);
   });
 
   it('percentile picks the nearest rank', () => {

@@ -22,8 +22,9 @@ export interface UpstreamResponse {
 export interface HedgeOptions {
   /**
    * Milliseconds between sending one copy and the next. `0` sends every copy
-   * at once. `'adaptive'` follows the 95th percentile of the route's recent
-   * latency (Finagle's backup requests).
+   * at once. `'adaptive'` follows a quantile of the route's recent latency,
+   * 1 - `maxExtraLoad` / 2 (the p95 by default; within p50 and p99.9), as
+   * Finagle's backup requests do.
    * @default 0
    */
   delay?: number | 'adaptive';

@@ -7,7 +7,7 @@ import { H, mintSessionId, SESSION_ID } from '../wire/protocol.js';
 import { Emitter, type Disposable } from '../events.js';
 import { readBody, type ParsedBodyHints } from './body.js';
 import { forwardRequestHeaders } from './headers.js';
-import { AdaptiveDelay, HedgeBudget } from './hedge.js';
+import { AdaptiveDelay, HedgeBudget, hedgeQuantile } from './hedge.js';
 import { Metrics, type ProxyMetrics } from './metrics.js';
 import { resolveOptions, type CancelInfo, type ProxyOptions, type Upstream } from './options.js';
 import type { IdempotencyState, StoredAnswer } from '../store/types.js';
@@ -93,7 +93,7 @@ export function redundantProxy(options: ProxyOptions): RedundantProxy {
   const opts = resolveOptions(options);
   const events = new Emitter<ProxyEvents>();
   const metrics = new Metrics(opts.upstreams.map((u) => u.id));
-  const adaptive = opts.hedgeDelay === 'adaptive' ? new AdaptiveDelay() : null;
+  const adaptive = opts.hedgeDelay === 'adaptive' ? new AdaptiveDelay(hedgeQuantile(opts.maxExtraLoad)) : null;
   const budget = new HedgeBudget(opts.maxExtraLoad);
   const dispatchers = new Map<string, Dispatcher>();
   for (const u of opts.upstreams) {
@@ -264,6 +264,7 @@ export function redundantProxy(options: ProxyOptions): RedundantProxy {
     const targets = plan(update);
     budget.deposit();
     const route = adaptive ? `${method} ${path.split('?', 1)[0]}` : '';
+    const hedgeDelay = adaptive ? adaptive.delay(route) : (opts.hedgeDelay as number);
     // claim 1 (e), read-your-writes: when the adopted copy changed the
     // session, record the adoption (promoting its candidate) before the
     // answer goes out, so the client's next request sees the new state.
@@ -292,7 +293,7 @@ export function redundantProxy(options: ProxyOptions): RedundantProxy {
       body,
       targets,
       dispatchers,
-      hedgeDelay: adaptive ? adaptive.delay(route) : (opts.hedgeDelay as number),
+      hedgeDelay,
       mayHedge,
       timeout: opts.timeout,
       accept: opts.accept,
@@ -320,7 +321,7 @@ export function redundantProxy(options: ProxyOptions): RedundantProxy {
       void bookkeep(opts.store.completeIdempotent(idempotencyKey, requestId, answerToKeep(report, race), opts.idempotency.ttl), requestId);
     }
     metrics.record(report);
-    if (adaptive) for (const c of report.copies) if (c.latency !== null) adaptive.record(route, c.latency);
+    adaptive?.learn(route, report, hedgeDelay);
     events.emit('race:end', report);
   }
 
