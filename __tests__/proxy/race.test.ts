@@ -4,6 +4,7 @@ import { testClient } from '../helpers/client.js';
 import { frameworks, mountGateway, type Gateway } from '../helpers/gateway.js';
 import { after, deadPort, sleep, startUpstream, type TestUpstream } from '../helpers/upstream.js';
 import { closeAfterEach } from '../helpers/cleanup.js';
+import { eventually } from '../helpers/replica.js';
 
 const client = testClient();
 const open = closeAfterEach();
@@ -38,9 +39,10 @@ describe.each(frameworks)('race (%s)', (kind) => {
     expect(await ups[2]!.seen[0]!.stopped).toBe(true);
     expect(await ups[1]!.seen[0]!.stopped).toBe(false);
     expect(ups[0]!.seen[0]!.url).toBe('/items/7?x=1');
+    // A race is reported once its losers' grace is over.
+    const r = await eventually(() => reports[0]);
     await sleep(20);
     expect(reports).toHaveLength(1);
-    const r = reports[0]!;
     expect(r.outcome).toBe('won');
     expect(r.servedBy).toBe('u1');
     expect(r.copies.map((c) => c.outcome).sort()).toEqual(['stopped', 'stopped', 'won']);
@@ -61,7 +63,7 @@ describe.each(frameworks)('race (%s)', (kind) => {
     expect(res.json()).toEqual({ down: 'a' });
     expect(res.headers['retry-after']).toBe('3');
     expect(res.headers['x-request-id']).toBeDefined();
-    await sleep(10);
+    await eventually(() => reports[0]);
     expect(reports[0]!.outcome).toBe('failed');
     expect(reports[0]!.copies.map((c) => c.outcome)).toEqual(['rejected', 'rejected']);
   });
@@ -144,8 +146,7 @@ describe('hedging', () => {
     ups[1]!.server.on('request', (_req, res) => res.end(JSON.stringify({ n: 'hedge' })));
     const res = await client.send(`${gw.url}/`);
     expect(res.json()).toEqual({ n: 'hedge' });
-    await sleep(10);
-    const hedged = reports[0]!.copies.find((c) => c.hedged)!;
+    const hedged = (await eventually(() => reports[0])).copies.find((c) => c.hedged)!;
     expect(hedged.outcome).toBe('won');
     expect(hedged.sentAt!).toBeGreaterThanOrEqual(45);
     expect(await ups[0]!.seen[0]!.stopped).toBe(true);
@@ -180,7 +181,7 @@ describe('events and metrics', () => {
     await client.send(`${gw.url}/b`);
     expect(starts).toHaveLength(2);
     expect(sent).toHaveLength(2);
-    await sleep(20);
+    await eventually(() => proxy.metrics().requests === 2);
     const m = proxy.metrics();
     expect(m.requests).toBe(2);
     expect(m.outcomes.won).toBe(2);

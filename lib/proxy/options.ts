@@ -134,7 +134,9 @@ export interface ProxyOptions {
   /**
    * Milliseconds the proxy waits for the store when an answer must wait for
    * its bookkeeping (the adopted copy changed the session). Past it the answer
-   * goes out anyway and an `error` event reports the failure.
+   * goes out anyway and an `error` event reports the failure. Bookkeeping off
+   * the answer's path is reported failed once it is this late (checked every
+   * quarter of it, with one timer for all of them).
    * @default 1000
    */
   storeTimeout?: number;

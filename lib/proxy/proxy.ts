@@ -2,7 +2,7 @@ import { createHash, randomUUID } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { Pool, type Dispatcher } from 'undici';
 import { codes, RedundantProxyError } from '../errors.js';
-import { withTimeout } from '../timeout.js';
+import { TimeoutGroup, withTimeout } from '../timeout.js';
 import { H, mintSessionId, SESSION_ID } from '../wire/protocol.js';
 import { Emitter, type Disposable } from '../events.js';
 import { readBody, type ParsedBodyHints } from './body.js';
@@ -105,6 +105,8 @@ export function redundantProxy(options: ProxyOptions): RedundantProxy {
   /** Upstreams that answered with `x-redundant-worker`: they may receive copies of updates. */
   const workers = new Set<string>();
   const onWorkerSeen = (id: string) => void workers.add(id);
+  /** Bounds the off-path bookkeeping writes (one timer for all of them). */
+  const offPath = new TimeoutGroup(opts.storeTimeout);
   let closed = false;
   let warnedStore = false;
   let rotation = 0;
@@ -220,7 +222,7 @@ export function redundantProxy(options: ProxyOptions): RedundantProxy {
           clearTimeout(timer);
         }
       }
-      await bookkeep(opts.store.recordCancelled(requestId, copy.duplicateId), requestId);
+      await bookkeep(opts.store.recordCancelled(requestId, copy.duplicateId), requestId, false);
       events.emit('copy:cancelled', { requestId, duplicateId: copy.duplicateId, upstream: copy.upstream, committedBy: committed.upstream });
     })();
     background.add(work);
@@ -280,7 +282,7 @@ export function redundantProxy(options: ProxyOptions): RedundantProxy {
       if (!session.id || headers[H.sessionChanged] !== '1') return undefined;
       recorded = true;
       const extra = session.isNew ? sessionHeaders(req, session.id) : {};
-      return bookkeep(opts.store.recordAdoption(adoption(copy.duplicateId, copy.upstream)), requestId).then(() => extra);
+      return bookkeep(opts.store.recordAdoption(adoption(copy.duplicateId, copy.upstream)), requestId, true).then(() => extra);
     };
     const race = new Race({
       requestId,
@@ -316,18 +318,23 @@ export function redundantProxy(options: ProxyOptions): RedundantProxy {
     const report = await done;
     inFlight.delete(done);
     // claim 1 (e), off the critical path: which copy's answer was adopted.
-    if (report.adopted && !recorded) void bookkeep(opts.store.recordAdoption(adoption(report.adopted, report.servedBy!)), requestId);
+    if (report.adopted && !recorded) void bookkeep(opts.store.recordAdoption(adoption(report.adopted, report.servedBy!)), requestId, false);
     if (idempotencyKey && opts.idempotency) {
-      void bookkeep(opts.store.completeIdempotent(idempotencyKey, requestId, answerToKeep(report, race), opts.idempotency.ttl), requestId);
+      void bookkeep(opts.store.completeIdempotent(idempotencyKey, requestId, answerToKeep(report, race), opts.idempotency.ttl), requestId, false);
     }
     metrics.record(report);
     adaptive?.learn(route, report, hedgeDelay);
     events.emit('race:end', report);
   }
 
-  /** Runs a store operation with a bound; a failure becomes an `error` event, never a failed request. */
-  function bookkeep(operation: Promise<unknown>, requestId: string): Promise<void> {
-    const work = withTimeout(operation, opts.storeTimeout, 'a bookkeeping write').then(
+  /**
+   * Runs a store operation with a bound; a failure becomes an `error` event,
+   * never a failed request. `critical`: an answer waits for it, so its bound
+   * is exact; otherwise it is off the answer's path and shares one timer.
+   */
+  function bookkeep(operation: Promise<unknown>, requestId: string, critical: boolean): Promise<void> {
+    const bounded = critical ? withTimeout(operation, opts.storeTimeout, 'a bookkeeping write') : offPath.track(operation, 'a bookkeeping write');
+    const work = bounded.then(
       () => undefined,
       (error: unknown) => {
         if (events.has('error')) events.emit('error', { requestId, source: 'store', error });
@@ -394,6 +401,7 @@ export function redundantProxy(options: ProxyOptions): RedundantProxy {
     closed = true;
     await Promise.allSettled(inFlight);
     await Promise.allSettled(background);
+    offPath.close();
     await Promise.all([...dispatchers.values()].map((d) => d.close()));
     if (opts.ownsStore) await opts.store.close();
     events.clear();
