@@ -219,11 +219,12 @@ export function markdown(r) {
     L.push('');
     L.push(`**Why a hedge delay of ${b.config.hedgeDelay} ms, and not the p95.** The issue asks for a delay near the upstream p95; in this model the p95 is`);
     L.push(`about 100 ms, inside the slow mode, and hedging there would only cut the slowest 5% (p99 near 100 ms). What matters is the gap between`);
-    L.push(`the two modes: every fast answer comes by ${FAST.max} ms (the p90) and no slow one before ${SLOW.min} ms, so a copy still unanswered a little after`);
+    L.push(`the two modes: every fast answer is drawn by ${FAST.max} ms (the p90) and no slow one before ${SLOW.min} ms, so a copy still unanswered after`);
     L.push(`${FAST.max} ms is almost surely a slow one. In the model any delay inside the gap hedges the same ~${pct(b.model.hedged.extraCopiesPerRequest)} of requests (the slow`);
     L.push(`first copies, plus a third copy when the second is slow too), and the p99 grows with the delay (about 2 × delay + 1.5 ms: the 1% tail is`);
-    L.push(`the requests whose first two copies were both slow). So the delay is the shortest that stays clear of the fast answers as the gateway`);
-    L.push(`sees them: ${FAST.max} ms plus about 1 ms of Node's millisecond timers and loopback. A shorter one hedges fast answers too; the 10 ms row shows what a longer one costs.`);
+    L.push(`the requests whose first two copies were both slow). So the delay is the end of the fast mode. A hedge never leaves before its delay`);
+    L.push(`(Node's millisecond timers may fire up to 1 ms early; the proxy checks), and the few fast answers that reach the gateway after ${b.config.hedgeDelay} ms`);
+    L.push(`get a needless hedge: the measured extra copies against the model's show how many. The 10 ms row shows what a longer delay costs.`);
     L.push('');
   }
 

@@ -55,7 +55,7 @@ const CFG = quick
     }
   : {
       a: { rounds: 4, warmupRequests: 10000, durationSec: 3, connections: 32 },
-      b: { rate: 200, requests: 3500, warmup: 5000, hedgeDelay: 4 },
+      b: { rate: 200, requests: 3500, warmup: 5000, hedgeDelay: 3 },
       c: { rounds: 3, warmupRequests: 10000, durationSec: 3, connections: 32 },
     };
 

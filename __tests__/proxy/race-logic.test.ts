@@ -144,3 +144,17 @@ describe('an update’s losers after a commit (scripted upstreams)', () => {
     expect(cancels).toHaveLength(1);
   });
 });
+
+describe('hedging (scripted upstreams)', () => {
+  it('never sends a hedge before its delay, fractional delays too (an adaptive delay is one)', async () => {
+    // Node's timers count whole milliseconds from a floored clock: a 5.9 ms
+    // timer may fire after as little as 5 ms.
+    for (let i = 0; i < 12; i++) {
+      const { report } = await race([null, { at: 1 }], { update: false, hedgeDelay: 5.9, timeout: 500 });
+      const hedge = report.copies[1]!;
+      expect(hedge.hedged).toBe(true);
+      expect(hedge.sentAt!).toBeGreaterThanOrEqual(5.85);
+      expect(report.outcome).toBe('won');
+    }
+  });
+});

@@ -352,16 +352,28 @@ export class Race {
   #onClientClose = (): void => this.finish('client-closed');
 
   armHedge(): void {
+    const delay = this.input.hedgeDelay;
     // An adaptive delay is Infinity until the route has latencies to go by.
-    if (this.next >= this.copies.length || !Number.isFinite(this.input.hedgeDelay)) return;
-    this.hedgeTimer = setTimeout(() => {
+    if (this.next >= this.copies.length || !Number.isFinite(delay)) return;
+    const armedAt = this.input.now();
+    const fire = (checkedAt: number): void => {
       this.hedgeTimer = null;
       if (this.winner || this.finished) return;
+      // Node's timers count whole milliseconds of a floored clock: one can
+      // fire up to a millisecond early. A hedge never leaves before its
+      // delay: wait out the rest (while the clock moves: an injected clock
+      // that stands still must not hold the hedge forever).
+      const elapsed = this.input.now() - armedAt;
+      if (delay - elapsed > 0.05 && elapsed > checkedAt) {
+        this.hedgeTimer = setTimeout(() => fire(elapsed), delay - elapsed);
+        return;
+      }
       if (this.input.mayHedge()) {
         this.send(true);
         this.armHedge();
       }
-    }, this.input.hedgeDelay);
+    };
+    this.hedgeTimer = setTimeout(() => fire(-1), delay);
   }
 
   send(hedged: boolean): void {
