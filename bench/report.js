@@ -101,7 +101,14 @@ export function cdfSvg(b) {
     const y = H - m.bottom + 62 + Math.floor(i / 2) * 22;
     const c = b.contestants.find((x) => x.name === s.name);
     const p99 = c ? c.p99 : b.model.race.p99;
-    const name = s.name === 'ideal' ? 'ideal (model: min of 3 draws)' : s.label.replace('redundant-proxy (Koa), ', 'ours: ').replace(' (30 lines)', '');
+    const name =
+      s.name === 'ideal'
+        ? 'ideal (model: min of 3 draws)'
+        : s.label
+            .replace('redundant-proxy (node:http), ', 'ours: ')
+            .replace('redundant-proxy in Koa, ', 'ours in Koa: ')
+            .replace(/hedge: \{ delay: 'adaptive', maxExtraLoad: ([\d.]+) \} \(the p[\d.]+\)/, 'adaptive hedge, budget $1')
+            .replace(' (30 lines)', '');
     out.push(`<line x1="${x0}" y1="${y - 4}" x2="${x0 + 30}" y2="${y - 4}" stroke="${COLORS[s.name] ?? '#8c564b'}" stroke-width="${WIDTH[s.name] ?? 2.5}"${s.dash ? ` stroke-dasharray="${s.dash}"` : ''}/>`);
     out.push(`<text x="${x0 + 38}" y="${y}">${esc(name)}, p99 ${f1(p99)} ms</text>`);
   });
