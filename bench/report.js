@@ -305,7 +305,7 @@ export function markdown(r) {
   L.push('  generator on an undici `Pool`) run in the parent. Only one gateway process is alive at a time.');
   L.push('- The gateways load a copy of `dist/` taken when the run starts (`bench/results/dist-*.tmp`, removed at the end), so that a');
   L.push('  rebuild during a run cannot mix two versions of the library; its commit and hash are in the table at the top.');
-  L.push('- The library is used with its defaults plus the options shown (in-memory store, sessions on, no secret).');
+  L.push('- The library is used with its defaults plus the options shown (in a, b, c and e: in-memory store, sessions on, no secret; d as described there).');
   L.push('- A race is reported (`race:end`, `metrics()`) once its losers are settled, up to 10 ms after its answer: counters are read 50 ms after the load ends.');
   L.push('- `node bench/run.js --only=b --contestants=racing,ref-drain` runs some contestants only (a partial run, docs untouched); `--prof` writes V8 CPU profiles of the gateways to /tmp.');
   L.push('- d and e are `bench/bookkeeping.js` and `bench/memory.js`; each also runs alone (`node bench/memory.js [--quick]`) and prints its results as JSON.');
