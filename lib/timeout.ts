@@ -6,7 +6,7 @@ import { codes, RedundantProxyError } from './errors.js';
  */
 export function withTimeout<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
   return new Promise<T>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new RedundantProxyError(codes.STORE_UNAVAILABLE, `the session store did not answer ${what} within ${ms} ms`, { status: 503 })), ms);
+    const timer = setTimeout(() => reject(storeTooSlow(what, ms)), ms);
     promise.then(
       (value) => {
         clearTimeout(timer);
@@ -18,6 +18,10 @@ export function withTimeout<T>(promise: Promise<T>, ms: number, what: string): P
       },
     );
   });
+}
+
+function storeTooSlow(what: string, ms: number): RedundantProxyError {
+  return new RedundantProxyError(codes.STORE_UNAVAILABLE, `the session store did not answer ${what} within ${ms} ms`, { status: 503 });
 }
 
 interface Tracked {
@@ -69,7 +73,7 @@ export class TimeoutGroup {
     for (const entry of this.#pending) {
       if (entry.deadline > now) break;
       this.#pending.delete(entry);
-      entry.reject(new RedundantProxyError(codes.STORE_UNAVAILABLE, `the session store did not answer ${entry.what} within ${this.ms} ms`, { status: 503 }));
+      entry.reject(storeTooSlow(entry.what, this.ms));
     }
   }
 

@@ -83,7 +83,7 @@ async function race(scripts: Script[], extra: Partial<RaceInput> = {}) {
     wallClock: Date.now,
     res: fakeResponse(),
     onCancelled: (copy) => void cancels.push(copy),
-    onError: (err) => void errors.push(err),
+    onError: (_requestId, err) => void errors.push(err),
     capture: 0,
     ...extra,
   });

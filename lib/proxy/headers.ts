@@ -75,9 +75,10 @@ export function forwardRequestHeaders(req: IncomingMessage, requestId: string): 
     else if (name === 'x-forwarded-host') host = true;
   }
   const prior = from['x-forwarded-for'];
+  const chain = Array.isArray(prior) ? prior.join(', ') : prior;
   const remote = req.socket?.remoteAddress;
-  if (remote) out.push('x-forwarded-for', prior ? `${Array.isArray(prior) ? prior.join(', ') : prior}, ${remote}` : remote);
-  else if (prior !== undefined) out.push('x-forwarded-for', Array.isArray(prior) ? prior.join(', ') : prior);
+  const forwardedFor = remote ? (chain ? `${chain}, ${remote}` : remote) : chain;
+  if (forwardedFor) out.push('x-forwarded-for', forwardedFor);
   // A front load balancer may already have set these: keep its view.
   if (!proto) out.push('x-forwarded-proto', (req.socket as { encrypted?: boolean } | undefined)?.encrypted ? 'https' : 'http');
   if (!host && from.host) out.push('x-forwarded-host', from.host);

@@ -113,6 +113,7 @@ export function redundantProxy(options: ProxyOptions): RedundantProxy {
 
   const mayHedge = () => budget.take();
   const onAcceptThrew = (error: unknown) => events.emit('error', { requestId: null, source: 'accept', error });
+  const onRaceError = (requestId: string, error: unknown) => events.emit('error', { requestId, source: 'internal', error });
 
   function plan(update: boolean): Upstream[] {
     let pool = opts.upstreams;
@@ -305,7 +306,7 @@ export function redundantProxy(options: ProxyOptions): RedundantProxy {
       res,
       onCopySent: events.has('copy:sent') ? (copy) => events.emit('copy:sent', { requestId, copy }) : undefined,
       onAcceptThrew,
-      onError: (error) => events.emit('error', { requestId, source: 'internal', error }),
+      onError: onRaceError,
       beforeHead: opts.session ? beforeHead : undefined,
       onWorkerSeen,
       onCancelled: update ? (copy, committed) => cancelled(requestId, copy, committed) : undefined,

@@ -124,7 +124,7 @@ export interface RaceInput {
   beforeHead?: (copy: CopyReport, headers: Record<string, string | string[] | undefined>) => Record<string, string | string[]> | Promise<Record<string, string | string[]>> | undefined;
   onAcceptThrew?: (err: unknown) => void;
   /** Something went wrong that does not fail the request (it becomes an `error` event). */
-  onError?: (err: unknown) => void;
+  onError?: (requestId: string, err: unknown) => void;
   /** An upstream answered with `x-redundant-worker`: it runs the worker. */
   onWorkerSeen?: (upstreamId: string) => void;
   /** A copy was stopped because another copy of the update committed. */
@@ -229,12 +229,13 @@ class Copy implements Dispatcher.DispatchHandler {
     this.headers = headers;
     this.report.status = status;
     this.report.latency = this.race.input.now() - this.startedAt;
+    if (headers[H.worker] === '1') this.race.input.onWorkerSeen?.(this.upstream.id);
+    // Another copy committed already: the store's arbitration failed.
+    if (this.race.committed && headers[H.commit] === 'won') this.race.secondCommit(this);
     if (this.state === 'lingering') {
-      if (headers[H.worker] === '1') this.race.input.onWorkerSeen?.(this.upstream.id);
       // Answered within its grace: it stopped by itself. Drain it (keeping
       // the connection) if small. An update's copy says it lost the commit.
       const lost = headers[H.commit] === 'lost';
-      if (headers[H.commit] === 'won') this.race.secondCommit(this);
       if (this.drainable()) {
         this.state = 'draining';
         this.report.outcome = lost ? 'lost' : 'drained';
@@ -421,10 +422,8 @@ export class Race {
   }
 
   onHead(copy: Copy, status: number, headers: Record<string, string | string[] | undefined>): void {
-    if (headers[H.worker] === '1') this.input.onWorkerSeen?.(copy.upstream.id);
     if (this.winner || this.finished) {
       // Lost the race: answered after another copy won.
-      if (this.input.update && headers[H.commit] === 'won' && this.committed) this.secondCommit(copy);
       copy.report.outcome = 'drained';
       if (copy.drainable()) copy.state = 'draining';
       else {
@@ -535,35 +534,34 @@ export class Race {
 
   /** Gives the read's losers still out a short grace to answer, then aborts them. */
   lingerLosers(): void {
-    const losers = this.copies.filter((c) => c.state === 'sent');
-    if (losers.length === 0) return;
+    let any = false;
+    for (const c of this.copies) {
+      if (c.state !== 'sent') continue;
+      c.state = 'lingering';
+      any = true;
+    }
+    if (!any) return;
     const grace = Math.min(LINGER_MAX_MS, Math.max(LINGER_MIN_MS, (this.input.now() - this.started) / 2));
-    for (const c of losers) c.state = 'lingering';
     this.lingerTimer = setTimeout(() => {
       this.lingerTimer = null;
       // Timers run before the event loop reads sockets: give answers already
       // waiting there one turn to arrive, rather than abort them (and their connection).
       setImmediate(() => {
-        for (const c of this.copies) if (c.state === 'lingering') this.stopLingering(c);
+        for (const c of this.copies) if (c.state === 'lingering') this.stopCopy(c);
         this.lingerSettled();
       });
     }, grace);
   }
 
   /**
-   * Stops a loser whose grace is over (or cut short). claim 1, the patent's
-   * last step: once one copy committed, every other copy still processing
-   * the update is stopped, and its cancel hook runs.
+   * Stops a copy. claim 1, the patent's last step: once one copy committed,
+   * every other copy still processing the update (a lingering loser) is
+   * stopped, and its cancel hook runs.
    */
-  stopLingering(copy: Copy): void {
-    copy.stop();
-    this.cancelAfterCommit(copy);
-  }
-
-  /** Stops a copy, through stopLingering when it lingers (so that its cancel hook runs). */
   stopCopy(copy: Copy): void {
-    if (copy.state === 'lingering') this.stopLingering(copy);
-    else copy.stop();
+    const lingering = copy.state === 'lingering';
+    copy.stop();
+    if (lingering) this.cancelAfterCommit(copy);
   }
 
   /** After a commit, a loser stopped or broken while still processing: its work is cancelled (onCancel runs). */
@@ -583,6 +581,7 @@ export class Race {
   secondCommit(copy: Copy): void {
     const first = this.winner?.upstream.id ?? 'unknown';
     this.input.onError?.(
+      this.input.requestId,
       new RedundantProxyError(
         codes.INTERNAL,
         `request ${this.input.requestId}: upstream "${copy.upstream.id}" answered x-redundant-commit: won after upstream "${first}" had committed; the session store's commit arbitration failed (is every worker on the same store?)`,
