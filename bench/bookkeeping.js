@@ -20,7 +20,8 @@
 //   const r = await scenarioBookkeeping({ quick, dist: snapshotDir, log });
 
 import { spawn } from 'node:child_process';
-import { forkChild, stopChild } from './child.js';
+import { cannon, forkChild, runStandalone, stopChild } from './child.js';
+import { median } from './model.js';
 import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import http from 'node:http';
@@ -39,12 +40,6 @@ export const BOOKKEEPING_CONFIG = {
   full: { rounds: 5, durationSec: 3, connections: 16, warmupReads: 5000, warmupUpdates: 2500 },
 };
 
-const median = (xs) => {
-  if (xs.length === 0) return null;
-  const s = [...xs].sort((a, b) => a - b);
-  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
-};
-
 // ====================================================================== parent
 
 /**
@@ -52,10 +47,9 @@ const median = (xs) => {
  * @param {{ quick?: boolean, dist?: string, log?: (...m: unknown[]) => void }} [options]
  *   dist: the directory of the built library (a snapshot of dist/); default
  *   process.env.RP_BENCH_DIST, else ../dist. log: progress lines (default stderr).
- *   config: overrides of BOOKKEEPING_CONFIG (rounds, durationSec, connections, warmupReads, warmupUpdates).
  */
-export async function scenarioBookkeeping({ quick = false, dist = process.env.RP_BENCH_DIST ?? DEFAULT_DIST, log = (...m) => console.error(...m), config = {} } = {}) {
-  const cfg = { ...(quick ? BOOKKEEPING_CONFIG.quick : BOOKKEEPING_CONFIG.full), ...config };
+export async function scenarioBookkeeping({ quick = false, dist = process.env.RP_BENCH_DIST ?? DEFAULT_DIST, log = (...m) => console.error(...m) } = {}) {
+  const cfg = quick ? BOOKKEEPING_CONFIG.quick : BOOKKEEPING_CONFIG.full;
   const { default: autocannon } = await import('autocannon');
   const { Pool } = await import('undici');
   const children = new Set();
@@ -243,17 +237,6 @@ function medianCounts(list) {
   return Object.fromEntries([...keys].sort().map((k) => [k, median(list.map((c) => c?.[k] ?? 0))]));
 }
 
-function cannon(autocannon, url, { connections, durationSec, method, body }) {
-  return new Promise((resolve, reject) => {
-    const opts = { url, connections, duration: durationSec, pipelining: 1, timeout: 10, method };
-    if (body) {
-      opts.body = body;
-      opts.headers = { 'content-type': 'application/json' };
-    }
-    autocannon(opts, (err, result) => (err ? reject(err) : resolve(result)));
-  });
-}
-
 /** Closed loop: `count` requests, `concurrency` at a time (warm-ups). */
 async function closedLoop(Pool, origin, { method, path, body, count, concurrency }) {
   const pool = new Pool(origin, { connections: concurrency, pipelining: 1 });
@@ -307,6 +290,7 @@ async function startRedis() {
   child.stderr.on('data', (d) => (output += d));
   const exited = new Promise((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
   const spawnError = new Promise((_, reject) => child.once('error', reject));
+  spawnError.catch(() => {}); // raced below while starting; a later error shows as the exit
   const redis = { port, process: child, exited };
   // Ready once it accepts a connection and answers PING.
   const deadline = performance.now() + 10_000;
@@ -561,19 +545,6 @@ if (import.meta.url === pathToFileURL(process.argv[1]).href) {
   if (process.argv[2] === '--child') {
     await childMain(JSON.parse(process.argv[3]));
   } else {
-    const quick = process.argv.includes('--quick');
-    // Ctrl-C or a kill: exit through process.exit, so that the scenario's exit hook kills what it started.
-    process.once('SIGINT', () => process.exit(130));
-    process.once('SIGTERM', () => process.exit(143));
-    scenarioBookkeeping({ quick }).then(
-      (r) => {
-        process.stdout.write(`${JSON.stringify(r, null, 1)}\n`);
-        process.exitCode = 0;
-      },
-      (err) => {
-        console.error(err);
-        process.exitCode = 1;
-      },
-    );
+    runStandalone(scenarioBookkeeping);
   }
 }

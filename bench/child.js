@@ -1,7 +1,8 @@
 // A benchmark child process spoken to over IPC: `ready` resolves with its
 // { type: 'ready', ... } message, `ask(type)` sends { type, id } and resolves
 // with the answer carrying the same id, `stopChild` asks it to close and kills
-// it if it does not. Shared by bench/bookkeeping.js and bench/memory.js.
+// it if it does not. Shared by bench/run.js, bench/bookkeeping.js and
+// bench/memory.js, with the autocannon wrapper and the standalone runner.
 import { fork } from 'node:child_process';
 
 export function forkChild(script, args, { name, dist, children, execArgv = [] }) {
@@ -52,6 +53,37 @@ export function forkChild(script, args, { name, dist, children, execArgv = [] })
     });
   };
   return handle;
+}
+
+/**
+ * One closed-loop autocannon run. `method` defaults to GET (autocannon
+ * merges its options with Object.assign: an undefined one would erase its
+ * default); a `body` is sent as JSON.
+ */
+export function cannon(autocannon, url, { connections, durationSec, method = 'GET', body }) {
+  return new Promise((resolve, reject) => {
+    const opts = { url, connections, duration: durationSec, pipelining: 1, timeout: 10, method };
+    if (body) {
+      opts.body = body;
+      opts.headers = { 'content-type': 'application/json' };
+    }
+    autocannon(opts, (err, result) => (err ? reject(err) : resolve(result)));
+  });
+}
+
+/** Runs a scenario alone (`node bench/x.js [--quick]`): its results as JSON on stdout. */
+export function runStandalone(scenario) {
+  const quick = process.argv.includes('--quick');
+  // Ctrl-C or a kill: exit through process.exit, so that the scenario's exit hook kills what it started.
+  process.once('SIGINT', () => process.exit(130));
+  process.once('SIGTERM', () => process.exit(143));
+  scenario({ quick }).then(
+    (r) => process.stdout.write(`${JSON.stringify(r, null, 1)}\n`),
+    (err) => {
+      console.error(err);
+      process.exitCode = 1;
+    },
+  );
 }
 
 export async function stopChild(child) {

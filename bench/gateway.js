@@ -30,7 +30,7 @@ let cpuStart = process.cpuUsage();
 let wallStart = performance.now();
 
 function resetRaces() {
-  races = { requests: 0, copiesSent: 0, hedged: 0, outcomes: {}, copyOutcomes: {}, durations: [], winnerLatencies: [], winnerHeadToEnd: [] };
+  races = { requests: 0, copiesSent: 0, hedged: 0, outcomes: {}, copyOutcomes: {}, durations: [], winnerLatencies: [] };
 }
 resetRaces();
 
@@ -50,10 +50,7 @@ async function start() {
         if (c.sentAt === null) continue;
         races.copiesSent++;
         if (c.hedged) races.hedged++;
-        if (c.outcome === 'won' && c.latency !== null) {
-          races.winnerLatencies.push(c.sentAt + c.latency);
-          races.winnerHeadToEnd.push(report.duration - c.sentAt - c.latency);
-        }
+        if (c.outcome === 'won' && c.latency !== null) races.winnerLatencies.push(c.sentAt + c.latency);
       }
     });
     proxy.on('error', () => {});
@@ -175,9 +172,8 @@ process.on('message', async (msg) => {
         served,
         wallMs: performance.now() - wallStart,
         cpuMicros: cpu.user + cpu.system,
-        races: proxy ? { ...races, durations: summarize(races.durations), winnerLatencies: summarize(races.winnerLatencies), winnerHeadToEnd: summarize(races.winnerHeadToEnd) } : kind === 'mini-race' ? { winnerLatencies: summarize(races.winnerLatencies) } : null,
+        races: proxy ? { ...races, durations: summarize(races.durations), winnerLatencies: summarize(races.winnerLatencies) } : kind === 'mini-race' ? { winnerLatencies: summarize(races.winnerLatencies) } : null,
         metrics: proxy ? proxy.metrics() : null,
-        rssMB: process.memoryUsage().rss / 2 ** 20,
         inGateway: summarize(inGateway),
       });
       break;

@@ -22,7 +22,8 @@
 //   import { scenarioMemory } from './memory.js';
 //   const r = await scenarioMemory({ quick, dist: snapshotDir, log });
 
-import { forkChild, stopChild } from './child.js';
+import { forkChild, runStandalone, stopChild } from './child.js';
+import { mulberry32, SEEDS } from './model.js';
 import { readdirSync, readFileSync, readlinkSync } from 'node:fs';
 import http from 'node:http';
 import os from 'node:os';
@@ -32,7 +33,6 @@ import { setTimeout as sleep } from 'node:timers/promises';
 const SELF = fileURLToPath(import.meta.url);
 const DEFAULT_DIST = fileURLToPath(new URL('../dist/', import.meta.url));
 const UPSTREAM_IDS = ['a', 'b', 'c'];
-const SEEDS = { a: 0x5eed_0001, b: 0x5eed_0002, c: 0x5eed_0003 };
 
 export const MEMORY_CONFIG = {
   quick: { requests: 20_000, warmup: 2_000, concurrency: 32, checkpoints: 4, timeLimitSec: 90, slowShare: 0.03, slowMinMs: 1, slowMaxMs: 20 },
@@ -252,17 +252,6 @@ function startChild(role, config, dist, children, execArgv = []) {
 
 // ====================================================================== children
 
-function mulberry32(seed) {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 async function upstreamsMain(config) {
   const servers = {};
   for (const id of UPSTREAM_IDS) {
@@ -419,18 +408,6 @@ if (import.meta.url === pathToFileURL(process.argv[1]).href) {
       process.exit(1);
     }
   } else {
-    const quick = process.argv.includes('--quick');
-    // Ctrl-C or a kill: exit through process.exit, so that the scenario's exit hook kills what it started.
-    process.once('SIGINT', () => process.exit(130));
-    process.once('SIGTERM', () => process.exit(143));
-    scenarioMemory({ quick }).then(
-      (r) => {
-        process.stdout.write(`${JSON.stringify(r, null, 1)}\n`);
-      },
-      (err) => {
-        console.error(err);
-        process.exitCode = 1;
-      },
-    );
+    runStandalone(scenarioMemory);
   }
 }

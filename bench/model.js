@@ -30,6 +30,13 @@ export function heavyTail(rng) {
   return mode < FAST.p ? FAST.min + (FAST.max - FAST.min) * u : SLOW.min + (SLOW.max - SLOW.min) * u;
 }
 
+/** The median (mean of the two middle values for an even count), or null for none. */
+export function median(xs) {
+  if (xs.length === 0) return null;
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
+}
+
 /** p in [0, 1] of an ascending-sorted array (nearest rank). */
 export function quantile(sorted, p) {
   const n = sorted.length;

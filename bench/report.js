@@ -118,6 +118,16 @@ export function cdfSvg(b) {
 
 // ---------------------------------------------------------------- Markdown
 
+/** The requests/s of every round of a closed-loop scenario (a, c). */
+function roundsTable(L, contestants) {
+  L.push('Requests/s of each round:');
+  L.push('');
+  L.push('| contestant | ' + contestants[0].rounds.map((_, i) => `round ${i + 1}`).join(' | ') + ' |');
+  L.push('| --- | ' + contestants[0].rounds.map(() => '---:').join(' | ') + ' |');
+  for (const x of contestants) L.push(`| ${x.name} | ${x.rounds.map((q) => int(q.rps)).join(' | ')} |`);
+  L.push('');
+}
+
 export function markdown(r) {
   const L = [];
   const { a, b, c } = r.scenarios;
@@ -167,12 +177,7 @@ export function markdown(r) {
       L.push('@fastify/http-proxy. That is the ceiling of any Express middleware on this machine, ours and http-proxy-middleware alike.');
     }
     L.push('');
-    L.push('Requests/s of each round:');
-    L.push('');
-    L.push('| contestant | ' + a.contestants[0].rounds.map((_, i) => `round ${i + 1}`).join(' | ') + ' |');
-    L.push('| --- | ' + a.contestants[0].rounds.map(() => '---:').join(' | ') + ' |');
-    for (const x of a.contestants) L.push(`| ${x.name} | ${x.rounds.map((q) => int(q.rps)).join(' | ')} |`);
-    L.push('');
+    roundsTable(L, a.contestants);
   }
 
   if (b) {
@@ -249,12 +254,7 @@ export function markdown(r) {
       L.push(`| ${x.label} | ${int(x.rps)} | ${f2(x.rps / ref)}× | ${int(x.cpuMicrosPerRequest)} | ${pct(x.gatewayCpuShare)} | ${int(x.upstreamCpuMicrosPerRequest)} | ${x.p50} | ${x.p99} | ${f2(x.newConnectionsPerRequest)} | ${x.errors} |`);
     }
     L.push('');
-    L.push('Requests/s of each round:');
-    L.push('');
-    L.push('| contestant | ' + c.contestants[0].rounds.map((_, i) => `round ${i + 1}`).join(' | ') + ' |');
-    L.push('| --- | ' + c.contestants[0].rounds.map(() => '---:').join(' | ') + ' |');
-    for (const x of c.contestants) L.push(`| ${x.name} | ${x.rounds.map((q) => int(q.rps)).join(' | ')} |`);
-    L.push('');
+    roundsTable(L, c.contestants);
   }
 
   const d = r.scenarios.d;

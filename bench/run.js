@@ -29,9 +29,9 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import autocannon from 'autocannon';
 import { Pool } from 'undici';
 import { scenarioBookkeeping } from './bookkeeping.js';
-import { forkChild, stopChild } from './child.js';
+import { cannon, forkChild, stopChild } from './child.js';
 import { scenarioMemory } from './memory.js';
-import { SEEDS, simulate, summarize, FAST, SLOW } from './model.js';
+import { median, SEEDS, simulate, summarize, FAST, SLOW } from './model.js';
 import { writeReport } from './report.js';
 
 const args = process.argv.slice(2);
@@ -127,16 +127,6 @@ async function startGateway(kind, upstreams, options) {
 
 // ---------------------------------------------------------------- load
 
-function cannon(url, { connections, durationSec }) {
-  return new Promise((resolve, reject) => {
-    autocannon({ url, connections, duration: durationSec, pipelining: 1, timeout: 10 }, (err, result) => (err ? reject(err) : resolve(result)));
-  });
-}
-
-const median = (xs) => {
-  const s = [...xs].sort((a, b) => a - b);
-  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
-};
 
 /** Closed-loop warm-up: `count` requests, `concurrency` at a time. */
 async function warm(origin, path, count, concurrency = 10) {
@@ -208,7 +198,7 @@ async function openLoop(origin, path, { rate, requests }) {
   await all;
   clearTimeout(guard);
   await pool.close();
-  return { latencies: Array.from(latencies), latenciesFromSchedule: Array.from(fromSchedule), fromSchedule: summarize(fromSchedule), lag: summarize(lags), statuses, errors };
+  return { latencies: Array.from(latencies), fromSchedule: summarize(fromSchedule), lag: summarize(lags), statuses, errors };
 }
 
 // ---------------------------------------------------------------- scenario a
@@ -218,7 +208,7 @@ async function scenarioA() {
   log(`a. overhead: 1 fast upstream, copies: 1, autocannon ${cfg.connections} connections, ${cfg.rounds} rounds × ${cfg.durationSec} s per contestant`);
   const up = await startUpstreams(['a'], 'fast');
   const upstreams = up.urls;
-  const contestants = [
+  let contestants = [
     { name: 'direct', label: 'direct to the upstream (no gateway)' },
     { name: 'ours-koa', label: 'redundant-proxy in Koa', kind: 'ours-koa', options: { copies: 1 } },
     { name: 'ours-express', label: 'redundant-proxy in Express', kind: 'ours-express', options: { copies: 1 } },
@@ -228,7 +218,7 @@ async function scenarioA() {
     // A reference point, not a proxy: what Express 5 costs before any middleware runs.
     { name: 'express-alone', label: 'Express 5 answering by itself, no proxying (reference)', kind: 'express-alone' },
   ];
-  if (picked) contestants.splice(0, contestants.length, ...pick(contestants));
+  contestants = pick(contestants);
   const runs = Object.fromEntries(contestants.map((c) => [c.name, []]));
   for (let round = 0; round < cfg.rounds; round++) {
     // Rotate the order each round so that drift hits every contestant alike.
@@ -238,7 +228,7 @@ async function scenarioA() {
       const url = `${gw ? gw.url : upstreams[0].url}/json`;
       await warm(gw ? gw.url : upstreams[0].url, '/json', cfg.warmupRequests, cfg.connections);
       if (gw) await gw.ask('reset');
-      const r = await cannon(url, { connections: cfg.connections, durationSec: cfg.durationSec });
+      const r = await cannon(autocannon, url, { connections: cfg.connections, durationSec: cfg.durationSec });
       const stats = gw ? await gw.ask('stats') : null;
       if (gw) await gw.stop();
       const run = {
@@ -347,14 +337,12 @@ async function scenarioB() {
       gatewayRaceDuration: races?.durations ?? null,
       inGateway: stats?.inGateway ?? null,
       gatewayWinnerLatency: races?.winnerLatencies ?? null,
-      gatewayWinnerHeadToEnd: races?.winnerHeadToEnd ?? null,
       raceOutcomes: races?.outcomes ?? null,
       copyOutcomes: races?.copyOutcomes ?? null,
       metrics: stats?.metrics ?? null,
       upstreams: upstreamDelta,
       newConnectionsPerRequest: Object.values(upstreamDelta).reduce((a, u) => a + u.connections, 0) / cfg.requests,
       latencies: load.latencies.map((x) => Math.round(x * 1000) / 1000),
-      latenciesFromSchedule: load.latenciesFromSchedule.map((x) => Math.round(x * 1000) / 1000),
     };
     out.push(entry);
     log(`   ${c.name.padEnd(10)} p50 ${summary.p50.toFixed(2)} ms  p99 ${summary.p99.toFixed(2)} ms  p99.9 ${summary.p999.toFixed(2)} ms (from the scheduled send: p99 ${load.fromSchedule.p99.toFixed(2)} ms)  copies/request ${entry.copiesPerRequest.toFixed(3)}  errors ${load.errors}  send lag p99 ${load.lag.p99.toFixed(2)} ms`);
@@ -388,7 +376,7 @@ async function scenarioC() {
   const cfg = CFG.c;
   log(`c. cost of copies: 3 fast upstreams, redundant-proxy on node:http, copies 1/2/3, autocannon ${cfg.connections} connections, ${cfg.rounds} rounds × ${cfg.durationSec} s`);
   const up = await startUpstreams(['a', 'b', 'c'], 'fast');
-  const contestants = [1, 2, 3].map((copies) => ({ name: `copies-${copies}`, label: `redundant-proxy, copies: ${copies}`, copies, kind: 'ours-node', options: { copies } }));
+  let contestants = [1, 2, 3].map((copies) => ({ name: `copies-${copies}`, label: `redundant-proxy, copies: ${copies}`, copies, kind: 'ours-node', options: { copies } }));
   if (!quick) {
     contestants.push(
       // Reference points, not products: what the copies cost a bare racer.
@@ -396,7 +384,7 @@ async function scenarioC() {
       { name: 'ref-drain-3', label: 'reference racer, 3 copies, losers drained', copies: 3, kind: 'mini-race', options: { abortLosers: false } },
     );
   }
-  if (picked) contestants.splice(0, contestants.length, ...pick(contestants));
+  contestants = pick(contestants);
   const runs = Object.fromEntries(contestants.map((c) => [c.name, []]));
   for (let round = 0; round < cfg.rounds; round++) {
     const order = contestants.map((_, i) => contestants[(i + round) % contestants.length]);
@@ -406,7 +394,7 @@ async function scenarioC() {
       await warm(gw.url, '/json', cfg.warmupRequests, cfg.connections);
       await gw.ask('reset');
       const u0 = await up.ask('stats');
-      const r = await cannon(url, { connections: cfg.connections, durationSec: cfg.durationSec });
+      const r = await cannon(autocannon, url, { connections: cfg.connections, durationSec: cfg.durationSec });
       await sleep(50); // a race is reported once its losers' grace is over
       const u1 = await up.ask('stats');
       const stats = await gw.ask('stats');

@@ -17,14 +17,13 @@ const servers = [];
 
 for (const { id, seed } of config.servers) {
   const rng = mulberry32(seed);
-  const stats = { requests: 0, drawn: 0, connections: 0 };
+  const stats = { requests: 0, connections: 0 };
   const slop = [];
   const fastBody = Buffer.from(JSON.stringify({ ok: true, upstream: id }));
   const server = http.createServer((req, res) => {
     stats.requests++;
     if (config.model === 'heavy' && req.url.startsWith('/work')) {
       const ms = heavyTail(rng);
-      stats.drawn++;
       const t0 = performance.now();
       setTimeout(() => {
         slop.push(performance.now() - t0 - ms);
