@@ -1,3 +1,4 @@
+import type { IncomingMessage } from 'node:http';
 import { afterAll, describe, expect, it } from '@jest/globals';
 import { isSupersededError, MemorySessionStore, redundantProxy, type CancelInfo, type RaceReport, type RedundantHandle, type RedundantProxy, type SessionStore } from '../../lib/index.js';
 import { createBank, type Bank } from '../helpers/bank.js';
@@ -155,13 +156,18 @@ describe('exactly-once transfers on three replicas (PostgreSQL)', () => {
   it('copies that answer `lost` within the grace after the commit are drained, not cancelled: no connection is closed', async () => {
     const store = new MemorySessionStore();
     open.push(store);
-    // No database here: a commits after 40 ms; b and c claim 10 ms later and
-    // learn at once that they lost, well within the grace (half the winner's
-    // latency, at most 10 ms).
-    const handler = async (h: RedundantHandle) => {
-      await sleep(h.upstreamId === 'a' ? 40 : 50);
+    // No database here: a commits after 40 ms; b and c claim 1 ms after a's
+    // commit and learn at once that they lost, well within the grace (half the
+    // winner's latency, at most 10 ms).
+    let committed: () => void = () => undefined;
+    let aCommitted = new Promise<void>((r) => (committed = r));
+    const handler = async (h: RedundantHandle, req: IncomingMessage) => {
+      if (req.method === 'GET') return { body: { ok: true } };
+      if (h.upstreamId === 'a') await sleep(40);
+      else await aCommitted.then(() => sleep(1));
       try {
         await h.commitOnce(async () => undefined);
+        if (h.upstreamId === 'a') committed();
       } catch (err) {
         if (isSupersededError(err)) return { status: 409, body: { lost: true } };
         throw err;
@@ -186,6 +192,7 @@ describe('exactly-once transfers on three replicas (PostgreSQL)', () => {
     await eventually(() => reports.length > 0 && connections >= 3);
     const warm = connections;
     for (let i = 0; i < 5; i++) {
+      aCommitted = new Promise<void>((r) => (committed = r));
       const res = await client.send(`${gw.url}/order`, { method: 'POST', body: '{}', headers: { 'content-type': 'application/json' } });
       expect(res.status).toBe(200);
       expect(res.json()).toMatchObject({ by: 'a' });
