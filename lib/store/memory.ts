@@ -1,5 +1,5 @@
 import { LRUCache } from 'lru-cache';
-import { InvalidOptionError, RedundantProxyError, SupersededError, codes } from '../errors.js';
+import { InvalidOptionError, SupersededError } from '../errors.js';
 import type {
   ClaimGrant,
   ClaimOptions,
@@ -11,7 +11,7 @@ import type {
   SessionRecord,
   SessionStore,
 } from './types.js';
-import type { Waiter } from './waiter.js';
+import { checkKnownOptions, closedError, detach, sessionJson, superseded, type Waiter } from './common.js';
 
 export interface MemorySessionStoreOptions {
   /**
@@ -81,9 +81,7 @@ export class MemorySessionStore implements SessionStore {
 
   constructor(options: MemorySessionStoreOptions = {}) {
     if (typeof options !== 'object' || options === null) throw new InvalidOptionError('options', 'must be an object', options);
-    for (const key of Object.keys(options)) {
-      if (!KNOWN.has(key)) throw new InvalidOptionError(key, `is not an option (known: ${[...KNOWN].join(', ')})`, (options as Record<string, unknown>)[key]);
-    }
+    checkKnownOptions(options, KNOWN);
     const { max = 10_000, ttl = 10 * 60_000, now = Date.now } = options;
     if (!Number.isSafeInteger(max) || max < 1) throw new InvalidOptionError('max', 'must be an integer >= 1', max);
     if (!Number.isSafeInteger(ttl) || ttl < 1) throw new InvalidOptionError('ttl', 'must be an integer number of milliseconds >= 1', ttl);
@@ -204,7 +202,7 @@ export class MemorySessionStore implements SessionStore {
     this.#settle(requestId);
     const entry = this.#ensure(requestId, '', true);
     const commit = entry.record.commit;
-    if (commit.state === 'committed') throw new SupersededError(`request ${requestId}: copy ${commit.holder} committed first`);
+    if (commit.state === 'committed') throw superseded(requestId, commit.holder);
     if (commit.state === 'claimed' && this.#now() < commit.leaseUntil) {
       if (commit.holder === duplicateId) return { fence: commit.fence, leaseUntil: commit.leaseUntil };
       return this.#wait(requestId, duplicateId, leaseMs, signal);
@@ -225,7 +223,7 @@ export class MemorySessionStore implements SessionStore {
     }
     entry.record.commit = { state: 'committed', holder: duplicateId, fence, committedAt: this.#now() };
     this.#touch(requestId, entry);
-    this.#rejectWaiters(requestId, () => new SupersededError(`request ${requestId}: copy ${duplicateId} committed first`));
+    this.#rejectWaiters(requestId, () => superseded(requestId, duplicateId));
   }
 
   async release(requestId: string, duplicateId: string, fence: number): Promise<void> {
@@ -335,7 +333,7 @@ export class MemorySessionStore implements SessionStore {
     const entry = this.#ensure(requestId, '', true);
     const commit = entry.record.commit;
     if (commit.state === 'committed') {
-      this.#rejectWaiters(requestId, () => new SupersededError(`request ${requestId}: copy ${commit.holder} committed first`));
+      this.#rejectWaiters(requestId, () => superseded(requestId, commit.holder));
       return;
     }
     if (commit.state === 'none' || this.#now() >= commit.leaseUntil) {
@@ -391,21 +389,10 @@ export class MemorySessionStore implements SessionStore {
   }
 }
 
-function detach(waiter: Waiter): void {
-  if (waiter.signal && waiter.onAbort) waiter.signal.removeEventListener('abort', waiter.onAbort);
-}
-
-function closedError(): RedundantProxyError {
-  return new RedundantProxyError(codes.CLOSED, 'the session store is closed', { status: 503 });
-}
-
 /**
  * Stores what a shared store would: the data as JSON sees it. A value JSON
  * cannot carry (a BigInt, a cycle) fails here, not later in another process.
  */
 function jsonCopy(data: Record<string, unknown>): Record<string, unknown> {
-  if (typeof data !== 'object' || data === null || Array.isArray(data)) {
-    throw new TypeError('redundant-proxy: session data must be a plain object');
-  }
-  return JSON.parse(JSON.stringify(data)) as Record<string, unknown>;
+  return JSON.parse(sessionJson(data)) as Record<string, unknown>;
 }

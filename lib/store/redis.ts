@@ -16,7 +16,7 @@ import type {
   SessionStore,
   StoredAnswer,
 } from './types.js';
-import type { Waiter } from './waiter.js';
+import { checkKnownOptions, closedError, detach, sessionJson, superseded, type Waiter } from './common.js';
 
 // The session management server of the method on Redis or Redis Cluster.
 //
@@ -169,6 +169,7 @@ const KNOWN = new Set(['client', 'prefix', 'ttl', 'sessionTtl', 'pollInterval', 
  * const store = new RedisSessionStore({ client, prefix: 'shop:' });
  */
 export class RedisSessionStore implements SessionStore {
+  /** The caller's client, typed for the commands both Redis and Cluster share. */
   readonly #client: Client;
   readonly #source: Redis | Cluster;
   readonly #cluster: boolean;
@@ -186,9 +187,7 @@ export class RedisSessionStore implements SessionStore {
 
   constructor(options: RedisSessionStoreOptions) {
     if (typeof options !== 'object' || options === null) throw new InvalidOptionError('options', 'must be an object', options);
-    for (const key of Object.keys(options)) {
-      if (!KNOWN.has(key)) throw new InvalidOptionError(key, `is not an option (known: ${[...KNOWN].join(', ')})`, (options as unknown as Record<string, unknown>)[key]);
-    }
+    checkKnownOptions(options, KNOWN);
     const { client, prefix = 'rp:', ttl = 10 * 60_000, sessionTtl = 24 * 60 * 60_000, pollInterval = 250, commandTimeout = 2000 } = options;
     const c = client as unknown as Record<string, unknown> | null;
     if (typeof c !== 'object' || c === null || typeof c.evalsha !== 'function' || typeof c.hgetall !== 'function' || typeof c.duplicate !== 'function') {
@@ -223,7 +222,7 @@ export class RedisSessionStore implements SessionStore {
 
   async saveCandidate(sessionId: string, requestId: string, duplicateId: string, data: Record<string, unknown>): Promise<void> {
     this.#assertOpen();
-    const json = toJson(data);
+    const json = sessionJson(data);
     // A request without a session has no state to carry to the next request.
     if (sessionId === '') return;
     await this.#run('saveCandidate', SAVE_CANDIDATE, this.#sessionKeys(sessionId, requestId), [
@@ -590,7 +589,7 @@ export class RedisSessionStore implements SessionStore {
     // Whatever the caller's client does while Redis is down, this connection
     // keeps its subscriptions queued and retries them: no caller waits on it.
     const source = this.#source;
-    const subscriber = (source.isCluster
+    const subscriber = (this.#cluster
       // Sharded pub/sub on Cluster needs a subscriber per shard (ioredis >= 5.6).
       ? (source as Cluster).duplicate([], { enableOfflineQueue: true, lazyConnect: false, shardedSubscribers: true })
       // `disconnectTimeout` (in ioredis' defaults, not in its types): closing
@@ -869,14 +868,6 @@ function millis(ms: number): number {
   return Number.isFinite(ms) ? Math.max(1, Math.ceil(ms)) : 1;
 }
 
-/** The data as JSON carries it; a value JSON cannot carry (a BigInt, a cycle) fails here, as in the memory store. */
-function toJson(data: Record<string, unknown>): string {
-  if (typeof data !== 'object' || data === null || Array.isArray(data)) {
-    throw new TypeError('redundant-proxy: session data must be a plain object');
-  }
-  return JSON.stringify(data);
-}
-
 /** A flat [field, value, …] reply as an object. */
 function pairs(reply: unknown): Record<string, string> {
   const list = reply as string[];
@@ -927,14 +918,3 @@ function toRequestRecord(hash: Record<string, string>): RequestRecord {
   };
 }
 
-function detach(waiter: Waiter): void {
-  if (waiter.signal && waiter.onAbort) waiter.signal.removeEventListener('abort', waiter.onAbort);
-}
-
-function superseded(requestId: string, holder: string): SupersededError {
-  return new SupersededError(`request ${requestId}: copy ${holder} committed first`);
-}
-
-function closedError(): RedundantProxyError {
-  return new RedundantProxyError(codes.CLOSED, 'the session store is closed', { status: 503 });
-}

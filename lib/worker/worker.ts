@@ -173,6 +173,19 @@ export function redundantWorker(options: WorkerOptions): RedundantWorker {
     }
   };
 
+  /** The commit gate of one copy; a confirm that lands late becomes a `lateConfirm` event. */
+  function gateFor(requestId: string, duplicateId: string, signal: AbortSignal, res: ServerResponse): CommitGate {
+    return commitGate({
+      store,
+      requestId,
+      duplicateId,
+      leaseMs: lease,
+      signal,
+      res,
+      onLateConfirm: (fence, reason, error) => events.emit('lateConfirm', { requestId, duplicateId, fence, reason, error }),
+    });
+  }
+
   function refuse(code: (typeof codes)[keyof typeof codes], reason: string): RedundantProxyError {
     events.emit('refused', { code, reason });
     return new RedundantProxyError(code, `copy refused: ${reason}`, { status: 401 });
@@ -192,7 +205,7 @@ export function redundantWorker(options: WorkerOptions): RedundantWorker {
           : refuse(codes.BAD_SIGNATURE, read.reason === 'unsigned' ? 'it is not signed' : read.reason === 'malformed' ? 'its headers are malformed' : 'its signature does not match');
       }
       const requestId = randomUUID();
-      const gate = commitGate({ store, requestId, duplicateId: requestId, leaseMs: lease, signal: controller.signal, res, onLateConfirm: (fence, reason, error) => events.emit('lateConfirm', { requestId, duplicateId: requestId, fence, reason, error }) });
+      const gate = gateFor(requestId, requestId, controller.signal, res);
       const handle = makeHandle(
         { requestId, duplicateId: requestId, upstreamId: id, copy: { index: 1, of: 1 }, update: !READ_METHODS.has(req.method ?? 'GET'), direct: true, signal: controller.signal, session: { id: '', data: {} } },
         gate,
@@ -238,7 +251,7 @@ export function redundantWorker(options: WorkerOptions): RedundantWorker {
       }
       if (duplicate && secret !== undefined) throw refuse(codes.REPLAYED_COPY, 'this copy was already received');
     }
-    const gate = commitGate({ store, requestId: c.requestId, duplicateId: c.duplicateId, leaseMs: lease, signal: controller.signal, res, onLateConfirm: (fence, reason, error) => events.emit('lateConfirm', { requestId: c.requestId, duplicateId: c.duplicateId, fence, reason, error }) });
+    const gate = gateFor(c.requestId, c.duplicateId, controller.signal, res);
     const handle = makeHandle(
       { requestId: c.requestId, duplicateId: c.duplicateId, upstreamId: c.upstreamId, copy: { index: c.index, of: c.of }, update: c.update, direct: false, signal: controller.signal, session: { id: c.sessionId, data: {} } },
       gate,

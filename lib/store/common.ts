@@ -1,0 +1,43 @@
+import { InvalidOptionError, RedundantProxyError, SupersededError, codes } from '../errors.js';
+import type { ClaimGrant } from './types.js';
+
+// What the memory store and the Redis store share.
+
+/** A copy waiting for a claim another copy holds (both stores queue these per request). */
+export interface Waiter {
+  duplicateId: string;
+  leaseMs: number;
+  resolve: (grant: ClaimGrant) => void;
+  reject: (reason: unknown) => void;
+  signal: AbortSignal | undefined;
+  onAbort: (() => void) | undefined;
+}
+
+/** Stops listening to the waiter's abort signal. */
+export function detach(waiter: Waiter): void {
+  if (waiter.signal && waiter.onAbort) waiter.signal.removeEventListener('abort', waiter.onAbort);
+}
+
+/** Another copy of `requestId` (`holder`) committed first. */
+export function superseded(requestId: string, holder: string): SupersededError {
+  return new SupersededError(`request ${requestId}: copy ${holder} committed first`);
+}
+
+export function closedError(): RedundantProxyError {
+  return new RedundantProxyError(codes.CLOSED, 'the session store is closed', { status: 503 });
+}
+
+/** Refuses an option the store does not know, naming it. */
+export function checkKnownOptions(options: object, known: ReadonlySet<string>): void {
+  for (const key of Object.keys(options)) {
+    if (!known.has(key)) throw new InvalidOptionError(key, `is not an option (known: ${[...known].join(', ')})`, (options as Record<string, unknown>)[key]);
+  }
+}
+
+/** Session data as JSON carries it; a value JSON cannot carry (a BigInt, a cycle) fails here, in either store. */
+export function sessionJson(data: Record<string, unknown>): string {
+  if (typeof data !== 'object' || data === null || Array.isArray(data)) {
+    throw new TypeError('redundant-proxy: session data must be a plain object');
+  }
+  return JSON.stringify(data);
+}
