@@ -4,6 +4,7 @@ import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
+import { deadPort, sleep } from './upstream.js';
 
 // A real `redis-server` of the tests' own, on a free port of 127.0.0.1, with
 // nothing written to disk (`--save "" --appendonly no`; its working directory
@@ -66,7 +67,7 @@ export async function startRedisServer(options: RedisServerOptions = {}): Promis
   // `--port 0` is not supported: take a free port from the OS and hand it
   // to Redis; another process may grab it in between, so try a few times.
   for (let attempt = 1; ; attempt++) {
-    port = await freePort(host);
+    port = await deadPort(host);
     try {
       await launch();
       break;
@@ -120,7 +121,7 @@ export async function startRedisCluster(masters = 3): Promise<RedisClusterServer
     for (let n = 0; n < masters; n++) {
       // The cluster bus port defaults to port + 10000, which may be taken or
       // out of range; give it a free port of its own.
-      const busPort = await freePort('127.0.0.1');
+      const busPort = await deadPort('127.0.0.1');
       servers.push(await startRedisServer({ args: ['--cluster-enabled', 'yes', '--cluster-config-file', 'nodes.conf', '--cluster-port', String(busPort)] }));
     }
     await run('redis-cli', ['--cluster', 'create', ...servers.map((s) => `${s.host}:${s.port}`), '--cluster-replicas', '0', '--cluster-yes']);
@@ -146,18 +147,6 @@ export async function startRedisCluster(masters = 3): Promise<RedisClusterServer
   };
 }
 
-function freePort(host: string): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = net.createServer();
-    server.once('error', reject);
-    server.listen(0, host, () => {
-      const address = server.address();
-      const port = typeof address === 'object' && address ? address.port : 0;
-      server.close(() => resolve(port));
-    });
-  });
-}
-
 /** True if something at host:port answers a RESP PING with PONG. */
 function ping(host: string, port: number): Promise<boolean> {
   return new Promise((resolve) => {
@@ -175,8 +164,4 @@ function ping(host: string, port: number): Promise<boolean> {
       if (reply.includes('\r\n')) done(reply.startsWith('+PONG'));
     });
   });
-}
-
-function sleep(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
 }

@@ -15,7 +15,9 @@ export async function readJson<T>(req: IncomingMessage): Promise<T> {
   return JSON.parse(Buffer.concat(chunks).toString() || '{}') as T;
 }
 
-export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+import { sleep } from './upstream.js';
+
+export { sleep };
 
 export interface TransferHooks {
   /** Milliseconds of work before the transaction starts. */

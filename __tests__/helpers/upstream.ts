@@ -91,10 +91,10 @@ export async function listen(listener: http.RequestListener): Promise<{ url: str
   };
 }
 
-/** A port nothing listens on: bound, then released. */
-export async function deadPort(): Promise<number> {
+/** A port nothing listens on (on `host`): bound, then released. */
+export async function deadPort(host = '127.0.0.1'): Promise<number> {
   const s = http.createServer();
-  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
+  await new Promise<void>((r) => s.listen(0, host, r));
   const port = (s.address() as AddressInfo).port;
   await new Promise<void>((r) => s.close(() => r()));
   return port;

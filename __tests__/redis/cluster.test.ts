@@ -5,6 +5,7 @@ import { isSupersededError } from '../../lib/errors.js';
 import { RedisSessionStore, type RedisSessionStoreOptions } from '../../lib/store/redis.js';
 import { testSessionStore } from '../../lib/testing.js';
 import { startRedisCluster, type RedisClusterServers } from '../helpers/redis-server.js';
+import { sleep } from '../helpers/upstream.js';
 
 // The same store on a real Redis Cluster of three masters: every script must
 // touch keys of one slot only (Redis refuses the others with CROSSSLOT), the
@@ -66,9 +67,6 @@ async function keysUnder(prefix: string): Promise<string[]> {
 
 const slot = (key: string) => shared.cluster('KEYSLOT', key) as Promise<number>;
 
-function sleep(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
-}
 
 describe('RedisSessionStore on Redis Cluster', () => {
   it('keeps each request\'s keys and channel in one slot, and each session\'s in another', async () => {

@@ -5,6 +5,7 @@ import { codes, isRedundantProxyError } from '../../lib/errors.js';
 import { RedisSessionStore, type RedisSessionStoreOptions } from '../../lib/store/redis.js';
 import type { SessionStore } from '../../lib/store/types.js';
 import { startRedisServer, type RedisServer } from '../helpers/redis-server.js';
+import { sleep } from '../helpers/upstream.js';
 
 // Redis killed (SIGKILL, as a crash) and started again on the same port,
 // empty: while it is down every operation rejects promptly with
@@ -98,9 +99,6 @@ async function eventually<T>(fn: () => Promise<T>, ms = 10_000): Promise<T> {
   }
 }
 
-function sleep(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
-}
 
 describe('RedisSessionStore when Redis goes down and comes back', () => {
   it('rejects every operation at once with fail-fast client options, and works again after a restart', async () => {

@@ -3,6 +3,7 @@ import { afterEach, describe, expect, it } from '@jest/globals';
 import { codes, isRedundantProxyError, isSupersededError } from '../../lib/errors.js';
 import { MemorySessionStore, type MemorySessionStoreOptions } from '../../lib/store/memory.js';
 import { testSessionStore } from '../../lib/testing.js';
+import { sleep } from '../helpers/upstream.js';
 
 testSessionStore(() => new MemorySessionStore(), { name: 'MemorySessionStore' });
 
@@ -222,6 +223,3 @@ describe('MemorySessionStore', () => {
   });
 });
 
-function sleep(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
-}
