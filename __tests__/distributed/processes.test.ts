@@ -93,10 +93,11 @@ describe('gateway and three replicas in separate processes, sharing Redis', () =
       markers.push(body.marker);
     }
     const conn = new Redis({ port: redis.port, host: '127.0.0.1' });
+    conn.on('error', () => undefined);
+    open.push({ close: async () => void conn.disconnect() });
     const store = new RedisSessionStore({ client: conn, prefix: f.prefix });
+    open.push(store);
     const session = await store.getSession(cookie.split('=')[1]!);
-    await store.close();
-    conn.disconnect();
     expect(session!.data).toEqual({ count: 20, markers });
   });
 

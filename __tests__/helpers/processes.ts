@@ -48,14 +48,25 @@ export async function forkFixture(name: 'gateway' | 'replica', env: Record<strin
     if (seen) return Promise.resolve(seen);
     return new Promise<Message>((resolve, reject) => {
       const w = { match, resolve: (m: Message) => (clearTimeout(timer), resolve(m)) };
-      const timer = setTimeout(() => {
+      const fail = (why: string) => {
+        clearTimeout(timer);
         waiters.delete(w);
-        reject(new Error(`${name} ${env.ID ?? ''}: no matching message within ${ms} ms; stderr: ${stderr}`));
-      }, ms);
+        reject(new Error(`${name} ${env.ID ?? ''}: ${why}; stderr: ${stderr}`));
+      };
+      const timer = setTimeout(() => fail(`no matching message within ${ms} ms`), ms);
+      // A child that exits cannot send it any more: fail now, not after `ms`.
+      void exited.then(() => waiters.has(w) && fail('exited before a matching message'));
       waiters.add(w);
     });
   };
-  const ready = await waitFor((m) => m.type === 'ready');
+  let ready: Message;
+  try {
+    ready = await waitFor((m) => m.type === 'ready');
+  } catch (err) {
+    // Never handed to the caller, so nobody else would stop it.
+    proc.kill('SIGKILL');
+    throw err;
+  }
   return {
     proc,
     url: `http://127.0.0.1:${ready.port as number}`,

@@ -72,7 +72,10 @@ export async function startRedisServer(options: RedisServerOptions = {}): Promis
       await launch();
       break;
     } catch (err) {
-      if (attempt >= 3) throw err;
+      if (attempt >= 3) {
+        await rm(dir, { recursive: true, force: true });
+        throw err;
+      }
     }
   }
 
