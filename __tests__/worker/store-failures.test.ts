@@ -1,9 +1,11 @@
 import { afterAll, describe, expect, it } from '@jest/globals';
-import { MemorySessionStore, redundantProxy, type SessionStore } from '../../lib/index.js';
+import type { IncomingMessage } from 'node:http';
+import { MemorySessionStore, redundantProxy, type RedundantHandle, type SessionStore } from '../../lib/index.js';
 import { testClient } from '../helpers/client.js';
 import { mountGateway } from '../helpers/gateway.js';
 import { startReplica } from '../helpers/replica.js';
 import { closeAfterEach } from '../helpers/cleanup.js';
+import { sleep } from '../helpers/upstream.js';
 
 const client = testClient();
 const open = closeAfterEach();
@@ -92,5 +94,60 @@ describe.each(['throws', 'hangs'] as Mode[])('a store that %s', (mode) => {
     expect(res.json()).toMatchObject({ code: 'RP_ERR_STORE_UNAVAILABLE' });
     expect(ran).toBe(0);
     expect(failures).toHaveLength(1);
+  });
+});
+
+describe('a confirm that cannot be recorded in time (the commit is in the database already)', () => {
+  const pay = (url: string) => client.send(`${url}/pay`, { method: 'POST', body: '{}', headers: { 'content-type': 'application/json' } });
+
+  it('past the lease, taken over by a copy that has not committed: the commit stands and a lateConfirm event says why', async () => {
+    const store = new MemorySessionStore();
+    open.push(store);
+    // a claims first and commits slowly, past its 20 ms lease; b takes the
+    // claim over at the lease's end but is slower still.
+    const handler = async (h: RedundantHandle, req: IncomingMessage) => {
+      if (req.method === 'GET') return { body: { ok: true } };
+      if (h.upstreamId === 'b') await sleep(5);
+      await h.commitOnce(() => sleep(h.upstreamId === 'a' ? 80 : 400));
+      return { body: { by: h.upstreamId } };
+    };
+    const replicas = [];
+    for (const id of ['a', 'b']) {
+      const r = await startReplica('koa', { id, store, lease: 20 }, handler);
+      open.push(r);
+      replicas.push(r);
+    }
+    const late: Array<{ reason: string; duplicateId: string }> = [];
+    replicas[0]!.worker.on('lateConfirm', (e) => late.push(e));
+    const proxy = redundantProxy({ upstreams: replicas.map((r) => ({ id: r.id, url: r.url })), store });
+    const gw = await mountGateway('node', proxy);
+    open.push(gw, proxy);
+    for (let i = 0; i < 50 && !Object.values(proxy.metrics().upstreams).every((u) => u.worker); i++) await client.send(`${gw.url}/health`);
+    const res = await pay(gw.url);
+    expect(res.status).toBe(200);
+    expect(res.json()).toEqual({ by: 'a' });
+    expect(late).toHaveLength(1);
+    expect(late[0]).toMatchObject({ reason: 'lease-lost' });
+  });
+
+  it('while the store refuses every confirm: the commit stands and a lateConfirm event says the store was unavailable', async () => {
+    class DownAtConfirm extends MemorySessionStore {
+      override async confirm(): Promise<void> {
+        throw new Error('store is down');
+      }
+    }
+    const store = new DownAtConfirm();
+    open.push(store);
+    const replica = await startReplica('express', { id: 'a', store }, async (h) => {
+      await h.commitOnce(async () => undefined);
+      return { body: { ok: true } };
+    });
+    open.push(replica);
+    const late: Array<{ reason: string }> = [];
+    replica.worker.on('lateConfirm', (e) => late.push(e));
+    const res = await pay(replica.url);
+    expect(res.status).toBe(200);
+    expect(late).toHaveLength(1);
+    expect(late[0]).toMatchObject({ reason: 'store-unavailable' });
   });
 });
