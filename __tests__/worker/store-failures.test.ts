@@ -150,4 +150,31 @@ describe('a confirm that cannot be recorded in time (the commit is in the databa
     expect(late).toHaveLength(1);
     expect(late[0]).toMatchObject({ reason: 'store-unavailable' });
   });
+  it('while every confirm hangs: each is cut at the store timeout, and the commit stands as a late confirm', async () => {
+    const pending: Array<() => void> = [];
+    class HangsAtConfirm extends MemorySessionStore {
+      override confirm(): Promise<void> {
+        return new Promise<void>((resolve) => pending.push(resolve));
+      }
+      override async close(): Promise<void> {
+        for (const resolve of pending.splice(0)) resolve();
+        await super.close();
+      }
+    }
+    const store = new HangsAtConfirm();
+    open.push(store);
+    const replica = await startReplica('koa', { id: 'a', store, storeTimeout: 50 }, async (h) => {
+      await h.commitOnce(async () => undefined);
+      return { body: { ok: true } };
+    });
+    open.push(replica);
+    const late: Array<{ reason: string }> = [];
+    replica.worker.on('lateConfirm', (e) => late.push(e));
+    const t0 = Date.now();
+    const res = await pay(replica.url);
+    expect(res.status).toBe(200);
+    expect(Date.now() - t0).toBeLessThan(5000);
+    expect(late).toHaveLength(1);
+    expect(late[0]).toMatchObject({ reason: 'store-unavailable' });
+  });
 });

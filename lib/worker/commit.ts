@@ -2,6 +2,7 @@ import type { ServerResponse } from 'node:http';
 import { codes, isSupersededError, RedundantProxyError } from '../errors.js';
 import type { SessionStore } from '../store/types.js';
 import { H } from '../wire/protocol.js';
+import { withTimeout } from '../timeout.js';
 
 // The commit arbitration on the worker side: first committed wins, exactly
 // once. Several replicas run the same update; before one commits, it claims
@@ -43,6 +44,8 @@ export interface CommitGateInput {
   requestId: string;
   duplicateId: string;
   leaseMs: number;
+  /** Bound of each confirm, and of the look-up after a refused one: a store that hangs is a store that is down. */
+  storeTimeout: number;
   signal: AbortSignal;
   res: ServerResponse;
   /** The commit stands although the store did not record it as this copy's (see `Claim.confirm`). */
@@ -56,7 +59,7 @@ const CONFIRM_ATTEMPTS = 3;
 const CONFIRM_BACKOFF_MS = 50;
 
 export function commitGate(input: CommitGateInput): CommitGate {
-  const { store, requestId, duplicateId, leaseMs, signal, res } = input;
+  const { store, requestId, duplicateId, leaseMs, storeTimeout, signal, res } = input;
   let outcome: 'won' | 'lost' | undefined;
   let fence: number | undefined;
   let pending: Promise<Claim> | undefined;
@@ -92,13 +95,13 @@ export function commitGate(input: CommitGateInput): CommitGate {
         if (settled) return;
         for (let attempt = 1; ; attempt++) {
           try {
-            await store.confirm(requestId, duplicateId, token);
+            await withTimeout(store.confirm(requestId, duplicateId, token), storeTimeout, 'confirm');
             break;
           } catch (err) {
             if (isSupersededError(err)) {
               // Our commit is in the database already. It loses only to a copy
               // that confirmed before us; otherwise it is the first commit.
-              const record = await store.getRequest(requestId).catch(() => undefined);
+              const record = await withTimeout(store.getRequest(requestId), storeTimeout, 'getRequest').catch(() => undefined);
               const commit = record?.commit;
               if (commit?.state === 'committed' && commit.holder !== duplicateId) lose(err);
               input.onLateConfirm?.(token, 'lease-lost', err);

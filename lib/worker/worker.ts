@@ -26,8 +26,9 @@ export interface WorkerOptions {
    */
   maxSkew?: number;
   /**
-   * Milliseconds to wait for the store when loading a session or saving a
-   * candidate before giving up on it (the request is still served).
+   * Milliseconds to wait for the store when loading a session, saving a
+   * candidate or confirming a commit before giving up on it (the request is
+   * still served; a confirm that never lands stands, as a `lateConfirm`).
    * @default 1000
    */
   storeTimeout?: number;
@@ -180,6 +181,7 @@ export function redundantWorker(options: WorkerOptions): RedundantWorker {
       requestId,
       duplicateId,
       leaseMs: lease,
+      storeTimeout,
       signal,
       res,
       onLateConfirm: (fence, reason, error) => events.emit('lateConfirm', { requestId, duplicateId, fence, reason, error }),
