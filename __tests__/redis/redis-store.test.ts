@@ -1,29 +1,24 @@
 import { randomUUID } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { getEventListeners } from 'node:events';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from '@jest/globals';
+import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
 import { Redis } from 'ioredis';
 import { codes, isRedundantProxyError, isSupersededError } from '../../lib/errors.js';
 import { RedisSessionStore, type RedisSessionStoreOptions } from '../../lib/store/redis.js';
 import { startRedisServer, type RedisServer } from '../helpers/redis-server.js';
 import { sleep } from '../helpers/upstream.js';
+import { closeAfterEach } from '../helpers/cleanup.js';
 
 // What only the Redis store has: options, key layout (TTLs, hash tags), and
 // waiters woken across connections by pub/sub.
 
 let server: RedisServer;
 let admin: Redis;
-const opened: Array<{ close(): Promise<void> }> = [];
-const clients: Redis[] = [];
+const opened = closeAfterEach();
 
 beforeAll(async () => {
   server = await startRedisServer();
   admin = await connect();
-});
-
-afterEach(async () => {
-  await Promise.all(opened.splice(0).map((s) => s.close()));
-  await Promise.all(clients.splice(0).map((c) => c.quit()));
 });
 
 afterAll(async () => {
@@ -40,9 +35,9 @@ async function connect(): Promise<Redis> {
 /** A store on a client of its own (as another process would have), with a shared or fresh prefix. */
 async function open(options: Partial<RedisSessionStoreOptions> = {}): Promise<RedisSessionStore> {
   const client = await connect();
-  clients.push(client);
   const store = new RedisSessionStore({ client, prefix: `rp-test:${randomUUID()}:`, ...options });
-  opened.push(store);
+  // Closed in reverse: the store, then its client.
+  opened.push({ close: () => client.quit() }, store);
   return store;
 }
 
@@ -110,7 +105,7 @@ describe('RedisSessionStore options', () => {
 
   it('never closes the caller\'s client, only its own pub/sub connection', async () => {
     const client = await connect();
-    clients.push(client);
+    opened.push({ close: () => client.quit() });
     const name = `rp-test-${randomUUID()}`;
     await client.client('SETNAME', name);
     const store = new RedisSessionStore({ client, prefix: `rp-test:${randomUUID()}:` });
@@ -121,7 +116,9 @@ describe('RedisSessionStore options', () => {
     const before = (await admin.call('CLIENT', 'LIST', 'TYPE', 'pubsub')) as string;
     expect(before.split('\n').filter(Boolean).length).toBeGreaterThanOrEqual(1);
     await store.close();
-    expect(isRedundantProxyError(await waiting) && (await waiting as { code: string }).code === codes.CLOSED).toBe(true);
+    const refused = await waiting;
+    expect(isRedundantProxyError(refused)).toBe(true);
+    expect(refused).toMatchObject({ code: codes.CLOSED });
     await expect(client.ping()).resolves.toBe('PONG');
     // The store's duplicate connection is gone; the caller's is still there.
     const after = (await admin.call('CLIENT', 'LIST')) as string;
@@ -133,10 +130,7 @@ describe('RedisSessionStore options', () => {
 describe('RedisSessionStore keys', () => {
   it('gives every key a TTL (request ttl, session sessionTtl), except the fence counter', async () => {
     const prefix = `rp-test:${randomUUID()}:`;
-    const client = await connect();
-    clients.push(client);
-    const store = new RedisSessionStore({ client, prefix, ttl: 60_000, sessionTtl: 3_600_000 });
-    opened.push(store);
+    const store = await open({ prefix, ttl: 60_000, sessionTtl: 3_600_000 });
     const requestId = randomUUID();
     const sessionId = randomUUID();
     await store.recordCopy(copy(requestId, 'a', sessionId));
@@ -182,10 +176,7 @@ describe('RedisSessionStore keys', () => {
 
   it('keeps the commit state at least as long as the lease', async () => {
     const prefix = `rp-test:${randomUUID()}:`;
-    const client = await connect();
-    clients.push(client);
-    const store = new RedisSessionStore({ client, prefix, ttl: 1_000 });
-    opened.push(store);
+    const store = await open({ prefix, ttl: 1_000 });
     const requestId = randomUUID();
     await store.claim(requestId, 'a', { leaseMs: 30_000 });
     expect(await admin.pttl(`${prefix}{r:${requestId}}`)).toBeGreaterThan(20_000);
@@ -197,10 +188,7 @@ describe('RedisSessionStore keys', () => {
 
   it('slides a session\'s expiry when it is read', async () => {
     const prefix = `rp-test:${randomUUID()}:`;
-    const client = await connect();
-    clients.push(client);
-    const store = new RedisSessionStore({ client, prefix, sessionTtl: 60_000 });
-    opened.push(store);
+    const store = await open({ prefix, sessionTtl: 60_000 });
     const requestId = randomUUID();
     await store.saveCandidate('s1', requestId, 'a', { n: 1 });
     await store.recordAdoption({ requestId, sessionId: 's1', update: false, duplicateIds: ['a'], upstreamIds: ['up'] });
@@ -211,10 +199,7 @@ describe('RedisSessionStore keys', () => {
 
   it('puts all keys and the channel of one request under one hash tag, whatever the ids contain', async () => {
     const prefix = `rp-test:${randomUUID()}:`;
-    const client = await connect();
-    clients.push(client);
-    const store = new RedisSessionStore({ client, prefix });
-    opened.push(store);
+    const store = await open({ prefix });
     for (const [requestId, sessionId] of [[randomUUID(), randomUUID()], ['}{weird}%7D{', '{s}'], ['', '}']]) {
       await store.recordCopy(copy(requestId!, 'a', sessionId));
       await store.saveCandidate(sessionId!, requestId!, 'a', { ok: true });
