@@ -127,6 +127,9 @@ async function startGateway(kind, upstreams, options) {
 
 // ---------------------------------------------------------------- load
 
+/** The median over the rounds `rs` of each field in `keys`. */
+const medianOf = (rs, keys) => Object.fromEntries(keys.map((k) => [k, median(rs.map((r) => r[k]))]));
+
 
 /** Closed-loop warm-up: `count` requests, `concurrency` at a time. */
 async function warm(origin, path, count, concurrency = 10) {
@@ -251,10 +254,8 @@ async function scenarioA() {
     return {
       name: c.name,
       label: c.label,
-      rps: median(rs.map((r) => r.rps)),
-      p50: median(rs.map((r) => r.p50)),
-      p99: median(rs.map((r) => r.p99)),
-      cpuMicrosPerRequest: rs[0].cpuMicrosPerRequest === null ? null : median(rs.map((r) => r.cpuMicrosPerRequest)),
+      ...medianOf(rs, ['rps', 'p50', 'p99']),
+      cpuMicrosPerRequest: rs[0].cpuMicrosPerRequest === null ? null : medianOf(rs, ['cpuMicrosPerRequest']).cpuMicrosPerRequest,
       errors: rs.reduce((a, r) => a + r.errors + r.non2xx, 0),
       rounds: rs,
     };
@@ -425,14 +426,7 @@ async function scenarioC() {
       name: c.name,
       label: c.label,
       copies: c.copies,
-      rps: median(rs.map((r) => r.rps)),
-      p50: median(rs.map((r) => r.p50)),
-      p99: median(rs.map((r) => r.p99)),
-      cpuMicrosPerRequest: median(rs.map((r) => r.cpuMicrosPerRequest)),
-      gatewayCpuShare: median(rs.map((r) => r.gatewayCpuShare)),
-      copiesPerRequest: median(rs.map((r) => r.copiesPerRequest)),
-      newConnectionsPerRequest: median(rs.map((r) => r.newConnectionsPerRequest)),
-      upstreamCpuMicrosPerRequest: median(rs.map((r) => r.upstreamCpuMicrosPerRequest)),
+      ...medianOf(rs, ['rps', 'p50', 'p99', 'cpuMicrosPerRequest', 'gatewayCpuShare', 'copiesPerRequest', 'newConnectionsPerRequest', 'upstreamCpuMicrosPerRequest']),
       errors: rs.reduce((a, r) => a + r.errors, 0),
       rounds: rs,
     };
