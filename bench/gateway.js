@@ -172,6 +172,7 @@ process.on('message', async (msg) => {
         served,
         wallMs: performance.now() - wallStart,
         cpuMicros: cpu.user + cpu.system,
+        cpuSystemMicros: cpu.system,
         races: proxy ? { ...races, durations: summarize(races.durations), winnerLatencies: summarize(races.winnerLatencies) } : kind === 'mini-race' ? { winnerLatencies: summarize(races.winnerLatencies) } : null,
         metrics: proxy ? proxy.metrics() : null,
         inGateway: summarize(inGateway),

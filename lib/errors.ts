@@ -15,6 +15,10 @@ export const codes = {
   BODY_READ: 'RP_ERR_BODY_READ',
   /** No copy produced an acceptable response and none produced any response (502). */
   UPSTREAMS_FAILED: 'RP_ERR_UPSTREAMS_FAILED',
+  /** `select: { quorum: k }`: the acceptable answers disagreed and no `k` of them can agree any more (502). */
+  NO_QUORUM: 'RP_ERR_NO_QUORUM',
+  /** A `select` function chose none of the answers, threw, or returned something it was not given (502). */
+  NO_SELECTION: 'RP_ERR_NO_SELECTION',
   /** No acceptable response within `timeout` (504). */
   TIMEOUT: 'RP_ERR_TIMEOUT',
   /** Every upstream is ejected or none is usable for this request (503). */

@@ -47,6 +47,13 @@ describe('redundantProxy options are validated at construction', () => {
     [{ upstreams: [U], secret: 'short' }, 'secret'],
     [{ upstreams: [U], store: {} }, 'store'],
     [{ upstreams: [U], upstream: [U] }, 'upstream'],
+    [{ upstreams: [U], select: 'fastest' }, 'select'],
+    [{ upstreams: [U], select: 2 }, 'select'],
+    [{ upstreams: [U, 'http://127.0.0.1:2'], select: { quorum: 3 } }, 'select.quorum'],
+    [{ upstreams: [U, 'http://127.0.0.1:2'], copies: 1, select: { quorum: 2 } }, 'select.quorum'],
+    [{ upstreams: [U], select: { quorum: 0 } }, 'select.quorum'],
+    [{ upstreams: [U], select: { quorum: 1.5 } }, 'select.quorum'],
+    [{ upstreams: [U], select: { quorum: 1, min: 2 } }, 'select.min'],
   ])('%j → names `%s`', (options, name) => {
     expect(optionNamed(options)).toBe(name);
   });

@@ -9,11 +9,13 @@ import { Race, type CopyReport, type RaceInput } from '../../lib/proxy/race.js';
 // end-to-end behaviour is covered against real servers elsewhere). Each
 // upstream answers at a given time, breaks, or never answers.
 
-type Script = { at: number; status?: number; headers?: Record<string, string> } | { at: number; error: string } | null;
+type Script = { at: number; status?: number; headers?: Record<string, string>; body?: string } | { at: number; error: string } | null;
 
-function fakeResponse(): ServerResponse {
+function fakeResponse(): ServerResponse & { sent: Buffer[] } {
   const res = new EventEmitter() as EventEmitter & Record<string, unknown>;
+  const sent: Buffer[] = [];
   Object.assign(res, {
+    sent,
     headersSent: false,
     destroyed: false,
     statusCode: 0,
@@ -21,13 +23,18 @@ function fakeResponse(): ServerResponse {
       res.headersSent = true;
       res.statusCode = status;
     },
-    write: () => true,
-    end() {},
+    write(chunk: Buffer) {
+      sent.push(Buffer.from(chunk));
+      return true;
+    },
+    end(chunk?: Buffer | string) {
+      if (chunk !== undefined) sent.push(Buffer.from(chunk));
+    },
     destroy() {
       res.destroyed = true;
     },
   });
-  return res as unknown as ServerResponse;
+  return res as unknown as ServerResponse & { sent: Buffer[] };
 }
 
 function scripted(script: Script): Dispatcher {
@@ -48,8 +55,9 @@ function scripted(script: Script): Dispatcher {
         setTimeout(() => {
           if (aborted) return;
           if ('error' in script) return handler.onResponseError?.(controller, Object.assign(new Error(script.error), { code: script.error }));
-          handler.onResponseStart?.(controller, script.status ?? 200, { 'content-length': '2', ...script.headers }, '');
-          handler.onResponseData?.(controller, Buffer.from('ok'));
+          const body = Buffer.from(script.body ?? 'ok');
+          handler.onResponseStart?.(controller, script.status ?? 200, { 'content-length': String(body.length), ...script.headers }, '');
+          handler.onResponseData?.(controller, body);
           handler.onResponseEnd?.(controller, {});
         }, script.at);
       }
@@ -62,6 +70,7 @@ async function race(scripts: Script[], extra: Partial<RaceInput> = {}) {
   const cancels: CopyReport[] = [];
   const errors: unknown[] = [];
   const t0 = performance.now();
+  const res = fakeResponse();
   const targets = scripts.map((_, i) => ({ id: `u${i}`, origin: 'http://127.0.0.1', prefix: '', url: 'http://127.0.0.1' }));
   const r = new Race({
     requestId: 'req',
@@ -78,17 +87,20 @@ async function race(scripts: Script[], extra: Partial<RaceInput> = {}) {
     mayHedge: () => true,
     timeout: 2000,
     accept: (a) => a.status < 500,
+    select: { kind: 'first' },
+    maxAnswerSize: 1024 * 1024,
     secret: undefined,
     now: () => performance.now() - t0,
     wallClock: Date.now,
-    res: fakeResponse(),
+    res,
     onCancelled: (copy) => void cancels.push(copy),
     onError: (_requestId, err) => void errors.push(err),
     capture: 0,
     ...extra,
   });
   const report = await r.start();
-  return { report, cancels, errors, outcomes: report.copies.map((c) => c.outcome) };
+  const sent = Buffer.concat(((extra.res as typeof res | undefined) ?? res).sent).toString();
+  return { report, cancels, errors, outcomes: report.copies.map((c) => c.outcome), status: res.statusCode, sent };
 }
 
 const won = { 'x-redundant-commit': 'won' };
@@ -156,5 +168,118 @@ describe('hedging (scripted upstreams)', () => {
       expect(hedge.sentAt!).toBeGreaterThanOrEqual(5.85);
       expect(report.outcome).toBe('won');
     }
+  });
+});
+
+describe('select: a quorum or a function (scripted upstreams)', () => {
+  const read = (select: RaceInput['select'], more: Partial<RaceInput> = {}): Partial<RaceInput> => ({ update: false, select, ...more });
+  const quorum = (k: number) => ({ kind: 'quorum', quorum: k }) as const;
+  const code = (sent: string) => (JSON.parse(sent) as { code: string }).code;
+
+  it('adopts the first answer that k copies gave alike; the agreeing one is `agreed`, the other `outvoted`', async () => {
+    const { report, outcomes, sent, status } = await race([{ at: 5, body: 'x' }, { at: 10, body: 'y' }, { at: 20, body: 'x' }], read(quorum(2)));
+    expect(report.outcome).toBe('won');
+    expect(status).toBe(200);
+    expect(sent).toBe('x');
+    expect(report.servedBy).toBe('u0');
+    expect(outcomes).toEqual(['won', 'outvoted', 'agreed']);
+  });
+
+  it('decides as soon as k agree: a copy still out is stopped, not awaited', async () => {
+    const { report, outcomes, sent } = await race([{ at: 5, body: 'x' }, { at: 10, body: 'x' }, { at: 400, body: 'x' }], read(quorum(2)));
+    expect(sent).toBe('x');
+    expect(outcomes).toEqual(['won', 'agreed', 'stopped']);
+    expect(report.duration).toBeLessThan(300);
+  });
+
+  it('the same body with another status is another answer', async () => {
+    const { report, status, sent, outcomes } = await race([{ at: 5, body: 'x', status: 200 }, { at: 10, body: 'x', status: 404 }, { at: 15, body: 'x', status: 404 }], read(quorum(2)));
+    expect(report.outcome).toBe('won');
+    expect(status).toBe(404);
+    expect(sent).toBe('x');
+    expect(outcomes).toEqual(['outvoted', 'won', 'agreed']);
+  });
+
+  it('answers 502 RP_ERR_NO_QUORUM when every copy answered and no k agree', async () => {
+    const { report, status, sent, outcomes } = await race([{ at: 5, body: 'x' }, { at: 10, body: 'y' }, { at: 15, body: 'z' }], read(quorum(2)));
+    expect(report.outcome).toBe('failed');
+    expect(status).toBe(502);
+    expect(code(sent)).toBe(codes.NO_QUORUM);
+    expect(outcomes).toEqual(['outvoted', 'outvoted', 'outvoted']);
+  });
+
+  it('gives up as soon as no k can agree any more, without waiting for the copies still out', async () => {
+    const { report, sent, outcomes } = await race([{ at: 5, body: 'x' }, { at: 10, body: 'y' }, null], read(quorum(3), { timeout: 1000 }));
+    expect(code(sent)).toBe(codes.NO_QUORUM);
+    expect(outcomes).toEqual(['outvoted', 'outvoted', 'stopped']);
+    expect(report.duration).toBeLessThan(500);
+  });
+
+  it('a failed copy counts against the quorum: two failures of three leave no quorum of two', async () => {
+    const ok = await race([{ at: 5, body: 'x' }, { at: 8, error: 'ECONNRESET' }, { at: 12, body: 'x' }], read(quorum(2)));
+    expect(ok.sent).toBe('x');
+    expect(ok.outcomes).toEqual(['won', 'failed', 'agreed']);
+    const none = await race([{ at: 5, body: 'x' }, { at: 8, error: 'ECONNRESET' }, { at: 12, error: 'ECONNREFUSED' }], read(quorum(2)));
+    expect(code(none.sent)).toBe(codes.NO_QUORUM);
+  });
+
+  it('unacceptable answers never vote; with no acceptable answer at all, an upstream’s own error passes through', async () => {
+    const { status, sent, report } = await race([{ at: 5, status: 503, body: 'down' }, { at: 10, status: 503, body: 'down' }], read(quorum(2)));
+    expect(status).toBe(503);
+    expect(sent).toBe('down');
+    expect(report.outcome).toBe('failed');
+  });
+
+  it('hedged: the k copies of the quorum leave at once, a further one only when they disagree (then at once)', async () => {
+    const agree = await race([{ at: 5, body: 'x' }, { at: 10, body: 'x' }, { at: 1, body: 'x' }], read(quorum(2), { hedgeDelay: 200 }));
+    expect(agree.outcomes).toEqual(['won', 'agreed', 'not-sent']);
+    expect(agree.report.copies[1]!.sentAt!).toBeLessThan(50);
+    const differ = await race([{ at: 5, body: 'x' }, { at: 10, body: 'y' }, { at: 1, body: 'y' }], read(quorum(2), { hedgeDelay: 200 }));
+    expect(differ.sent).toBe('y');
+    expect(differ.outcomes).toEqual(['outvoted', 'won', 'agreed']);
+    expect(differ.report.copies[2]!.sentAt!).toBeLessThan(150);
+  });
+
+  it('an answer larger than maxBodySize cannot be compared: that copy fails', async () => {
+    const { outcomes, report } = await race([{ at: 5, body: 'x'.repeat(100) }, { at: 10, body: 'y' }, { at: 15, body: 'y' }], read(quorum(2), { maxAnswerSize: 50 }));
+    expect(outcomes).toEqual(['failed', 'won', 'agreed']);
+    expect(report.copies[0]!.error).toMatch(/maxBodySize/);
+  });
+
+  it('a select function is called as answers come, with what is still pending, until it chooses', async () => {
+    const calls: Array<{ bodies: string[]; pending: number }> = [];
+    const { sent, outcomes } = await race([{ at: 5, body: 'short' }, { at: 10, body: 'the longest' }, { at: 15, body: 'medium' }], read({
+      kind: 'custom',
+      choose: (answers, state) => {
+        calls.push({ bodies: answers.map((a) => a.body.toString()), pending: state.pending });
+        if (state.pending > 0) return undefined;
+        return [...answers].sort((a, b) => b.body.length - a.body.length)[0];
+      },
+    }));
+    expect(sent).toBe('the longest');
+    expect(outcomes).toEqual(['outvoted', 'won', 'outvoted']);
+    expect(calls).toEqual([
+      { bodies: ['short'], pending: 2 },
+      { bodies: ['short', 'the longest'], pending: 1 },
+      { bodies: ['short', 'the longest', 'medium'], pending: 0 },
+    ]);
+  });
+
+  it('a select function that chooses nothing, throws, or returns a stranger gives 502 RP_ERR_NO_SELECTION', async () => {
+    const scripts: Script[] = [{ at: 5, body: 'a' }, { at: 10, body: 'b' }];
+    const none = await race(scripts, read({ kind: 'custom', choose: () => undefined }));
+    expect([none.status, code(none.sent)]).toEqual([502, codes.NO_SELECTION]);
+    const thrown: unknown[] = [];
+    const threw = await race(scripts, read({ kind: 'custom', choose: () => { throw new Error('boom'); } }, { onSelectThrew: (_id, err) => void thrown.push(err) }));
+    expect([threw.status, code(threw.sent)]).toEqual([502, codes.NO_SELECTION]);
+    const stranger = await race(scripts, read({ kind: 'custom', choose: (answers) => ({ ...answers[0]! }) }, { onSelectThrew: (_id, err) => void thrown.push(err) }));
+    expect([stranger.status, code(stranger.sent)]).toEqual([502, codes.NO_SELECTION]);
+    expect(thrown.map((e) => (e as Error).message)).toEqual(['boom', expect.stringMatching(/not one of the answers/)]);
+  });
+
+  it('updates ignore select: the committed copy’s answer wins alone', async () => {
+    const { sent, outcomes } = await race([{ at: 5, body: 'committed', headers: won }, { at: 8, status: 409, body: 'no', headers: { 'x-redundant-commit': 'lost' } }], { select: quorum(2) });
+    expect(sent).toBe('committed');
+    expect(outcomes).toEqual(['won', 'lost']);
   });
 });

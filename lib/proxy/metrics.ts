@@ -27,7 +27,7 @@ export interface ProxyMetrics {
 }
 
 const zeroOutcomes = (): Record<RaceOutcome, number> => ({ won: 0, failed: 0, timeout: 0, 'client-closed': 0, broken: 0, 'answer-lost': 0 });
-const zeroCopy = (): Record<CopyOutcome, number> => ({ won: 0, stopped: 0, drained: 0, failed: 0, rejected: 0, 'not-sent': 0, lost: 0, cancelled: 0 });
+const zeroCopy = (): Record<CopyOutcome, number> => ({ won: 0, stopped: 0, drained: 0, failed: 0, rejected: 0, 'not-sent': 0, lost: 0, cancelled: 0, agreed: 0, outvoted: 0 });
 
 export class Metrics {
   #requests = 0;

@@ -38,6 +38,37 @@ export interface HedgeOptions {
   maxExtraLoad?: number;
 }
 
+/** What a `select` function is shown of each complete, acceptable answer to a read. */
+export interface SelectAnswer {
+  /** The upstream's id. */
+  upstream: string;
+  /** The copy's index, from 1. */
+  index: number;
+  status: number;
+  headers: Readonly<Record<string, string | string[] | undefined>>;
+  /** The whole body (answers are buffered, up to `maxBodySize`, to be compared). */
+  body: Buffer;
+}
+
+/** What a `select` function is told besides the answers. */
+export interface SelectState {
+  /** Copies that may still answer: out now, or not sent yet. `0` means this is the last call. */
+  pending: number;
+  /** Copies of this request in all. */
+  copies: number;
+}
+
+/**
+ * Chooses the answer to adopt among the complete, acceptable answers so far
+ * (called again as each copy answers or fails). Return one of `answers` to
+ * adopt it, or `undefined` to wait for more; with nothing chosen once no copy
+ * is pending, the client gets `502` `RP_ERR_NO_SELECTION`.
+ */
+export type SelectFunction = (answers: readonly SelectAnswer[], state: SelectState) => SelectAnswer | null | undefined;
+
+/** How the answer of a read is chosen among its copies' answers. */
+export type SelectOption = 'first' | { quorum: number } | SelectFunction;
+
 /** What `onCancel` is told of a copy stopped because another copy of the update committed. */
 export interface CancelInfo {
   requestId: string;
@@ -103,6 +134,21 @@ export interface ProxyOptions {
    */
   accept?: (response: UpstreamResponse) => boolean;
   /**
+   * How a read's answer is chosen among the acceptable ones (updates always
+   * take the answer of the copy that committed):
+   * - `'first'`: the first acceptable answer wins and its body is streamed;
+   * - `{ quorum: k }`: the first answer that `k` copies gave alike (same
+   *   status and body bytes) wins; `k` copies leave at once, a further one
+   *   after the hedge delay, or at once when the copies out all answered or
+   *   failed without a quorum. When no `k` can agree any
+   *   more, the client gets `502` `RP_ERR_NO_QUORUM`;
+   * - a function ({@link SelectFunction}) chooses among the complete answers.
+   * With a quorum or a function, answers are buffered whole to be compared,
+   * up to `maxBodySize` (a larger one counts as a failed copy).
+   * @default 'first'
+   */
+  select?: SelectOption;
+  /**
    * Whether a request updates data. Updates go to a single upstream.
    * @default method is not GET, HEAD, OPTIONS or TRACE
    */
@@ -114,7 +160,8 @@ export interface ProxyOptions {
   secret?: string | Buffer;
   /**
    * Largest request body, in bytes, buffered to be copied; above it the
-   * client gets `413` before any copy leaves.
+   * client gets `413` before any copy leaves. Also the largest answer that
+   * `select` (a quorum or a function) buffers to compare.
    * @default 1048576 (1 MiB)
    */
   maxBodySize?: number;
@@ -176,6 +223,8 @@ export interface Upstream {
   prefix: string;
 }
 
+export type ResolvedSelect = { kind: 'first' } | { kind: 'quorum'; quorum: number } | { kind: 'custom'; choose: SelectFunction };
+
 export interface ResolvedOptions {
   upstreams: Upstream[];
   store: SessionStore;
@@ -191,6 +240,7 @@ export interface ResolvedOptions {
   maxExtraLoad: number;
   timeout: number;
   accept: (response: UpstreamResponse) => boolean;
+  select: ResolvedSelect;
   isUpdate: (req: IncomingMessage) => boolean;
   secret: string | Buffer | undefined;
   maxBodySize: number;
@@ -198,9 +248,7 @@ export interface ResolvedOptions {
   now: () => number;
 }
 
-const KNOWN = new Set(['upstreams', 'store', 'copies', 'hedge', 'timeout', 'accept', 'isUpdate', 'secret', 'maxBodySize', 'connections', 'session', 'storeTimeout', 'onCancel', 'cancelTimeout', 'idempotency', 'now']);
-// Named in the design, built in a later milestone: refusing it beats silently ignoring it.
-const PLANNED = new Set(['select']);
+const KNOWN = new Set(['upstreams', 'store', 'copies', 'hedge', 'timeout', 'accept', 'select', 'isUpdate', 'secret', 'maxBodySize', 'connections', 'session', 'storeTimeout', 'onCancel', 'cancelTimeout', 'idempotency', 'now']);
 const TOKEN = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
 const READ_METHODS = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE']);
 const ID = /^[A-Za-z0-9._:-]{1,64}$/;
@@ -211,7 +259,6 @@ export const defaultIsUpdate = (req: IncomingMessage): boolean => !READ_METHODS.
 export function resolveOptions(options: ProxyOptions): ResolvedOptions {
   if (typeof options !== 'object' || options === null) throw new InvalidOptionError('options', 'must be an object', options);
   for (const key of Object.keys(options)) {
-    if (PLANNED.has(key)) throw new InvalidOptionError(key, 'is not supported by this version yet', (options as unknown as Record<string, unknown>)[key]);
     if (!KNOWN.has(key)) throw new InvalidOptionError(key, `is not an option (known: ${[...KNOWN].join(', ')})`, (options as unknown as Record<string, unknown>)[key]);
   }
   const upstreams = resolveUpstreams(options.upstreams);
@@ -267,12 +314,28 @@ export function resolveOptions(options: ProxyOptions): ResolvedOptions {
     maxExtraLoad,
     timeout,
     accept: options.accept ?? defaultAccept,
+    select: resolveSelect(options.select, copies),
     isUpdate: options.isUpdate ?? defaultIsUpdate,
     secret,
     maxBodySize,
     connections,
     now: options.now ?? (() => performance.now()),
   };
+}
+
+function resolveSelect(select: ProxyOptions['select'], copies: number): ResolvedSelect {
+  if (select === undefined || select === 'first') return { kind: 'first' };
+  if (typeof select === 'function') return { kind: 'custom', choose: select };
+  if (typeof select !== 'object' || select === null) throw new InvalidOptionError('select', "must be 'first', { quorum: k } or a function", select);
+  for (const key of Object.keys(select)) {
+    if (key !== 'quorum') throw new InvalidOptionError(`select.${key}`, 'is not an option (known: quorum)', (select as Record<string, unknown>)[key]);
+  }
+  const { quorum } = select;
+  if (!Number.isInteger(quorum) || quorum < 1 || quorum > copies) {
+    throw new InvalidOptionError('select.quorum', `must be an integer from 1 to copies (${copies})`, quorum);
+  }
+  // One answer agreeing with itself: the first acceptable one, streamed.
+  return quorum === 1 ? { kind: 'first' } : { kind: 'quorum', quorum };
 }
 
 function resolveIdempotency(idem: ProxyOptions['idempotency']): ResolvedOptions['idempotency'] {

@@ -31,10 +31,13 @@ export interface CopySentEvent {
 export interface ProxyErrorEvent {
   requestId: string | null;
   /**
-   * Where it happened: `accept` (the option threw), `store` (bookkeeping
-   * failed or was too slow; the answer went out anyway), `internal`.
+   * Where it happened: `accept` (the option threw), `select` (the select
+   * function threw or returned something it was not given; the client got
+   * `502` `RP_ERR_NO_SELECTION`), `store` (bookkeeping failed or was too
+   * slow; the answer went out anyway), `onCancel` (the hook threw or ran past
+   * `cancelTimeout`), `internal`.
    */
-  source: 'accept' | 'store' | 'onCancel' | 'internal';
+  source: 'accept' | 'select' | 'store' | 'onCancel' | 'internal';
   error: unknown;
 }
 
@@ -113,6 +116,7 @@ export function redundantProxy(options: ProxyOptions): RedundantProxy {
 
   const mayHedge = () => budget.take();
   const onAcceptThrew = (error: unknown) => events.emit('error', { requestId: null, source: 'accept', error });
+  const onSelectThrew = (requestId: string, error: unknown) => events.emit('error', { requestId, source: 'select', error });
   const onRaceError = (requestId: string, error: unknown) => events.emit('error', { requestId, source: 'internal', error });
 
   function plan(update: boolean): Upstream[] {
@@ -300,6 +304,9 @@ export function redundantProxy(options: ProxyOptions): RedundantProxy {
       mayHedge,
       timeout: opts.timeout,
       accept: opts.accept,
+      select: opts.select,
+      maxAnswerSize: opts.maxBodySize,
+      onSelectThrew,
       secret: opts.secret,
       now: opts.now,
       wallClock: Date.now,

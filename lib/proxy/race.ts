@@ -1,9 +1,10 @@
+import { createHash } from 'node:crypto';
 import type { ServerResponse } from 'node:http';
 import type { Dispatcher } from 'undici';
 import { codes, RedundantProxyError } from '../errors.js';
 import { appendCopyHeaders, H } from '../wire/protocol.js';
 import { forwardResponseHeaders } from './headers.js';
-import type { Upstream, UpstreamResponse } from './options.js';
+import type { ResolvedSelect, SelectAnswer, Upstream, UpstreamResponse } from './options.js';
 import { sendError } from './respond.js';
 
 // The race: send copies of one request (claim 1 (a)-(b)), adopt the first
@@ -43,7 +44,11 @@ export type CopyOutcome =
   /** An update's copy that lost the commit arbitration (`x-redundant-commit: lost`): never adopted. */
   | 'lost'
   /** An update's copy still processing when another copy committed (and past its grace): aborted, and `onCancel` ran for it. */
-  | 'cancelled';
+  | 'cancelled'
+  /** `select: { quorum }`: gave the same answer as the adopted copy (one of the quorum). */
+  | 'agreed'
+  /** `select` (a quorum or a function): answered acceptably, whole, but its answer was not chosen. */
+  | 'outvoted';
 
 export interface CopyReport {
   index: number;
@@ -112,6 +117,12 @@ export interface RaceInput {
   mayHedge: () => boolean;
   timeout: number;
   accept: (response: UpstreamResponse) => boolean;
+  /** How a read's answer is chosen. Updates ignore it: the committed copy's answer wins. */
+  select: ResolvedSelect;
+  /** Largest answer buffered for a quorum or a select function to compare. */
+  maxAnswerSize: number;
+  /** The select function threw, or returned something it was not given. */
+  onSelectThrew?: (requestId: string, err: unknown) => void;
   secret: string | Buffer | undefined;
   now: () => number;
   wallClock: () => number;
@@ -151,7 +162,9 @@ export interface CapturedAnswer {
 // answer held until every copy has answered or one committed, or the winner
 // whose head waits until its adoption is recorded.
 // 'lingering': lost the race before answering; given a short grace to answer (then drained) before it is aborted.
-type CopyState = 'idle' | 'sent' | 'lingering' | 'holding' | 'streaming' | 'collecting' | 'draining' | 'done';
+// 'buffering': an acceptable answer to a read under a quorum or a select
+// function, read whole to be compared; then 'holding' (ended) until chosen.
+type CopyState = 'idle' | 'sent' | 'lingering' | 'holding' | 'streaming' | 'collecting' | 'buffering' | 'draining' | 'done';
 
 class Copy implements Dispatcher.DispatchHandler {
   state: CopyState = 'idle';
@@ -166,6 +179,10 @@ class Copy implements Dispatcher.DispatchHandler {
   /** While holding: the body ended, or broke, before the head could be sent. */
   ended = false;
   broken = false;
+  /** Under select: the complete answer, as the select function is shown it. */
+  answer: SelectAnswer | null = null;
+  /** Under a quorum: the answers this one agrees with (itself included). */
+  group: Copy[] | null = null;
 
   constructor(
     readonly race: Race,
@@ -198,6 +215,14 @@ class Copy implements Dispatcher.DispatchHandler {
         this.chunks = [];
         if (this.drainable()) this.state = 'draining';
         else this.abort();
+        break;
+      case 'buffering':
+        // Answering, but another answer was chosen first.
+        this.chunks = [];
+        if (this.drainable()) {
+          this.report.outcome = 'drained';
+          this.state = 'draining';
+        } else this.abort();
         break;
       case 'holding':
       case 'streaming':
@@ -263,6 +288,14 @@ class Copy implements Dispatcher.DispatchHandler {
       case 'holding':
         this.chunks.push(chunk);
         break;
+      case 'buffering':
+        this.size += chunk.length;
+        if (this.size > this.race.input.maxAnswerSize) {
+          this.chunks = [];
+          this.abort();
+          this.race.onFailed(this, `answer larger than maxBodySize (${this.race.input.maxAnswerSize} bytes): select cannot compare it`);
+        } else this.chunks.push(chunk);
+        break;
       case 'collecting':
         this.size += chunk.length;
         if (this.size > FALLBACK_LIMIT) {
@@ -278,6 +311,12 @@ class Copy implements Dispatcher.DispatchHandler {
   onResponseEnd(): void {
     if (this.state === 'holding') {
       this.ended = true;
+      return;
+    }
+    if (this.state === 'buffering') {
+      this.state = 'holding';
+      this.ended = true;
+      this.race.onAnswer(this);
       return;
     }
     const state = this.state;
@@ -297,7 +336,7 @@ class Copy implements Dispatcher.DispatchHandler {
       this.broken = true;
       this.race.onHeldBroken(this, errorName(err));
     } else if (state === 'streaming') this.race.onWinnerBroken(err);
-    else if (state === 'sent' || state === 'collecting') {
+    else if (state === 'sent' || state === 'collecting' || state === 'buffering') {
       this.chunks = [];
       this.race.onFailed(this, errorName(err));
     }
@@ -316,6 +355,12 @@ export class Race {
   /** Updates: acceptable answers of copies that did not commit, waiting for the others. */
   held: Copy[] = [];
   committed = false;
+  /** A read under a quorum or a select function: answers are read whole and compared. */
+  readonly selecting: boolean;
+  /** Under select: the complete acceptable answers, in arrival order. */
+  answers: Copy[] = [];
+  /** Under a quorum: answers by status and body digest. */
+  groups = new Map<string, Copy[]>();
   captured: CapturedAnswer | null = null;
   #captureSize = 0;
   fallback: Copy | null = null;
@@ -336,6 +381,7 @@ export class Race {
   constructor(readonly input: RaceInput) {
     this.started = input.now();
     this.copies = input.targets.map((u, i) => new Copy(this, u, i + 1));
+    this.selecting = !input.update && input.select.kind !== 'first';
     this.done = new Promise((resolve) => (this.#resolve = resolve));
   }
 
@@ -343,9 +389,12 @@ export class Race {
     const { res, timeout } = this.input;
     this.timeoutTimer = setTimeout(() => this.onTimeout(), timeout);
     res.once('close', this.#onClientClose);
-    this.send(false);
-    if (this.input.hedgeDelay === 0) while (!this.finished && this.next < this.copies.length) this.send(false);
-    else this.armHedge();
+    const { hedgeDelay, select } = this.input;
+    // Hedged, one copy leaves at first; a quorum of k needs k answers, so k do.
+    const burst = hedgeDelay === 0 ? this.copies.length : this.selecting && select.kind === 'quorum' ? select.quorum : 1;
+    do this.send(false);
+    while (!this.finished && this.next < Math.min(burst, this.copies.length));
+    if (hedgeDelay !== 0) this.armHedge();
     return this.done;
   }
 
@@ -454,6 +503,10 @@ export class Race {
       ok = this.input.accept({ status, headers, upstream: copy.upstream.id });
     } catch (err) {
       this.input.onAcceptThrew?.(err);
+    }
+    if (ok && this.selecting) {
+      copy.state = 'buffering'; // counted as settled once its body is in
+      return;
     }
     if (ok && this.input.update && this.copies.length > 1) {
       // An answer that did not commit (a validation error, say) waits until
@@ -658,17 +711,108 @@ export class Race {
     this.settle();
   }
 
+  /** Under select: an acceptable answer is in, whole. */
+  onAnswer(copy: Copy): void {
+    const body = Buffer.concat(copy.chunks, copy.size);
+    copy.chunks = [body];
+    copy.answer = { upstream: copy.upstream.id, index: copy.report.index, status: copy.report.status!, headers: copy.headers, body };
+    copy.report.outcome = 'outvoted'; // until it is chosen, or agrees with the chosen one
+    this.answers.push(copy);
+    if (this.input.select.kind === 'quorum') {
+      const key = `${copy.report.status} ${createHash('sha256').update(body).digest('base64')}`;
+      let group = this.groups.get(key);
+      if (!group) this.groups.set(key, (group = []));
+      group.push(copy);
+      copy.group = group;
+    }
+    this.settle();
+  }
+
+  /**
+   * Under select: a quorum or the select function chooses among the complete
+   * answers, as each copy answers or fails. True when that decided the race
+   * (an answer adopted, or none can be any more).
+   */
+  choose(): boolean {
+    const { select } = this.input;
+    const pending = this.copies.length - this.settled;
+    let chosen: Copy | undefined;
+    if (select.kind === 'quorum') {
+      let largest = 0;
+      for (const group of this.groups.values()) {
+        if (group.length >= select.quorum) {
+          chosen = group[0];
+          break;
+        }
+        largest = Math.max(largest, group.length);
+      }
+      if (!chosen) {
+        if (largest + pending >= select.quorum) return false;
+        this.failSelection(
+          codes.NO_QUORUM,
+          `no ${select.quorum} copies gave the same answer: ${this.answers.length} acceptable answers of ${this.groups.size} different kinds, most alike ${largest}`,
+        );
+        return true;
+      }
+    } else if (select.kind === 'custom') {
+      let picked: SelectAnswer | null | undefined;
+      try {
+        picked = select.choose(
+          this.answers.map((c) => c.answer!),
+          { pending, copies: this.copies.length },
+        );
+      } catch (err) {
+        this.input.onSelectThrew?.(this.input.requestId, err);
+        this.failSelection(codes.NO_SELECTION, 'the select function threw');
+        return true;
+      }
+      if (picked === undefined || picked === null) {
+        if (pending > 0) return false;
+        this.failSelection(codes.NO_SELECTION, `the select function chose none of the ${this.answers.length} acceptable answers`);
+        return true;
+      }
+      chosen = this.answers.find((c) => c.answer === picked);
+      if (!chosen) {
+        this.input.onSelectThrew?.(this.input.requestId, new TypeError('redundant-proxy: select returned a value that is not one of the answers it was given'));
+        this.failSelection(codes.NO_SELECTION, 'the select function returned something that is not one of its answers');
+        return true;
+      }
+    } else return false;
+    for (const other of this.answers) {
+      if (other === chosen) continue;
+      other.report.outcome = other.group !== null && other.group === chosen.group ? 'agreed' : 'outvoted';
+      other.state = 'done';
+      other.chunks = [];
+    }
+    this.adopt(chosen);
+    return true;
+  }
+
+  /** Under select: acceptable answers came, but none was chosen. */
+  failSelection(code: typeof codes.NO_QUORUM | typeof codes.NO_SELECTION, message: string): void {
+    for (const other of this.answers) {
+      other.report.outcome = 'outvoted';
+      other.state = 'done';
+      other.chunks = [];
+    }
+    sendError(this.input.res, new RedundantProxyError(code, message, { status: 502 }), this.input.requestId);
+    this.finish('failed');
+  }
+
   settle(): void {
     this.settled++;
-    if (this.winner || this.finished || this.settled < this.next) return;
+    if (this.winner || this.finished) return;
+    if (this.answers.length > 0 && this.choose()) return;
+    if (this.settled < this.next) return;
     // Every copy answered and none committed: adopt the first held answer.
     const first = this.held[0];
     if (first) {
       this.adopt(first);
       return;
     }
-    // Every copy sent so far failed. Fail over to the next upstream now: this
-    // replaces a failed copy rather than adding load, so no budget applies.
+    // Every copy sent so far failed (or, under select, answered without a
+    // decision). Send the next one now: this replaces a failed copy rather
+    // than adding load, so no budget applies.
     if (this.next < this.copies.length) {
       this.clearHedge();
       this.send(false);
