@@ -54,6 +54,12 @@ describe('redundantProxy options are validated at construction', () => {
     [{ upstreams: [U], select: { quorum: 0 } }, 'select.quorum'],
     [{ upstreams: [U], select: { quorum: 1.5 } }, 'select.quorum'],
     [{ upstreams: [U], select: { quorum: 1, min: 2 } }, 'select.min'],
+    [{ upstreams: [U], ejection: true }, 'ejection'],
+    [{ upstreams: [U], ejection: { failures: 3 } }, 'ejection.failures'],
+    [{ upstreams: [U], ejection: { consecutiveFailures: 0 } }, 'ejection.consecutiveFailures'],
+    [{ upstreams: [U], ejection: { baseEjectionTime: -1 } }, 'ejection.baseEjectionTime'],
+    [{ upstreams: [U], ejection: { baseEjectionTime: 10_000, maxEjectionTime: 5_000 } }, 'ejection.maxEjectionTime'],
+    [{ upstreams: [U], ejection: { maxEjectedPercent: 101 } }, 'ejection.maxEjectedPercent'],
   ])('%j → names `%s`', (options, name) => {
     expect(optionNamed(options)).toBe(name);
   });

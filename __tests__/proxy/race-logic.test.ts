@@ -278,7 +278,7 @@ describe('select: a quorum or a function (scripted upstreams)', () => {
   });
 
   it('updates ignore select: the committed copy’s answer wins alone', async () => {
-    const { sent, outcomes } = await race([{ at: 5, body: 'committed', headers: won }, { at: 8, status: 409, body: 'no', headers: { 'x-redundant-commit': 'lost' } }], { select: quorum(2) });
+    const { sent, outcomes } = await race([{ at: 20, body: 'committed', headers: won }, { at: 23, status: 409, body: 'no', headers: { 'x-redundant-commit': 'lost' } }], { select: quorum(2) });
     expect(sent).toBe('committed');
     expect(outcomes).toEqual(['won', 'lost']);
   });

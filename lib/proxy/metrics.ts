@@ -1,3 +1,4 @@
+import type { Ejector } from './ejection.js';
 import { percentile } from './hedge.js';
 import type { CopyOutcome, RaceOutcome, RaceReport } from './race.js';
 
@@ -11,6 +12,10 @@ export interface UpstreamMetrics {
   /** won / sent */
   winRate: number;
   outcomes: Record<CopyOutcome, number>;
+  /** It receives no copies now: it failed too often in a row (the `ejection` option). */
+  ejected: boolean;
+  /** Times it was ejected. */
+  ejections: number;
 }
 
 export interface ProxyMetrics {
@@ -57,12 +62,12 @@ export class Metrics {
     }
   }
 
-  snapshot(workers: ReadonlySet<string>): ProxyMetrics {
+  snapshot(workers: ReadonlySet<string>, ejector: Ejector | null): ProxyMetrics {
     const n = this.#requests;
     const window = this.#latency.subarray(0, Math.min(n, LATENCY_WINDOW));
     const upstreams: Record<string, UpstreamMetrics> = {};
     for (const [id, u] of this.#upstreams) {
-      upstreams[id] = { worker: workers.has(id), sent: u.sent, won: u.outcomes.won, winRate: u.sent ? u.outcomes.won / u.sent : 0, outcomes: { ...u.outcomes } };
+      upstreams[id] = { worker: workers.has(id), sent: u.sent, won: u.outcomes.won, winRate: u.sent ? u.outcomes.won / u.sent : 0, outcomes: { ...u.outcomes }, ejected: ejector?.isEjected(id) ?? false, ejections: ejector?.ejections(id) ?? 0 };
     }
     return {
       requests: n,

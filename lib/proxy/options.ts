@@ -81,6 +81,31 @@ export interface CancelInfo {
   signal: AbortSignal;
 }
 
+/** Outlier ejection: an upstream whose copies keep failing stops receiving copies for a while. */
+export interface EjectionOptions {
+  /**
+   * Failed copies in a row that eject an upstream: a refused, reset or
+   * malformed connection, a 5xx answer, or a copy still out at `timeout`.
+   * A copy stopped because another won counts neither way.
+   * @default 5
+   */
+  consecutiveFailures?: number;
+  /**
+   * Milliseconds of the first ejection; each further one, until the upstream
+   * passes its probation, lasts twice as long as the one before.
+   * @default 30000
+   */
+  baseEjectionTime?: number;
+  /** Longest ejection, in ms. @default 300000 */
+  maxEjectionTime?: number;
+  /**
+   * Most upstreams ejected at once, as a percentage of all (rounded down):
+   * copies always have somewhere to go.
+   * @default 50
+   */
+  maxEjectedPercent?: number;
+}
+
 export interface IdempotencyOptions {
   /**
    * Who a key belongs to, so one client can never replay another's answer.
@@ -205,6 +230,14 @@ export interface ProxyOptions {
    * @default {}
    */
   idempotency?: IdempotencyOptions | false;
+  /**
+   * Outlier ejection: an upstream that failed `consecutiveFailures` copies in
+   * a row receives no copies for `baseEjectionTime`, then is probed back with
+   * ordinary copies (which race healthy ones); failing its first judged copy
+   * ejects it again for twice as long. `false` turns it off.
+   * @default { consecutiveFailures: 5, baseEjectionTime: 30000, maxEjectionTime: 300000, maxEjectedPercent: 50 }
+   */
+  ejection?: EjectionOptions | false;
   /** Clock, for tests. @default performance.now */
   now?: () => number;
 }
@@ -235,6 +268,7 @@ export interface ResolvedOptions {
   onCancel: ((info: CancelInfo) => void | Promise<void>) | undefined;
   cancelTimeout: number;
   idempotency: { scope: ((req: IncomingMessage) => string | undefined) | undefined; ttl: number; maxAnswerSize: number } | false;
+  ejection: Required<EjectionOptions> | false;
   copies: number;
   hedgeDelay: number | 'adaptive';
   maxExtraLoad: number;
@@ -248,7 +282,7 @@ export interface ResolvedOptions {
   now: () => number;
 }
 
-const KNOWN = new Set(['upstreams', 'store', 'copies', 'hedge', 'timeout', 'accept', 'select', 'isUpdate', 'secret', 'maxBodySize', 'connections', 'session', 'storeTimeout', 'onCancel', 'cancelTimeout', 'idempotency', 'now']);
+const KNOWN = new Set(['upstreams', 'store', 'copies', 'hedge', 'timeout', 'accept', 'select', 'isUpdate', 'secret', 'maxBodySize', 'connections', 'session', 'storeTimeout', 'onCancel', 'cancelTimeout', 'idempotency', 'ejection', 'now']);
 const TOKEN = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
 const READ_METHODS = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE']);
 const ID = /^[A-Za-z0-9._:-]{1,64}$/;
@@ -305,6 +339,7 @@ export function resolveOptions(options: ProxyOptions): ResolvedOptions {
     onCancel: options.onCancel,
     cancelTimeout,
     idempotency: resolveIdempotency(options.idempotency),
+    ejection: resolveEjection(options.ejection),
     store: store ?? new MemorySessionStore(),
     ownsStore: store === undefined,
     session: resolveSession(options.session),
@@ -336,6 +371,29 @@ function resolveSelect(select: ProxyOptions['select'], copies: number): Resolved
   }
   // One answer agreeing with itself: the first acceptable one, streamed.
   return quorum === 1 ? { kind: 'first' } : { kind: 'quorum', quorum };
+}
+
+function resolveEjection(ejection: ProxyOptions['ejection']): ResolvedOptions['ejection'] {
+  if (ejection === false) return false;
+  const o = ejection ?? {};
+  const known = ['consecutiveFailures', 'baseEjectionTime', 'maxEjectionTime', 'maxEjectedPercent'];
+  if (typeof o !== 'object' || o === null) throw new InvalidOptionError('ejection', `must be { ${known.join(', ')} } or false`, ejection);
+  for (const key of Object.keys(o)) {
+    if (!known.includes(key)) throw new InvalidOptionError(`ejection.${key}`, `is not an option (known: ${known.join(', ')})`, (o as Record<string, unknown>)[key]);
+  }
+  const consecutiveFailures = o.consecutiveFailures ?? 5;
+  if (!Number.isInteger(consecutiveFailures) || consecutiveFailures < 1) throw new InvalidOptionError('ejection.consecutiveFailures', 'must be an integer >= 1', o.consecutiveFailures);
+  const baseEjectionTime = o.baseEjectionTime ?? 30_000;
+  if (!Number.isFinite(baseEjectionTime) || baseEjectionTime <= 0) throw new InvalidOptionError('ejection.baseEjectionTime', 'must be a number of milliseconds > 0', o.baseEjectionTime);
+  const maxEjectionTime = o.maxEjectionTime ?? Math.max(300_000, baseEjectionTime);
+  if (!Number.isFinite(maxEjectionTime) || maxEjectionTime < baseEjectionTime) {
+    throw new InvalidOptionError('ejection.maxEjectionTime', 'must be a number of milliseconds >= baseEjectionTime', o.maxEjectionTime);
+  }
+  const maxEjectedPercent = o.maxEjectedPercent ?? 50;
+  if (typeof maxEjectedPercent !== 'number' || !(maxEjectedPercent >= 0 && maxEjectedPercent <= 100)) {
+    throw new InvalidOptionError('ejection.maxEjectedPercent', 'must be a number from 0 to 100', o.maxEjectedPercent);
+  }
+  return { consecutiveFailures, baseEjectionTime, maxEjectionTime, maxEjectedPercent };
 }
 
 function resolveIdempotency(idem: ProxyOptions['idempotency']): ResolvedOptions['idempotency'] {

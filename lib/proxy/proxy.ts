@@ -7,6 +7,7 @@ import { H, mintSessionId, SESSION_ID } from '../wire/protocol.js';
 import { Emitter, type Disposable } from '../events.js';
 import { readBody, type ParsedBodyHints } from './body.js';
 import { forwardRequestHeaders } from './headers.js';
+import { Ejector, type UpstreamEjectedEvent, type UpstreamRestoredEvent } from './ejection.js';
 import { AdaptiveDelay, HedgeBudget, hedgeQuantile } from './hedge.js';
 import { Metrics, type ProxyMetrics } from './metrics.js';
 import { resolveOptions, type CancelInfo, type ProxyOptions, type Upstream } from './options.js';
@@ -58,6 +59,10 @@ export interface ProxyEvents {
   'race:end': RaceReport;
   /** An update's copy was stopped because another copy committed; `onCancel` ran and the store recorded it. */
   'copy:cancelled': CopyCancelledEvent;
+  /** An upstream failed too often in a row (the `ejection` option): it receives no copies for `duration` ms. */
+  'upstream:ejected': UpstreamEjectedEvent;
+  /** An ejected upstream's time is over: it receives copies again, on probation. */
+  'upstream:restored': UpstreamRestoredEvent;
   /** Something failed that did not fail the request. Never thrown. */
   error: ProxyErrorEvent;
 }
@@ -98,6 +103,15 @@ export function redundantProxy(options: ProxyOptions): RedundantProxy {
   const metrics = new Metrics(opts.upstreams.map((u) => u.id));
   const adaptive = opts.hedgeDelay === 'adaptive' ? new AdaptiveDelay(hedgeQuantile(opts.maxExtraLoad)) : null;
   const budget = new HedgeBudget(opts.maxExtraLoad);
+  const ejector = opts.ejection
+    ? new Ejector(
+        opts.ejection,
+        opts.upstreams,
+        opts.now,
+        (e) => events.emit('upstream:ejected', e),
+        (e) => events.emit('upstream:restored', e),
+      )
+    : null;
   const dispatchers = new Map<string, Dispatcher>();
   for (const u of opts.upstreams) {
     dispatchers.set(u.id, new Pool(u.origin, { connections: opts.connections, keepAliveTimeout: 10_000, pipelining: 1 }));
@@ -120,8 +134,9 @@ export function redundantProxy(options: ProxyOptions): RedundantProxy {
   const onRaceError = (requestId: string, error: unknown) => events.emit('error', { requestId, source: 'internal', error });
 
   function plan(update: boolean): Upstream[] {
-    let pool = opts.upstreams;
-    let n = opts.copies;
+    // Ejected upstreams receive no copies; a read then sends fewer.
+    let pool = ejector ? ejector.available(opts.upstreams) : opts.upstreams;
+    let n = Math.min(opts.copies, pool.length);
     if (update) {
       // Safe by default: an update is copied only to upstreams that have shown
       // they run the worker (so its commit is arbitrated); until two have, it
@@ -132,6 +147,7 @@ export function redundantProxy(options: ProxyOptions): RedundantProxy {
         n = Math.min(n, known.length);
       } else n = 1;
     }
+    if (pool.length === 0) return pool;
     const start = rotation++ % pool.length;
     if (n === pool.length && start === 0) return pool;
     const out: Upstream[] = [];
@@ -262,13 +278,18 @@ export function redundantProxy(options: ProxyOptions): RedundantProxy {
     const path = req.url ?? '/';
     const update = opts.isUpdate(req);
     const session = findSession(req);
+    const targets = plan(update);
+    if (targets.length === 0) {
+      // Only with ejection.maxEjectedPercent at 100: every upstream is ejected.
+      sendError(res, new RedundantProxyError(codes.NO_UPSTREAM, 'every upstream is ejected for failing; none may receive the request now', { status: 503 }), requestId);
+      return;
+    }
     let idempotencyKey: string | null = null;
     if (update) {
       const idem = await beginIdempotency(req, res, { requestId, method, path, body, sessionId: session.isNew ? null : session.id || null });
       if (idem.answered) return;
       idempotencyKey = idem.key;
     }
-    const targets = plan(update);
     budget.deposit();
     const route = adaptive ? `${method} ${path.split('?', 1)[0]}` : '';
     const hedgeDelay = adaptive ? adaptive.delay(route) : (opts.hedgeDelay as number);
@@ -331,6 +352,7 @@ export function redundantProxy(options: ProxyOptions): RedundantProxy {
       void bookkeep(opts.store.completeIdempotent(idempotencyKey, requestId, answerToKeep(report, race), opts.idempotency.ttl), requestId, false);
     }
     metrics.record(report);
+    ejector?.record(report);
     adaptive?.learn(route, report, hedgeDelay);
     events.emit('race:end', report);
   }
@@ -403,7 +425,7 @@ export function redundantProxy(options: ProxyOptions): RedundantProxy {
 
   proxy.handler = (req, res) => safe(req, res, req as ParsedBodyHints);
   proxy.on = (name, listener) => events.on(name, listener);
-  proxy.metrics = () => metrics.snapshot(workers);
+  proxy.metrics = () => metrics.snapshot(workers, ejector);
   proxy.close = async () => {
     if (closed) return;
     closed = true;

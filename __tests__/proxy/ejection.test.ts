@@ -1,0 +1,123 @@
+import { afterAll, describe, expect, it } from '@jest/globals';
+import { redundantProxy, type ProxyOptions, type RaceReport, type UpstreamEjectedEvent } from '../../lib/index.js';
+import { closeAfterEach } from '../helpers/cleanup.js';
+import { testClient } from '../helpers/client.js';
+import { mountGateway } from '../helpers/gateway.js';
+import { eventually } from '../helpers/replica.js';
+import { after, deadPort, startUpstream } from '../helpers/upstream.js';
+
+// Outlier ejection on real upstreams: a replica that is down, or answers 5xx,
+// stops receiving copies; its time out runs on the proxy's injected clock.
+
+const client = testClient();
+const open = closeAfterEach();
+afterAll(() => client.close());
+
+async function setup(urls: string[], options: Partial<ProxyOptions> = {}) {
+  let skew = 0;
+  const proxy = redundantProxy({ upstreams: urls.map((url, i) => ({ id: `u${i}`, url })), now: () => performance.now() + skew, ...options });
+  const gw = await mountGateway('node', proxy);
+  open.push(gw, proxy);
+  const log: string[] = [];
+  const ejected: UpstreamEjectedEvent[] = [];
+  const reports: RaceReport[] = [];
+  proxy.on('upstream:ejected', (e) => {
+    ejected.push(e);
+    log.push(`ejected ${e.upstream}`);
+  });
+  proxy.on('upstream:restored', (e) => log.push(`restored ${e.upstream}`));
+  proxy.on('race:end', (r) => reports.push(r));
+  /** Sends n requests one after another; each resolves once its race is reported. */
+  const send = async (n: number) => {
+    for (let i = 0; i < n; i++) {
+      const before = reports.length;
+      const res = await client.send(`${gw.url}/x`);
+      expect(res.status).toBe(200);
+      await eventually(() => reports.length > before || undefined);
+    }
+  };
+  return { proxy, gw, log, ejected, reports, send, advance: (ms: number) => void (skew += ms) };
+}
+
+const sentTo = (r: RaceReport) => r.copies.filter((c) => c.sentAt !== null).map((c) => c.upstream).sort();
+
+describe('outlier ejection', () => {
+  it('a replica that refuses connections is ejected after 5 failures in a row, probed back after 30 s, and ejected for twice as long when the probe fails', async () => {
+    const a = await startUpstream(after(1));
+    const b = await startUpstream(after(1));
+    open.push(a, b);
+    const { proxy, log, ejected, reports, send, advance } = await setup([a.url, b.url, `http://127.0.0.1:${await deadPort()}`]);
+    await send(4);
+    expect(log).toEqual([]);
+    await send(1);
+    expect(ejected).toEqual([{ upstream: 'u2', failures: 5, duration: 30_000, ejections: 1 }]);
+    expect(proxy.metrics().upstreams.u2).toMatchObject({ ejected: true, ejections: 1 });
+    await send(3);
+    for (const r of reports.slice(-3)) expect(sentTo(r)).toEqual(['u0', 'u1']);
+    advance(30_001);
+    await send(1);
+    expect(log).toEqual(['ejected u2', 'restored u2', 'ejected u2']);
+    expect(sentTo(reports.at(-1)!)).toEqual(['u0', 'u1', 'u2']);
+    expect(ejected[1]).toEqual({ upstream: 'u2', failures: 1, duration: 60_000, ejections: 2 });
+    expect(proxy.metrics().upstreams.u2!.ejected).toBe(true);
+  });
+
+  it('a replica answering 5xx is ejected too, and one that recovers passes its probation and stays', async () => {
+    let failing = true;
+    const flaky = await startUpstream((_req, res) => {
+      res.writeHead(failing ? 503 : 200, { 'content-type': 'application/json' });
+      res.end('{}');
+    });
+    const good = await startUpstream(after(20));
+    open.push(flaky, good);
+    const { log, reports, send, advance } = await setup([flaky.url, good.url], { ejection: { consecutiveFailures: 2, baseEjectionTime: 1000 } });
+    await send(2);
+    expect(log).toEqual(['ejected u0']);
+    failing = false;
+    advance(1001);
+    await send(3);
+    expect(log).toEqual(['ejected u0', 'restored u0']);
+    for (const r of reports.slice(-3)) expect(sentTo(r)).toEqual(['u0', 'u1']);
+  });
+
+  it('never ejects more than maxEjectedPercent of the upstreams (50% by default)', async () => {
+    const a = await startUpstream(after(1));
+    open.push(a);
+    const { log, send, proxy } = await setup([a.url, `http://127.0.0.1:${await deadPort()}`, `http://127.0.0.1:${await deadPort()}`]);
+    await send(8);
+    expect(log).toEqual(['ejected u1']);
+    expect(proxy.metrics().upstreams.u2).toMatchObject({ ejected: false, ejections: 0 });
+  });
+
+  it('a slow copy stopped because another won counts neither way', async () => {
+    const fast = await startUpstream(after(1));
+    const slow = await startUpstream(after(300));
+    open.push(fast, slow);
+    const { log, send } = await setup([fast.url, slow.url], { ejection: { consecutiveFailures: 1 } });
+    await send(3);
+    expect(log).toEqual([]);
+  });
+
+  it('`ejection: false` keeps sending copies to a failing replica', async () => {
+    const a = await startUpstream(after(1));
+    open.push(a);
+    const { log, send, reports } = await setup([a.url, `http://127.0.0.1:${await deadPort()}`], { ejection: false });
+    await send(7);
+    expect(log).toEqual([]);
+    expect(sentTo(reports.at(-1)!)).toEqual(['u0', 'u1']);
+  });
+
+  it('with maxEjectedPercent 100 and every replica ejected, a request gets 503 RP_ERR_NO_UPSTREAM until one is back', async () => {
+    const { proxy, gw, advance } = await setup([`http://127.0.0.1:${await deadPort()}`], { ejection: { consecutiveFailures: 1, maxEjectedPercent: 100, baseEjectionTime: 5000 } });
+    const first = await client.send(`${gw.url}/`);
+    expect(first.status).toBe(502);
+    await eventually(() => proxy.metrics().upstreams.u0!.ejected || undefined);
+    const refused = await client.send(`${gw.url}/`);
+    expect(refused.status).toBe(503);
+    expect(refused.json()).toMatchObject({ code: 'RP_ERR_NO_UPSTREAM' });
+    advance(5001);
+    const probed = await client.send(`${gw.url}/`);
+    expect(probed.status).toBe(502);
+    expect(probed.json()).toMatchObject({ code: 'RP_ERR_UPSTREAMS_FAILED' });
+  });
+});
