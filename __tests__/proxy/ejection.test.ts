@@ -121,3 +121,23 @@ describe('outlier ejection', () => {
     expect(probed.json()).toMatchObject({ code: 'RP_ERR_UPSTREAMS_FAILED' });
   });
 });
+
+describe('outlier ejection with a quorum', () => {
+  it('keeps at least k upstreams in, whatever maxEjectedPercent says', async () => {
+    const a = await startUpstream(after(1, 200, { v: 1 }));
+    const b = await startUpstream(after(1, 200, { v: 1 }));
+    open.push(a, b);
+    const dead = `http://127.0.0.1:${await deadPort()}`;
+    const two = await setup([a.url, b.url, dead], { select: { quorum: 2 }, ejection: { consecutiveFailures: 1, maxEjectedPercent: 100 } });
+    const three = await setup([a.url, b.url, dead], { select: { quorum: 3 }, ejection: { consecutiveFailures: 1, maxEjectedPercent: 100 } });
+    for (let i = 0; i < 3; i++) {
+      expect((await client.send(`${two.gw.url}/`)).status).toBe(200);
+      // A quorum of 3 with one replica down fails, but ejecting it would leave no quorum possible at all.
+      const res = await client.send(`${three.gw.url}/`);
+      expect(res.json()).toMatchObject({ code: 'RP_ERR_NO_QUORUM' });
+    }
+    await eventually(() => (three.reports.length === 3 && two.reports.length === 3) || undefined);
+    expect(two.log).toEqual(['ejected u2']);
+    expect(three.log).toEqual([]);
+  });
+});

@@ -12,6 +12,8 @@ export interface EjectionSettings {
   baseEjectionTime: number;
   maxEjectionTime: number;
   maxEjectedPercent: number;
+  /** Upstreams that must stay in whatever the percentage says: a quorum's k. */
+  keep: number;
 }
 
 export interface UpstreamEjectedEvent {
@@ -111,7 +113,8 @@ export class Ejector {
 
   #eject(id: string, h: Health): void {
     // Never eject more than the allowed share: copies need somewhere to go.
-    const cap = Math.floor((this.#health.size * this.settings.maxEjectedPercent) / 100);
+    const n = this.#health.size;
+    const cap = Math.min(Math.floor((n * this.settings.maxEjectedPercent) / 100), n - this.settings.keep);
     if (this.#ejected >= cap) return;
     const duration = Math.min(this.settings.maxEjectionTime, this.settings.baseEjectionTime * 2 ** h.streak);
     const failures = h.failures;

@@ -100,7 +100,8 @@ export interface EjectionOptions {
   maxEjectionTime?: number;
   /**
    * Most upstreams ejected at once, as a percentage of all (rounded down):
-   * copies always have somewhere to go.
+   * copies always have somewhere to go. With `select: { quorum: k }`, at
+   * least `k` always stay in.
    * @default 50
    */
   maxEjectedPercent?: number;

@@ -105,7 +105,7 @@ export function redundantProxy(options: ProxyOptions): RedundantProxy {
   const budget = new HedgeBudget(opts.maxExtraLoad);
   const ejector = opts.ejection
     ? new Ejector(
-        opts.ejection,
+        { ...opts.ejection, keep: opts.select.kind === 'quorum' ? opts.select.quorum : 0 },
         opts.upstreams,
         opts.now,
         (e) => events.emit('upstream:ejected', e),
