@@ -2,6 +2,7 @@ export { redundantProxy } from './proxy/proxy.js';
 export type { RedundantProxy, ProxyEvents, RaceStartEvent, CopySentEvent, CopyCancelledEvent, ProxyErrorEvent, KoaLikeContext } from './proxy/proxy.js';
 export type { ProxyOptions, UpstreamSpec, UpstreamResponse, HedgeOptions, SessionOptions, CancelInfo, IdempotencyOptions, SelectOption, SelectFunction, SelectAnswer, SelectState, EjectionOptions } from './proxy/options.js';
 export type { UpstreamEjectedEvent, UpstreamRestoredEvent } from './proxy/ejection.js';
+export type { PrometheusOptions, PrometheusRegistry } from './proxy/prometheus.js';
 export { redundantWorker } from './worker/worker.js';
 export type { RedundantWorker, WorkerOptions, RedundantHandle, WorkerEvents, WorkerErrorEvent, KoaWorkerContext } from './worker/worker.js';
 export type { Claim } from './worker/commit.js';

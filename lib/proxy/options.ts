@@ -2,6 +2,7 @@ import type { IncomingMessage } from 'node:http';
 import { InvalidOptionError } from '../errors.js';
 import { MemorySessionStore } from '../store/memory.js';
 import type { SessionStore } from '../store/types.js';
+import { checkPrometheusOptions, type PrometheusOptions } from './prometheus.js';
 
 /** An application server the proxy sends copies to. */
 export interface UpstreamSpec {
@@ -239,6 +240,12 @@ export interface ProxyOptions {
    * @default { consecutiveFailures: 5, baseEjectionTime: 30000, maxEjectionTime: 300000, maxEjectedPercent: 50 }
    */
   ejection?: EjectionOptions | false;
+  /**
+   * Also count requests, copies, hedges, race durations and ejections in a
+   * prom-client registry (prom-client must be installed).
+   * @example { registry: promClient.register, labels: { route: 'orders' } }
+   */
+  prometheus?: PrometheusOptions;
   /** Clock, for tests. @default performance.now */
   now?: () => number;
 }
@@ -270,6 +277,7 @@ export interface ResolvedOptions {
   cancelTimeout: number;
   idempotency: { scope: ((req: IncomingMessage) => string | undefined) | undefined; ttl: number; maxAnswerSize: number } | false;
   ejection: Required<EjectionOptions> | false;
+  prometheus: PrometheusOptions | undefined;
   copies: number;
   hedgeDelay: number | 'adaptive';
   maxExtraLoad: number;
@@ -283,7 +291,7 @@ export interface ResolvedOptions {
   now: () => number;
 }
 
-const KNOWN = new Set(['upstreams', 'store', 'copies', 'hedge', 'timeout', 'accept', 'select', 'isUpdate', 'secret', 'maxBodySize', 'connections', 'session', 'storeTimeout', 'onCancel', 'cancelTimeout', 'idempotency', 'ejection', 'now']);
+const KNOWN = new Set(['upstreams', 'store', 'copies', 'hedge', 'timeout', 'accept', 'select', 'isUpdate', 'secret', 'maxBodySize', 'connections', 'session', 'storeTimeout', 'onCancel', 'cancelTimeout', 'idempotency', 'ejection', 'prometheus', 'now']);
 const TOKEN = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
 const READ_METHODS = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE']);
 const ID = /^[A-Za-z0-9._:-]{1,64}$/;
@@ -341,6 +349,7 @@ export function resolveOptions(options: ProxyOptions): ResolvedOptions {
     cancelTimeout,
     idempotency: resolveIdempotency(options.idempotency),
     ejection: resolveEjection(options.ejection),
+    prometheus: checkPrometheusOptions(options.prometheus),
     store: store ?? new MemorySessionStore(),
     ownsStore: store === undefined,
     session: resolveSession(options.session),

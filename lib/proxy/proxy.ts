@@ -10,6 +10,7 @@ import { forwardRequestHeaders } from './headers.js';
 import { Ejector, type UpstreamEjectedEvent, type UpstreamRestoredEvent } from './ejection.js';
 import { AdaptiveDelay, HedgeBudget, hedgeQuantile } from './hedge.js';
 import { Metrics, type ProxyMetrics } from './metrics.js';
+import { PrometheusMetrics } from './prometheus.js';
 import { resolveOptions, type CancelInfo, type ProxyOptions, type Upstream } from './options.js';
 import type { IdempotencyState, StoredAnswer } from '../store/types.js';
 import { Race, type CopyReport, type RaceReport } from './race.js';
@@ -103,13 +104,20 @@ export function redundantProxy(options: ProxyOptions): RedundantProxy {
   const metrics = new Metrics(opts.upstreams.map((u) => u.id));
   const adaptive = opts.hedgeDelay === 'adaptive' ? new AdaptiveDelay(hedgeQuantile(opts.maxExtraLoad)) : null;
   const budget = new HedgeBudget(opts.maxExtraLoad);
+  const prom = opts.prometheus ? new PrometheusMetrics(opts.prometheus, opts.upstreams.map((u) => u.id)) : null;
   const ejector = opts.ejection
     ? new Ejector(
         { ...opts.ejection, keep: opts.select.kind === 'quorum' ? opts.select.quorum : 0 },
         opts.upstreams,
         opts.now,
-        (e) => events.emit('upstream:ejected', e),
-        (e) => events.emit('upstream:restored', e),
+        (e) => {
+          prom?.ejected(e.upstream, true);
+          events.emit('upstream:ejected', e);
+        },
+        (e) => {
+          prom?.ejected(e.upstream, false);
+          events.emit('upstream:restored', e);
+        },
       )
     : null;
   const dispatchers = new Map<string, Dispatcher>();
@@ -352,6 +360,7 @@ export function redundantProxy(options: ProxyOptions): RedundantProxy {
       void bookkeep(opts.store.completeIdempotent(idempotencyKey, requestId, answerToKeep(report, race), opts.idempotency.ttl), requestId, false);
     }
     metrics.record(report);
+    prom?.record(report);
     ejector?.record(report);
     adaptive?.learn(route, report, hedgeDelay);
     events.emit('race:end', report);

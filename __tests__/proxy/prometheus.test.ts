@@ -1,0 +1,109 @@
+import { execFileSync } from 'node:child_process';
+import { cpSync, mkdirSync, mkdtempSync, rmSync, symlinkSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { afterAll, describe, expect, it } from '@jest/globals';
+import { Registry } from 'prom-client';
+import { redundantProxy, type ProxyOptions, type RaceReport } from '../../lib/index.js';
+import { closeAfterEach } from '../helpers/cleanup.js';
+import { testClient } from '../helpers/client.js';
+import { mountGateway } from '../helpers/gateway.js';
+import { eventually } from '../helpers/replica.js';
+import { after, deadPort, startUpstream } from '../helpers/upstream.js';
+
+const client = testClient();
+const open = closeAfterEach();
+afterAll(() => client.close());
+
+async function gateway(urls: string[], options: Partial<ProxyOptions>) {
+  const proxy = redundantProxy({ upstreams: urls.map((url, i) => ({ id: `u${i}`, url })), ...options });
+  const gw = await mountGateway('node', proxy);
+  open.push(gw, proxy);
+  const reports: RaceReport[] = [];
+  proxy.on('race:end', (r) => reports.push(r));
+  return { proxy, gw, reports };
+}
+
+/** One sample's value from the registry's text exposition, or undefined. */
+function sample(text: string, series: string): number | undefined {
+  const line = text.split('\n').find((l) => l.startsWith(`${series} `));
+  return line === undefined ? undefined : Number(line.slice(series.length + 1));
+}
+
+describe('prometheus: a prom-client registry', () => {
+  it('counts requests, copies by upstream and outcome, race durations and ejections', async () => {
+    const fast = await startUpstream(after(1));
+    const slow = await startUpstream(after(300));
+    open.push(fast, slow);
+    const registry = new Registry();
+    const dead = `http://127.0.0.1:${await deadPort()}`;
+    const { gw, reports } = await gateway([fast.url, slow.url, dead], { prometheus: { registry }, ejection: { consecutiveFailures: 2 } });
+    for (let i = 1; i <= 3; i++) {
+      expect((await client.send(`${gw.url}/`)).status).toBe(200);
+      await eventually(() => reports.length === i || undefined); // judged before the next request
+    }
+    const text = await registry.metrics();
+    expect(sample(text, 'redundant_proxy_requests_total{outcome="won"}')).toBe(3);
+    expect(sample(text, 'redundant_proxy_copies_total{upstream="u0",outcome="won"}')).toBe(3);
+    expect(sample(text, 'redundant_proxy_copies_total{upstream="u1",outcome="stopped"}')).toBe(3);
+    // Two failures eject u2: the third request sent it no copy.
+    expect(sample(text, 'redundant_proxy_copies_total{upstream="u2",outcome="failed"}')).toBe(2);
+    expect(sample(text, 'redundant_proxy_upstream_ejected{upstream="u2"}')).toBe(1);
+    expect(sample(text, 'redundant_proxy_upstream_ejected{upstream="u0"}')).toBe(0);
+    expect(sample(text, 'redundant_proxy_upstream_ejections_total{upstream="u2"}')).toBe(1);
+    expect(sample(text, 'redundant_proxy_race_duration_seconds_count{outcome="won"}')).toBe(3);
+    expect(sample(text, 'redundant_proxy_race_duration_seconds_bucket{le="10",outcome="won"}')).toBe(3);
+  });
+
+  it('several proxies share one registry, told apart by their labels; other label names are refused', async () => {
+    const up = await startUpstream(after(1));
+    open.push(up);
+    const registry = new Registry();
+    const a = await gateway([up.url], { prometheus: { registry, prefix: 'gw_', labels: { route: 'a' } } });
+    const b = await gateway([up.url], { prometheus: { registry, prefix: 'gw_', labels: { route: 'b' } } });
+    await client.send(`${a.gw.url}/`);
+    await client.send(`${b.gw.url}/`);
+    await client.send(`${b.gw.url}/`);
+    await eventually(() => (a.reports.length === 1 && b.reports.length === 2) || undefined);
+    const text = await registry.metrics();
+    expect(sample(text, 'gw_requests_total{route="a",outcome="won"}')).toBe(1);
+    expect(sample(text, 'gw_requests_total{route="b",outcome="won"}')).toBe(2);
+    expect(() => redundantProxy({ upstreams: [up.url], prometheus: { registry, prefix: 'gw_', labels: { team: 'x' } } })).toThrow(/prometheus\.labels.*gw_requests_total/);
+  });
+
+  it.each([
+    ['a registry that is not one', { registry: {} }, 'prometheus.registry'],
+    ['a bad prefix', { registry: new Registry(), prefix: '9bad' }, 'prometheus.prefix'],
+    ['a label the proxy sets itself', { registry: new Registry(), labels: { outcome: 'x' } }, 'prometheus.labels.outcome'],
+    ['a label value that is not a string', { registry: new Registry(), labels: { route: 3 } }, 'prometheus.labels.route'],
+    ['decreasing buckets', { registry: new Registry(), buckets: [1, 0.5] }, 'prometheus.buckets'],
+    ['a misspelt key', { registry: new Registry(), registery: 1 }, 'prometheus.registery'],
+    ['a string', 'yes', 'prometheus'],
+  ])('%s is refused, naming the option', (_what, prometheus, name) => {
+    expect(() => redundantProxy({ upstreams: ['http://127.0.0.1:1'], prometheus: prometheus as never })).toThrow(expect.objectContaining({ code: 'RP_ERR_INVALID_OPTION', option: name }));
+  });
+
+  it('without prom-client installed, the option is refused with what to install', () => {
+    // The built package, beside its dependencies but without prom-client.
+    const dir = mkdtempSync(join(tmpdir(), 'rp-noprom-'));
+    try {
+      mkdirSync(join(dir, 'node_modules'));
+      for (const dep of ['undici', 'lru-cache']) symlinkSync(resolve('node_modules', dep), join(dir, 'node_modules', dep));
+      cpSync(resolve('dist'), join(dir, 'dist'), { recursive: true });
+      const out = execFileSync(
+        process.execPath,
+        [
+          '--input-type=module',
+          '-e',
+          `const { redundantProxy } = await import(${JSON.stringify(join(dir, 'dist', 'index.js'))});
+           try { redundantProxy({ upstreams: ['http://127.0.0.1:1'], prometheus: { registry: { getSingleMetric() {}, registerMetric() {} } } }); console.log('accepted'); }
+           catch (err) { console.log(JSON.stringify({ code: err.code, option: err.option, message: err.message })); }`,
+        ],
+        { encoding: 'utf8' },
+      );
+      expect(JSON.parse(out)).toMatchObject({ code: 'RP_ERR_INVALID_OPTION', option: 'prometheus', message: expect.stringMatching(/npm install prom-client/) });
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
