@@ -107,8 +107,11 @@ export interface RedundantWorker {
   /**
    * Express only: an error-handling middleware that answers this library's
    * errors (`SupersededError` → 409 `lost`, store unavailable → 503) as JSON
-   * with their `code`. Mount it after your routes: `app.use(worker.errorHandler)`.
-   * (Koa needs nothing: the worker catches them itself.)
+   * with their `code`, answers 409 `lost` for any error of a copy that lost
+   * the commit, and drops the error of a copy the proxy stopped (its `signal`'s
+   * reason) without answering; other errors go on to your handlers. Mount it
+   * after your routes: `app.use(worker.errorHandler)`. (Koa needs nothing:
+   * the worker does the same itself.)
    */
   errorHandler: (err: unknown, req: IncomingMessage, res: ServerResponse, next: (err?: unknown) => void) => void;
 }
@@ -369,11 +372,15 @@ export function redundantWorker(options: WorkerOptions): RedundantWorker {
     }
   }
 
+  /** Express: each request's copy state, for errorHandler. */
+  const preparedFor = new WeakMap<IncomingMessage, Prepared>();
+
   function express(req: IncomingMessage & { redundant?: RedundantHandle }, res: ServerResponse, next: (err?: unknown) => void): void {
     res.setHeader(H.worker, '1');
     prepare(req, res).then(
       (p) => {
         req.redundant = p.handle;
+        preparedFor.set(req, p);
         holdEnd(res, p);
         next();
       },
@@ -387,14 +394,24 @@ export function redundantWorker(options: WorkerOptions): RedundantWorker {
   }
 
   worker.on = (name, listener) => events.on(name, listener);
-  worker.errorHandler = (err, _req, res, next) => {
+  // The same answers as the Koa path: a copy that lost the arbitration
+  // answers 409 `lost` whatever the handler threw after learning it; a copy
+  // the proxy stopped answers nobody (no error reaches Express's own handler).
+  worker.errorHandler = (err, req, res, next) => {
+    if (res.headersSent) return next(err);
+    const p = preparedFor.get(req);
+    if (p?.handle.signal.aborted && err === p.handle.signal.reason) {
+      res.destroy();
+      return;
+    }
+    const lost = isSupersededError(err) || p?.gate.outcome === 'lost';
     // By brand, not instanceof: the error may come from another copy of this package.
-    const e = err as RedundantProxyError;
-    if (!isRedundantProxyError(err) || typeof e.status !== 'number' || typeof e.toJSON !== 'function' || res.headersSent) return next(err);
+    const e = (lost && !isSupersededError(err) ? new SupersededError() : err) as RedundantProxyError;
+    if (!isRedundantProxyError(e) || typeof e.status !== 'number' || typeof e.toJSON !== 'function') return next(err);
     const body = JSON.stringify(e.toJSON());
     const headers: Record<string, string> = { 'content-type': 'application/json; charset=utf-8', 'content-length': String(Buffer.byteLength(body)) };
-    if (isSupersededError(err)) headers[H.commit] = 'lost';
-    res.writeHead(e.status, headers);
+    if (lost) headers[H.commit] = 'lost';
+    res.writeHead(lost ? 409 : e.status, headers);
     res.end(body);
   };
   return worker;
