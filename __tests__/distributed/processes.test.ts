@@ -75,6 +75,8 @@ describe('gateway and three replicas in separate processes, sharing Redis', () =
     const errors = f.replicas.flatMap((r) => r.messages.filter((m) => m.type === 'error' && !expected.test(String(m.message))).map((m) => m.message));
     expect({ failures, errors }).toEqual({ failures: [], errors: [] });
     expect(await f.bank.total()).toBe(before);
+    // Each account moved exactly its one transfer's amount: a transfer applied twice would show here.
+    expect(await f.bank.mismatches()).toEqual([]);
     const ledger = await f.bank.ledger();
     expect(ledger).toHaveLength(60);
     expect(new Set(ledger.map((l) => l.request_id))).toEqual(new Set(results.map((r) => r.headers['x-request-id'] as string)));
@@ -117,6 +119,7 @@ describe('gateway and three replicas in separate processes, sharing Redis', () =
     const ledger = await f.bank.ledger();
     expect(ledger).toHaveLength(1);
     expect(ledger[0]!.request_id).toBe(res.headers['x-request-id']);
+    expect(await f.bank.mismatches()).toEqual([]);
   });
 
   it('a replica paused past its lease (SIGSTOP, then SIGCONT) has its late write refused by the fence', async () => {
@@ -137,6 +140,7 @@ describe('gateway and three replicas in separate processes, sharing Redis', () =
     expect(ledger).toHaveLength(1);
     expect(Number(ledger[0]!.fence)).toBe((res.json() as { fence: number }).fence);
     expect(Number(ledger[0]!.fence)).toBeGreaterThan(claimed.m.fence as number);
+    expect(await f.bank.mismatches()).toEqual([]);
   });
 
   it('Redis killed and restarted mid-run: no double commit, no lost acknowledged update, service resumes by itself', async () => {
@@ -185,6 +189,7 @@ describe('gateway and three replicas in separate processes, sharing Redis', () =
     const ledger = await f.bank.ledger();
     const ids = new Set(ledger.map((l) => l.request_id));
     for (const id of acknowledged) expect(ids.has(id)).toBe(true);
+    expect(await f.bank.mismatches()).toEqual([]);
     expect(ledger.length).toBeLessThanOrEqual(statuses.filter((s) => s.update).length);
     // No process crashed.
     expect([f.gateway, ...f.replicas].every((c) => c.alive)).toBe(true);

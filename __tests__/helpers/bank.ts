@@ -14,6 +14,13 @@ export interface Bank {
   pool(max?: number): pg.Pool;
   total(): Promise<number>;
   ledger(): Promise<Array<{ request_id: string; fence: string; upstream: string }>>;
+  /**
+   * Accounts whose balance is not what the ledger says (the opening balance,
+   * less what the ledger moved out, plus what it moved in): a transfer
+   * applied twice, or applied without its ledger row, shows here even though
+   * the bank's total is unchanged.
+   */
+  mismatches(): Promise<Array<{ id: number; balance: number; expected: number }>>;
   close(): Promise<void>;
 }
 
@@ -42,6 +49,16 @@ export async function createBank(accounts = 10, balance = 1000): Promise<Bank> {
     async ledger() {
       const r = await admin.query(`SELECT request_id, fence::text, upstream FROM ${schema}.ledger ORDER BY request_id`);
       return r.rows;
+    },
+    async mismatches() {
+      const r = await admin.query(
+        `SELECT a.id, a.balance::bigint AS balance,
+                ($1::bigint - COALESCE((SELECT SUM(amount) FROM ${schema}.ledger WHERE from_id = a.id), 0)
+                            + COALESCE((SELECT SUM(amount) FROM ${schema}.ledger WHERE to_id = a.id), 0))::bigint AS expected
+           FROM ${schema}.accounts a ORDER BY a.id`,
+        [balance],
+      );
+      return r.rows.map((row) => ({ id: Number(row.id), balance: Number(row.balance), expected: Number(row.expected) })).filter((row) => row.balance !== row.expected);
     },
     async close() {
       await Promise.all(pools.map((p) => p.end()));

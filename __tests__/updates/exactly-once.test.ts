@@ -73,6 +73,7 @@ describe('exactly-once transfers on three replicas (PostgreSQL)', () => {
     const ok = results.filter((r) => r.status === 200);
     expect(ok.length).toBe(200);
     expect(await f.bank.total()).toBe(before);
+    expect(await f.bank.mismatches()).toEqual([]);
     const ledger = await f.bank.ledger();
     // Counted in the database: one row per answered request, no more.
     expect(ledger.length).toBe(200);
@@ -100,6 +101,7 @@ describe('exactly-once transfers on three replicas (PostgreSQL)', () => {
     expect(res.status).toBe(200);
     expect(failed).toBe(2); // the failed attempt and the copy that took over
     expect(await f.bank.total()).toBe(before);
+    expect(await f.bank.mismatches()).toEqual([]);
     const ledger = await f.bank.ledger();
     expect(ledger).toHaveLength(1);
     expect(ledger[0]!.request_id).toBe(res.headers['x-request-id']);
@@ -128,6 +130,7 @@ describe('exactly-once transfers on three replicas (PostgreSQL)', () => {
     expect(res.status).toBe(200);
     expect(Date.now() - t0).toBeLessThan(10_000);
     expect(await f.bank.total()).toBe(before);
+    expect(await f.bank.mismatches()).toEqual([]);
     expect(await f.bank.ledger()).toHaveLength(1);
   });
 
@@ -268,6 +271,7 @@ describe('faults', () => {
     await sleep(1200);
     expect(refused).toHaveLength(1);
     expect(await bank.total()).toBe(before);
+    expect(await bank.mismatches()).toEqual([]);
     const ledger = await bank.ledger();
     expect(ledger).toHaveLength(1);
     expect(Number(ledger[0]!.fence)).toBe((res.json() as { fence: number }).fence);
@@ -330,6 +334,7 @@ describe('faults', () => {
       expect(r.json()).toMatchObject({ code: 'RP_ERR_STORE_UNAVAILABLE' });
     }
     expect(await f.bank.total()).toBe(before);
+    expect(await f.bank.mismatches()).toEqual([]);
     const ledger = await f.bank.ledger();
     // Every acknowledged transfer is in the ledger once; none of the refused ones is.
     const ids = new Set(ledger.map((l) => l.request_id));
