@@ -1,5 +1,6 @@
 import { afterAll, describe, expect, it } from '@jest/globals';
 import { redundantProxy, type ProxyOptions, type RaceReport, type UpstreamEjectedEvent } from '../../lib/index.js';
+import { Ejector } from '../../lib/proxy/ejection.js';
 import { closeAfterEach } from '../helpers/cleanup.js';
 import { testClient } from '../helpers/client.js';
 import { mountGateway } from '../helpers/gateway.js';
@@ -89,6 +90,33 @@ describe('outlier ejection', () => {
     expect(proxy.metrics().upstreams.u2).toMatchObject({ ejected: false, ejections: 0 });
   });
 
+  it('a copy still waiting at the timeout is a failure; a loser stopped long before it is not, though the winner’s body outlived the timeout', async () => {
+    const hang = await startUpstream(() => undefined); // never answers
+    const trickle = await startUpstream((_req, res) => {
+      res.writeHead(200, { 'content-type': 'text/plain' });
+      res.write('first bytes, and never the rest');
+    });
+    const slow = await startUpstream(after(40));
+    open.push(hang, trickle, slow);
+    const timedOut = await setup([hang.url, `${hang.url}/x`], { timeout: 100, ejection: { consecutiveFailures: 1 } });
+    expect((await client.send(`${timedOut.gw.url}/`)).status).toBe(504);
+    await eventually(() => timedOut.reports[0]);
+    expect(timedOut.reports[0]!.copies.map((c) => [c.outcome, c.error])).toEqual([
+      ['stopped', 'timeout'],
+      ['stopped', 'timeout'],
+    ]);
+    expect(timedOut.log).toEqual(['ejected u0']); // one of two: the 50% cap
+    const outlived = await setup([trickle.url, slow.url], { timeout: 200, ejection: { consecutiveFailures: 1 } });
+    await client.send(`${outlived.gw.url}/`).catch(() => undefined); // the body is cut off at the timeout
+    const r = await eventually(() => outlived.reports[0]);
+    expect(r.outcome).toBe('timeout');
+    expect(r.copies.map((c) => [c.upstream, c.outcome, c.error])).toEqual([
+      ['u0', 'won', null],
+      ['u1', 'stopped', null],
+    ]);
+    expect(outlived.log).toEqual([]);
+  });
+
   it('a slow copy stopped because another won counts neither way', async () => {
     const fast = await startUpstream(after(1));
     const slow = await startUpstream(after(300));
@@ -139,5 +167,64 @@ describe('outlier ejection with a quorum', () => {
     await eventually(() => (three.reports.length === 3 && two.reports.length === 3) || undefined);
     expect(two.log).toEqual(['ejected u2']);
     expect(three.log).toEqual([]);
+  });
+});
+
+describe('Ejector: stale reports, probation and the streak (pure logic, injected clock)', () => {
+  const ups = ['a', 'b', 'c'].map((id) => ({ id, origin: 'http://127.0.0.1', prefix: '' }));
+  function make(settings: Partial<{ consecutiveFailures: number; baseEjectionTime: number; maxEjectionTime: number }> = {}) {
+    let t = 0;
+    const log: string[] = [];
+    const ej = new Ejector(
+      { consecutiveFailures: 1, baseEjectionTime: 100, maxEjectionTime: 10_000, maxEjectedPercent: 50, keep: 0, ...settings },
+      ups,
+      () => t,
+      (e) => log.push(`ejected ${e.upstream} for ${e.duration}`),
+      (e) => log.push(`restored ${e.upstream}`),
+    );
+    const report = (outcome: 'failed' | 'won'): RaceReport =>
+      ({ outcome: 'won', copies: [{ upstream: 'a', outcome, status: outcome === 'won' ? 200 : null, error: outcome === 'failed' ? 'ECONNREFUSED' : null }] }) as unknown as RaceReport;
+    /** Plans a race now (as the proxy does) and returns how to report it later. */
+    const plan = () => {
+      ej.available(ups);
+      const epoch = ej.epoch;
+      return (outcome: 'failed' | 'won') => ej.record(report(outcome), epoch);
+    };
+    return { ej, log, plan, at: (ms: number) => void (t = ms) };
+  }
+
+  it('a copy planned before an ejection or a return is not judged when it ends after it', () => {
+    const { log, plan, at } = make();
+    const early = plan();
+    plan()('failed'); // ejected at 0 for 100
+    at(150);
+    const probe = plan(); // restored at 150: on probation
+    early('failed'); // planned before the ejection: says nothing of now
+    expect(log).toEqual(['ejected a for 100', 'restored a']);
+    probe('failed'); // the probe failed: ejected again, twice as long
+    expect(log).toEqual(['ejected a for 100', 'restored a', 'ejected a for 200']);
+  });
+
+  it('probation ends with its first judged success, or after one base ejection time', () => {
+    const { log, plan, at } = make({ consecutiveFailures: 2 });
+    plan()('failed');
+    plan()('failed'); // ejected at 0 for 100
+    at(150);
+    plan(); // restored
+    at(300); // > 150 + 100: probation over, failures count from zero again
+    plan()('failed');
+    expect(log).toEqual(['ejected a for 100', 'restored a']);
+    plan()('failed'); // the second failure in a row
+    expect(log).toEqual(['ejected a for 100', 'restored a', 'ejected a for 100']);
+  });
+
+  it('the streak starts again after a healthy spell longer than the last ejection', () => {
+    const { log, plan, at } = make();
+    plan()('failed'); // for 100
+    at(150);
+    plan()('won'); // back, passes probation
+    at(400); // healthy for 250 > 100
+    plan()('failed');
+    expect(log).toEqual(['ejected a for 100', 'restored a', 'ejected a for 100']);
   });
 });

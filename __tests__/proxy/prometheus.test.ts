@@ -3,7 +3,7 @@ import { cpSync, mkdirSync, mkdtempSync, rmSync, symlinkSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { afterAll, describe, expect, it } from '@jest/globals';
-import { Registry } from 'prom-client';
+import { Counter, Registry } from 'prom-client';
 import { redundantProxy, type ProxyOptions, type RaceReport } from '../../lib/index.js';
 import { closeAfterEach } from '../helpers/cleanup.js';
 import { testClient } from '../helpers/client.js';
@@ -68,13 +68,61 @@ describe('prometheus: a prom-client registry', () => {
     const text = await registry.metrics();
     expect(sample(text, 'gw_requests_total{route="a",outcome="won"}')).toBe(1);
     expect(sample(text, 'gw_requests_total{route="b",outcome="won"}')).toBe(2);
-    expect(() => redundantProxy({ upstreams: [up.url], prometheus: { registry, prefix: 'gw_', labels: { team: 'x' } } })).toThrow(/prometheus\.labels.*gw_requests_total/);
+    expect(() => redundantProxy({ upstreams: [up.url], prometheus: { registry, prefix: 'gw_', labels: { team: 'x' } } })).toThrow(/prometheus\.labels.*gw_\*/);
+    expect(() => redundantProxy({ upstreams: [up.url], prometheus: { registry, prefix: 'gw_', labels: { route: 'a' }, buckets: [1, 2] } })).toThrow(/prometheus\.buckets/);
+  });
+
+  it('refuses a second open proxy with the same labels (their counts would add up); once the first is closed, its series leave and the labels are free', async () => {
+    const up = await startUpstream(after(1));
+    open.push(up);
+    const registry = new Registry();
+    const first = redundantProxy({ upstreams: [up.url], prometheus: { registry } });
+    const gw = await mountGateway('node', first);
+    open.push(gw);
+    expect(() => redundantProxy({ upstreams: [up.url], prometheus: { registry } })).toThrow(expect.objectContaining({ option: 'prometheus.labels' }));
+    await client.send(`${gw.url}/`);
+    await eventually(async () => sample(await registry.metrics(), 'redundant_proxy_requests_total{outcome="won"}') === 1 || undefined);
+    await first.close();
+    const closed = await registry.metrics();
+    expect(closed).not.toMatch(/^redundant_proxy_requests_total\{/m);
+    expect(closed).not.toMatch(/^redundant_proxy_upstream_ejected\{/m);
+    const second = redundantProxy({ upstreams: [up.url], prometheus: { registry } });
+    open.push(second);
+    expect(sample(await registry.metrics(), 'redundant_proxy_upstream_ejected{upstream="' + new URL(up.url).host + '"}')).toBe(0);
+  });
+
+  it('a metric name that something else registered is refused before anything is registered', () => {
+    const registry = new Registry();
+    new Counter({ name: 'redundant_proxy_copies_total', help: 'not ours', registers: [registry] });
+    expect(() => redundantProxy({ upstreams: ['http://127.0.0.1:1'], prometheus: { registry } })).toThrow(expect.objectContaining({ option: 'prometheus.prefix' }));
+    expect(registry.getMetricsAsArray().map((m) => m.name)).toEqual(['redundant_proxy_copies_total']);
+  });
+
+  it('the ejected gauge follows the clock when the registry is read, without waiting for a request', async () => {
+    const up = await startUpstream(after(1));
+    open.push(up);
+    const registry = new Registry();
+    let skew = 0;
+    const proxy = redundantProxy({
+      upstreams: [{ id: 'up', url: up.url }, { id: 'down', url: `http://127.0.0.1:${await deadPort()}` }],
+      prometheus: { registry },
+      ejection: { consecutiveFailures: 1, baseEjectionTime: 1000 },
+      now: () => performance.now() + skew,
+    });
+    const gw = await mountGateway('node', proxy);
+    open.push(gw, proxy);
+    await client.send(`${gw.url}/`);
+    await eventually(() => proxy.metrics().upstreams.down!.ejected || undefined);
+    expect(sample(await registry.metrics(), 'redundant_proxy_upstream_ejected{upstream="down"}')).toBe(1);
+    skew += 1001;
+    expect(sample(await registry.metrics(), 'redundant_proxy_upstream_ejected{upstream="down"}')).toBe(0);
   });
 
   it.each([
     ['a registry that is not one', { registry: {} }, 'prometheus.registry'],
     ['a bad prefix', { registry: new Registry(), prefix: '9bad' }, 'prometheus.prefix'],
     ['a label the proxy sets itself', { registry: new Registry(), labels: { outcome: 'x' } }, 'prometheus.labels.outcome'],
+    ['a label prom-client sets itself', { registry: new Registry(), labels: { le: 'x' } }, 'prometheus.labels.le'],
     ['a label value that is not a string', { registry: new Registry(), labels: { route: 3 } }, 'prometheus.labels.route'],
     ['decreasing buckets', { registry: new Registry(), buckets: [1, 0.5] }, 'prometheus.buckets'],
     ['a misspelt key', { registry: new Registry(), registery: 1 }, 'prometheus.registery'],

@@ -9,7 +9,7 @@ import { Race, type CopyReport, type RaceInput } from '../../lib/proxy/race.js';
 // end-to-end behaviour is covered against real servers elsewhere). Each
 // upstream answers at a given time, breaks, or never answers.
 
-type Script = { at: number; status?: number; headers?: Record<string, string>; body?: string } | { at: number; error: string } | null;
+type Script = { at: number; status?: number; headers?: Record<string, string>; body?: string; bodyAfter?: number } | { at: number; error: string } | null;
 
 function fakeResponse(): ServerResponse & { sent: Buffer[] } {
   const res = new EventEmitter() as EventEmitter & Record<string, unknown>;
@@ -41,10 +41,12 @@ function scripted(script: Script): Dispatcher {
   return {
     dispatch(_opts: unknown, handler: Dispatcher.DispatchHandler) {
       let aborted = false;
+      let timer: NodeJS.Timeout | undefined;
       const controller = {
         abort(reason: Error) {
           if (aborted) return;
           aborted = true;
+          clearTimeout(timer);
           setImmediate(() => handler.onResponseError?.(controller as unknown as Dispatcher.DispatchController, reason));
         },
         pause() {},
@@ -52,13 +54,18 @@ function scripted(script: Script): Dispatcher {
       } as unknown as Dispatcher.DispatchController;
       handler.onRequestStart?.(controller, {});
       if (script) {
-        setTimeout(() => {
+        timer = setTimeout(() => {
           if (aborted) return;
           if ('error' in script) return handler.onResponseError?.(controller, Object.assign(new Error(script.error), { code: script.error }));
           const body = Buffer.from(script.body ?? 'ok');
           handler.onResponseStart?.(controller, script.status ?? 200, { 'content-length': String(body.length), ...script.headers }, '');
-          handler.onResponseData?.(controller, body);
-          handler.onResponseEnd?.(controller, {});
+          const rest = () => {
+            if (aborted) return;
+            handler.onResponseData?.(controller, body);
+            handler.onResponseEnd?.(controller, {});
+          };
+          if (script.bodyAfter) timer = setTimeout(rest, script.bodyAfter);
+          else rest();
         }, script.at);
       }
       return true;
@@ -157,6 +164,24 @@ describe('an update’s losers after a commit (scripted upstreams)', () => {
   });
 });
 
+describe('timeouts (scripted upstreams)', () => {
+  it('only copies still waiting for their answer at the timeout are marked `timeout`; losers stopped earlier are not', async () => {
+    // u0 answers first but its body never ends; u1 lost and was stopped long before the timeout; u2 never answers.
+    const { report } = await race([{ at: 5, bodyAfter: 10_000 }, { at: 400 }, null], { update: false, timeout: 150 });
+    expect(report.outcome).toBe('timeout');
+    expect(report.copies.map((c) => [c.outcome, c.error])).toEqual([
+      ['won', null],
+      ['stopped', null],
+      ['stopped', null],
+    ]);
+    const slow = await race([null, { at: 400 }], { update: false, timeout: 50 });
+    expect(slow.report.copies.map((c) => [c.outcome, c.error])).toEqual([
+      ['stopped', 'timeout'],
+      ['stopped', 'timeout'],
+    ]);
+  });
+});
+
 describe('hedging (scripted upstreams)', () => {
   it('never sends a hedge before its delay, fractional delays too (an adaptive delay is one)', async () => {
     // Node's timers count whole milliseconds from a floored clock: a 5.9 ms
@@ -240,10 +265,37 @@ describe('select: a quorum or a function (scripted upstreams)', () => {
     expect(differ.report.copies[2]!.sentAt!).toBeLessThan(150);
   });
 
-  it('an answer larger than maxBodySize cannot be compared: that copy fails', async () => {
+  it('an answer larger than maxBodySize cannot be compared: it is rejected (the upstream is not failing)', async () => {
     const { outcomes, report } = await race([{ at: 5, body: 'x'.repeat(100) }, { at: 10, body: 'y' }, { at: 15, body: 'y' }], read(quorum(2), { maxAnswerSize: 50 }));
-    expect(outcomes).toEqual(['failed', 'won', 'agreed']);
+    expect(outcomes).toEqual(['rejected', 'won', 'agreed']);
     expect(report.copies[0]!.error).toMatch(/maxBodySize/);
+    const all = await race([{ at: 5, body: 'x'.repeat(100) }, { at: 10, body: 'y'.repeat(100) }], read(quorum(2), { maxAnswerSize: 50 }));
+    expect(all.status).toBe(502);
+    expect(JSON.parse(all.sent)).toMatchObject({ code: codes.UPSTREAMS_FAILED, message: expect.stringMatching(/2 too large for select/) });
+  });
+
+  it('a select function gets a last say at the timeout, with the answers in hand', async () => {
+    const calls: number[] = [];
+    const { status, sent, report } = await race([{ at: 5, body: 'a' }, { at: 10, body: 'b' }, null], read(
+      {
+        kind: 'custom',
+        choose: (answers, { pending }) => {
+          calls.push(pending);
+          return pending === 0 ? answers[1] : undefined;
+        },
+      },
+      { timeout: 60 },
+    ));
+    expect([status, sent]).toEqual([200, 'b']);
+    expect(calls).toEqual([2, 1, 0]);
+    expect(report.outcome).toBe('won');
+    expect(report.copies[2]).toMatchObject({ outcome: 'stopped', error: 'timeout' });
+  });
+
+  it('a hedge does not leave while enough copies are still reading their answers', async () => {
+    const { outcomes, sent } = await race([{ at: 5, body: 'x', bodyAfter: 80 }, { at: 5, body: 'x', bodyAfter: 80 }, { at: 1, body: 'x' }], read(quorum(2), { hedgeDelay: 20 }));
+    expect(sent).toBe('x');
+    expect(outcomes).toEqual(['won', 'agreed', 'not-sent']);
   });
 
   it('a select function is called as answers come, with what is still pending, until it chooses', async () => {

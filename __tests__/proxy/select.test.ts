@@ -76,12 +76,19 @@ describe('select on node:http', () => {
     expect(r.copies.map((c) => c.outcome)).toEqual(['outvoted', 'won', 'agreed']);
   });
 
-  it('an answer larger than maxBodySize cannot be compared and counts as a failed copy', async () => {
-    const { gw, reports } = await setup('node', [after(1, 200, { pad: 'x'.repeat(500) }), after(10, 200, { v: 1 }), after(20, 200, { v: 1 })], { select: { quorum: 2 }, maxBodySize: 100 });
-    const res = await client.send(`${gw.url}/`);
-    expect(res.json()).toEqual({ v: 1 });
-    const r = await eventually(() => reports[0]);
-    expect(r.copies[0]).toMatchObject({ outcome: 'failed', error: expect.stringMatching(/maxBodySize/) });
+  it('an answer larger than maxBodySize cannot be compared: it is rejected, and its replica is not ejected for it', async () => {
+    const { gw, reports, proxy } = await setup('node', [after(1, 200, { pad: 'x'.repeat(500) }), after(10, 200, { v: 1 }), after(20, 200, { v: 1 })], {
+      select: { quorum: 2 },
+      maxBodySize: 100,
+      ejection: { consecutiveFailures: 1 },
+    });
+    for (let i = 1; i <= 2; i++) {
+      const res = await client.send(`${gw.url}/`);
+      expect(res.json()).toEqual({ v: 1 });
+      await eventually(() => reports.length === i || undefined);
+    }
+    expect(reports[0]!.copies.find((c) => c.upstream === 'u0')).toMatchObject({ outcome: 'rejected', error: expect.stringMatching(/maxBodySize/) });
+    expect(proxy.metrics().upstreams.u0!.ejections).toBe(0);
   });
 
   it('a replica that is down counts against the quorum', async () => {
@@ -98,7 +105,7 @@ describe('select on node:http', () => {
 
   it('a select function chooses among whole answers: the highest version, once two are in', async () => {
     const versioned = (v: number, ms: number) => after(ms, 200, { v }, { 'x-version': String(v) });
-    const { gw, reports } = await setup('node', [versioned(3, 1), versioned(7, 20), versioned(5, 40)], {
+    const { gw, reports } = await setup('node', [versioned(3, 1), versioned(7, 20), versioned(5, 3_000)], {
       select: (answers, { pending }) =>
         answers.length < 2 && pending > 0 ? undefined : answers.reduce((a, b) => (Number(b.headers['x-version']) > Number(a.headers['x-version']) ? b : a)),
     });

@@ -21,6 +21,8 @@ describe('the Express worker’s errorHandler', () => {
     const store = new MemorySessionStore();
     open.push(store);
     const escaped: unknown[] = [];
+    let cThrew: () => void = () => undefined;
+    const threw = new Promise<void>((r) => (cThrew = r));
     const answers: Array<[string, number, unknown]> = [];
     let committed: () => void = () => undefined;
     const aCommitted = new Promise<void>((r) => (committed = r));
@@ -35,6 +37,7 @@ describe('the Express worker’s errorHandler', () => {
         if (id === 'c') {
           // Never answers: it is stopped after a commits, and throws what stopped it.
           await new Promise((resolve) => h.signal.addEventListener('abort', resolve, { once: true }));
+          setImmediate(cThrew); // once Express has passed the error on
           throw h.signal.reason;
         }
         if (id === 'b') await aCommitted;
@@ -74,7 +77,8 @@ describe('the Express worker’s errorHandler', () => {
     ]);
     await eventually(() => answers.some(([id]) => id === 'b'));
     expect(answers.find(([id]) => id === 'b')).toEqual(['b', 409, 'lost']);
-    await sleep(50);
+    await threw;
+    await sleep(20);
     expect(escaped).toEqual([]);
   });
 });

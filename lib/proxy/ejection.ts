@@ -35,21 +35,28 @@ interface Health {
   failures: number;
   /** Until when it is ejected (clock ms), or 0. */
   until: number;
-  /** Back from an ejection, its first copies not judged yet: one failure ejects it again. */
+  /** Back from an ejection and not judged since: one failure ejects it again. */
   probation: boolean;
-  /** Ejections since it last passed a probation; makes the next one longer. */
+  /** When it came back (clock ms). */
+  restoredAt: number;
+  /** How long its last ejection lasted (ms). */
+  lastDuration: number;
+  /** Ejections in a row, each without a healthy spell between: makes the next one longer. */
   streak: number;
   ejections: number;
+  /** The epoch of its last ejection or return: copies planned before it are not judged. */
+  epoch: number;
 }
 
 /**
  * A copy failed when its connection did (refused, reset, malformed answer),
- * when its answer was a 5xx, or when it was still out at the race's timeout.
- * A slow copy stopped because another won is not judged: hedging handles slowness.
+ * when its answer was a 5xx, or when it was still waiting for its answer at
+ * the request's timeout. A slow copy stopped because another won is not
+ * judged: hedging handles slowness.
  */
-function verdict(copy: CopyReport, race: RaceReport): 'failure' | 'success' | null {
+function verdict(copy: CopyReport): 'failure' | 'success' | null {
   if (copy.outcome === 'failed') return 'failure';
-  if (copy.outcome === 'stopped' || copy.outcome === 'cancelled') return race.outcome === 'timeout' && copy.status === null ? 'failure' : null;
+  if (copy.error === 'timeout') return 'failure'; // still waiting for its answer when the request timed out
   if (copy.status === null) return null;
   return copy.status >= 500 ? 'failure' : 'success';
 }
@@ -57,6 +64,8 @@ function verdict(copy: CopyReport, race: RaceReport): 'failure' | 'success' | nu
 export class Ejector {
   readonly #health = new Map<string, Health>();
   #ejected = 0;
+  /** Counts ejections and returns: a race remembers the epoch it was planned in. */
+  #epoch = 0;
 
   constructor(
     readonly settings: EjectionSettings,
@@ -65,7 +74,12 @@ export class Ejector {
     readonly onEjected: (e: UpstreamEjectedEvent) => void,
     readonly onRestored: (e: UpstreamRestoredEvent) => void,
   ) {
-    for (const u of upstreams) this.#health.set(u.id, { failures: 0, until: 0, probation: false, streak: 0, ejections: 0 });
+    for (const u of upstreams) this.#health.set(u.id, { failures: 0, until: 0, probation: false, restoredAt: 0, lastDuration: 0, streak: 0, ejections: 0, epoch: 0 });
+  }
+
+  /** The current epoch: pass it to `record()` with the race planned now. */
+  get epoch(): number {
+    return this.#epoch;
   }
 
   /** The upstreams that may receive copies now (all of them when none is ejected). */
@@ -82,22 +96,22 @@ export class Ejector {
     return out ?? pool;
   }
 
-  /** Judges every copy of a finished race. */
-  record(race: RaceReport): void {
+  /** Judges every copy of a finished race, planned in `epoch`. */
+  record(race: RaceReport, epoch: number): void {
     for (const copy of race.copies) {
-      const v = verdict(copy, race);
+      const v = verdict(copy);
       if (v === null) continue;
       const h = this.#health.get(copy.upstream)!;
-      if (h.until !== 0) continue; // sent before its ejection: already judged
+      // Planned before its last ejection or return: it says nothing of now.
+      if (h.until !== 0 || h.epoch > epoch) continue;
       if (v === 'success') {
         h.failures = 0;
-        if (h.probation) {
-          h.probation = false;
-          h.streak = 0;
-        }
+        h.probation = false;
         continue;
       }
       h.failures++;
+      // Probation lasts until its first judged copy, or one base ejection time.
+      if (h.probation && this.now() - h.restoredAt > this.settings.baseEjectionTime) h.probation = false;
       if (h.probation || h.failures >= this.settings.consecutiveFailures) this.#eject(copy.upstream, h);
     }
   }
@@ -116,13 +130,18 @@ export class Ejector {
     const n = this.#health.size;
     const cap = Math.min(Math.floor((n * this.settings.maxEjectedPercent) / 100), n - this.settings.keep);
     if (this.#ejected >= cap) return;
+    const now = this.now();
+    // Healthy for longer than its last ejection lasted: start again from the base time.
+    if (h.streak > 0 && !h.probation && now - h.restoredAt > h.lastDuration) h.streak = 0;
     const duration = Math.min(this.settings.maxEjectionTime, this.settings.baseEjectionTime * 2 ** h.streak);
     const failures = h.failures;
-    h.until = this.now() + duration;
+    h.until = now + duration;
+    h.lastDuration = duration;
     h.streak++;
     h.ejections++;
     h.failures = 0;
     h.probation = false;
+    h.epoch = ++this.#epoch;
     this.#ejected++;
     this.onEjected({ upstream: id, failures, duration, ejections: h.ejections });
   }
@@ -130,6 +149,8 @@ export class Ejector {
   #restore(id: string, h: Health): void {
     h.until = 0;
     h.probation = true;
+    h.restoredAt = this.now();
+    h.epoch = ++this.#epoch;
     this.#ejected--;
     this.onRestored({ upstream: id });
   }

@@ -171,7 +171,8 @@ export interface ProxyOptions {
    *   more, the client gets `502` `RP_ERR_NO_QUORUM`;
    * - a function ({@link SelectFunction}) chooses among the complete answers.
    * With a quorum or a function, answers are buffered whole to be compared,
-   * up to `maxBodySize` (a larger one counts as a failed copy).
+   * up to `maxBodySize` (a larger one is `rejected`: it does not vote). At
+   * the `timeout`, a function gets a last call with `pending: 0`.
    * @default 'first'
    */
   select?: SelectOption;

@@ -35,22 +35,52 @@ export interface PrometheusOptions {
 const DEFAULT_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
 const NAME = /^[a-zA-Z_:][a-zA-Z0-9_:]*$/;
 const LABEL = /^[a-zA-Z_][a-zA-Z0-9_]*$/;
+/** Set by the proxy itself, or by prom-client (histogram buckets, summaries). */
+const RESERVED = new Set(['outcome', 'upstream', 'le', 'quantile']);
 
-interface Labelled {
+interface Series {
+  remove(labels: Record<string, string>): void;
+}
+interface Labelled extends Series {
   inc(labels: Record<string, string>, value?: number): void;
 }
-interface Settable {
+interface Settable extends Series {
   set(labels: Record<string, string>, value: number): void;
 }
-interface Observable {
+interface Observable extends Series {
   observe(labels: Record<string, string>, value: number): void;
 }
-type MetricClass = new (config: { name: string; help: string; labelNames: string[]; registers: PrometheusRegistry[]; buckets?: number[] }) => unknown;
+type MetricClass = new (config: {
+  name: string;
+  help: string;
+  labelNames: string[];
+  registers: PrometheusRegistry[];
+  buckets?: number[];
+  collect?: () => void;
+}) => unknown;
 interface PromClient {
   Counter: MetricClass;
   Gauge: MetricClass;
   Histogram: MetricClass;
 }
+
+/** The metrics of one registry and prefix, shared by the proxies counting there. */
+interface Shared {
+  labelNames: string[];
+  buckets: number[];
+  requests: Labelled;
+  copies: Labelled;
+  hedged: Labelled;
+  duration: Observable;
+  ejected: Settable;
+  ejections: Labelled;
+  /** Each proxy's label values (as JSON): two proxies must not add into the same series. */
+  claimed: Set<string>;
+  /** Each proxy fills its series of the ejected gauge when the registry is read. */
+  fillers: Set<(gauge: Settable) => void>;
+}
+const sharedByRegistry = new WeakMap<object, Map<string, Shared>>();
+const NAMES = ['requests_total', 'copies_total', 'hedged_copies_total', 'race_duration_seconds', 'upstream_ejected', 'upstream_ejections_total'];
 
 function loadPromClient(): PromClient {
   try {
@@ -77,8 +107,8 @@ export function checkPrometheusOptions(o: unknown): PrometheusOptions | undefine
   if (labels !== undefined) {
     if (typeof labels !== 'object' || labels === null) throw new InvalidOptionError('prometheus.labels', 'must be an object of label names to string values', labels);
     for (const [name, value] of Object.entries(labels)) {
-      if (!LABEL.test(name) || name.startsWith('__') || name === 'outcome' || name === 'upstream' || typeof value !== 'string') {
-        throw new InvalidOptionError(`prometheus.labels.${name}`, 'must be a label name (not outcome or upstream) with a string value', value);
+      if (!LABEL.test(name) || name.startsWith('__') || RESERVED.has(name) || typeof value !== 'string') {
+        throw new InvalidOptionError(`prometheus.labels.${name}`, `must be a label name (not ${[...RESERVED].join(', ')}) with a string value`, value);
       }
     }
   }
@@ -88,62 +118,137 @@ export function checkPrometheusOptions(o: unknown): PrometheusOptions | undefine
   return o as PrometheusOptions;
 }
 
+/**
+ * One proxy's counting in a registry. The hot path reuses prepared label
+ * objects: nothing is allocated per request but what prom-client itself does.
+ */
 export class PrometheusMetrics {
-  readonly #labels: Record<string, string>;
-  readonly #requests: Labelled;
-  readonly #copies: Labelled;
-  readonly #hedged: Labelled;
-  readonly #duration: Observable;
-  readonly #ejected: Settable;
-  readonly #ejections: Labelled;
+  readonly #shared: Shared;
+  readonly #claim: string;
+  readonly #race = new Map<string, Record<string, string>>();
+  readonly #copy = new Map<string, Map<string, Record<string, string>>>();
+  readonly #upstream = new Map<string, Record<string, string>>();
+  readonly #fill: (gauge: Settable) => void;
+  readonly #raceLabels: (outcome: string) => Record<string, string>;
+  readonly #copyLabels: (upstream: string, outcome: string) => Record<string, string>;
+  #closed = false;
 
-  constructor(options: PrometheusOptions, upstreamIds: readonly string[]) {
-    const client = loadPromClient();
-    const { registry } = options;
-    const prefix = options.prefix ?? 'redundant_proxy_';
-    this.#labels = { ...options.labels };
-    const names = Object.keys(this.#labels);
-    /** The metric already in the registry (another proxy's), or a new one. */
-    const metric = <T>(Kind: MetricClass, name: string, help: string, extra: string[], buckets?: number[]): T => {
-      const full = prefix + name;
-      const existing = registry.getSingleMetric(full) as { labelNames?: string[] } | undefined;
-      const labelNames = [...names, ...extra];
-      if (existing) {
-        const have = [...(existing.labelNames ?? [])].sort().join(',');
-        if (have !== [...labelNames].sort().join(',')) {
-          throw new InvalidOptionError('prometheus.labels', `must have the label names of the metric ${full} already in the registry (${have || 'none'})`, options.labels);
-        }
-        return existing as T;
-      }
-      return new Kind({ name: full, help, labelNames, registers: [registry], ...(buckets ? { buckets } : {}) }) as T;
-    };
-    this.#requests = metric(client.Counter, 'requests_total', 'Requests raced, by outcome.', ['outcome']);
-    this.#copies = metric(client.Counter, 'copies_total', 'Copies of requests, by upstream and outcome (not-sent: held back by hedging).', ['upstream', 'outcome']);
-    this.#hedged = metric(client.Counter, 'hedged_copies_total', 'Copies sent because a hedge delay ran out.', ['upstream']);
-    this.#duration = metric(client.Histogram, 'race_duration_seconds', 'Time from the start of a race to its end, by outcome.', ['outcome'], options.buckets ?? DEFAULT_BUCKETS);
-    this.#ejected = metric(client.Gauge, 'upstream_ejected', '1 while the upstream is ejected for failing (updated as requests come).', ['upstream']);
-    this.#ejections = metric(client.Counter, 'upstream_ejections_total', 'Times the upstream was ejected for failing.', ['upstream']);
-    for (const upstream of upstreamIds) {
-      this.#ejected.set(this.#with({ upstream }), 0);
-      this.#ejections.inc(this.#with({ upstream }), 0);
+  constructor(options: PrometheusOptions, upstreamIds: readonly string[], isEjected: (id: string) => boolean) {
+    const labels = { ...options.labels };
+    const labelNames = Object.keys(labels).sort();
+    const buckets = options.buckets ?? DEFAULT_BUCKETS;
+    const shared = sharedFor(options, labelNames, buckets);
+    this.#claim = JSON.stringify(labelNames.map((n) => [n, labels[n]]));
+    if (shared.claimed.has(this.#claim)) {
+      throw new InvalidOptionError(
+        'prometheus.labels',
+        `must differ from those of every other open proxy counting in this registry (another one uses ${this.#claim}): their counts would add up`,
+        options.labels,
+      );
     }
-  }
-
-  #with(more: Record<string, string>): Record<string, string> {
-    return Object.assign({}, this.#labels, more);
+    shared.claimed.add(this.#claim);
+    this.#shared = shared;
+    const withLabels = (more: Record<string, string>) => Object.assign({}, labels, more);
+    for (const upstream of upstreamIds) {
+      this.#upstream.set(upstream, withLabels({ upstream }));
+      this.#copy.set(upstream, new Map());
+      shared.ejections.inc(this.#upstream.get(upstream)!, 0);
+    }
+    this.#raceLabels = (outcome) => {
+      let l = this.#race.get(outcome);
+      if (!l) this.#race.set(outcome, (l = withLabels({ outcome })));
+      return l;
+    };
+    this.#copyLabels = (upstream, outcome) => {
+      const byOutcome = this.#copy.get(upstream)!;
+      let l = byOutcome.get(outcome);
+      if (!l) byOutcome.set(outcome, (l = withLabels({ upstream, outcome })));
+      return l;
+    };
+    this.#fill = (gauge) => {
+      for (const [id, l] of this.#upstream) gauge.set(l, isEjected(id) ? 1 : 0);
+    };
+    shared.fillers.add(this.#fill);
   }
 
   record(r: RaceReport): void {
-    this.#requests.inc(this.#with({ outcome: r.outcome }));
-    this.#duration.observe(this.#with({ outcome: r.outcome }), r.duration / 1000);
+    if (this.#closed) return;
+    const { requests, duration, copies, hedged } = this.#shared;
+    const raceLabels = this.#raceLabels(r.outcome);
+    requests.inc(raceLabels);
+    duration.observe(raceLabels, r.duration / 1000);
     for (const c of r.copies) {
-      this.#copies.inc(this.#with({ upstream: c.upstream, outcome: c.outcome }));
-      if (c.hedged) this.#hedged.inc(this.#with({ upstream: c.upstream }));
+      copies.inc(this.#copyLabels(c.upstream, c.outcome));
+      if (c.hedged) hedged.inc(this.#upstream.get(c.upstream)!);
     }
   }
 
-  ejected(upstream: string, now: boolean): void {
-    this.#ejected.set(this.#with({ upstream }), now ? 1 : 0);
-    if (now) this.#ejections.inc(this.#with({ upstream }));
+  ejected(upstream: string): void {
+    if (!this.#closed) this.#shared.ejections.inc(this.#upstream.get(upstream)!);
   }
+
+  /** The proxy closed: its series leave the registry, its labels may be used again. */
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    const s = this.#shared;
+    s.fillers.delete(this.#fill);
+    s.claimed.delete(this.#claim);
+    for (const l of this.#race.values()) {
+      s.requests.remove(l);
+      s.duration.remove(l);
+    }
+    for (const byOutcome of this.#copy.values()) for (const l of byOutcome.values()) s.copies.remove(l);
+    for (const l of this.#upstream.values()) {
+      s.hedged.remove(l);
+      s.ejected.remove(l);
+      s.ejections.remove(l);
+    }
+  }
+}
+
+/** The registry's metrics for this prefix: created once, checked against what this proxy needs. */
+function sharedFor(options: PrometheusOptions, labelNames: string[], buckets: number[]): Shared {
+  const { registry } = options;
+  const prefix = options.prefix ?? 'redundant_proxy_';
+  let byPrefix = sharedByRegistry.get(registry);
+  if (!byPrefix) sharedByRegistry.set(registry, (byPrefix = new Map()));
+  const existing = byPrefix.get(prefix);
+  if (existing) {
+    if (existing.labelNames.join(',') !== labelNames.join(',')) {
+      throw new InvalidOptionError('prometheus.labels', `must have the label names of the other proxies counting in this registry under ${prefix}* (${existing.labelNames.join(', ') || 'none'})`, options.labels);
+    }
+    if (existing.buckets.join(',') !== buckets.join(',')) {
+      throw new InvalidOptionError('prometheus.buckets', `must be those of the other proxies counting in this registry under ${prefix}* (${existing.buckets.join(', ')})`, options.buckets);
+    }
+    return existing;
+  }
+  // Checked before anything is registered: a refusal leaves the registry as it was.
+  for (const name of NAMES) {
+    if (registry.getSingleMetric(prefix + name)) {
+      throw new InvalidOptionError('prometheus.prefix', `would register ${prefix + name}, which something else already registered in this registry`, prefix);
+    }
+  }
+  const client = loadPromClient();
+  const make = <T>(Kind: MetricClass, name: string, help: string, extra: string[], more: { buckets?: number[]; collect?: () => void } = {}): T =>
+    new Kind({ name: prefix + name, help, labelNames: [...labelNames, ...extra], registers: [registry], ...more }) as T;
+  const fillers = new Set<(gauge: Settable) => void>();
+  const shared: Shared = {
+    labelNames,
+    buckets,
+    claimed: new Set(),
+    fillers,
+    requests: make(client.Counter, 'requests_total', 'Requests raced, by outcome.', ['outcome']),
+    copies: make(client.Counter, 'copies_total', 'Copies of requests, by upstream and outcome (not-sent: held back by hedging).', ['upstream', 'outcome']),
+    hedged: make(client.Counter, 'hedged_copies_total', 'Copies sent because a hedge delay ran out.', ['upstream']),
+    duration: make(client.Histogram, 'race_duration_seconds', 'Time from the start of a race to its end, by outcome.', ['outcome'], { buckets }),
+    ejected: make(client.Gauge, 'upstream_ejected', '1 while the upstream is ejected for failing.', ['upstream'], {
+      collect(this: Settable) {
+        for (const fill of fillers) fill(this);
+      },
+    }),
+    ejections: make(client.Counter, 'upstream_ejections_total', 'Times the upstream was ejected for failing.', ['upstream']),
+  };
+  byPrefix.set(prefix, shared);
+  return shared;
 }

@@ -104,20 +104,23 @@ export function redundantProxy(options: ProxyOptions): RedundantProxy {
   const metrics = new Metrics(opts.upstreams.map((u) => u.id));
   const adaptive = opts.hedgeDelay === 'adaptive' ? new AdaptiveDelay(hedgeQuantile(opts.maxExtraLoad)) : null;
   const budget = new HedgeBudget(opts.maxExtraLoad);
-  const prom = opts.prometheus ? new PrometheusMetrics(opts.prometheus, opts.upstreams.map((u) => u.id)) : null;
   const ejector = opts.ejection
     ? new Ejector(
         { ...opts.ejection, keep: opts.select.kind === 'quorum' ? opts.select.quorum : 0 },
         opts.upstreams,
         opts.now,
         (e) => {
-          prom?.ejected(e.upstream, true);
+          prom?.ejected(e.upstream);
           events.emit('upstream:ejected', e);
         },
-        (e) => {
-          prom?.ejected(e.upstream, false);
-          events.emit('upstream:restored', e);
-        },
+        (e) => events.emit('upstream:restored', e),
+      )
+    : null;
+  const prom = opts.prometheus
+    ? new PrometheusMetrics(
+        opts.prometheus,
+        opts.upstreams.map((u) => u.id),
+        (id) => ejector?.isEjected(id) ?? false,
       )
     : null;
   const dispatchers = new Map<string, Dispatcher>();
@@ -287,6 +290,8 @@ export function redundantProxy(options: ProxyOptions): RedundantProxy {
     const update = opts.isUpdate(req);
     const session = findSession(req);
     const targets = plan(update);
+    // Judged later against this: a copy planned before an upstream's ejection or return says nothing of it now.
+    const epoch = ejector?.epoch ?? 0;
     if (targets.length === 0) {
       // Only with ejection.maxEjectedPercent at 100: every upstream is ejected.
       sendError(res, new RedundantProxyError(codes.NO_UPSTREAM, 'every upstream is ejected for failing; none may receive the request now', { status: 503 }), requestId);
@@ -361,7 +366,7 @@ export function redundantProxy(options: ProxyOptions): RedundantProxy {
     }
     metrics.record(report);
     prom?.record(report);
-    ejector?.record(report);
+    ejector?.record(report, epoch);
     adaptive?.learn(route, report, hedgeDelay);
     events.emit('race:end', report);
   }
@@ -441,6 +446,7 @@ export function redundantProxy(options: ProxyOptions): RedundantProxy {
     await Promise.allSettled(inFlight);
     await Promise.allSettled(background);
     offPath.close();
+    prom?.close();
     await Promise.all([...dispatchers.values()].map((d) => d.close()));
     if (opts.ownsStore) await opts.store.close();
     events.clear();

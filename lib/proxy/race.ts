@@ -60,7 +60,11 @@ export interface CopyReport {
   /** Milliseconds from sending this copy to its response head. */
   latency: number | null;
   status: number | null;
-  /** The transport error's code or message, for `failed`. */
+  /**
+   * The transport error's code or message, for `failed`; why an answer was
+   * not usable, for some `rejected` (too large for `select`); `'timeout'` for
+   * a copy still waiting for its answer when the request's `timeout` ran out.
+   */
   error: string | null;
   /** True when the copy was held back by hedging and then sent. */
   hedged: boolean;
@@ -183,6 +187,8 @@ class Copy implements Dispatcher.DispatchHandler {
   answer: SelectAnswer | null = null;
   /** Under a quorum: the answers this one agrees with (itself included). */
   group: Copy[] | null = null;
+  /** Under select: its answer was too large to buffer and compare. */
+  tooLarge = false;
 
   constructor(
     readonly race: Race,
@@ -290,11 +296,8 @@ class Copy implements Dispatcher.DispatchHandler {
         break;
       case 'buffering':
         this.size += chunk.length;
-        if (this.size > this.race.input.maxAnswerSize) {
-          this.chunks = [];
-          this.abort();
-          this.race.onFailed(this, `answer larger than maxBodySize (${this.race.input.maxAnswerSize} bytes): select cannot compare it`);
-        } else this.chunks.push(chunk);
+        if (this.size > this.race.input.maxAnswerSize) this.race.tooLarge(this);
+        else this.chunks.push(chunk);
         break;
       case 'collecting':
         this.size += chunk.length;
@@ -408,7 +411,7 @@ export class Race {
     const armedAt = this.input.now();
     const fire = (checkedAt: number): void => {
       this.hedgeTimer = null;
-      if (this.winner || this.finished) return;
+      if (this.winner || this.finished || this.enoughAnswering()) return;
       // Node's timers count whole milliseconds of a floored clock: one can
       // fire up to a millisecond early. A hedge never leaves before its
       // delay: wait out the rest (while the clock moves: an injected clock
@@ -424,6 +427,19 @@ export class Race {
       }
     };
     this.hedgeTimer = setTimeout(() => fire(-1), delay);
+  }
+
+  /**
+   * Under select: enough copies have answered acceptably (bodies in, or still
+   * arriving) to decide without another copy: a hedge would only add load.
+   * If they disagree, the next copy leaves at once when they are all in.
+   */
+  enoughAnswering(): boolean {
+    if (!this.selecting) return false;
+    let answering = this.answers.length;
+    for (const c of this.copies) if (c.state === 'buffering') answering++;
+    const { select } = this.input;
+    return answering >= (select.kind === 'quorum' ? select.quorum : 1);
   }
 
   send(hedged: boolean): void {
@@ -506,6 +522,8 @@ export class Race {
     }
     if (ok && this.selecting) {
       copy.state = 'buffering'; // counted as settled once its body is in
+      const length = headers['content-length'];
+      if (typeof length === 'string' && Number(length) > this.input.maxAnswerSize) this.tooLarge(copy);
       return;
     }
     if (ok && this.input.update && this.copies.length > 1) {
@@ -711,6 +729,20 @@ export class Race {
     this.settle();
   }
 
+  /**
+   * Under select: an answer too large to buffer and compare. The upstream
+   * answered, so it is `rejected` (not `failed`: it is not failing).
+   */
+  tooLarge(copy: Copy): void {
+    copy.tooLarge = true;
+    copy.chunks = [];
+    copy.report.outcome = 'rejected';
+    copy.report.error = `answer larger than maxBodySize (${this.input.maxAnswerSize} bytes): select cannot compare it`;
+    if (copy.drainable()) copy.state = 'draining';
+    else copy.abort();
+    this.settle();
+  }
+
   /** Under select: an acceptable answer is in, whole. */
   onAnswer(copy: Copy): void {
     const body = Buffer.concat(copy.chunks, copy.size);
@@ -733,9 +765,9 @@ export class Race {
    * answers, as each copy answers or fails. True when that decided the race
    * (an answer adopted, or none can be any more).
    */
-  choose(): boolean {
+  choose(final = false): boolean {
     const { select } = this.input;
-    const pending = this.copies.length - this.settled;
+    const pending = final ? 0 : this.copies.length - this.settled;
     let chosen: Copy | undefined;
     if (select.kind === 'quorum') {
       let largest = 0;
@@ -768,6 +800,7 @@ export class Race {
       }
       if (picked === undefined || picked === null) {
         if (pending > 0) return false;
+        if (final) return false; // the timeout answers
         this.failSelection(codes.NO_SELECTION, `the select function chose none of the ${this.answers.length} acceptable answers`);
         return true;
       }
@@ -870,16 +903,33 @@ export class Race {
     }
     sendError(
       res,
-      new RedundantProxyError(codes.UPSTREAMS_FAILED, `no upstream answered (${this.copies.filter((c) => c.report.sentAt !== null).length} copies failed)`, { status: 502 }),
+      new RedundantProxyError(codes.UPSTREAMS_FAILED, this.failureMessage(), { status: 502 }),
       requestId,
     );
     this.finish('failed');
+  }
+
+  failureMessage(): string {
+    let failed = 0;
+    let tooLarge = 0;
+    for (const c of this.copies) {
+      if (c.report.sentAt === null) continue;
+      if (c.tooLarge) tooLarge++;
+      else failed++;
+    }
+    if (tooLarge === 0) return `no upstream answered (${failed} copies failed)`;
+    return `no usable answer: ${tooLarge} too large for select to compare (maxBodySize ${this.input.maxAnswerSize} bytes), ${failed} failed`;
   }
 
   onTimeout(): void {
     this.timeoutTimer = null;
     if (this.finished) return;
     const { res, requestId } = this.input;
+    // Copies still waiting for their answer's head ran out of time: say so
+    // (outlier ejection counts them as failures; copies stopped earlier are not).
+    for (const copy of this.copies) if (copy.state === 'sent') copy.report.error = 'timeout';
+    // A select function waiting for more answers gets its last say.
+    if (this.selecting && this.input.select.kind === 'custom' && this.answers.length > 0 && !res.headersSent && this.choose(true)) return;
     const timedOut = () => {
       if (res.headersSent) res.destroy();
       else sendError(res, new RedundantProxyError(codes.TIMEOUT, `no acceptable answer within ${this.input.timeout} ms`, { status: 504 }), requestId);
