@@ -40,5 +40,28 @@ describe('npx redundant-proxy', () => {
     const p = run(['--upstream', 'ftp://nowhere']);
     expect(await p.exited).toBe(2);
     expect(p.err()).toMatch(/`upstreams\[0\]` must be an http: or https: URL/);
+    const q = run(['--upstream', 'http://127.0.0.1:1', '--quorum', '2']);
+    expect(await q.exited).toBe(2);
+    expect(q.err()).toMatch(/`select.quorum` must be an integer from 1 to copies \(1\)/);
+  });
+
+  it('--quorum K answers with what K upstreams answered alike', async () => {
+    const ups = [await startUpstream(after(1, 200, { v: 'odd one' })), await startUpstream(after(20, 200, { v: 'agreed' })), await startUpstream(after(40, 200, { v: 'agreed' }))];
+    const p = run([...ups.flatMap((u) => ['--upstream', u.url]), '--port', '0', '--quorum', '2', '--no-ejection']);
+    const own = testClient();
+    try {
+      while (!/listening on (\S+)/.test(p.out())) {
+        if (p.child.exitCode !== null) throw new Error(p.err());
+        await new Promise((r) => setTimeout(r, 20));
+      }
+      const url = /listening on (http:\/\/\S+)/.exec(p.out())![1]!;
+      const res = await own.send(`${url}/x`);
+      expect(res.json()).toEqual({ v: 'agreed' });
+    } finally {
+      await own.close();
+      p.child.kill('SIGTERM');
+      await p.exited;
+      for (const u of ups) await u.close();
+    }
   });
 });

@@ -18,6 +18,8 @@ Options:
   --hedge-delay MS      hold each further copy back MS ms (default 0), or "adaptive"
   --timeout MS          whole-request timeout (default 30000)
   --max-body-size BYTES largest request body (default 1048576)
+  --quorum K            answer a read only with what K upstreams answered alike
+  --no-ejection         keep sending copies to upstreams that keep failing
   --help                this text
 
 The HMAC secret shared with workers is read from REDUNDANT_PROXY_SECRET.`;
@@ -40,6 +42,8 @@ function main(argv: string[]): void {
       'hedge-delay': { type: 'string' },
       timeout: { type: 'string' },
       'max-body-size': { type: 'string' },
+      quorum: { type: 'string' },
+      'no-ejection': { type: 'boolean' },
       help: { type: 'boolean' },
     },
     strict: true,
@@ -55,6 +59,8 @@ function main(argv: string[]): void {
     hedge: hedge === undefined ? undefined : { delay: hedge === 'adaptive' ? 'adaptive' : number('hedge-delay', hedge)! },
     timeout: number('timeout', values.timeout),
     maxBodySize: number('max-body-size', values['max-body-size']),
+    select: values.quorum === undefined ? undefined : { quorum: number('quorum', values.quorum)! },
+    ejection: values['no-ejection'] ? false : undefined,
     secret: process.env.REDUNDANT_PROXY_SECRET || undefined,
   });
   const server = http.createServer(proxy.handler);
