@@ -1,8 +1,8 @@
 import { afterAll, describe, expect, it } from '@jest/globals';
-import { redundantProxy, type RaceReport, type RedundantProxy } from '../../lib/index.js';
+import { redundantProxy, type ProxyOptions, type RedundantProxy } from '../../lib/index.js';
 import { testClient } from '../helpers/client.js';
-import { frameworks, mountGateway, type Gateway } from '../helpers/gateway.js';
-import { after, deadPort, sleep, startUpstream, type TestUpstream } from '../helpers/upstream.js';
+import { frameworks, mountGateway, raceFixture, type Framework } from '../helpers/gateway.js';
+import { after, deadPort, sleep, startUpstream, type Behaviour } from '../helpers/upstream.js';
 import { closeAfterEach } from '../helpers/cleanup.js';
 import { eventually } from '../helpers/replica.js';
 
@@ -10,20 +10,7 @@ const client = testClient();
 const open = closeAfterEach();
 afterAll(() => client.close());
 
-async function setup(kind: (typeof frameworks)[number], behaviours: Parameters<typeof startUpstream>[0][], options: Record<string, unknown> = {}) {
-  const ups: TestUpstream[] = [];
-  for (const b of behaviours) {
-    const u = await startUpstream(b);
-    ups.push(u);
-    open.push(u);
-  }
-  const proxy = redundantProxy({ upstreams: ups.map((u, i) => ({ id: `u${i}`, url: u.url })), ...options });
-  const gw: Gateway = await mountGateway(kind, proxy);
-  open.push(gw, proxy);
-  const reports: RaceReport[] = [];
-  proxy.on('race:end', (r) => reports.push(r));
-  return { ups, proxy, gw, reports };
-}
+const setup = (kind: Framework, behaviours: Behaviour[], options: Partial<ProxyOptions> = {}) => raceFixture(open, kind, behaviours, options);
 
 describe.each(frameworks)('race (%s)', (kind) => {
   it('answers with the fastest copy and the slower copies are stopped by their servers', async () => {

@@ -1,10 +1,10 @@
 import { afterAll, describe, expect, it } from '@jest/globals';
-import { redundantProxy, type ProxyErrorEvent, type ProxyOptions, type RaceReport } from '../../lib/index.js';
+import { redundantProxy, type ProxyOptions } from '../../lib/index.js';
 import { closeAfterEach } from '../helpers/cleanup.js';
 import { testClient } from '../helpers/client.js';
-import { frameworks, mountGateway } from '../helpers/gateway.js';
+import { frameworks, mountGateway, raceFixture, type Framework } from '../helpers/gateway.js';
 import { eventually } from '../helpers/replica.js';
-import { after, deadPort, startUpstream, type Behaviour, type TestUpstream } from '../helpers/upstream.js';
+import { after, deadPort, startUpstream, type Behaviour } from '../helpers/upstream.js';
 
 // `select` on real upstream servers: a quorum of identical answers, or a
 // function choosing among whole answers. The race's decisions in every
@@ -14,22 +14,7 @@ const client = testClient();
 const open = closeAfterEach();
 afterAll(() => client.close());
 
-async function setup(kind: (typeof frameworks)[number], behaviours: Behaviour[], options: Partial<ProxyOptions>) {
-  const ups: TestUpstream[] = [];
-  for (const b of behaviours) {
-    const u = await startUpstream(b);
-    ups.push(u);
-    open.push(u);
-  }
-  const proxy = redundantProxy({ upstreams: ups.map((u, i) => ({ id: `u${i}`, url: u.url })), ...options });
-  const gw = await mountGateway(kind, proxy);
-  open.push(gw, proxy);
-  const reports: RaceReport[] = [];
-  const errors: ProxyErrorEvent[] = [];
-  proxy.on('race:end', (r) => reports.push(r));
-  proxy.on('error', (e) => errors.push(e));
-  return { ups, proxy, gw, reports, errors };
-}
+const setup = (kind: Framework, behaviours: Behaviour[], options: Partial<ProxyOptions>) => raceFixture(open, kind, behaviours, options);
 
 describe.each(frameworks)('select (%s)', (kind) => {
   it('{ quorum: 2 } answers with what two replicas agree on, not with the fastest answer', async () => {
