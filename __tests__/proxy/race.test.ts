@@ -1,5 +1,5 @@
 import { afterAll, describe, expect, it } from '@jest/globals';
-import { redundantProxy, type ProxyOptions, type RedundantProxy } from '../../lib/index.js';
+import { redundantProxy, type ProxyOptions } from '../../lib/index.js';
 import { testClient } from '../helpers/client.js';
 import { frameworks, mountGateway, raceFixture, type Framework } from '../helpers/gateway.js';
 import { after, deadPort, sleep, startUpstream, type Behaviour } from '../helpers/upstream.js';
