@@ -102,10 +102,18 @@ export class InvalidOptionError extends TypeError {
 export class SupersededError extends RedundantProxyError {
   /** Applied by Express's final handler, so the proxy sees the loss whichever handler answers. */
   readonly headers = { 'x-redundant-commit': 'lost' };
+  /**
+   * When a store refuses a claim or a confirm and knows why: the duplicate id
+   * of the copy that committed, or `null` when no copy has committed (the
+   * claim was taken over, or is free again). `undefined` when not known.
+   */
+  readonly committedBy: string | null | undefined;
 
-  constructor(message = 'another copy of this request committed first', options: RedundantProxyErrorOptions = {}) {
-    super(codes.SUPERSEDED, message, { status: 409, ...options });
+  constructor(message = 'another copy of this request committed first', options: RedundantProxyErrorOptions & { committedBy?: string | null } = {}) {
+    const { committedBy, ...rest } = options;
+    super(codes.SUPERSEDED, message, { status: 409, ...rest });
     this.name = 'SupersededError';
+    this.committedBy = committedBy;
   }
 }
 

@@ -404,6 +404,19 @@ export function testSessionStore(
         await expect(store.confirm(requestId, 'a', grant.fence)).resolves.toBeUndefined();
       });
 
+      it('a refused confirm says who committed, or that nobody did, if it says anything (`committedBy`)', async () => {
+        const requestId = id('request');
+        const grant = await store.claim(requestId, 'a', { leaseMs: 10_000 });
+        // Nobody has committed yet: null, or undefined for a store that does not say.
+        const early = (await rejection(store.confirm(requestId, 'b', grant.fence))) as { committedBy?: unknown };
+        expect(isSupersededError(early)).toBe(true);
+        expect([null, undefined]).toContain(early.committedBy);
+        await store.confirm(requestId, 'a', grant.fence);
+        const late = (await rejection(store.confirm(requestId, 'b', grant.fence))) as { committedBy?: unknown };
+        expect(isSupersededError(late)).toBe(true);
+        expect(['a', undefined]).toContain(late.committedBy);
+      });
+
       it('ignores a release from anyone but the holder with its fence', async () => {
         const requestId = id('request');
         await expect(store.release(requestId, 'a', 1)).resolves.toBeUndefined();

@@ -405,3 +405,16 @@ describe('the redundant-proxy/redis entry', () => {
     expect(await readFile(new URL('../../dist/index.js', import.meta.url), 'utf8')).not.toMatch(/store\/redis/);
   });
 });
+
+describe('RedisSessionStore: a refused confirm says who committed', () => {
+  it('names the committer, or null while nobody has committed, or nothing once the record is gone', async () => {
+    const store = await open({ ttl: 60_000 });
+    const grant = await store.claim('r1', 'a', { leaseMs: 10_000 });
+    await expect(store.confirm('r1', 'b', grant.fence)).rejects.toMatchObject({ code: codes.SUPERSEDED, committedBy: null });
+    await store.confirm('r1', 'a', grant.fence);
+    await expect(store.confirm('r1', 'b', grant.fence)).rejects.toMatchObject({ code: codes.SUPERSEDED, committedBy: 'a' });
+    const gone = await store.confirm('never-claimed', 'b', 1).catch((err: unknown) => err);
+    expect(gone).toMatchObject({ code: codes.SUPERSEDED });
+    expect((gone as { committedBy?: unknown }).committedBy).toBeUndefined();
+  });
+});

@@ -223,3 +223,17 @@ describe('MemorySessionStore', () => {
   });
 });
 
+
+describe('MemorySessionStore: a refused confirm says who committed', () => {
+  it('names the committer, or null while nobody has committed', async () => {
+    const store = new MemorySessionStore();
+    try {
+      const grant = await store.claim('r1', 'a', { leaseMs: 10_000 });
+      await expect(store.confirm('r1', 'b', grant.fence)).rejects.toMatchObject({ code: codes.SUPERSEDED, committedBy: null });
+      await store.confirm('r1', 'a', grant.fence);
+      await expect(store.confirm('r1', 'b', grant.fence)).rejects.toMatchObject({ code: codes.SUPERSEDED, committedBy: 'a' });
+    } finally {
+      await store.close();
+    }
+  });
+});

@@ -20,7 +20,16 @@ export function detach(waiter: Waiter): void {
 
 /** Another copy of `requestId` (`holder`) committed first. */
 export function superseded(requestId: string, holder: string): SupersededError {
-  return new SupersededError(`request ${requestId}: copy ${holder} committed first`);
+  return new SupersededError(`request ${requestId}: copy ${holder} committed first`, { committedBy: holder });
+}
+
+/**
+ * A confirm refused: `duplicateId` no longer holds the claim. Says who
+ * committed instead (`committedBy`), or that nobody did (null).
+ */
+export function notHolder(requestId: string, duplicateId: string, fence: number, committedBy: string | null | undefined): SupersededError {
+  const why = committedBy ? `copy ${committedBy} committed` : 'no copy has committed';
+  return new SupersededError(`request ${requestId}: copy ${duplicateId} no longer holds the claim (fence ${fence}); ${why}`, { committedBy });
 }
 
 export function closedError(): RedundantProxyError {

@@ -1,5 +1,5 @@
 import { LRUCache } from 'lru-cache';
-import { InvalidOptionError, SupersededError } from '../errors.js';
+import { InvalidOptionError } from '../errors.js';
 import type {
   ClaimGrant,
   ClaimOptions,
@@ -11,7 +11,7 @@ import type {
   SessionRecord,
   SessionStore,
 } from './types.js';
-import { checkKnownOptions, closedError, detach, sessionJson, superseded, type Waiter } from './common.js';
+import { checkKnownOptions, closedError, detach, notHolder, sessionJson, superseded, type Waiter } from './common.js';
 
 export interface MemorySessionStoreOptions {
   /**
@@ -219,7 +219,7 @@ export class MemorySessionStore implements SessionStore {
     // A holder past its lease may still confirm as long as nobody took over:
     // the takeover, not the clock, is what makes it lose.
     if (!entry || commit?.state !== 'claimed' || commit.holder !== duplicateId || commit.fence !== fence) {
-      throw new SupersededError(`request ${requestId}: copy ${duplicateId} no longer holds the claim (fence ${fence})`);
+      throw notHolder(requestId, duplicateId, fence, commit?.state === 'committed' ? commit.holder : null);
     }
     entry.record.commit = { state: 'committed', holder: duplicateId, fence, committedAt: this.#now() };
     this.#touch(requestId, entry);

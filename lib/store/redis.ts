@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 // Types only: the main entry of the package must load without ioredis.
 import type { Cluster, Redis, RedisOptions } from 'ioredis';
-import { InvalidOptionError, RedundantProxyError, SupersededError, codes, isRedundantProxyError } from '../errors.js';
+import { InvalidOptionError, RedundantProxyError, codes, isRedundantProxyError } from '../errors.js';
 import { withTimeout } from '../timeout.js';
 import type {
   ClaimGrant,
@@ -16,7 +16,7 @@ import type {
   SessionStore,
   StoredAnswer,
 } from './types.js';
-import { checkKnownOptions, closedError, detach, sessionJson, superseded, type Waiter } from './common.js';
+import { checkKnownOptions, closedError, detach, notHolder, sessionJson, superseded, type Waiter } from './common.js';
 
 // The session management server of the method on Redis or Redis Cluster.
 //
@@ -293,8 +293,11 @@ export class RedisSessionStore implements SessionStore {
     this.#assertOpen();
     // A holder past its lease may still confirm as long as nobody took over:
     // the takeover, not the clock, is what makes it lose. Confirming twice is harmless.
-    const ok = await this.#run('confirm', CONFIRM, [this.#requestKey(requestId)], [duplicateId, String(fence), this.#ttl, this.#channel(requestId)]);
-    if (ok !== 1) throw new SupersededError(`request ${requestId}: copy ${duplicateId} no longer holds the claim (fence ${fence})`);
+    const result = await this.#run('confirm', CONFIRM, [this.#requestKey(requestId)], [duplicateId, String(fence), this.#ttl, this.#channel(requestId)]);
+    if (result === 1) return;
+    // Refused: [0, state, holder] of the record as it is (both nil when it is gone).
+    const [, state, holder] = result as [0, string | null, string | null];
+    throw notHolder(requestId, duplicateId, fence, state === 'committed' ? String(holder) : state ? null : undefined);
   }
 
   async release(requestId: string, duplicateId: string, fence: number): Promise<void> {
@@ -802,9 +805,9 @@ return {'granted', fence, leaseUntil}
 const CONFIRM = script(`
 local key = KEYS[1]
 local h = redis.call('HMGET', key, 'state', 'holder', 'fence')
-if h[2] ~= ARGV[1] or tonumber(h[3]) ~= tonumber(ARGV[2]) then return 0 end
+if h[2] ~= ARGV[1] or tonumber(h[3]) ~= tonumber(ARGV[2]) then return {0, h[1], h[2]} end
 if h[1] == 'committed' then return 1 end
-if h[1] ~= 'claimed' then return 0 end
+if h[1] ~= 'claimed' then return {0, h[1], h[2]} end
 redis.call('HSET', key, 'state', 'committed', 'committedAt', num(now_ms()))
 redis.call('HDEL', key, 'leaseUntil')
 touch(key, ARGV[3])

@@ -141,8 +141,9 @@ export interface SessionStore {
 
   /**
    * The holder committed. Rejects with `SupersededError` if it no longer holds
-   * the claim (lease lost and taken over). Confirming again with the same
-   * fence is harmless.
+   * the claim (lease lost and taken over), with `committedBy` set when the
+   * store knows: the committer's duplicate id, or null when no copy has
+   * committed. Confirming again with the same fence is harmless.
    */
   confirm(requestId: string, duplicateId: string, fence: number): Promise<void>;
 

@@ -101,9 +101,13 @@ export function commitGate(input: CommitGateInput): CommitGate {
             if (isSupersededError(err)) {
               // Our commit is in the database already. It loses only to a copy
               // that confirmed before us; otherwise it is the first commit.
-              const record = await withTimeout(store.getRequest(requestId), storeTimeout, 'getRequest').catch(() => undefined);
-              const commit = record?.commit;
-              if (commit?.state === 'committed' && commit.holder !== duplicateId) lose(err);
+              // The refusal says who committed when the store knows; else ask.
+              let committedBy = err.committedBy;
+              if (committedBy === undefined) {
+                const record = await withTimeout(store.getRequest(requestId), storeTimeout, 'getRequest').catch(() => undefined);
+                committedBy = record?.commit.state === 'committed' ? record.commit.holder : null;
+              }
+              if (committedBy !== null && committedBy !== duplicateId) lose(err);
               input.onLateConfirm?.(token, 'lease-lost', err);
               break;
             }
