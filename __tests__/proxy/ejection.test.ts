@@ -96,7 +96,7 @@ describe('outlier ejection', () => {
       res.writeHead(200, { 'content-type': 'text/plain' });
       res.write('first bytes, and never the rest');
     });
-    const slow = await startUpstream(after(40));
+    const slow = await startUpstream(after(500));
     open.push(hang, trickle, slow);
     const timedOut = await setup([hang.url, `${hang.url}/x`], { timeout: 100, ejection: { consecutiveFailures: 1 } });
     expect((await client.send(`${timedOut.gw.url}/`)).status).toBe(504);
@@ -216,6 +216,16 @@ describe('Ejector: stale reports, probation and the streak (pure logic, injected
     expect(log).toEqual(['ejected a for 100', 'restored a']);
     plan()('failed'); // the second failure in a row
     expect(log).toEqual(['ejected a for 100', 'restored a', 'ejected a for 100']);
+  });
+
+  it('an answer that came after the timeout mark is judged by its status, not as a timeout', () => {
+    const { ej, log } = make();
+    const late = { outcome: 'won', copies: [{ upstream: 'a', outcome: 'drained', status: 200, error: 'timeout' }] } as unknown as RaceReport;
+    ej.record(late, ej.epoch);
+    expect(log).toEqual([]);
+    const never = { outcome: 'timeout', copies: [{ upstream: 'a', outcome: 'stopped', status: null, error: 'timeout' }] } as unknown as RaceReport;
+    ej.record(never, ej.epoch);
+    expect(log).toEqual(['ejected a for 100']);
   });
 
   it('the streak starts again after a healthy spell longer than the last ejection', () => {

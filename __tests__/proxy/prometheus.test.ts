@@ -72,23 +72,39 @@ describe('prometheus: a prom-client registry', () => {
     expect(() => redundantProxy({ upstreams: [up.url], prometheus: { registry, prefix: 'gw_', labels: { route: 'a' }, buckets: [1, 2] } })).toThrow(/prometheus\.buckets/);
   });
 
-  it('refuses a second open proxy with the same labels (their counts would add up); once the first is closed, its series leave and the labels are free', async () => {
+  it('a reload: the new proxy opens before the old one closes, with the same labels; the series go on, and leave when the last one closes', async () => {
     const up = await startUpstream(after(1));
     open.push(up);
     const registry = new Registry();
-    const first = redundantProxy({ upstreams: [up.url], prometheus: { registry } });
-    const gw = await mountGateway('node', first);
-    open.push(gw);
-    expect(() => redundantProxy({ upstreams: [up.url], prometheus: { registry } })).toThrow(expect.objectContaining({ option: 'prometheus.labels' }));
-    await client.send(`${gw.url}/`);
-    await eventually(async () => sample(await registry.metrics(), 'redundant_proxy_requests_total{outcome="won"}') === 1 || undefined);
-    await first.close();
+    const won = async () => sample(await registry.metrics(), 'redundant_proxy_requests_total{outcome="won"}');
+    const old = redundantProxy({ upstreams: [{ id: 'u', url: up.url }], prometheus: { registry } });
+    const gwOld = await mountGateway('node', old);
+    open.push(gwOld);
+    await client.send(`${gwOld.url}/`);
+    await eventually(async () => (await won()) === 1 || undefined);
+    const next = redundantProxy({ upstreams: [{ id: 'u', url: up.url }], prometheus: { registry } });
+    const gwNext = await mountGateway('node', next);
+    open.push(gwNext);
+    await old.close();
+    expect(await won()).toBe(1); // the new proxy still counts there
+    await client.send(`${gwNext.url}/`);
+    await eventually(async () => (await won()) === 2 || undefined);
+    await next.close();
     const closed = await registry.metrics();
     expect(closed).not.toMatch(/^redundant_proxy_requests_total\{/m);
+    expect(closed).not.toMatch(/^redundant_proxy_copies_total\{/m);
     expect(closed).not.toMatch(/^redundant_proxy_upstream_ejected\{/m);
-    const second = redundantProxy({ upstreams: [up.url], prometheus: { registry } });
+  });
+
+  it('after registry.clear(), a new proxy registers its metrics again', async () => {
+    const registry = new Registry();
+    const first = redundantProxy({ upstreams: ['http://127.0.0.1:1'], prometheus: { registry } });
+    await first.close();
+    registry.clear();
+    const second = redundantProxy({ upstreams: [{ id: 'x', url: 'http://127.0.0.1:1' }], prometheus: { registry } });
     open.push(second);
-    expect(sample(await registry.metrics(), 'redundant_proxy_upstream_ejected{upstream="' + new URL(up.url).host + '"}')).toBe(0);
+    expect(registry.getMetricsAsArray().map((m) => m.name)).toContain('redundant_proxy_requests_total');
+    expect(sample(await registry.metrics(), 'redundant_proxy_upstream_ejected{upstream="x"}')).toBe(0);
   });
 
   it('a metric name that something else registered is refused before anything is registered', () => {

@@ -9,7 +9,7 @@ import { Race, type CopyReport, type RaceInput } from '../../lib/proxy/race.js';
 // end-to-end behaviour is covered against real servers elsewhere). Each
 // upstream answers at a given time, breaks, or never answers.
 
-type Script = { at: number; status?: number; headers?: Record<string, string>; body?: string; bodyAfter?: number } | { at: number; error: string } | null;
+type Script = { at: number; status?: number; headers?: Record<string, string>; body?: string; bodyAfter?: number; trickle?: number } | { at: number; error: string } | null;
 
 function fakeResponse(): ServerResponse & { sent: Buffer[] } {
   const res = new EventEmitter() as EventEmitter & Record<string, unknown>;
@@ -61,6 +61,18 @@ function scripted(script: Script): Dispatcher {
           handler.onResponseStart?.(controller, script.status ?? 200, { 'content-length': String(body.length), ...script.headers }, '');
           const rest = () => {
             if (aborted) return;
+            if (script.trickle) {
+              // One byte every `trickle` ms.
+              let i = 0;
+              const next = () => {
+                if (aborted) return;
+                if (i < body.length) {
+                  handler.onResponseData?.(controller, body.subarray(i, ++i));
+                  timer = setTimeout(next, script.trickle);
+                } else handler.onResponseEnd?.(controller, {});
+              };
+              return next();
+            }
             handler.onResponseData?.(controller, body);
             handler.onResponseEnd?.(controller, {});
           };
@@ -293,8 +305,9 @@ describe('select: a quorum or a function (scripted upstreams)', () => {
   });
 
   it('a hedge does not leave while enough copies are still reading their answers', async () => {
-    const { outcomes, sent } = await race([{ at: 5, body: 'x', bodyAfter: 80 }, { at: 5, body: 'x', bodyAfter: 80 }, { at: 1, body: 'x' }], read(quorum(2), { hedgeDelay: 20 }));
-    expect(sent).toBe('x');
+    const body = 'x'.repeat(8); // a byte every 10 ms: still arriving when the 20 ms hedge delay runs out
+    const { outcomes, sent } = await race([{ at: 5, body, trickle: 10 }, { at: 5, body, trickle: 10 }, { at: 1, body }], read(quorum(2), { hedgeDelay: 20 }));
+    expect(sent).toBe(body);
     expect(outcomes).toEqual(['won', 'agreed', 'not-sent']);
   });
 
@@ -327,6 +340,37 @@ describe('select: a quorum or a function (scripted upstreams)', () => {
     const stranger = await race(scripts, read({ kind: 'custom', choose: (answers) => ({ ...answers[0]! }) }, { onSelectThrew: (_id, err) => void thrown.push(err) }));
     expect([stranger.status, code(stranger.sent)]).toEqual([502, codes.NO_SELECTION]);
     expect(thrown.map((e) => (e as Error).message)).toEqual(['boom', expect.stringMatching(/not one of the answers/)]);
+  });
+
+  it('the timeout does not ask a select function again once it chose (its answer waiting for its bookkeeping)', async () => {
+    let calls = 0;
+    const { report, status } = await race([{ at: 5, body: 'a' }, { at: 10, body: 'b' }, null], read(
+      {
+        kind: 'custom',
+        choose: (answers) => {
+          calls++;
+          return answers[0];
+        },
+      },
+      { timeout: 60, beforeHead: () => new Promise(() => undefined) },
+    ));
+    expect(calls).toBe(1);
+    expect([report.outcome, status]).toEqual(['timeout', 504]);
+  });
+
+  it('a HEAD answer’s Content-Length is not a body: it does not make the answer too large to compare', async () => {
+    const head = { 'content-length': '5000000' };
+    const { report, status, outcomes } = await race([{ at: 5, body: '', headers: head }, { at: 10, body: '', headers: head }], read(quorum(2), { method: 'HEAD' }));
+    expect([report.outcome, status]).toEqual(['won', 200]);
+    expect(outcomes).toEqual(['won', 'agreed']);
+  });
+
+  it('a quorum copy whose body stalls stops holding hedges back', async () => {
+    const { report, outcomes, sent } = await race([{ at: 5, body: 'x' }, { at: 5, body: 'x', bodyAfter: 500 }, { at: 1, body: 'x' }], read(quorum(2), { hedgeDelay: 20 }));
+    expect(sent).toBe('x');
+    expect(outcomes).toEqual(['won', 'drained', 'agreed']);
+    expect(report.copies[2]!.sentAt!).toBeGreaterThanOrEqual(20);
+    expect(report.copies[2]!.sentAt!).toBeLessThan(300);
   });
 
   it('updates ignore select: the committed copy’s answer wins alone', async () => {

@@ -232,6 +232,10 @@ describe('MemorySessionStore: a refused confirm says who committed', () => {
       await expect(store.confirm('r1', 'b', grant.fence)).rejects.toMatchObject({ code: codes.SUPERSEDED, committedBy: null });
       await store.confirm('r1', 'a', grant.fence);
       await expect(store.confirm('r1', 'b', grant.fence)).rejects.toMatchObject({ code: codes.SUPERSEDED, committedBy: 'a' });
+      // No record at all: who committed is not known.
+      const gone = (await store.confirm('never-claimed', 'b', 1).catch((err: unknown) => err)) as { code?: string; committedBy?: unknown };
+      expect(gone.code).toBe(codes.SUPERSEDED);
+      expect(gone.committedBy).toBeUndefined();
     } finally {
       await store.close();
     }

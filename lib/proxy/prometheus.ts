@@ -1,5 +1,6 @@
 import { createRequire } from 'node:module';
 import { InvalidOptionError } from '../errors.js';
+import { COPY_OUTCOMES, RACE_OUTCOMES } from './metrics.js';
 import type { RaceReport } from './race.js';
 
 // Prometheus metrics in a prom-client registry the user owns, so they are
@@ -74,8 +75,14 @@ interface Shared {
   duration: Observable;
   ejected: Settable;
   ejections: Labelled;
-  /** Each proxy's label values (as JSON): two proxies must not add into the same series. */
-  claimed: Set<string>;
+  /** The metrics by name (without the prefix), to register them again after a `registry.clear()`. */
+  byName: Array<[string, unknown]>;
+  /**
+   * Open proxies by label values (as JSON). Proxies with the same values add
+   * into the same series (a reload: the new proxy opens before the old one
+   * closes); the series leave the registry when the last of them closes.
+   */
+  claims: Map<string, { count: number; labels: Record<string, string>; upstreams: Set<string> }>;
   /** Each proxy fills its series of the ejected gauge when the registry is read. */
   fillers: Set<(gauge: Settable) => void>;
 }
@@ -139,14 +146,10 @@ export class PrometheusMetrics {
     const buckets = options.buckets ?? DEFAULT_BUCKETS;
     const shared = sharedFor(options, labelNames, buckets);
     this.#claim = JSON.stringify(labelNames.map((n) => [n, labels[n]]));
-    if (shared.claimed.has(this.#claim)) {
-      throw new InvalidOptionError(
-        'prometheus.labels',
-        `must differ from those of every other open proxy counting in this registry (another one uses ${this.#claim}): their counts would add up`,
-        options.labels,
-      );
-    }
-    shared.claimed.add(this.#claim);
+    let claim = shared.claims.get(this.#claim);
+    if (!claim) shared.claims.set(this.#claim, (claim = { count: 0, labels, upstreams: new Set() }));
+    claim.count++;
+    for (const id of upstreamIds) claim.upstreams.add(id);
     this.#shared = shared;
     const withLabels = (more: Record<string, string>) => Object.assign({}, labels, more);
     for (const upstream of upstreamIds) {
@@ -187,22 +190,25 @@ export class PrometheusMetrics {
     if (!this.#closed) this.#shared.ejections.inc(this.#upstream.get(upstream)!);
   }
 
-  /** The proxy closed: its series leave the registry, its labels may be used again. */
+  /** The proxy closed. When no open proxy has its labels any more, their series leave the registry. */
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
     const s = this.#shared;
     s.fillers.delete(this.#fill);
-    s.claimed.delete(this.#claim);
-    for (const l of this.#race.values()) {
-      s.requests.remove(l);
-      s.duration.remove(l);
+    const claim = s.claims.get(this.#claim)!;
+    if (--claim.count > 0) return;
+    s.claims.delete(this.#claim);
+    const withLabels = (more: Record<string, string>) => Object.assign({}, claim.labels, more);
+    for (const outcome of RACE_OUTCOMES()) {
+      s.requests.remove(withLabels({ outcome }));
+      s.duration.remove(withLabels({ outcome }));
     }
-    for (const byOutcome of this.#copy.values()) for (const l of byOutcome.values()) s.copies.remove(l);
-    for (const l of this.#upstream.values()) {
-      s.hedged.remove(l);
-      s.ejected.remove(l);
-      s.ejections.remove(l);
+    for (const upstream of claim.upstreams) {
+      for (const outcome of COPY_OUTCOMES()) s.copies.remove(withLabels({ upstream, outcome }));
+      s.hedged.remove(withLabels({ upstream }));
+      s.ejected.remove(withLabels({ upstream }));
+      s.ejections.remove(withLabels({ upstream }));
     }
   }
 }
@@ -221,6 +227,14 @@ function sharedFor(options: PrometheusOptions, labelNames: string[], buckets: nu
     if (existing.buckets.join(',') !== buckets.join(',')) {
       throw new InvalidOptionError('prometheus.buckets', `must be those of the other proxies counting in this registry under ${prefix}* (${existing.buckets.join(', ')})`, options.buckets);
     }
+    // After `registry.clear()` (or removeSingleMetric) the metrics must be registered again.
+    for (const [name, metric] of existing.byName) {
+      const current = registry.getSingleMetric(prefix + name);
+      if (current !== undefined && current !== metric) {
+        throw new InvalidOptionError('prometheus.prefix', `would register ${prefix + name}, which something else registered in this registry`, prefix);
+      }
+    }
+    for (const [name, metric] of existing.byName) if (registry.getSingleMetric(prefix + name) === undefined) registry.registerMetric(metric as never);
     return existing;
   }
   // Checked before anything is registered: a refusal leaves the registry as it was.
@@ -236,7 +250,8 @@ function sharedFor(options: PrometheusOptions, labelNames: string[], buckets: nu
   const shared: Shared = {
     labelNames,
     buckets,
-    claimed: new Set(),
+    byName: [],
+    claims: new Map(),
     fillers,
     requests: make(client.Counter, 'requests_total', 'Requests raced, by outcome.', ['outcome']),
     copies: make(client.Counter, 'copies_total', 'Copies of requests, by upstream and outcome (not-sent: held back by hedging).', ['upstream', 'outcome']),
@@ -249,6 +264,14 @@ function sharedFor(options: PrometheusOptions, labelNames: string[], buckets: nu
     }),
     ejections: make(client.Counter, 'upstream_ejections_total', 'Times the upstream was ejected for failing.', ['upstream']),
   };
+  shared.byName = [
+    ['requests_total', shared.requests],
+    ['copies_total', shared.copies],
+    ['hedged_copies_total', shared.hedged],
+    ['race_duration_seconds', shared.duration],
+    ['upstream_ejected', shared.ejected],
+    ['upstream_ejections_total', shared.ejections],
+  ];
   byPrefix.set(prefix, shared);
   return shared;
 }

@@ -189,6 +189,8 @@ class Copy implements Dispatcher.DispatchHandler {
   group: Copy[] | null = null;
   /** Under select: its answer was too large to buffer and compare. */
   tooLarge = false;
+  /** Under select: when its head or the last chunk of its body came (clock ms). */
+  lastDataAt = 0;
 
   constructor(
     readonly race: Race,
@@ -295,6 +297,7 @@ class Copy implements Dispatcher.DispatchHandler {
         this.chunks.push(chunk);
         break;
       case 'buffering':
+        this.lastDataAt = this.race.input.now();
         this.size += chunk.length;
         if (this.size > this.race.input.maxAnswerSize) this.race.tooLarge(this);
         else this.chunks.push(chunk);
@@ -411,7 +414,7 @@ export class Race {
     const armedAt = this.input.now();
     const fire = (checkedAt: number): void => {
       this.hedgeTimer = null;
-      if (this.winner || this.finished || this.enoughAnswering()) return;
+      if (this.winner || this.finished) return;
       // Node's timers count whole milliseconds of a floored clock: one can
       // fire up to a millisecond early. A hedge never leaves before its
       // delay: wait out the rest (while the clock moves: an injected clock
@@ -419,6 +422,11 @@ export class Race {
       const elapsed = this.input.now() - armedAt;
       if (delay - elapsed > 0.05 && elapsed > checkedAt) {
         this.hedgeTimer = setTimeout(() => fire(elapsed), delay - elapsed);
+        return;
+      }
+      // A quorum's copies are still bringing their bodies in: look again a delay later.
+      if (this.enoughAnswering(delay)) {
+        this.armHedge();
         return;
       }
       if (this.input.mayHedge()) {
@@ -430,16 +438,19 @@ export class Race {
   }
 
   /**
-   * Under select: enough copies have answered acceptably (bodies in, or still
-   * arriving) to decide without another copy: a hedge would only add load.
-   * If they disagree, the next copy leaves at once when they are all in.
+   * Under a quorum: k copies have answered acceptably, their bodies in or
+   * still arriving (a byte within the last `window` ms), so a hedge would only
+   * add load. If they disagree, the next copy leaves at once when they are
+   * all in; a body that stalls stops counting. (A select function may want
+   * any number of answers: its hedges are not held back.)
    */
-  enoughAnswering(): boolean {
-    if (!this.selecting) return false;
-    let answering = this.answers.length;
-    for (const c of this.copies) if (c.state === 'buffering') answering++;
+  enoughAnswering(window: number): boolean {
     const { select } = this.input;
-    return answering >= (select.kind === 'quorum' ? select.quorum : 1);
+    if (!this.selecting || select.kind !== 'quorum') return false;
+    const since = this.input.now() - window;
+    let answering = this.answers.length;
+    for (const c of this.copies) if (c.state === 'buffering' && c.lastDataAt >= since) answering++;
+    return answering >= select.quorum;
   }
 
   send(hedged: boolean): void {
@@ -522,8 +533,11 @@ export class Race {
     }
     if (ok && this.selecting) {
       copy.state = 'buffering'; // counted as settled once its body is in
+      copy.lastDataAt = this.input.now();
+      // A HEAD, 204 or 304 answer has no body, whatever its Content-Length says.
+      const bodyless = this.input.method === 'HEAD' || status === 204 || status === 304;
       const length = headers['content-length'];
-      if (typeof length === 'string' && Number(length) > this.input.maxAnswerSize) this.tooLarge(copy);
+      if (!bodyless && typeof length === 'string' && Number(length) > this.input.maxAnswerSize) this.tooLarge(copy);
       return;
     }
     if (ok && this.input.update && this.copies.length > 1) {
@@ -929,7 +943,7 @@ export class Race {
     // (outlier ejection counts them as failures; copies stopped earlier are not).
     for (const copy of this.copies) if (copy.state === 'sent') copy.report.error = 'timeout';
     // A select function waiting for more answers gets its last say.
-    if (this.selecting && this.input.select.kind === 'custom' && this.answers.length > 0 && !res.headersSent && this.choose(true)) return;
+    if (this.selecting && !this.winner && this.input.select.kind === 'custom' && this.answers.length > 0 && !res.headersSent && this.choose(true)) return;
     const timedOut = () => {
       if (res.headersSent) res.destroy();
       else sendError(res, new RedundantProxyError(codes.TIMEOUT, `no acceptable answer within ${this.input.timeout} ms`, { status: 504 }), requestId);

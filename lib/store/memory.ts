@@ -219,7 +219,8 @@ export class MemorySessionStore implements SessionStore {
     // A holder past its lease may still confirm as long as nobody took over:
     // the takeover, not the clock, is what makes it lose.
     if (!entry || commit?.state !== 'claimed' || commit.holder !== duplicateId || commit.fence !== fence) {
-      throw notHolder(requestId, duplicateId, fence, commit?.state === 'committed' ? commit.holder : null);
+      // No record (never claimed, or evicted): who committed is not known.
+      throw notHolder(requestId, duplicateId, fence, !entry ? undefined : commit?.state === 'committed' ? commit.holder : null);
     }
     entry.record.commit = { state: 'committed', holder: duplicateId, fence, committedAt: this.#now() };
     this.#touch(requestId, entry);

@@ -105,7 +105,7 @@ export function commitGate(input: CommitGateInput): CommitGate {
               let committedBy = err.committedBy;
               if (committedBy === undefined) {
                 const record = await withTimeout(store.getRequest(requestId), storeTimeout, 'getRequest').catch(() => undefined);
-                committedBy = record?.commit.state === 'committed' ? record.commit.holder : null;
+                committedBy = record?.commit?.state === 'committed' ? record.commit.holder : null;
               }
               if (committedBy !== null && committedBy !== duplicateId) lose(err);
               input.onLateConfirm?.(token, 'lease-lost', err);
