@@ -218,14 +218,14 @@ describe('Ejector: stale reports, probation and the streak (pure logic, injected
     expect(log).toEqual(['ejected a for 100', 'restored a', 'ejected a for 100']);
   });
 
-  it('an answer that came after the timeout mark is judged by its status, not as a timeout', () => {
-    const { ej, log } = make();
-    const late = { outcome: 'won', copies: [{ upstream: 'a', outcome: 'drained', status: 200, error: 'timeout' }] } as unknown as RaceReport;
-    ej.record(late, ej.epoch);
-    expect(log).toEqual([]);
+  it('a copy marked `timeout` is a failure, whether it never answered or its body stalled', () => {
     const never = { outcome: 'timeout', copies: [{ upstream: 'a', outcome: 'stopped', status: null, error: 'timeout' }] } as unknown as RaceReport;
-    ej.record(never, ej.epoch);
-    expect(log).toEqual(['ejected a for 100']);
+    const stalled = { outcome: 'timeout', copies: [{ upstream: 'a', outcome: 'drained', status: 200, error: 'timeout' }] } as unknown as RaceReport;
+    for (const report of [never, stalled]) {
+      const { ej, log } = make();
+      ej.record(report, ej.epoch);
+      expect(log).toEqual(['ejected a for 100']);
+    }
   });
 
   it('the streak starts again after a healthy spell longer than the last ejection', () => {

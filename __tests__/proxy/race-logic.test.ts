@@ -358,6 +358,22 @@ describe('select: a quorum or a function (scripted upstreams)', () => {
     expect([report.outcome, status]).toEqual(['timeout', 504]);
   });
 
+  it('at the timeout, a copy still waiting, or whose body being compared stalled, is marked `timeout`; one that answers in its grace is not', async () => {
+    const stalled = await race([{ at: 5, body: 'x' }, { at: 5, body: 'x', bodyAfter: 500 }, { at: 5, body: 'y' }], read(quorum(2), { timeout: 60 }));
+    expect(stalled.status).toBe(504);
+    expect(stalled.report.copies.map((c) => c.error)).toEqual([null, 'timeout', null]);
+    const late = await race([{ at: 5, body: 'a' }, { at: 10, body: 'b' }, { at: 63, body: 'c' }], read(
+      { kind: 'custom', choose: (answers, { pending }) => (pending === 0 ? answers[1] : undefined) },
+      { timeout: 60 },
+    ));
+    expect(late.sent).toBe('b');
+    // Drained in its grace (the usual case); on a loaded machine it may have answered before the timeout
+    // fired (outvoted) or after its grace (stopped, and then rightly marked).
+    const third = late.report.copies[2]!;
+    expect(['drained', 'outvoted', 'stopped']).toContain(third.outcome);
+    if (third.outcome !== 'stopped') expect(third.error).toBeNull();
+  });
+
   it('a HEAD answer’s Content-Length is not a body: it does not make the answer too large to compare', async () => {
     const head = { 'content-length': '5000000' };
     const { report, status, outcomes } = await race([{ at: 5, body: '', headers: head }, { at: 10, body: '', headers: head }], read(quorum(2), { method: 'HEAD' }));

@@ -56,10 +56,10 @@ interface Health {
  */
 function verdict(copy: CopyReport): 'failure' | 'success' | null {
   if (copy.outcome === 'failed') return 'failure';
-  // An answer, however late, is judged by its status.
-  if (copy.status !== null) return copy.status >= 500 ? 'failure' : 'success';
-  if (copy.error === 'timeout') return 'failure'; // still waiting for its answer when the request timed out
-  return null;
+  // Still waiting for its answer (or the rest of one being compared) when the request timed out.
+  if (copy.error === 'timeout') return 'failure';
+  if (copy.status === null) return null;
+  return copy.status >= 500 ? 'failure' : 'success';
 }
 
 export class Ejector {

@@ -63,7 +63,8 @@ export interface CopyReport {
   /**
    * The transport error's code or message, for `failed`; why an answer was
    * not usable, for some `rejected` (too large for `select`); `'timeout'` for
-   * a copy still waiting for its answer when the request's `timeout` ran out.
+   * a copy still waiting for its answer (or, under `select`, for the rest of
+   * the body to compare) when the request's `timeout` ran out.
    */
   error: string | null;
   /** True when the copy was held back by hedging and then sent. */
@@ -266,6 +267,7 @@ class Copy implements Dispatcher.DispatchHandler {
     // Another copy committed already: the store's arbitration failed.
     if (this.race.committed && headers[H.commit] === 'won') this.race.secondCommit(this);
     if (this.state === 'lingering') {
+      if (this.report.error === 'timeout') this.report.error = null; // it did answer
       // Answered within its grace: it stopped by itself. Drain it (keeping
       // the connection) if small. An update's copy says it lost the commit.
       const lost = headers[H.commit] === 'lost';
@@ -939,9 +941,10 @@ export class Race {
     this.timeoutTimer = null;
     if (this.finished) return;
     const { res, requestId } = this.input;
-    // Copies still waiting for their answer's head ran out of time: say so
-    // (outlier ejection counts them as failures; copies stopped earlier are not).
-    for (const copy of this.copies) if (copy.state === 'sent') copy.report.error = 'timeout';
+    // Copies still waiting for their answer, or for the rest of an answer
+    // being compared, ran out of time: say so (outlier ejection counts them
+    // as failures; copies stopped earlier, and a winner still streaming, not).
+    for (const copy of this.copies) if (copy.state === 'sent' || copy.state === 'buffering') copy.report.error = 'timeout';
     // A select function waiting for more answers gets its last say.
     if (this.selecting && !this.winner && this.input.select.kind === 'custom' && this.answers.length > 0 && !res.headersSent && this.choose(true)) return;
     const timedOut = () => {
