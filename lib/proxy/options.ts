@@ -86,7 +86,8 @@ export interface CancelInfo {
 export interface EjectionOptions {
   /**
    * Failed copies in a row that eject an upstream: a refused, reset or
-   * malformed connection, a 5xx answer, or a copy still out at `timeout`.
+   * malformed connection, a 5xx answer, or a copy still waiting for its
+   * answer (or, under `select`, the rest of its body) at `timeout`.
    * A copy stopped because another won counts neither way.
    * @default 5
    */
