@@ -111,7 +111,7 @@ describe('outlier ejection', () => {
     const r = await eventually(() => outlived.reports[0]);
     expect(r.outcome).toBe('timeout');
     expect(r.copies.map((c) => [c.upstream, c.outcome, c.error])).toEqual([
-      ['u0', 'won', null],
+      ['u0', 'won', 'body-timeout'],
       ['u1', 'stopped', null],
     ]);
     expect(outlived.log).toEqual([]);
@@ -216,6 +216,16 @@ describe('Ejector: stale reports, probation and the streak (pure logic, injected
     expect(log).toEqual(['ejected a for 100', 'restored a']);
     plan()('failed'); // the second failure in a row
     expect(log).toEqual(['ejected a for 100', 'restored a', 'ejected a for 100']);
+  });
+
+  it('a winner whose body broke is a failure; one still streaming at the timeout is not judged', () => {
+    const broken = { outcome: 'broken', copies: [{ upstream: 'a', outcome: 'won', status: 200, error: 'ECONNRESET' }] } as unknown as RaceReport;
+    const streaming = { outcome: 'timeout', copies: [{ upstream: 'a', outcome: 'won', status: 200, error: 'body-timeout' }] } as unknown as RaceReport;
+    const a = make();
+    a.ej.record(streaming, a.ej.epoch);
+    expect(a.log).toEqual([]);
+    a.ej.record(broken, a.ej.epoch);
+    expect(a.log).toEqual(['ejected a for 100']);
   });
 
   it('a copy marked `timeout` is a failure, whether it never answered or its body stalled', () => {

@@ -96,6 +96,17 @@ describe('prometheus: a prom-client registry', () => {
     expect(closed).not.toMatch(/^redundant_proxy_upstream_ejected\{/m);
   });
 
+  it('an upstream dropped in a reload leaves the registry when the old proxy closes; the others stay', async () => {
+    const registry = new Registry();
+    const gauge = async (id: string) => sample(await registry.metrics(), `redundant_proxy_upstream_ejected{upstream="${id}"}`);
+    const old = redundantProxy({ upstreams: [{ id: 'a', url: 'http://127.0.0.1:1' }, { id: 'b', url: 'http://127.0.0.1:2' }], prometheus: { registry } });
+    const next = redundantProxy({ upstreams: [{ id: 'a', url: 'http://127.0.0.1:1' }, { id: 'c', url: 'http://127.0.0.1:3' }], prometheus: { registry } });
+    open.push(next);
+    expect([await gauge('a'), await gauge('b'), await gauge('c')]).toEqual([0, 0, 0]);
+    await old.close();
+    expect([await gauge('a'), await gauge('b'), await gauge('c')]).toEqual([0, undefined, 0]);
+  });
+
   it('after registry.clear(), a new proxy registers its metrics again', async () => {
     const registry = new Registry();
     const first = redundantProxy({ upstreams: ['http://127.0.0.1:1'], prometheus: { registry } });

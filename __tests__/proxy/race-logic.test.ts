@@ -9,7 +9,7 @@ import { Race, type CopyReport, type RaceInput } from '../../lib/proxy/race.js';
 // end-to-end behaviour is covered against real servers elsewhere). Each
 // upstream answers at a given time, breaks, or never answers.
 
-type Script = { at: number; status?: number; headers?: Record<string, string>; body?: string; bodyAfter?: number; trickle?: number } | { at: number; error: string } | null;
+type Script = { at: number; status?: number; headers?: Record<string, string>; body?: string; bodyAfter?: number; trickle?: number; breakAfterHead?: string } | { at: number; error: string } | null;
 
 function fakeResponse(): ServerResponse & { sent: Buffer[] } {
   const res = new EventEmitter() as EventEmitter & Record<string, unknown>;
@@ -61,6 +61,7 @@ function scripted(script: Script): Dispatcher {
           handler.onResponseStart?.(controller, script.status ?? 200, { 'content-length': String(body.length), ...script.headers }, '');
           const rest = () => {
             if (aborted) return;
+            if (script.breakAfterHead) return handler.onResponseError?.(controller, Object.assign(new Error(script.breakAfterHead), { code: script.breakAfterHead }));
             if (script.trickle) {
               // One byte every `trickle` ms.
               let i = 0;
@@ -182,7 +183,7 @@ describe('timeouts (scripted upstreams)', () => {
     const { report } = await race([{ at: 5, bodyAfter: 10_000 }, { at: 400 }, null], { update: false, timeout: 150 });
     expect(report.outcome).toBe('timeout');
     expect(report.copies.map((c) => [c.outcome, c.error])).toEqual([
-      ['won', null],
+      ['won', 'body-timeout'],
       ['stopped', null],
       ['stopped', null],
     ]);
@@ -191,6 +192,22 @@ describe('timeouts (scripted upstreams)', () => {
       ['stopped', 'timeout'],
       ['stopped', 'timeout'],
     ]);
+  });
+});
+
+describe('timeouts and broken bodies: what the copy reports say', () => {
+  it('a hedge sent late in the request is not marked `timeout`: it was out too briefly to tell', async () => {
+    const { report } = await race([null, null], { update: false, hedgeDelay: 40, timeout: 60 });
+    expect(report.copies.map((c) => [c.outcome, c.error])).toEqual([
+      ['stopped', 'timeout'],
+      ['stopped', null],
+    ]);
+  });
+
+  it('a winner whose body breaks after its head reports the error', async () => {
+    const { report } = await race([{ at: 5, breakAfterHead: 'ECONNRESET' }, { at: 300 }], { update: false });
+    expect(report.outcome).toBe('broken');
+    expect(report.copies[0]).toMatchObject({ outcome: 'won', error: 'ECONNRESET' });
   });
 });
 
@@ -379,6 +396,13 @@ describe('select: a quorum or a function (scripted upstreams)', () => {
     const { report, status, outcomes } = await race([{ at: 5, body: '', headers: head }, { at: 10, body: '', headers: head }], read(quorum(2), { method: 'HEAD' }));
     expect([report.outcome, status]).toEqual(['won', 200]);
     expect(outcomes).toEqual(['won', 'agreed']);
+  });
+
+  it('answers that disagree do not hold a hedge back: a further copy can still make the quorum', async () => {
+    // u0 and u1 disagree; u2 (sent at once to replace them) never answers; the hedge sends u3, which agrees with u0.
+    const { sent, outcomes } = await race([{ at: 5, body: 'a' }, { at: 8, body: 'b' }, null, { at: 1, body: 'a' }], read(quorum(2), { hedgeDelay: 20, timeout: 1000 }));
+    expect(sent).toBe('a');
+    expect(outcomes).toEqual(['won', 'outvoted', 'stopped', 'agreed']);
   });
 
   it('a quorum copy whose body stalls stops holding hedges back', async () => {

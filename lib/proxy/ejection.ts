@@ -58,6 +58,10 @@ function verdict(copy: CopyReport): 'failure' | 'success' | null {
   if (copy.outcome === 'failed') return 'failure';
   // Still waiting for its answer (or the rest of one being compared) when the request timed out.
   if (copy.error === 'timeout') return 'failure';
+  // A winner still streaming at the timeout: a long body, not judged.
+  if (copy.error === 'body-timeout') return null;
+  // A winner whose body broke after its head went out.
+  if (copy.outcome === 'won' && copy.error !== null) return 'failure';
   if (copy.status === null) return null;
   return copy.status >= 500 ? 'failure' : 'success';
 }

@@ -86,8 +86,9 @@ export interface CancelInfo {
 export interface EjectionOptions {
   /**
    * Failed copies in a row that eject an upstream: a refused, reset or
-   * malformed connection, a 5xx answer, or a copy still waiting for its
-   * answer (or, under `select`, the rest of its body) at `timeout`.
+   * malformed connection (a winner's body broken after its head too), a 5xx
+   * answer, or a copy out for half the `timeout` or more and still waiting
+   * for its answer (or, under `select`, the rest of its body) at `timeout`.
    * A copy stopped because another won counts neither way.
    * @default 5
    */

@@ -82,7 +82,7 @@ interface Shared {
    * into the same series (a reload: the new proxy opens before the old one
    * closes); the series leave the registry when the last of them closes.
    */
-  claims: Map<string, { count: number; labels: Record<string, string>; upstreams: Set<string> }>;
+  claims: Map<string, { count: number; labels: Record<string, string>; upstreams: Map<string, number> }>;
   /** Each proxy fills its series of the ejected gauge when the registry is read. */
   fillers: Set<(gauge: Settable) => void>;
 }
@@ -147,9 +147,9 @@ export class PrometheusMetrics {
     const shared = sharedFor(options, labelNames, buckets);
     this.#claim = JSON.stringify(labelNames.map((n) => [n, labels[n]]));
     let claim = shared.claims.get(this.#claim);
-    if (!claim) shared.claims.set(this.#claim, (claim = { count: 0, labels, upstreams: new Set() }));
+    if (!claim) shared.claims.set(this.#claim, (claim = { count: 0, labels, upstreams: new Map() }));
     claim.count++;
-    for (const id of upstreamIds) claim.upstreams.add(id);
+    for (const id of new Set(upstreamIds)) claim.upstreams.set(id, (claim.upstreams.get(id) ?? 0) + 1);
     this.#shared = shared;
     const withLabels = (more: Record<string, string>) => Object.assign({}, labels, more);
     for (const upstream of upstreamIds) {
@@ -190,25 +190,35 @@ export class PrometheusMetrics {
     if (!this.#closed) this.#shared.ejections.inc(this.#upstream.get(upstream)!);
   }
 
-  /** The proxy closed. When no open proxy has its labels any more, their series leave the registry. */
+  /**
+   * The proxy closed. An upstream's series leave the registry when no open
+   * proxy with these labels sends to it any more (a reload may drop one);
+   * the race series when no open proxy has these labels.
+   */
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
     const s = this.#shared;
     s.fillers.delete(this.#fill);
     const claim = s.claims.get(this.#claim)!;
-    if (--claim.count > 0) return;
-    s.claims.delete(this.#claim);
     const withLabels = (more: Record<string, string>) => Object.assign({}, claim.labels, more);
-    for (const outcome of RACE_OUTCOMES()) {
-      s.requests.remove(withLabels({ outcome }));
-      s.duration.remove(withLabels({ outcome }));
-    }
-    for (const upstream of claim.upstreams) {
+    for (const upstream of this.#upstream.keys()) {
+      const left = claim.upstreams.get(upstream)! - 1;
+      if (left > 0) {
+        claim.upstreams.set(upstream, left);
+        continue;
+      }
+      claim.upstreams.delete(upstream);
       for (const outcome of COPY_OUTCOMES()) s.copies.remove(withLabels({ upstream, outcome }));
       s.hedged.remove(withLabels({ upstream }));
       s.ejected.remove(withLabels({ upstream }));
       s.ejections.remove(withLabels({ upstream }));
+    }
+    if (--claim.count > 0) return;
+    s.claims.delete(this.#claim);
+    for (const outcome of RACE_OUTCOMES()) {
+      s.requests.remove(withLabels({ outcome }));
+      s.duration.remove(withLabels({ outcome }));
     }
   }
 }

@@ -62,9 +62,12 @@ export interface CopyReport {
   status: number | null;
   /**
    * The transport error's code or message, for `failed`; why an answer was
-   * not usable, for some `rejected` (too large for `select`); `'timeout'` for
-   * a copy still waiting for its answer (or, under `select`, for the rest of
-   * the body to compare) when the request's `timeout` ran out.
+   * not usable, for some `rejected` (too large for `select`); for `won`, why
+   * its body broke after the head went out (the race is `broken`);
+   * `'timeout'` for a copy out for at least half the request's `timeout` and
+   * still waiting for its answer (or, under `select`, for the rest of the
+   * body to compare) when it ran out; `'body-timeout'` for a winner still
+   * streaming its body then.
    */
   error: string | null;
   /** True when the copy was held back by hedging and then sent. */
@@ -343,7 +346,10 @@ class Copy implements Dispatcher.DispatchHandler {
     } else if (state === 'holding') {
       this.broken = true;
       this.race.onHeldBroken(this, errorName(err));
-    } else if (state === 'streaming') this.race.onWinnerBroken(err);
+    } else if (state === 'streaming') {
+      this.report.error = errorName(err); // its body broke after the head went out
+      this.race.onWinnerBroken(err);
+    }
     else if (state === 'sent' || state === 'collecting' || state === 'buffering') {
       this.chunks = [];
       this.race.onFailed(this, errorName(err));
@@ -440,17 +446,19 @@ export class Race {
   }
 
   /**
-   * Under a quorum: k copies have answered acceptably, their bodies in or
-   * still arriving (a byte within the last `window` ms), so a hedge would only
-   * add load. If they disagree, the next copy leaves at once when they are
-   * all in; a body that stalls stops counting. (A select function may want
+   * Under a quorum: k copies may still agree (the largest group of answers
+   * alike, plus the bodies still arriving: a byte within the last `window`
+   * ms), so a hedge would only add load. If they disagree, the next copy
+   * leaves at once when they are all in; a body that stalls stops counting. (A select function may want
    * any number of answers: its hedges are not held back.)
    */
   enoughAnswering(window: number): boolean {
     const { select } = this.input;
     if (!this.selecting || select.kind !== 'quorum') return false;
     const since = this.input.now() - window;
-    let answering = this.answers.length;
+    // Answers already in count only as far as they agree with each other.
+    let answering = 0;
+    for (const group of this.groups.values()) answering = Math.max(answering, group.length);
     for (const c of this.copies) if (c.state === 'buffering' && c.lastDataAt >= since) answering++;
     return answering >= select.quorum;
   }
@@ -940,11 +948,18 @@ export class Race {
   onTimeout(): void {
     this.timeoutTimer = null;
     if (this.finished) return;
-    const { res, requestId } = this.input;
+    const { res, requestId, timeout } = this.input;
     // Copies still waiting for their answer, or for the rest of an answer
     // being compared, ran out of time: say so (outlier ejection counts them
     // as failures; copies stopped earlier, and a winner still streaming, not).
-    for (const copy of this.copies) if (copy.state === 'sent' || copy.state === 'buffering') copy.report.error = 'timeout';
+    // A copy sent late in the request (a hedge) says little: only one out
+    // for half the timeout or more is marked.
+    const now = this.input.now();
+    for (const copy of this.copies) {
+      if ((copy.state === 'sent' || copy.state === 'buffering') && now - copy.startedAt >= timeout / 2) copy.report.error = 'timeout';
+      // A winner still streaming: a long body (a download, a stream), not a failure.
+      else if (copy.state === 'streaming') copy.report.error = 'body-timeout';
+    }
     // A select function waiting for more answers gets its last say.
     if (this.selecting && !this.winner && this.input.select.kind === 'custom' && this.answers.length > 0 && !res.headersSent && this.choose(true)) return;
     const timedOut = () => {

@@ -28,7 +28,7 @@ export function superseded(requestId: string, holder: string): SupersededError {
  * committed instead (`committedBy`), or that nobody did (null).
  */
 export function notHolder(requestId: string, duplicateId: string, fence: number, committedBy: string | null | undefined): SupersededError {
-  const why = committedBy ? `copy ${committedBy} committed` : 'no copy has committed';
+  const why = committedBy ? `copy ${committedBy} committed` : committedBy === null ? 'no copy has committed' : 'the request is not known';
   return new SupersededError(`request ${requestId}: copy ${duplicateId} no longer holds the claim (fence ${fence}); ${why}`, { committedBy });
 }
 
