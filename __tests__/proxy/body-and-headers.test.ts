@@ -5,7 +5,7 @@ import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { redundantProxy } from '../../lib/index.js';
 import { testClient } from '../helpers/client.js';
-import { frameworks, mountGateway } from '../helpers/gateway.js';
+import { frameworks, mountGateway, type Framework } from '../helpers/gateway.js';
 import { after, rawRequest, startUpstream, type TestUpstream } from '../helpers/upstream.js';
 import { closeAfterEach } from '../helpers/cleanup.js';
 
@@ -24,6 +24,14 @@ async function upstreams(n: number, behaviour = after(1)): Promise<TestUpstream[
 }
 
 const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
+
+/** A raw `GET /h` with Host gateway.example and these header lines, through a proxy to `ups` in a `kind` gateway. */
+async function rawGet(kind: Framework, ups: TestUpstream[], lines: string[]) {
+  const proxy = redundantProxy({ upstreams: ups.map((u) => u.url) });
+  const gw = await mountGateway(kind, proxy);
+  open.push(gw, proxy);
+  return rawRequest(gw.url, ['GET /h HTTP/1.1', 'Host: gateway.example', ...lines, '', ''].join('\r\n'));
+}
 
 describe.each(frameworks)('request bodies (%s)', (kind) => {
   it('a 1 MiB body reaches every copy byte for byte', async () => {
@@ -147,28 +155,18 @@ describe.each(frameworks)('headers (%s)', (kind) => {
       });
       res.end('ok');
     });
-    const proxy = redundantProxy({ upstreams: ups.map((u) => u.url) });
-    const gw = await mountGateway(kind, proxy);
-    open.push(gw, proxy);
-    const res = await rawRequest(
-      gw.url,
-      [
-        'GET /h HTTP/1.1',
-        'Host: gateway.example',
-        'Connection: close, X-Client-Private',
-        'X-Client-Private: nope',
-        'Keep-Alive: timeout=9',
-        'TE: trailers',
-        'Upgrade: websocket',
-        'Proxy-Authorization: Basic abc',
-        'X-Redundant-Request-Id: forged',
-        'X-Redundant-Commit: won',
-        'X-Request-Id: client-chosen',
-        'X-End-To-End: kept',
-        '',
-        '',
-      ].join('\r\n'),
-    );
+    const res = await rawGet(kind, ups, [
+      'Connection: close, X-Client-Private',
+      'X-Client-Private: nope',
+      'Keep-Alive: timeout=9',
+      'TE: trailers',
+      'Upgrade: websocket',
+      'Proxy-Authorization: Basic abc',
+      'X-Redundant-Request-Id: forged',
+      'X-Redundant-Commit: won',
+      'X-Request-Id: client-chosen',
+      'X-End-To-End: kept',
+    ]);
     expect(res.status).toBe(200);
     for (const u of ups) {
       const h = u.seen[0]!.headers;
@@ -198,24 +196,14 @@ describe.each(frameworks)('headers (%s)', (kind) => {
 
   it('drops X-Forwarded-* headers that Connection names, and sets its own; repeated lines pass joined', async () => {
     const ups = await upstreams(1);
-    const proxy = redundantProxy({ upstreams: ups.map((u) => u.url) });
-    const gw = await mountGateway(kind, proxy);
-    open.push(gw, proxy);
-    const res = await rawRequest(
-      gw.url,
-      [
-        'GET /h HTTP/1.1',
-        'Host: gateway.example',
-        'Connection: keep-alive, X-Forwarded-Proto, X-Forwarded-Host',
-        'X-Forwarded-Proto: https',
-        'X-Forwarded-Host: spoofed.example',
-        'Accept: text/plain',
-        'Accept: application/json',
-        'Connection: close',
-        '',
-        '',
-      ].join('\r\n'),
-    );
+    const res = await rawGet(kind, ups, [
+      'Connection: keep-alive, X-Forwarded-Proto, X-Forwarded-Host',
+      'X-Forwarded-Proto: https',
+      'X-Forwarded-Host: spoofed.example',
+      'Accept: text/plain',
+      'Accept: application/json',
+      'Connection: close',
+    ]);
     expect(res.status).toBe(200);
     const h = ups[0]!.seen[0]!.headers;
     expect(h['x-forwarded-proto']).toBe('http');

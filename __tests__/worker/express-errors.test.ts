@@ -21,6 +21,7 @@ describe('the Express worker’s errorHandler', () => {
     const store = new MemorySessionStore();
     open.push(store);
     const escaped: unknown[] = [];
+    let stoppedResponse: { headersSent: boolean } | undefined;
     let cThrew: () => void = () => undefined;
     const threw = new Promise<void>((r) => (cThrew = r));
     const answers: Array<[string, number, unknown]> = [];
@@ -35,6 +36,7 @@ describe('the Express worker’s errorHandler', () => {
         if (req.method === 'GET') return void res.json({ ok: true });
         const h = (req as unknown as { redundant: RedundantHandle }).redundant;
         if (id === 'c') {
+          stoppedResponse = res;
           // Never answers: it is stopped after a commits, and throws what stopped it.
           await new Promise((resolve) => h.signal.addEventListener('abort', resolve, { once: true }));
           setImmediate(cThrew); // once Express has passed the error on
@@ -80,5 +82,7 @@ describe('the Express worker’s errorHandler', () => {
     await threw;
     await sleep(20);
     expect(escaped).toEqual([]);
+    // Nobody listens to a stopped copy: no answer was written for it.
+    expect(stoppedResponse?.headersSent).toBe(false);
   });
 });

@@ -76,7 +76,7 @@ interface Shared {
   ejected: Settable;
   ejections: Labelled;
   /** The metrics by name (without the prefix), to register them again after a `registry.clear()`. */
-  byName: Array<[string, unknown]>;
+  byName: Map<string, unknown>;
   /**
    * Open proxies by label values (as JSON). Proxies with the same values add
    * into the same series (a reload: the new proxy opens before the old one
@@ -88,6 +88,19 @@ interface Shared {
 }
 const sharedByRegistry = new WeakMap<object, Map<string, Shared>>();
 const NAMES = ['requests_total', 'copies_total', 'hedged_copies_total', 'race_duration_seconds', 'upstream_ejected', 'upstream_ejections_total'];
+
+/**
+ * Refuses a prefix under which something else registered one of our names
+ * (`ours`: the metrics this library registered there before, by name).
+ */
+function assertFree(registry: PrometheusRegistry, prefix: string, ours: ReadonlyMap<string, unknown> | undefined): void {
+  for (const name of NAMES) {
+    const current = registry.getSingleMetric(prefix + name);
+    if (current !== undefined && current !== ours?.get(name)) {
+      throw new InvalidOptionError('prometheus.prefix', `would register ${prefix + name}, which something else registered in this registry`, prefix);
+    }
+  }
+}
 
 function loadPromClient(): PromClient {
   try {
@@ -209,14 +222,14 @@ export class PrometheusMetrics {
         continue;
       }
       claim.upstreams.delete(upstream);
-      for (const outcome of COPY_OUTCOMES()) s.copies.remove(withLabels({ upstream, outcome }));
+      for (const outcome of COPY_OUTCOMES) s.copies.remove(withLabels({ upstream, outcome }));
       s.hedged.remove(withLabels({ upstream }));
       s.ejected.remove(withLabels({ upstream }));
       s.ejections.remove(withLabels({ upstream }));
     }
     if (--claim.count > 0) return;
     s.claims.delete(this.#claim);
-    for (const outcome of RACE_OUTCOMES()) {
+    for (const outcome of RACE_OUTCOMES) {
       s.requests.remove(withLabels({ outcome }));
       s.duration.remove(withLabels({ outcome }));
     }
@@ -238,29 +251,24 @@ function sharedFor(options: PrometheusOptions, labelNames: string[], buckets: nu
       throw new InvalidOptionError('prometheus.buckets', `must be those of the other proxies counting in this registry under ${prefix}* (${existing.buckets.join(', ')})`, options.buckets);
     }
     // After `registry.clear()` (or removeSingleMetric) the metrics must be registered again.
-    for (const [name, metric] of existing.byName) {
-      const current = registry.getSingleMetric(prefix + name);
-      if (current !== undefined && current !== metric) {
-        throw new InvalidOptionError('prometheus.prefix', `would register ${prefix + name}, which something else registered in this registry`, prefix);
-      }
-    }
+    assertFree(registry, prefix, existing.byName);
     for (const [name, metric] of existing.byName) if (registry.getSingleMetric(prefix + name) === undefined) registry.registerMetric(metric as never);
     return existing;
   }
   // Checked before anything is registered: a refusal leaves the registry as it was.
-  for (const name of NAMES) {
-    if (registry.getSingleMetric(prefix + name)) {
-      throw new InvalidOptionError('prometheus.prefix', `would register ${prefix + name}, which something else already registered in this registry`, prefix);
-    }
-  }
+  assertFree(registry, prefix, undefined);
   const client = loadPromClient();
-  const make = <T>(Kind: MetricClass, name: string, help: string, extra: string[], more: { buckets?: number[]; collect?: () => void } = {}): T =>
-    new Kind({ name: prefix + name, help, labelNames: [...labelNames, ...extra], registers: [registry], ...more }) as T;
+  const byName = new Map<string, unknown>();
+  const make = <T>(Kind: MetricClass, name: string, help: string, extra: string[], more: { buckets?: number[]; collect?: () => void } = {}): T => {
+    const metric = new Kind({ name: prefix + name, help, labelNames: [...labelNames, ...extra], registers: [registry], ...more });
+    byName.set(name, metric);
+    return metric as T;
+  };
   const fillers = new Set<(gauge: Settable) => void>();
   const shared: Shared = {
     labelNames,
     buckets,
-    byName: [],
+    byName,
     claims: new Map(),
     fillers,
     requests: make(client.Counter, 'requests_total', 'Requests raced, by outcome.', ['outcome']),
@@ -274,14 +282,6 @@ function sharedFor(options: PrometheusOptions, labelNames: string[], buckets: nu
     }),
     ejections: make(client.Counter, 'upstream_ejections_total', 'Times the upstream was ejected for failing.', ['upstream']),
   };
-  shared.byName = [
-    ['requests_total', shared.requests],
-    ['copies_total', shared.copies],
-    ['hedged_copies_total', shared.hedged],
-    ['race_duration_seconds', shared.duration],
-    ['upstream_ejected', shared.ejected],
-    ['upstream_ejections_total', shared.ejections],
-  ];
   byPrefix.set(prefix, shared);
   return shared;
 }

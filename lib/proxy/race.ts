@@ -449,8 +449,9 @@ export class Race {
    * Under a quorum: k copies may still agree (the largest group of answers
    * alike, plus the bodies still arriving: a byte within the last `window`
    * ms), so a hedge would only add load. If they disagree, the next copy
-   * leaves at once when they are all in; a body that stalls stops counting. (A select function may want
-   * any number of answers: its hedges are not held back.)
+   * leaves at once when they are all in; a body that stalls stops counting.
+   * (A select function may want any number of answers: its hedges are not
+   * held back.)
    */
   enoughAnswering(window: number): boolean {
     const { select } = this.input;
@@ -823,8 +824,7 @@ export class Race {
         return true;
       }
       if (picked === undefined || picked === null) {
-        if (pending > 0) return false;
-        if (final) return false; // the timeout answers
+        if (pending > 0 || final) return false; // more may come; at the timeout, the timeout answers
         this.failSelection(codes.NO_SELECTION, `the select function chose none of the ${this.answers.length} acceptable answers`);
         return true;
       }
@@ -835,23 +835,24 @@ export class Race {
         return true;
       }
     } else return false;
-    for (const other of this.answers) {
-      if (other === chosen) continue;
-      other.report.outcome = other.group !== null && other.group === chosen.group ? 'agreed' : 'outvoted';
-      other.state = 'done';
-      other.chunks = [];
-    }
+    this.dropAnswers(chosen);
     this.adopt(chosen);
     return true;
   }
 
-  /** Under select: acceptable answers came, but none was chosen. */
-  failSelection(code: typeof codes.NO_QUORUM | typeof codes.NO_SELECTION, message: string): void {
+  /** Under select: the answers not chosen are done; those alike the chosen one `agreed`, the others `outvoted`. */
+  dropAnswers(chosen: Copy | null): void {
     for (const other of this.answers) {
-      other.report.outcome = 'outvoted';
+      if (other === chosen) continue;
+      other.report.outcome = other.group !== null && other.group === chosen?.group ? 'agreed' : 'outvoted';
       other.state = 'done';
       other.chunks = [];
     }
+  }
+
+  /** Under select: acceptable answers came, but none was chosen. */
+  failSelection(code: typeof codes.NO_QUORUM | typeof codes.NO_SELECTION, message: string): void {
+    this.dropAnswers(null);
     sendError(this.input.res, new RedundantProxyError(code, message, { status: 502 }), this.input.requestId);
     this.finish('failed');
   }
@@ -964,7 +965,7 @@ export class Race {
     if (this.selecting && !this.winner && this.input.select.kind === 'custom' && this.answers.length > 0 && !res.headersSent && this.choose(true)) return;
     const timedOut = () => {
       if (res.headersSent) res.destroy();
-      else sendError(res, new RedundantProxyError(codes.TIMEOUT, `no acceptable answer within ${this.input.timeout} ms`, { status: 504 }), requestId);
+      else sendError(res, new RedundantProxyError(codes.TIMEOUT, `no acceptable answer within ${timeout} ms`, { status: 504 }), requestId);
       this.finish('timeout');
     };
     if (this.input.beforeFailure && !res.headersSent) {

@@ -352,24 +352,31 @@ export function redundantWorker(options: WorkerOptions): RedundantWorker {
     try {
       await next();
     } catch (err) {
-      // A copy that lost the arbitration answers 409 `lost`, whatever the
-      // handler threw after learning it; the proxy never adopts that answer.
-      if (p.gate.outcome === 'lost' || isSupersededError(err)) {
-        const e = isSupersededError(err) ? err : new SupersededError();
-        ctx.status = 409;
-        ctx.body = e.toJSON();
-        ctx.set(H.commit, 'lost');
-        return;
-      }
-      if (err instanceof RedundantProxyError && err.code === codes.STORE_UNAVAILABLE) {
-        ctx.status = 503;
-        ctx.body = err.toJSON();
-        return;
-      }
-      // The proxy stopped this copy: nobody is listening for its answer.
-      if (p.handle.signal.aborted && err === p.handle.signal.reason) return;
-      throw err;
+      const answer = answerFor(err, p);
+      if (answer === 'stopped') return;
+      const lost = isSupersededError(answer);
+      // Koa answers its other errors itself (the app's error handling).
+      if (!answer || (!lost && answer.code !== codes.STORE_UNAVAILABLE)) throw err;
+      ctx.status = lost ? 409 : answer.status;
+      ctx.body = answer.toJSON();
+      if (lost) ctx.set(H.commit, 'lost');
     }
+  }
+
+  /**
+   * What a copy answers for an error its handler threw, in Koa and Express
+   * alike: nothing when the proxy stopped the copy (nobody is listening);
+   * `SupersededError` (409 `lost`, never adopted) when it lost the commit,
+   * whatever it threw after learning it; this library's own error as it is;
+   * undefined for any other error (the app's to answer).
+   */
+  function answerFor(err: unknown, p: Prepared | undefined): 'stopped' | RedundantProxyError | undefined {
+    if (p?.handle.signal.aborted && err === p.handle.signal.reason) return 'stopped';
+    if (isSupersededError(err)) return err;
+    if (p?.gate.outcome === 'lost') return new SupersededError();
+    // By brand, not instanceof: the error may come from another copy of this package.
+    const e = err as RedundantProxyError;
+    return isRedundantProxyError(err) && typeof e.status === 'number' && typeof e.toJSON === 'function' ? e : undefined;
   }
 
   /** Express: each request's copy state, for errorHandler. */
@@ -394,24 +401,19 @@ export function redundantWorker(options: WorkerOptions): RedundantWorker {
   }
 
   worker.on = (name, listener) => events.on(name, listener);
-  // The same answers as the Koa path: a copy that lost the arbitration
-  // answers 409 `lost` whatever the handler threw after learning it; a copy
-  // the proxy stopped answers nobody (no error reaches Express's own handler).
   worker.errorHandler = (err, req, res, next) => {
     if (res.headersSent) return next(err);
-    const p = preparedFor.get(req);
-    if (p?.handle.signal.aborted && err === p.handle.signal.reason) {
+    const answer = answerFor(err, preparedFor.get(req));
+    if (answer === 'stopped') {
       res.destroy();
       return;
     }
-    const lost = isSupersededError(err) || p?.gate.outcome === 'lost';
-    // By brand, not instanceof: the error may come from another copy of this package.
-    const e = (lost && !isSupersededError(err) ? new SupersededError() : err) as RedundantProxyError;
-    if (!isRedundantProxyError(e) || typeof e.status !== 'number' || typeof e.toJSON !== 'function') return next(err);
-    const body = JSON.stringify(e.toJSON());
+    if (!answer) return next(err);
+    const lost = isSupersededError(answer);
+    const body = JSON.stringify(answer.toJSON());
     const headers: Record<string, string> = { 'content-type': 'application/json; charset=utf-8', 'content-length': String(Buffer.byteLength(body)) };
     if (lost) headers[H.commit] = 'lost';
-    res.writeHead(lost ? 409 : e.status, headers);
+    res.writeHead(lost ? 409 : answer.status, headers);
     res.end(body);
   };
   return worker;
