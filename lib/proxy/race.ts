@@ -250,6 +250,19 @@ class Copy implements Dispatcher.DispatchHandler {
     else this.abortWanted = true;
   }
 
+  /**
+   * Lets a held answer's body flow again. Never at once: adoption runs inside
+   * another copy's undici callback (its head arrived), that is inside that
+   * connection's llhttp parser, and undici asserts that no parser is running
+   * when one is resumed (`currentParser === null`). A microtask runs after the
+   * socket's data handler has returned, outside every parser.
+   */
+  resume(): void {
+    queueMicrotask(() => {
+      if (this.state === 'streaming' || this.state === 'draining') this.controller?.resume();
+    });
+  }
+
   drainable(): boolean {
     const cl = this.headers['content-length'];
     return typeof cl === 'string' && Number(cl) <= DRAIN_LIMIT;
@@ -715,7 +728,7 @@ export class Race {
       return;
     }
     copy.state = 'streaming';
-    copy.controller?.resume();
+    copy.resume();
   }
 
   onWinnerEnd(): void {
