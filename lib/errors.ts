@@ -35,6 +35,21 @@ export const codes = {
   SUPERSEDED: 'RP_ERR_SUPERSEDED',
   /** An update was committed by an upstream, but its answer was lost on the way (502). Do not retry it blindly. */
   ANSWER_LOST: 'RP_ERR_ANSWER_LOST',
+  /**
+   * A copy that took the commit over found the earlier holder's commit already
+   * in the database (`AlreadyAppliedError`): the update is applied, its answer
+   * was lost. The worker answers it with `x-redundant-commit: applied`; the
+   * client gets `RP_ERR_ANSWER_LOST`.
+   */
+  ALREADY_APPLIED: 'RP_ERR_ALREADY_APPLIED',
+  /**
+   * An update with an `Idempotency-Key` ended without a known outcome (a copy
+   * held the commit and vanished, or the client left while one did): it may
+   * or may not be applied. Retry with the same key to learn which (503).
+   */
+  OUTCOME_UNKNOWN: 'RP_ERR_OUTCOME_UNKNOWN',
+  /** The session store is at its bound of idempotency keys or bytes and takes no new key until some expire (503). */
+  STORE_FULL: 'RP_ERR_STORE_FULL',
   /** A request with the same Idempotency-Key is still being processed (409). */
   IDEMPOTENCY_IN_FLIGHT: 'RP_ERR_IDEMPOTENCY_IN_FLIGHT',
   /** The Idempotency-Key was already used for a different request (422). */
@@ -115,6 +130,37 @@ export class SupersededError extends RedundantProxyError {
     this.name = 'SupersededError';
     this.committedBy = committedBy;
   }
+}
+
+/**
+ * Thrown by an update handler, inside `commitOnce`'s function (or after
+ * `claim()`), when it finds that this request's commit is already in the
+ * database: the unique row for the request id exists. That happens when an
+ * earlier copy committed and then died (or lost its lease) before it could
+ * confirm, and this copy took the claim over. The worker records the request
+ * as committed and answers `x-redundant-commit: applied`; the proxy tells the
+ * client the update was applied (`RP_ERR_ANSWER_LOST`) and stops every other
+ * copy. Roll back and rethrow it, as a `SupersededError`.
+ *
+ * @example
+ * await h.commitOnce(async () => {
+ *   const r = await db.query('INSERT INTO ledger (request_id, …) VALUES ($1, …) ON CONFLICT DO NOTHING', [h.requestId, …]);
+ *   if (r.rowCount === 0) throw new AlreadyAppliedError();
+ *   await db.query('COMMIT');
+ * });
+ */
+export class AlreadyAppliedError extends RedundantProxyError {
+  readonly headers = { 'x-redundant-commit': 'applied' };
+
+  constructor(message = 'this request was already applied by an earlier copy; its answer was lost', options: RedundantProxyErrorOptions = {}) {
+    super(codes.ALREADY_APPLIED, message, { status: 409, ...options });
+    this.name = 'AlreadyAppliedError';
+  }
+}
+
+/** True for an `AlreadyAppliedError`, across realms and package copies. */
+export function isAlreadyAppliedError(value: unknown): value is AlreadyAppliedError {
+  return isRedundantProxyError(value) && value.code === codes.ALREADY_APPLIED;
 }
 
 /** True for any error thrown by this library, across realms and package copies. */

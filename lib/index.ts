@@ -15,8 +15,10 @@ export {
   RedundantProxyError,
   InvalidOptionError,
   SupersededError,
+  AlreadyAppliedError,
   isRedundantProxyError,
   isSupersededError,
+  isAlreadyAppliedError,
   codes,
 } from './errors.js';
 export type { ErrorCode } from './errors.js';

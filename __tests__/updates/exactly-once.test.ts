@@ -362,7 +362,7 @@ describe('Idempotency-Key', () => {
     expect(await f.bank.ledger()).toHaveLength(1);
   });
 
-  it('answers 409 while the same key is still in flight, and 422 for the same key with another body', async () => {
+  it('a retry while the same key is in flight waits for the outcome and gets it replayed; 422 for the same key with another body', async () => {
     const f = await fleet({ hooks: () => ({ think: () => 300 }) });
     const headers = { 'idempotency-key': 'key-in-flight', cookie: 'rp_session=session-of-client-two-0002' };
     const [a, b] = await Promise.all([
@@ -370,12 +370,27 @@ describe('Idempotency-Key', () => {
       sleep(50).then(() => transfer(f.gw, { from: 3, to: 4, amount: 1 }, headers)),
     ]);
     expect(a.status).toBe(200);
-    expect(b.status).toBe(409);
-    expect(b.json()).toMatchObject({ code: 'RP_ERR_IDEMPOTENCY_IN_FLIGHT' });
-    await sleep(50);
+    expect(b.status).toBe(200);
+    expect(b.headers['idempotent-replayed']).toBe('true');
+    expect(b.headers['x-request-id']).toBe(a.headers['x-request-id']);
+    expect(b.text).toBe(a.text);
     const other = await transfer(f.gw, { from: 3, to: 4, amount: 2 }, headers);
     expect(other.status).toBe(422);
     expect(other.json()).toMatchObject({ code: 'RP_ERR_IDEMPOTENCY_MISMATCH' });
+    expect(await f.bank.ledger()).toHaveLength(1);
+  });
+
+  it('with idempotency.wait 0, a retry while the same key is in flight gets 409 with Retry-After at once', async () => {
+    const f = await fleet({ hooks: () => ({ think: () => 300 }), proxy: { idempotency: { wait: 0 } } });
+    const headers = { 'idempotency-key': 'key-in-flight-0', cookie: 'rp_session=session-of-client-two-0002' };
+    const [a, b] = await Promise.all([
+      transfer(f.gw, { from: 3, to: 4, amount: 1 }, headers),
+      sleep(50).then(() => transfer(f.gw, { from: 3, to: 4, amount: 1 }, headers)),
+    ]);
+    expect(a.status).toBe(200);
+    expect(b.status).toBe(409);
+    expect(b.json()).toMatchObject({ code: 'RP_ERR_IDEMPOTENCY_IN_FLIGHT' });
+    expect(b.headers['retry-after']).toBe('1');
     expect(await f.bank.ledger()).toHaveLength(1);
   });
 

@@ -124,10 +124,18 @@ export interface IdempotencyOptions {
   ttl?: number;
   /**
    * Largest answer body, in bytes, kept for replay. A larger committed answer
-   * is replayed as `409` `RP_ERR_ANSWER_LOST`-style notice that it was applied.
+   * is replayed as `502` `RP_ERR_ANSWER_LOST`: applied, answer not kept.
    * @default 1048576 (1 MiB)
    */
   maxAnswerSize?: number;
+  /**
+   * Milliseconds a retry waits when the same key is still being processed
+   * (another attempt holds it): it gets the outcome as soon as there is one,
+   * or, after this, `409` `RP_ERR_IDEMPOTENCY_IN_FLIGHT` with `Retry-After`.
+   * 0 answers the 409 at once.
+   * @default 1000
+   */
+  wait?: number;
 }
 
 export interface ProxyOptions {
@@ -179,7 +187,9 @@ export interface ProxyOptions {
    */
   select?: SelectOption;
   /**
-   * Whether a request updates data. Updates go to a single upstream.
+   * Whether a request updates data. An update is copied only to upstreams
+   * that have shown they run `redundantWorker()` (to a single upstream until
+   * two have), and exactly one of its copies may commit.
    * @default method is not GET, HEAD, OPTIONS or TRACE
    */
   isUpdate?: (req: IncomingMessage) => boolean;
@@ -278,7 +288,7 @@ export interface ResolvedOptions {
   storeTimeout: number;
   onCancel: ((info: CancelInfo) => void | Promise<void>) | undefined;
   cancelTimeout: number;
-  idempotency: { scope: ((req: IncomingMessage) => string | undefined) | undefined; ttl: number; maxAnswerSize: number } | false;
+  idempotency: { scope: ((req: IncomingMessage) => string | undefined) | undefined; ttl: number; maxAnswerSize: number; wait: number } | false;
   ejection: Required<EjectionOptions> | false;
   prometheus: PrometheusOptions | undefined;
   copies: number;
@@ -412,16 +422,18 @@ function resolveEjection(ejection: ProxyOptions['ejection']): ResolvedOptions['e
 function resolveIdempotency(idem: ProxyOptions['idempotency']): ResolvedOptions['idempotency'] {
   if (idem === false) return false;
   const o = idem ?? {};
-  if (typeof o !== 'object' || o === null) throw new InvalidOptionError('idempotency', 'must be { scope?, ttl?, maxAnswerSize? } or false', idem);
+  if (typeof o !== 'object' || o === null) throw new InvalidOptionError('idempotency', 'must be { scope?, ttl?, maxAnswerSize?, wait? } or false', idem);
   for (const key of Object.keys(o)) {
-    if (key !== 'scope' && key !== 'ttl' && key !== 'maxAnswerSize') throw new InvalidOptionError(`idempotency.${key}`, 'is not an option (known: scope, ttl, maxAnswerSize)', (o as Record<string, unknown>)[key]);
+    if (key !== 'scope' && key !== 'ttl' && key !== 'maxAnswerSize' && key !== 'wait') throw new InvalidOptionError(`idempotency.${key}`, 'is not an option (known: scope, ttl, maxAnswerSize, wait)', (o as Record<string, unknown>)[key]);
   }
   if (o.scope !== undefined && typeof o.scope !== 'function') throw new InvalidOptionError('idempotency.scope', 'must be a function', o.scope);
   const ttl = o.ttl ?? 86_400_000;
   if (!Number.isFinite(ttl) || ttl <= 0) throw new InvalidOptionError('idempotency.ttl', 'must be a number of milliseconds > 0', o.ttl);
   const maxAnswerSize = o.maxAnswerSize ?? 1024 * 1024;
   if (!Number.isInteger(maxAnswerSize) || maxAnswerSize < 0) throw new InvalidOptionError('idempotency.maxAnswerSize', 'must be an integer number of bytes >= 0', o.maxAnswerSize);
-  return { scope: o.scope, ttl, maxAnswerSize };
+  const wait = o.wait ?? 1000;
+  if (typeof wait !== 'number' || !Number.isFinite(wait) || wait < 0) throw new InvalidOptionError('idempotency.wait', 'must be a number of milliseconds >= 0', o.wait);
+  return { scope: o.scope, ttl, maxAnswerSize, wait };
 }
 
 function resolveSession(session: ProxyOptions['session']): ResolvedOptions['session'] {

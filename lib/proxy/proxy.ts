@@ -1,9 +1,9 @@
-import { createHash, randomUUID } from 'node:crypto';
+import { randomUUID } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { Pool, type Dispatcher } from 'undici';
-import { codes, RedundantProxyError } from '../errors.js';
+import { codes, isSupersededError, RedundantProxyError } from '../errors.js';
 import { TimeoutGroup, withTimeout } from '../timeout.js';
-import { H, mintSessionId, SESSION_ID } from '../wire/protocol.js';
+import { H, mintSessionId, sealId, SESSION_ID } from '../wire/protocol.js';
 import { Emitter, type Disposable } from '../events.js';
 import { readBody, type ParsedBodyHints } from './body.js';
 import { forwardRequestHeaders } from './headers.js';
@@ -12,7 +12,7 @@ import { AdaptiveDelay, HedgeBudget, hedgeQuantile } from './hedge.js';
 import { Metrics, type ProxyMetrics } from './metrics.js';
 import { PrometheusMetrics } from './prometheus.js';
 import { resolveOptions, type CancelInfo, type ProxyOptions, type Upstream } from './options.js';
-import type { IdempotencyState, StoredAnswer } from '../store/types.js';
+import { Idempotency, type KeyedAttempt } from './idempotency.js';
 import { Race, type CopyReport, type RaceReport } from './race.js';
 import { sendError } from './respond.js';
 
@@ -143,6 +143,20 @@ export function redundantProxy(options: ProxyOptions): RedundantProxy {
   const onAcceptThrew = (error: unknown) => events.emit('error', { requestId: null, source: 'accept', error });
   const onSelectThrew = (requestId: string, error: unknown) => events.emit('error', { requestId, source: 'select', error });
   const onRaceError = (requestId: string, error: unknown) => events.emit('error', { requestId, source: 'internal', error });
+  const idempotency = opts.idempotency
+    ? new Idempotency({
+        store: opts.store,
+        storeTimeout: opts.storeTimeout,
+        // Held while the race runs and its key is completed; a gateway that
+        // dies leaves it to the next retry after this.
+        lockMs: opts.timeout + opts.cancelTimeout + 5000,
+        scope: opts.idempotency.scope,
+        ttl: opts.idempotency.ttl,
+        maxAnswerSize: opts.idempotency.maxAnswerSize,
+        wait: opts.idempotency.wait,
+        onStoreError: (requestId, error) => reportStoreError(requestId, error),
+      })
+    : null;
 
   function plan(update: boolean): Upstream[] {
     // Ejected upstreams receive no copies; a read then sends fewer.
@@ -164,70 +178,6 @@ export function redundantProxy(options: ProxyOptions): RedundantProxy {
     const out: Upstream[] = [];
     for (let i = 0; i < n; i++) out.push(pool[(start + i) % pool.length]!);
     return out;
-  }
-
-  /** The `Idempotency-Key` of an update: answers retries itself, or returns the key to complete later. */
-  async function beginIdempotency(
-    req: IncomingMessage,
-    res: ServerResponse,
-    ctx: { requestId: string; method: string; path: string; body: Buffer | null; sessionId: string | null },
-  ): Promise<{ answered: true } | { answered: false; key: string | null }> {
-    const cfg = opts.idempotency;
-    const raw = cfg ? firstHeader(req.headers['idempotency-key']) : undefined;
-    if (!cfg || raw === undefined) return { answered: false, key: null };
-    // A structured-field string ("...") or a bare token.
-    const value = raw.length >= 2 && raw.startsWith('"') && raw.endsWith('"') ? raw.slice(1, -1) : raw;
-    if (!/^[\x21-\x7e]{1,255}$/.test(value)) {
-      sendError(res, new RedundantProxyError(codes.BAD_IDEMPOTENCY_KEY, 'Idempotency-Key must be 1-255 visible ASCII characters', { status: 400 }), ctx.requestId);
-      return { answered: true };
-    }
-    const auth = firstHeader(req.headers.authorization);
-    const scope = cfg.scope ? cfg.scope(req) : (ctx.sessionId ?? (auth ? `auth:${sha256(auth)}` : 'anonymous'));
-    if (scope === undefined) return { answered: false, key: null };
-    const key = sha256(`${scope}\0${value}`);
-    const fingerprint = sha256(Buffer.concat([Buffer.from(`${ctx.method} ${ctx.path}\0`), ctx.body ?? Buffer.alloc(0)]));
-    let state: IdempotencyState;
-    try {
-      state = await withTimeout(opts.store.beginIdempotent(key, fingerprint, ctx.requestId, opts.timeout + opts.cancelTimeout + 5000), opts.storeTimeout, 'beginIdempotent');
-    } catch (err) {
-      // An update whose key cannot be checked is not run: it may be a retry of one that was applied.
-      sendError(res, new RedundantProxyError(codes.STORE_UNAVAILABLE, 'the session store is unavailable: the update was not processed', { status: 503, cause: err }), ctx.requestId);
-      return { answered: true };
-    }
-    switch (state.state) {
-      case 'started':
-        return { answered: false, key };
-      case 'in-flight':
-        sendError(res, new RedundantProxyError(codes.IDEMPOTENCY_IN_FLIGHT, 'a request with this Idempotency-Key is still being processed', { status: 409 }), ctx.requestId);
-        return { answered: true };
-      case 'mismatch':
-        sendError(res, new RedundantProxyError(codes.IDEMPOTENCY_MISMATCH, 'this Idempotency-Key was used for a different request', { status: 422 }), ctx.requestId);
-        return { answered: true };
-      case 'completed': {
-        const { status, headers, body } = state.answer;
-        const bytes = Buffer.from(body, 'base64');
-        res.writeHead(status, { ...headers, 'content-length': String(bytes.length), 'idempotent-replayed': 'true' });
-        res.end(bytes);
-        return { answered: true };
-      }
-    }
-  }
-
-  /** What a retry with the same key will be answered, or null to let it run anew. */
-  function answerToKeep(report: RaceReport, race: Race): StoredAnswer | null {
-    const lost = (message: string): StoredAnswer => ({
-      status: 502,
-      headers: { 'content-type': 'application/json; charset=utf-8', 'x-request-id': report.requestId },
-      body: Buffer.from(JSON.stringify({ code: codes.ANSWER_LOST, message, requestId: report.requestId })).toString('base64'),
-    });
-    const captured = race.captured;
-    if (report.outcome === 'won' && captured && (report.committed || captured.status < 500)) {
-      if (captured.body) return { status: captured.status, headers: captured.headers, body: captured.body.toString('base64') };
-      if (report.committed) return lost('the update was applied; its answer is too large to replay');
-      return null;
-    }
-    if (report.outcome === 'answer-lost' || report.committed) return lost('the update was applied, but its answer was lost');
-    return null;
   }
 
   function cancelled(requestId: string, copy: CopyReport, committed: CopyReport): void {
@@ -261,17 +211,50 @@ export function redundantProxy(options: ProxyOptions): RedundantProxy {
     void work.finally(() => background.delete(work));
   }
 
-  /** Updates: is the request committed although no committed answer arrived? */
-  async function committedButLost(requestId: string): Promise<RedundantProxyError | undefined> {
+  /**
+   * Updates: asked before the race answers a failure or a timeout, or adopts
+   * at the timeout an answer that did not commit. The store's commit record
+   * decides what the client may be told: a copy committed (its answer was
+   * lost), a copy holds the claim now (the outcome is not known yet), or
+   * nobody claimed. Before adopting an answer that did not commit while
+   * copies are still out, the proxy seals the request (claims and confirms
+   * it under its own id), so that no copy still out can commit after the
+   * client was told nothing was.
+   */
+  async function decideUpdate(requestId: string, adopting: boolean): Promise<RedundantProxyError | undefined> {
     const record = await withTimeout(opts.store.getRequest(requestId), opts.storeTimeout, 'getRequest');
-    if (record?.commit.state !== 'committed') return undefined;
-    const holder = record.commit.holder;
-    const upstream = record.copies.find((c) => c.duplicateId === holder)?.upstreamId ?? 'unknown';
-    return new RedundantProxyError(codes.ANSWER_LOST, `the update was applied by upstream "${upstream}", but its answer was lost; do not retry it blindly`, { status: 502 });
+    const commit = record?.commit;
+    const upstreamOf = (holder: string) => record?.copies.find((c) => c.duplicateId === holder)?.upstreamId ?? 'unknown';
+    if (commit?.state === 'committed' && commit.holder !== sealId(requestId)) return answerLost(upstreamOf(commit.holder));
+    if (commit?.state === 'claimed') return outcomeUnknown(upstreamOf(commit.holder));
+    if (!adopting) return undefined;
+    const seal = sealId(requestId);
+    const controller = new AbortController();
+    const timer = setTimeout(() => controller.abort(new RedundantProxyError(codes.TIMEOUT, 'sealing took too long')), opts.storeTimeout);
+    try {
+      const grant = await opts.store.claim(requestId, seal, { leaseMs: opts.storeTimeout * 2, signal: controller.signal });
+      await withTimeout(opts.store.confirm(requestId, seal, grant.fence), opts.storeTimeout, 'confirm');
+      return undefined;
+    } catch (err) {
+      if (isSupersededError(err) && err.committedBy && err.committedBy !== seal) return answerLost(upstreamOf(err.committedBy));
+      // A copy claimed meanwhile (the seal had to wait), or the store failed.
+      return outcomeUnknown(null);
+    } finally {
+      clearTimeout(timer);
+    }
   }
 
+  const answerLost = (upstream: string) =>
+    new RedundantProxyError(codes.ANSWER_LOST, `the update was applied by upstream "${upstream}", but its answer was lost; do not retry it blindly`, { status: 502 });
+  const outcomeUnknown = (upstream: string | null) =>
+    new RedundantProxyError(
+      codes.OUTCOME_UNKNOWN,
+      `${upstream ? `upstream "${upstream}" holds this update's commit` : "this update's commit is being decided"} and no answer came: it may or may not be applied; retry with the same Idempotency-Key to learn which`,
+      { status: 503 },
+    );
+
   async function handle(req: IncomingMessage, res: ServerResponse, hints: ParsedBodyHints): Promise<void> {
-    const requestId = randomUUID();
+    let requestId: string = randomUUID();
     if (closed) {
       sendError(res, new RedundantProxyError(codes.CLOSED, 'the proxy is closing', { status: 503 }), requestId);
       return;
@@ -297,12 +280,14 @@ export function redundantProxy(options: ProxyOptions): RedundantProxy {
       sendError(res, new RedundantProxyError(codes.NO_UPSTREAM, 'every upstream is ejected for failing; none may receive the request now', { status: 503 }), requestId);
       return;
     }
-    let idempotencyKey: string | null = null;
-    if (update) {
-      const idem = await beginIdempotency(req, res, { requestId, method, path, body, sessionId: session.isNew ? null : session.id || null });
-      if (idem.answered) return;
-      idempotencyKey = idem.key;
+    let keyed: KeyedAttempt | null = null;
+    if (update && idempotency) {
+      const begun = await idempotency.begin(req, res, { requestId, method, path, body, sessionId: session.isNew ? null : session.id || null });
+      if (begun === 'answered') return;
+      keyed = begun;
     }
+    // A retry that resumes an earlier attempt runs under its request id.
+    if (keyed) requestId = keyed.requestId;
     budget.deposit();
     const route = adaptive ? `${method} ${path.split('?', 1)[0]}` : '';
     const hedgeDelay = adaptive ? adaptive.delay(route) : (opts.hedgeDelay as number);
@@ -323,7 +308,7 @@ export function redundantProxy(options: ProxyOptions): RedundantProxy {
       const extra = session.isNew ? sessionHeaders(req, session.id) : {};
       return bookkeep(opts.store.recordAdoption(adoption(copy.duplicateId, copy.upstream)), requestId, true).then(() => extra);
     };
-    const race = new Race({
+    const race: Race = new Race({
       requestId,
       method,
       path,
@@ -351,8 +336,10 @@ export function redundantProxy(options: ProxyOptions): RedundantProxy {
       beforeHead: opts.session ? beforeHead : undefined,
       onWorkerSeen,
       onCancelled: update ? (copy, committed) => cancelled(requestId, copy, committed) : undefined,
-      beforeFailure: update ? () => committedButLost(requestId) : undefined,
-      capture: idempotencyKey && opts.idempotency ? opts.idempotency.maxAnswerSize : 0,
+      beforeFailure: update ? (adopting) => decideUpdate(requestId, adopting) : undefined,
+      capture: keyed && opts.idempotency ? opts.idempotency.maxAnswerSize : 0,
+      beforeEnd: keyed ? (captured): Promise<void> => idempotency!.completeWon(keyed, captured, race.committed) : undefined,
+      attempt: keyed?.attempt ?? 1,
     });
     if (events.has('race:start')) events.emit('race:start', { requestId, method, path, update, upstreams: targets.map((t) => t.id) });
     const done = race.start();
@@ -360,10 +347,10 @@ export function redundantProxy(options: ProxyOptions): RedundantProxy {
     const report = await done;
     inFlight.delete(done);
     // claim 1 (e), off the critical path: which copy's answer was adopted.
-    if (report.adopted && !recorded) void bookkeep(opts.store.recordAdoption(adoption(report.adopted, report.servedBy!)), requestId, false);
-    if (idempotencyKey && opts.idempotency) {
-      void bookkeep(opts.store.completeIdempotent(idempotencyKey, requestId, answerToKeep(report, race), opts.idempotency.ttl), requestId, false);
-    }
+    // A keyed update left for a retry to resume records none: the adoption
+    // that counts is the one of the attempt that ends it.
+    if (report.adopted && !recorded && (!keyed || report.outcome === 'won')) void bookkeep(opts.store.recordAdoption(adoption(report.adopted, report.servedBy!)), requestId, false);
+    if (keyed) void bookkeep(idempotency!.completeAfter(keyed, report), requestId, false);
     metrics.record(report);
     prom?.record(report);
     ejector?.record(report, epoch);
@@ -380,18 +367,20 @@ export function redundantProxy(options: ProxyOptions): RedundantProxy {
     const bounded = critical ? withTimeout(operation, opts.storeTimeout, 'a bookkeeping write') : offPath.track(operation, 'a bookkeeping write');
     const work = bounded.then(
       () => undefined,
-      (error: unknown) => {
-        if (events.has('error')) events.emit('error', { requestId, source: 'store', error });
-        else if (!warnedStore) {
-          warnedStore = true;
-          console.warn("redundant-proxy: session store bookkeeping failed (further failures are silent without an 'error' listener):", error);
-        }
-      },
+      (error: unknown) => reportStoreError(requestId, error),
     );
     // close() waits for it (at most storeTimeout), so its outcome is still reported.
     background.add(work);
     void work.then(() => background.delete(work));
     return work;
+  }
+
+  function reportStoreError(requestId: string, error: unknown): void {
+    if (events.has('error')) events.emit('error', { requestId, source: 'store', error });
+    else if (!warnedStore) {
+      warnedStore = true;
+      console.warn("redundant-proxy: session store bookkeeping failed (further failures are silent without an 'error' listener):", error);
+    }
   }
 
   function findSession(req: IncomingMessage): { id: string; isNew: boolean } {
@@ -465,8 +454,4 @@ function readCookie(header: string | undefined, name: string): string | undefine
     if (eq > 0 && part.slice(0, eq).trim() === name) return part.slice(eq + 1).trim();
   }
   return undefined;
-}
-
-function sha256(data: string | Buffer): string {
-  return createHash('sha256').update(data).digest('base64url');
 }

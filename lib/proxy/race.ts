@@ -43,6 +43,12 @@ export type CopyOutcome =
   | 'not-sent'
   /** An update's copy that lost the commit arbitration (`x-redundant-commit: lost`): never adopted. */
   | 'lost'
+  /**
+   * An update's copy that took the commit over and found it already applied
+   * by an earlier copy (`x-redundant-commit: applied`): the client is told
+   * the update was applied and its answer lost.
+   */
+  | 'applied'
   /** An update's copy still processing when another copy committed (and past its grace): aborted, and `onCancel` ran for it. */
   | 'cancelled'
   /** `select: { quorum }`: gave the same answer as the adopted copy (one of the quorum). */
@@ -86,7 +92,13 @@ export type RaceOutcome =
   /** The winner's body broke after its head was sent; the client connection was reset. */
   | 'broken'
   /** An update committed, but its answer never arrived: the client was told so (`RP_ERR_ANSWER_LOST`). */
-  | 'answer-lost';
+  | 'answer-lost'
+  /**
+   * An update ended without an answer while a copy held its commit claim:
+   * whether it is applied is not known yet (`RP_ERR_OUTCOME_UNKNOWN`; a
+   * retry with the same `Idempotency-Key` learns it).
+   */
+  | 'outcome-unknown';
 
 export interface RaceReport {
   requestId: string;
@@ -149,11 +161,22 @@ export interface RaceInput {
   /** A copy was stopped because another copy of the update committed. */
   onCancelled?: (copy: CopyReport, committed: CopyReport) => void;
   /**
-   * Updates only: asked before answering a failure or a timeout. Resolves an
+   * Updates only: asked before answering a failure or a timeout, and before
+   * adopting, at the timeout, an answer that did not commit (`adopting`: the
+   * proxy must then make sure no copy still out can commit). Resolves an
    * error to answer with instead (the update committed but its answer was
-   * lost), or undefined.
+   * lost, or a copy holds the commit and its outcome is not known), or
+   * undefined to go on.
    */
-  beforeFailure?: () => Promise<RedundantProxyError | undefined>;
+  beforeFailure?: (adopting: boolean) => Promise<RedundantProxyError | undefined>;
+  /**
+   * Runs once the adopted answer's body is complete, before its last bytes
+   * go to the client (idempotency: the key is completed before the client
+   * can retry). The last chunk waits for it.
+   */
+  beforeEnd?: (captured: CapturedAnswer | null) => Promise<void>;
+  /** Which attempt of an `Idempotency-Key` this race is (duplicate ids stay unique when a retry resumes a request id). @default 1 */
+  attempt?: number;
   /** Bytes of the adopted answer's body to keep for `captured` (idempotency); 0 keeps nothing. */
   capture: number;
 }
@@ -204,7 +227,7 @@ class Copy implements Dispatcher.DispatchHandler {
     this.report = {
       index,
       upstream: upstream.id,
-      duplicateId: `${race.input.requestId}.${index}`,
+      duplicateId: (race.input.attempt ?? 1) > 1 ? `${race.input.requestId}.${race.input.attempt}-${index}` : `${race.input.requestId}.${index}`,
       outcome: 'not-sent',
       sentAt: null,
       latency: null,
@@ -305,7 +328,8 @@ class Copy implements Dispatcher.DispatchHandler {
       case 'streaming': {
         const res = this.race.input.res;
         this.race.keep(chunk);
-        if (!res.write(chunk)) {
+        const out = this.race.holdLast(chunk);
+        if (out && !res.write(out)) {
           controller.pause();
           res.once('drain', () => controller.resume());
         }
@@ -548,6 +572,18 @@ export class Race {
         this.adopt(copy);
         return;
       }
+      if (commit === 'applied') {
+        // A copy that took the claim over found the request already applied
+        // by an earlier copy, whose answer is gone: the client hears that it
+        // was applied, and no copy runs it again.
+        this.committed = true;
+        copy.report.outcome = 'applied';
+        if (copy.drainable()) copy.state = 'draining';
+        else copy.abort();
+        sendError(this.input.res, new RedundantProxyError(codes.ANSWER_LOST, `the update was applied by an earlier copy (found by upstream "${copy.upstream.id}"), but its answer was lost; do not retry it blindly`, { status: 502 }), this.input.requestId);
+        this.finish('answer-lost');
+        return;
+      }
     }
     let ok = false;
     try {
@@ -719,7 +755,8 @@ export class Race {
     const { res } = this.input;
     for (const chunk of copy.chunks) {
       this.keep(chunk);
-      res.write(chunk);
+      const out = this.holdLast(chunk);
+      if (out) res.write(out);
     }
     copy.chunks = [];
     if (copy.ended) {
@@ -731,10 +768,35 @@ export class Race {
     copy.resume();
   }
 
+  /**
+   * With `beforeEnd`, the last chunk of the adopted body is held back until
+   * it ran: with it the client has the whole answer (a Content-Length body
+   * is complete at its last byte, before `end()`). Returns what to write now.
+   */
+  holdLast(chunk: Buffer): Buffer | null {
+    if (!this.input.beforeEnd) return chunk;
+    const previous = this.#last;
+    this.#last = chunk;
+    return previous;
+  }
+
+  #last: Buffer | null = null;
+  /** The body is complete and `beforeEnd` runs: the race is decided, only its last bytes wait. */
+  ending = false;
+
   onWinnerEnd(): void {
     if (this.captured && this.#kept) this.captured.body = Buffer.concat(this.#kept, this.#captureSize);
-    this.input.res.end();
-    this.finish('won');
+    const end = () => {
+      if (this.finished) return; // the client left meanwhile
+      const { res } = this.input;
+      if (this.#last) res.write(this.#last);
+      this.#last = null;
+      res.end();
+      this.finish('won');
+    };
+    if (!this.input.beforeEnd) return end();
+    this.ending = true;
+    this.input.beforeEnd(this.captured).then(end, end);
   }
 
   /** A held answer broke before it was adopted (or while its head waited). */
@@ -895,7 +957,7 @@ export class Race {
 
   answerFailure(): void {
     if (this.input.beforeFailure) {
-      this.consultStore(() => this.answerFailureNow());
+      this.consultStore(false, () => this.answerFailureNow());
       return;
     }
     this.answerFailureNow();
@@ -906,18 +968,18 @@ export class Race {
    * committed and its answer was lost on the way, the client must hear that
    * the update was applied, not that it failed.
    */
-  consultStore(otherwise: () => void): void {
+  consultStore(adopting: boolean, otherwise: () => void): void {
     const ask = this.input.beforeFailure!;
     this.input.beforeFailure = undefined; // once
     this.clearHedge();
     for (const copy of this.copies) if (!this.held.includes(copy)) this.stopCopy(copy);
     this.lingerSettled();
-    ask().then(
+    ask(adopting).then(
       (err) => {
         if (this.finished) return;
         if (!err) return otherwise();
-        sendError(this.input.res, err, this.input.requestId);
-        this.finish('answer-lost');
+        sendError(this.input.res, err, this.input.requestId, err.code === codes.OUTCOME_UNKNOWN ? { 'retry-after': '1' } : undefined);
+        this.finish(err.code === codes.OUTCOME_UNKNOWN ? 'outcome-unknown' : 'answer-lost');
       },
       () => !this.finished && otherwise(),
     );
@@ -961,7 +1023,8 @@ export class Race {
 
   onTimeout(): void {
     this.timeoutTimer = null;
-    if (this.finished) return;
+    // Decided already: the adopted body is complete and only waits for `beforeEnd`.
+    if (this.finished || this.ending) return;
     const { res, requestId, timeout } = this.input;
     // Copies still waiting for their answer, or for the rest of an answer
     // being compared, ran out of time: say so (outlier ejection counts them
@@ -984,7 +1047,7 @@ export class Race {
     if (this.input.beforeFailure && !res.headersSent) {
       // The copies still out never committed: an answer that did not commit
       // may now be adopted.
-      this.consultStore(() => (this.held[0] ? this.adopt(this.held[0]) : timedOut()));
+      this.consultStore(this.held.length > 0, () => (this.held[0] ? this.adopt(this.held[0]) : timedOut()));
     } else timedOut();
   }
 

@@ -85,9 +85,16 @@ export interface StoredAnswer {
 
 /** What `beginIdempotent` found. */
 export type IdempotencyState =
-  /** The key was free: this request owns it now. */
-  | { state: 'started' }
-  /** Another request with this key and the same fingerprint is still running (409). */
+  /**
+   * This request owns the key now, until `completeIdempotent` or the lock
+   * runs out. `requestId` is the id to run the update under: the caller's own
+   * for a new key; the first attempt's when an earlier attempt ended without
+   * a final answer (`attempt` > 1, a resumed request). Running a retry under
+   * the same request id is what keeps it exactly once: a copy of the earlier
+   * attempt that still commits, or already did, holds the same claim.
+   */
+  | { state: 'started'; requestId: string; attempt: number }
+  /** Another attempt with this key and the same fingerprint holds the lock now (409, or wait). */
   | { state: 'in-flight'; requestId: string }
   /** The key was used with another fingerprint, a different request (422). */
   | { state: 'mismatch' }
@@ -152,17 +159,26 @@ export interface SessionStore {
 
   /**
    * Takes an `Idempotency-Key` (already scoped by the caller) for a request,
-   * atomically. The key stays `in-flight` for at most `lockMs`, after which
-   * it is free again (the gateway that held it crashed).
+   * atomically. A new key is kept `ttlMs`, whatever happens to the attempt:
+   * a key is never forgotten inside its TTL (a store that cannot keep one
+   * more rejects with `RP_ERR_STORE_FULL` instead). The attempt holds the key
+   * `in-flight` for at most `lockMs`; after that (its gateway died), or once
+   * it was completed with `null`, the next caller takes it over under the
+   * key's original request id (`attempt` + 1).
    */
-  beginIdempotent(key: string, fingerprint: string, requestId: string, lockMs: number): Promise<IdempotencyState>;
+  beginIdempotent(key: string, fingerprint: string, requestId: string, lockMs: number, ttlMs: number): Promise<IdempotencyState>;
 
   /**
-   * Ends the request that owns `key`: with an answer, kept for `ttlMs` and
-   * replayed to retries; with `null`, the key is freed so a retry runs anew.
-   * A no-op unless `requestId` owns the key.
+   * Ends the attempt that holds `key` (`requestId` and `attempt` as
+   * `beginIdempotent` returned them): with an answer, kept `ttlMs` from now
+   * and replayed to retries; with `null` (no final answer: the outcome is
+   * not known, or nothing was applied), the lock is released and the key
+   * kept, so the next retry resumes the same request id. A no-op unless that
+   * attempt still holds the key. Rejects with `RP_ERR_STORE_FULL` when the
+   * answer does not fit the store's bounds (the key stays held; the caller
+   * may complete it again with a smaller answer).
    */
-  completeIdempotent(key: string, requestId: string, answer: StoredAnswer | null, ttlMs: number): Promise<void>;
+  completeIdempotent(key: string, requestId: string, answer: StoredAnswer | null, ttlMs: number, attempt: number): Promise<void>;
 
   /** Releases timers and connections the store itself opened. */
   close(): Promise<void>;

@@ -29,6 +29,16 @@ export const H = {
 
 export const PREFIX = 'x-redundant-';
 
+/**
+ * The duplicate id under which the proxy seals a request: it claims and
+ * confirms the commit itself, so that no copy can commit any more, before it
+ * adopts an answer that did not commit while copies are still out (at the
+ * timeout). A copy refused by a seal lost to nobody's commit.
+ */
+export function sealId(requestId: string): string {
+  return `${requestId}.seal`;
+}
+
 /** What a session id may look like; anything else from a client is ignored and a new one minted. */
 export const SESSION_ID = /^[A-Za-z0-9_-]{16,128}$/;
 

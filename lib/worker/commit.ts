@@ -1,7 +1,7 @@
 import type { ServerResponse } from 'node:http';
-import { codes, isSupersededError, RedundantProxyError } from '../errors.js';
+import { codes, isAlreadyAppliedError, isSupersededError, RedundantProxyError } from '../errors.js';
 import type { SessionStore } from '../store/types.js';
-import { H } from '../wire/protocol.js';
+import { H, sealId } from '../wire/protocol.js';
 import { withTimeout } from '../timeout.js';
 
 // The commit arbitration on the worker side: first committed wins, exactly
@@ -25,6 +25,16 @@ export interface Claim {
    * with `SupersededError` only when another copy confirmed first.
    */
   confirm(): Promise<void>;
+  /**
+   * This request's commit is already in the database (its unique row
+   * exists): an earlier copy committed and then died, or lost its lease,
+   * before it confirmed, and this copy took the claim over. Records the
+   * request as committed, like `confirm()`, and the copy answers
+   * `x-redundant-commit: applied`: the proxy tells the client the update was
+   * applied and its answer lost, never runs it again. Roll back (nothing of
+   * this copy's may be written) and throw `AlreadyAppliedError`.
+   */
+  applied(): Promise<void>;
   /** The commit failed: give the claim to a waiting copy. */
   release(): Promise<void>;
 }
@@ -32,12 +42,15 @@ export interface Claim {
 export interface CommitGate {
   claim(): Promise<Claim>;
   commitOnce<T>(fn: (fence: number) => T | Promise<T>): Promise<T>;
-  /** 'won' once confirmed, 'lost' once superseded, else undefined. */
-  readonly outcome: 'won' | 'lost' | undefined;
+  /** 'won' once confirmed, 'applied' once found already applied, 'lost' once superseded, else undefined. */
+  readonly outcome: CommitOutcome | undefined;
   readonly fence: number | undefined;
   /** Writes the outcome headers, if the response can still take them. */
   mark(res: ServerResponse): void;
 }
+
+/** What a copy's commit came to, as its answer says in `x-redundant-commit`. */
+export type CommitOutcome = 'won' | 'applied' | 'lost';
 
 export interface CommitGateInput {
   store: SessionStore;
@@ -60,14 +73,14 @@ const CONFIRM_BACKOFF_MS = 50;
 
 export function commitGate(input: CommitGateInput): CommitGate {
   const { store, requestId, duplicateId, leaseMs, storeTimeout, signal, res } = input;
-  let outcome: 'won' | 'lost' | undefined;
+  let outcome: CommitOutcome | undefined;
   let fence: number | undefined;
   let pending: Promise<Claim> | undefined;
 
   const mark = (r: ServerResponse) => {
     if (outcome === undefined || r.headersSent) return;
     r.setHeader(H.commit, outcome);
-    if (outcome === 'won' && fence !== undefined) r.setHeader(H.fence, String(fence));
+    if (outcome !== 'lost' && fence !== undefined) r.setHeader(H.fence, String(fence));
   };
 
   const lose = (err: unknown): never => {
@@ -86,46 +99,57 @@ export function commitGate(input: CommitGateInput): CommitGate {
       // Fail closed: without the store there is no arbitration, so no commit.
       throw new RedundantProxyError(codes.STORE_UNAVAILABLE, 'the session store is unavailable: the update cannot be arbitrated, nothing was committed', { status: 503, cause: err });
     }
+    // A copy stopped while its claim was granted (the proxy gave up on it, or
+    // the client left) must not commit: it hands the claim on at once.
+    if (signal.aborted) {
+      await store.release(requestId, duplicateId, grant.fence).catch(() => undefined);
+      throw signal.reason;
+    }
     fence = grant.fence;
     const token = grant.fence;
     let settled = false;
+    /** Records the commit in the store; `as` is what the answer will say. */
+    async function settle(as: 'won' | 'applied'): Promise<void> {
+      if (settled) return;
+      for (let attempt = 1; ; attempt++) {
+        try {
+          await withTimeout(store.confirm(requestId, duplicateId, token), storeTimeout, 'confirm');
+          break;
+        } catch (err) {
+          if (isSupersededError(err)) {
+            // Our commit is in the database already. It loses only to a copy
+            // that confirmed before us; otherwise it is the first commit.
+            // The refusal says who committed when the store knows; else ask.
+            let committedBy = err.committedBy;
+            if (committedBy === undefined) {
+              const record = await withTimeout(store.getRequest(requestId), storeTimeout, 'getRequest').catch(() => undefined);
+              committedBy = record?.commit?.state === 'committed' ? record.commit.holder : null;
+            }
+            // A seal is the proxy closing a request that nobody had
+            // committed: this commit, late past its lease, is still the only one.
+            if (committedBy !== null && committedBy !== duplicateId && committedBy !== sealId(requestId)) lose(err);
+            input.onLateConfirm?.(token, 'lease-lost', err);
+            break;
+          }
+          if (attempt >= CONFIRM_ATTEMPTS) {
+            // The commit is in the database: answering a failure would invite a
+            // retry of an applied update. It stands; waiting copies cannot
+            // claim while the store is down, and after it their commit fails
+            // on the unique row.
+            input.onLateConfirm?.(token, 'store-unavailable', err);
+            break;
+          }
+          await new Promise((r) => setTimeout(r, CONFIRM_BACKOFF_MS * attempt));
+        }
+      }
+      settled = true;
+      outcome = as;
+      mark(res);
+    }
     return {
       fence: token,
-      async confirm() {
-        if (settled) return;
-        for (let attempt = 1; ; attempt++) {
-          try {
-            await withTimeout(store.confirm(requestId, duplicateId, token), storeTimeout, 'confirm');
-            break;
-          } catch (err) {
-            if (isSupersededError(err)) {
-              // Our commit is in the database already. It loses only to a copy
-              // that confirmed before us; otherwise it is the first commit.
-              // The refusal says who committed when the store knows; else ask.
-              let committedBy = err.committedBy;
-              if (committedBy === undefined) {
-                const record = await withTimeout(store.getRequest(requestId), storeTimeout, 'getRequest').catch(() => undefined);
-                committedBy = record?.commit?.state === 'committed' ? record.commit.holder : null;
-              }
-              if (committedBy !== null && committedBy !== duplicateId) lose(err);
-              input.onLateConfirm?.(token, 'lease-lost', err);
-              break;
-            }
-            if (attempt >= CONFIRM_ATTEMPTS) {
-              // The commit is in the database: answering a failure would invite a
-              // retry of an applied update. It stands; waiting copies cannot
-              // claim while the store is down, and after it their commit fails
-              // on the unique row.
-              input.onLateConfirm?.(token, 'store-unavailable', err);
-              break;
-            }
-            await new Promise((r) => setTimeout(r, CONFIRM_BACKOFF_MS * attempt));
-          }
-        }
-        settled = true;
-        outcome = 'won';
-        mark(res);
-      },
+      confirm: () => settle('won'),
+      applied: () => settle('applied'),
       async release() {
         if (settled) return;
         settled = true;
@@ -144,8 +168,16 @@ export function commitGate(input: CommitGateInput): CommitGate {
       const claim = await this.claim();
       let result: T;
       try {
+        // Stopped while the claim was being granted: commit nothing.
+        if (signal.aborted) throw signal.reason;
         result = await fn(claim.fence);
       } catch (err) {
+        // The request's commit was already in the database: record it, so
+        // no copy tries again, and answer `applied`.
+        if (isAlreadyAppliedError(err)) {
+          await claim.applied();
+          throw err;
+        }
         // The commit failed: another copy may take over. A release that fails
         // is not worse than a crash: the lease runs out.
         await claim.release().catch(() => undefined);

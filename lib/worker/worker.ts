@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { LRUCache } from 'lru-cache';
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { codes, InvalidOptionError, isRedundantProxyError, isSupersededError, RedundantProxyError, SupersededError } from '../errors.js';
+import { AlreadyAppliedError, codes, InvalidOptionError, isRedundantProxyError, isSupersededError, RedundantProxyError, SupersededError } from '../errors.js';
 import { Emitter, type Disposable } from '../events.js';
 import type { SessionStore } from '../store/types.js';
 import { H, readCopyHeaders, type CopyClaims } from '../wire/protocol.js';
@@ -73,7 +73,14 @@ export interface RedundantHandle {
    * unreachable: never commit then.
    */
   claim(): Promise<Claim>;
-  /** `claim()`, then `fn(fence)`, then `confirm()`; if `fn` throws, `release()` and rethrow. */
+  /**
+   * `claim()`, then `fn(fence)`, then `confirm()`; if `fn` throws, `release()`
+   * and rethrow. If `fn` throws `AlreadyAppliedError` (the request's unique
+   * row was already in the database: an earlier copy committed, then died
+   * before confirming), the request is recorded as committed instead and the
+   * copy answers `x-redundant-commit: applied`. A copy stopped by the proxy
+   * while it waited for the claim never runs `fn`.
+   */
   commitOnce<T>(fn: (fence: number) => T | Promise<T>): Promise<T>;
 }
 
@@ -106,8 +113,9 @@ export interface RedundantWorker {
   on<K extends keyof WorkerEvents>(name: K, listener: (event: WorkerEvents[K]) => void): Disposable;
   /**
    * Express only: an error-handling middleware that answers this library's
-   * errors (`SupersededError` → 409 `lost`, store unavailable → 503) as JSON
-   * with their `code`, answers 409 `lost` for any error of a copy that lost
+   * errors (`SupersededError` → 409 `lost`, `AlreadyAppliedError` → 409
+   * `applied`, store unavailable → 503) as JSON with their `code`, answers
+   * 409 `lost` for any error of a copy that lost
    * the commit, and drops the error of a copy the proxy stopped (its `signal`'s
    * reason) without answering; other errors go on to your handlers. Mount it
    * after your routes: `app.use(worker.errorHandler)`. (Koa needs nothing:
@@ -277,14 +285,13 @@ export function redundantWorker(options: WorkerOptions): RedundantWorker {
   }
 
   /**
-   * Saves this copy's session candidate if the handler changed the session.
-   * Resolves true when a candidate was saved (the response then says so, and
-   * the proxy records the adoption before answering: read-your-writes).
+   * The session data to save as this copy's candidate: what the handler left
+   * in it, when that differs from what was loaded; else undefined.
    */
-  async function saveSession(p: Prepared): Promise<boolean> {
+  function sessionToSave(p: Prepared): Record<string, unknown> | undefined {
     const { handle, sessionBefore } = p;
     // A stopped copy's answer never reaches the proxy, so its candidate could never be adopted.
-    if (sessionBefore === undefined || !handle.session.id || handle.signal.aborted) return false;
+    if (sessionBefore === undefined || !handle.session.id || handle.signal.aborted) return undefined;
     let after: string;
     try {
       const data = handle.session.data;
@@ -292,16 +299,25 @@ export function redundantWorker(options: WorkerOptions): RedundantWorker {
       after = JSON.stringify(data);
     } catch (err) {
       report(handle.requestId, 'saveCandidate', err);
-      return false;
+      return undefined;
     }
-    if (after === sessionBefore) return false;
+    return after === sessionBefore ? undefined : (JSON.parse(after) as Record<string, unknown>);
+  }
+
+  /**
+   * Saves this copy's session candidate. Resolves true when it was saved (the
+   * response then says so, and the proxy records the adoption before
+   * answering: read-your-writes).
+   */
+  async function saveSession(p: Prepared, data: Record<string, unknown>): Promise<boolean> {
+    const { handle } = p;
     // A replayed copy must not overwrite the real copy's candidate.
     if ((await p.recorded) === true) {
       events.emit('refused', { code: codes.REPLAYED_COPY, reason: 'a replayed read tried to save a session candidate' });
       return false;
     }
     try {
-      await withTimeout(store.saveCandidate(handle.session.id, handle.requestId, handle.duplicateId, JSON.parse(after) as Record<string, unknown>), storeTimeout, 'saveCandidate');
+      await withTimeout(store.saveCandidate(handle.session.id, handle.requestId, handle.duplicateId, data), storeTimeout, 'saveCandidate');
       return true;
     } catch (err) {
       report(handle.requestId, 'saveCandidate', err);
@@ -326,14 +342,41 @@ export function redundantWorker(options: WorkerOptions): RedundantWorker {
     res.end = function (this: ServerResponse, ...args: unknown[]) {
       res.end = end;
       p.gate.mark(res);
-      // A copy that lost the commit has no session state worth keeping.
-      const saving = p.gate.outcome === 'lost' ? Promise.resolve(false) : saveSession(p);
-      saving.then((saved) => {
+      finishSession(p).then((saved) => {
+        p.gate.mark(res);
         if (saved && !res.headersSent) res.setHeader(H.sessionChanged, '1');
         (end as (...a: unknown[]) => void).apply(res, args);
       });
       return this;
     } as ServerResponse['end'];
+  }
+
+  /**
+   * Saves the copy's session candidate, if it has one worth keeping. In an
+   * update, a session change is arbitrated like a commit: a copy that did
+   * not commit through `commitOnce` claims and confirms the request for its
+   * session change, so exactly one copy's change wins and the proxy can adopt
+   * that copy's answer at once (`x-redundant-commit: won`) instead of
+   * waiting for every copy; the others answer `lost` and save nothing.
+   */
+  async function finishSession(p: Prepared): Promise<boolean> {
+    // A copy that lost the commit has no session state worth keeping.
+    if (p.gate.outcome === 'lost') return false;
+    const data = sessionToSave(p);
+    if (data === undefined) return false;
+    const { handle, gate } = p;
+    if (handle.update && !handle.direct && gate.outcome === undefined) {
+      try {
+        const claim = await gate.claim();
+        await claim.confirm();
+      } catch (err) {
+        // Lost (the gate marks it), stopped, or the store is down: without
+        // the arbitration the change must not become the session's state.
+        if (gate.outcome !== 'lost' && !handle.signal.aborted) report(handle.requestId, 'saveCandidate', err);
+        return false;
+      }
+    }
+    return saveSession(p, data);
   }
 
   async function koa(ctx: KoaWorkerContext, next: () => Promise<unknown>): Promise<void> {
@@ -356,10 +399,11 @@ export function redundantWorker(options: WorkerOptions): RedundantWorker {
       if (answer === 'stopped') return;
       const lost = isSupersededError(answer);
       // Koa answers its other errors itself (the app's error handling).
-      if (!answer || (!lost && answer.code !== codes.STORE_UNAVAILABLE)) throw err;
+      if (!answer || (!lost && answer.code !== codes.STORE_UNAVAILABLE && answer.code !== codes.ALREADY_APPLIED)) throw err;
       ctx.status = lost ? 409 : answer.status;
       ctx.body = answer.toJSON();
       if (lost) ctx.set(H.commit, 'lost');
+      else if (answer.code === codes.ALREADY_APPLIED) ctx.set(H.commit, 'applied');
     }
   }
 
@@ -374,6 +418,8 @@ export function redundantWorker(options: WorkerOptions): RedundantWorker {
     if (p?.handle.signal.aborted && err === p.handle.signal.reason) return 'stopped';
     if (isSupersededError(err)) return err;
     if (p?.gate.outcome === 'lost') return new SupersededError();
+    // Found applied by an earlier copy: whatever the handler threw after that.
+    if (p?.gate.outcome === 'applied') return isRedundantProxyError(err) && err.code === codes.ALREADY_APPLIED ? (err as RedundantProxyError) : new AlreadyAppliedError();
     // By brand, not instanceof: the error may come from another copy of this package.
     const e = err as RedundantProxyError;
     return isRedundantProxyError(err) && typeof e.status === 'number' && typeof e.toJSON === 'function' ? e : undefined;
@@ -413,6 +459,7 @@ export function redundantWorker(options: WorkerOptions): RedundantWorker {
     const body = JSON.stringify(answer.toJSON());
     const headers: Record<string, string> = { 'content-type': 'application/json; charset=utf-8', 'content-length': String(Buffer.byteLength(body)) };
     if (lost) headers[H.commit] = 'lost';
+    else if (answer.code === codes.ALREADY_APPLIED) headers[H.commit] = 'applied';
     res.writeHead(lost ? 409 : answer.status, headers);
     res.end(body);
   };

@@ -1,0 +1,209 @@
+import { createHash } from 'node:crypto';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { codes, isRedundantProxyError, RedundantProxyError } from '../errors.js';
+import type { IdempotencyState, SessionStore, StoredAnswer } from '../store/types.js';
+import { withTimeout } from '../timeout.js';
+import { sealId } from '../wire/protocol.js';
+import type { CapturedAnswer, RaceReport } from './race.js';
+import { sendError } from './respond.js';
+
+// `Idempotency-Key` on updates (the IETF httpapi draft's semantics), made
+// safe against clients that give up and retry, gateways that die and
+// replicas that die after their commit:
+//
+// - A key is bound to one request id for its whole TTL. An attempt that ends
+//   without a final answer (the client left, the timeout, a copy that held
+//   the commit and vanished) releases the key without forgetting it, and the
+//   next retry runs again *under the same request id*. So whatever the first
+//   attempt's copies still do, they and the retry's copies arbitrate one
+//   commit: exactly one copy commits, and the retry learns it (its copies
+//   lose, or find the commit applied) instead of applying it a second time.
+// - A key is completed with the answer before the answer's last byte goes
+//   out, so a retry sent the moment the answer arrived gets the replay.
+// - A retry that finds the key held by a running attempt waits for its
+//   outcome (bounded by `idempotency.wait`), then gets `409` with `Retry-After`.
+
+export interface KeyedAttempt {
+  /** The scoped key, as the store keeps it. */
+  key: string;
+  /** The request id to run under: the first attempt's when this one resumes it. */
+  requestId: string;
+  /** 1 for a new key; more when this attempt resumes one that ended without a final answer. */
+  attempt: number;
+  /** Set once the key holds its final answer (or was released). */
+  done: boolean;
+}
+
+export interface IdempotencyConfig {
+  store: SessionStore;
+  storeTimeout: number;
+  /** How long an attempt holds the key before another may take it over (its gateway died). */
+  lockMs: number;
+  scope: ((req: IncomingMessage) => string | undefined) | undefined;
+  ttl: number;
+  /** Bytes of an answer body kept for replay. */
+  maxAnswerSize: number;
+  wait: number;
+  /** A completion failed (the key then stays held until its lock runs out, and is resumed). */
+  onStoreError: (requestId: string, error: unknown) => void;
+}
+
+export interface BeginContext {
+  requestId: string;
+  method: string;
+  path: string;
+  body: Buffer | null;
+  sessionId: string | null;
+}
+
+const POLL_MIN_MS = 5;
+const POLL_MAX_MS = 100;
+
+export class Idempotency {
+  constructor(readonly config: IdempotencyConfig) {}
+
+  /**
+   * Takes the request's key, or answers the request itself (a replay, a
+   * refusal). Resolves null when the request has no key to take.
+   */
+  async begin(req: IncomingMessage, res: ServerResponse, ctx: BeginContext): Promise<KeyedAttempt | 'answered' | null> {
+    const cfg = this.config;
+    const raw = firstHeader(req.headers['idempotency-key']);
+    if (raw === undefined) return null;
+    // A structured-field string ("...") or a bare token.
+    const value = raw.length >= 2 && raw.startsWith('"') && raw.endsWith('"') ? raw.slice(1, -1) : raw;
+    if (!/^[\x21-\x7e]{1,255}$/.test(value)) {
+      sendError(res, new RedundantProxyError(codes.BAD_IDEMPOTENCY_KEY, 'Idempotency-Key must be 1-255 visible ASCII characters', { status: 400 }), ctx.requestId);
+      return 'answered';
+    }
+    const auth = firstHeader(req.headers.authorization);
+    const scope = cfg.scope ? cfg.scope(req) : (ctx.sessionId ?? (auth ? `auth:${sha256(auth)}` : 'anonymous'));
+    if (scope === undefined) return null;
+    const key = sha256(`${scope}\0${value}`);
+    const fingerprint = sha256(Buffer.concat([Buffer.from(`${ctx.method} ${ctx.path}\0`), ctx.body ?? Buffer.alloc(0)]));
+    const deadline = Date.now() + cfg.wait;
+    let pause = POLL_MIN_MS;
+    for (;;) {
+      let state: IdempotencyState;
+      try {
+        state = await withTimeout(cfg.store.beginIdempotent(key, fingerprint, ctx.requestId, cfg.lockMs, cfg.ttl), cfg.storeTimeout, 'beginIdempotent');
+      } catch (err) {
+        // An update whose key cannot be checked is not run: it may be a retry of one that was applied.
+        const full = isRedundantProxyError(err) && err.code === codes.STORE_FULL;
+        sendError(
+          res,
+          full
+            ? new RedundantProxyError(codes.STORE_FULL, 'the session store holds as many Idempotency-Keys as it may; the update was not processed, retry later', { status: 503, cause: err })
+            : new RedundantProxyError(codes.STORE_UNAVAILABLE, 'the session store is unavailable: the update was not processed', { status: 503, cause: err }),
+          ctx.requestId,
+          { 'retry-after': '1' },
+        );
+        return 'answered';
+      }
+      switch (state.state) {
+        case 'started':
+          // A store written before attempts existed says only 'started'.
+          return { key, requestId: state.requestId ?? ctx.requestId, attempt: state.attempt ?? 1, done: false };
+        case 'mismatch':
+          sendError(res, new RedundantProxyError(codes.IDEMPOTENCY_MISMATCH, 'this Idempotency-Key was used for a different request', { status: 422 }), ctx.requestId);
+          return 'answered';
+        case 'completed': {
+          const { status, headers, body } = state.answer;
+          const bytes = Buffer.from(body, 'base64');
+          res.writeHead(status, { ...headers, 'content-length': String(bytes.length), 'idempotent-replayed': 'true' });
+          res.end(bytes);
+          return 'answered';
+        }
+        case 'in-flight': {
+          // Another attempt runs: wait for its outcome, while the client does.
+          const left = deadline - Date.now();
+          if (left > 0 && !res.destroyed) {
+            await new Promise((r) => setTimeout(r, Math.min(pause, left)));
+            pause = Math.min(POLL_MAX_MS, pause * 2);
+            if (!res.destroyed) continue;
+          }
+          sendError(
+            res,
+            new RedundantProxyError(codes.IDEMPOTENCY_IN_FLIGHT, 'a request with this Idempotency-Key is still being processed; retry later to learn its outcome', { status: 409 }),
+            state.requestId,
+            { 'retry-after': '1' },
+          );
+          return 'answered';
+        }
+      }
+    }
+  }
+
+  /**
+   * Completes the key with the answer the client is getting, before its last
+   * bytes go out. A committed answer too large to keep is kept as "applied,
+   * answer lost"; an answer that committed nothing and cannot be kept
+   * releases the key (a retry runs again, under the same request id).
+   */
+  async completeWon(attempt: KeyedAttempt, captured: CapturedAnswer | null, committed: boolean): Promise<void> {
+    let answer: StoredAnswer | null = null;
+    if (captured?.body && captured.body.length <= this.config.maxAnswerSize && (committed || captured.status < 500)) {
+      answer = { status: captured.status, headers: captured.headers, body: captured.body.toString('base64') };
+    } else if (committed) answer = lostAnswer(attempt.requestId, 'the update was applied; its answer is too large to replay');
+    await this.#complete(attempt, answer, committed);
+  }
+
+  /**
+   * After a race that did not complete the key: keeps "applied, answer lost"
+   * when a copy committed, else releases the key so that a retry resumes the
+   * same request id (whatever a copy of this attempt still does, the retry's
+   * copies arbitrate the same commit).
+   */
+  async completeAfter(attempt: KeyedAttempt, report: RaceReport): Promise<void> {
+    // A won race completed its key before its last byte; if the store failed
+    // then, the key stays held until its lock runs out and a retry resumes it.
+    if (attempt.done || report.outcome === 'won') return;
+    const { store, storeTimeout } = this.config;
+    let committed = report.committed || report.outcome === 'answer-lost';
+    if (!committed && report.outcome !== 'outcome-unknown') {
+      try {
+        const record = await withTimeout(store.getRequest(attempt.requestId), storeTimeout, 'getRequest');
+        committed = record?.commit.state === 'committed' && record.commit.holder !== sealId(attempt.requestId);
+      } catch (err) {
+        // Not known: the key stays held until its lock runs out, then a retry resumes it.
+        this.config.onStoreError(attempt.requestId, err);
+        return;
+      }
+    }
+    await this.#complete(attempt, committed ? lostAnswer(attempt.requestId, 'the update was applied, but its answer was lost') : null, committed);
+  }
+
+  async #complete(attempt: KeyedAttempt, answer: StoredAnswer | null, committed: boolean): Promise<void> {
+    const { store, storeTimeout, ttl } = this.config;
+    const complete = (a: StoredAnswer | null) => withTimeout(store.completeIdempotent(attempt.key, attempt.requestId, a, ttl, attempt.attempt), storeTimeout, 'completeIdempotent');
+    try {
+      try {
+        await complete(answer);
+      } catch (err) {
+        // Full: keep the small truth instead (applied, or nothing to keep).
+        if (!(answer && isRedundantProxyError(err) && err.code === codes.STORE_FULL)) throw err;
+        await complete(committed ? lostAnswer(attempt.requestId, 'the update was applied; its answer could not be kept for replay') : null);
+      }
+      attempt.done = true;
+    } catch (err) {
+      this.config.onStoreError(attempt.requestId, err);
+    }
+  }
+}
+
+/** What a retry is answered when the update was applied but its answer is not there to replay. */
+export function lostAnswer(requestId: string, message: string): StoredAnswer {
+  return {
+    status: 502,
+    headers: { 'content-type': 'application/json; charset=utf-8', 'x-request-id': requestId },
+    body: Buffer.from(JSON.stringify({ code: codes.ANSWER_LOST, message, requestId })).toString('base64'),
+  };
+}
+
+function firstHeader(value: string | string[] | undefined): string | undefined {
+  return Array.isArray(value) ? value[0] : value;
+}
+
+function sha256(data: string | Buffer): string {
+  return createHash('sha256').update(data).digest('base64url');
+}
