@@ -1,6 +1,6 @@
 import type { IncomingMessage } from 'node:http';
 import type pg from 'pg';
-import type { RedundantHandle } from '../../lib/index.js';
+import { AlreadyAppliedError, type RedundantHandle } from '../../lib/index.js';
 import type { Answer } from './replica.js';
 
 export interface Transfer {
@@ -26,14 +26,20 @@ export interface TransferHooks {
   delay?: () => number;
   /** Runs inside commitOnce, before the ledger insert and COMMIT. Throw to make this copy's commit fail. */
   beforeCommit?: (h: RedundantHandle, client: pg.PoolClient, req: IncomingMessage) => Promise<void> | void;
+  /** Runs inside commitOnce right after COMMIT, before the confirm (a crash here is a commit the store never hears of). */
+  afterWrite?: (h: RedundantHandle, client: pg.PoolClient, req: IncomingMessage) => Promise<void> | void;
   /** Runs after the commit was confirmed, before the answer. */
   afterCommit?: (h: RedundantHandle, req: IncomingMessage) => Promise<void> | void;
+  /** A validation error: answer 400 before touching anything (no copy commits). */
+  invalid?: (h: RedundantHandle) => boolean;
 }
 
 /**
  * Moves money in a transaction: lock both rows, update them, then commit
  * exactly once with the ledger row (unique per request id) in the same
- * transaction. The pattern docs/updates.md describes.
+ * transaction. A ledger row already there means an earlier copy committed
+ * and died before confirming: AlreadyAppliedError. The pattern
+ * docs/updates.md describes.
  */
 export function transferHandler(pool: pg.Pool, hooks: TransferHooks = {}) {
   return async (h: RedundantHandle, req: IncomingMessage): Promise<Answer> => {
@@ -41,6 +47,7 @@ export function transferHandler(pool: pg.Pool, hooks: TransferHooks = {}) {
     const t = await readJson<Transfer>(req);
     const think = hooks.think?.() ?? 0;
     if (think) await sleep(think);
+    if (hooks.invalid?.(h)) return { status: 400, body: { invalid: true, by: h.upstreamId } };
     const client = await pool.connect();
     let broken = false;
     try {
@@ -52,8 +59,13 @@ export function transferHandler(pool: pg.Pool, hooks: TransferHooks = {}) {
       if (delay) await sleep(delay);
       const fence = await h.commitOnce(async (fence) => {
         await hooks.beforeCommit?.(h, client, req);
-        await client.query('INSERT INTO ledger (request_id, fence, upstream, from_id, to_id, amount) VALUES ($1, $2, $3, $4, $5, $6)', [h.requestId, fence, h.upstreamId, t.from, t.to, t.amount]);
+        const row = await client.query(
+          'INSERT INTO ledger (request_id, fence, upstream, from_id, to_id, amount) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (request_id) DO NOTHING',
+          [h.requestId, fence, h.upstreamId, t.from, t.to, t.amount],
+        );
+        if (row.rowCount === 0) throw new AlreadyAppliedError();
         await client.query('COMMIT');
+        await hooks.afterWrite?.(h, client, req);
         return fence;
       });
       await hooks.afterCommit?.(h, req);

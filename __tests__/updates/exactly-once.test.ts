@@ -7,6 +7,7 @@ import { mountGateway, type Gateway } from '../helpers/gateway.js';
 import { eventually, startReplica, type Replica } from '../helpers/replica.js';
 import { sleep, transferHandler, type TransferHooks } from '../helpers/transfer.js';
 import { closeAfterEach } from '../helpers/cleanup.js';
+import { slowStore } from '../helpers/slow-store.js';
 
 const SECRET = 'exactly-once-secret-0123';
 const client = testClient();
@@ -411,6 +412,161 @@ describe('Idempotency-Key', () => {
     const res = await transfer(f.gw, { from: 1, to: 2, amount: 1 }, { 'idempotency-key': 'x'.repeat(300) });
     expect(res.status).toBe(400);
     expect(res.json()).toMatchObject({ code: 'RP_ERR_BAD_IDEMPOTENCY_KEY' });
+    expect(await f.bank.ledger()).toHaveLength(0);
+  });
+});
+
+/** A transfer whose client gives up after `ms` (it aborts the request), as a real client with a timeout does. */
+async function transferGivingUp(gw: Gateway, t: { from: number; to: number; amount: number }, headers: Record<string, string>, ms: number): Promise<'gave-up' | number> {
+  const { request } = await import('undici');
+  const controller = new AbortController();
+  const timer = setTimeout(() => controller.abort(), ms);
+  try {
+    const res = await request(`${gw.url}/transfer`, {
+      method: 'POST',
+      body: JSON.stringify(t),
+      headers: { 'content-type': 'application/json', ...headers },
+      signal: controller.signal,
+      dispatcher: client.agent,
+    });
+    await res.body.dump();
+    return res.statusCode;
+  } catch {
+    return 'gave-up';
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** A replica that dies where it stands: its connections close, its database connection is gone, and it never answers. */
+function die(conn: { on(e: 'error', l: () => void): unknown; release(err?: boolean | Error): void } | null, req: IncomingMessage): Promise<never> {
+  conn?.on('error', () => undefined);
+  conn?.release(true);
+  req.socket.destroy();
+  return new Promise<never>(() => undefined);
+}
+
+// Each test is a row of the table in docs/updates.md ("When someone gives up").
+describe('the commit protocol when the client, the proxy or a replica gives up', () => {
+  it('client waiting: a retry sent the moment the answer arrived gets the replay, never 409 (the key is completed before the last byte)', async () => {
+    // A store that takes its time to complete a key, as one across the network does.
+    const memory = new MemorySessionStore();
+    open.push(memory);
+    const f = await fleet({ store: slowStore(memory, { completeIdempotent: 30 }), proxy: { idempotency: { wait: 0 } } });
+    for (let i = 0; i < 20; i++) {
+      const headers = { 'idempotency-key': `immediate-${i}`, cookie: 'rp_session=session-of-immediate-0001' };
+      const first = await transfer(f.gw, { from: 1, to: 2, amount: 1 }, headers);
+      const again = await transfer(f.gw, { from: 1, to: 2, amount: 1 }, headers);
+      expect(first.status).toBe(200);
+      expect(again.status).toBe(200);
+      expect(again.headers['idempotent-replayed']).toBe('true');
+      expect(again.text).toBe(first.text);
+    }
+    expect(await f.bank.ledger()).toHaveLength(20);
+  });
+
+  it('client gone mid-commit, then retrying: the retry resumes the same request id and learns the update was applied, applied once', async () => {
+    const f = await fleet({ hooks: () => ({ beforeCommit: () => sleep(400) }) });
+    const headers = { 'idempotency-key': 'gave-up-mid-commit', cookie: 'rp_session=session-of-impatient-0001' };
+    expect(await transferGivingUp(f.gw, { from: 1, to: 2, amount: 3 }, headers, 150)).toBe('gave-up');
+    // The first attempt's claimant is still inside its commit: the retry's copies wait for it, then lose.
+    const retry = await transfer(f.gw, { from: 1, to: 2, amount: 3 }, headers);
+    expect(retry.status).toBe(502);
+    expect(retry.json()).toMatchObject({ code: 'RP_ERR_ANSWER_LOST' });
+    const ledger = await f.bank.ledger();
+    expect(ledger).toHaveLength(1);
+    expect(retry.headers['x-request-id']).toBe(ledger[0]!.request_id);
+    // And from now on it is replayed.
+    const third = await transfer(f.gw, { from: 1, to: 2, amount: 3 }, headers);
+    expect(third.status).toBe(502);
+    expect(third.headers['idempotent-replayed']).toBe('true');
+    expect(await f.bank.ledger()).toHaveLength(1);
+    expect(await f.bank.mismatches()).toEqual([]);
+  });
+
+  it('client gone before any copy claimed, then retrying: the retry resumes the same request id and commits it, once', async () => {
+    const f = await fleet({ hooks: () => ({ think: () => 300 }) });
+    const headers = { 'idempotency-key': 'gave-up-early', cookie: 'rp_session=session-of-impatient-0002' };
+    expect(await transferGivingUp(f.gw, { from: 2, to: 3, amount: 4 }, headers, 100)).toBe('gave-up');
+    const retry = await transfer(f.gw, { from: 2, to: 3, amount: 4 }, headers);
+    expect(retry.status).toBe(200);
+    const ledger = await f.bank.ledger();
+    expect(ledger).toHaveLength(1);
+    expect(ledger[0]!.request_id).toBe(retry.headers['x-request-id']);
+    // The stopped copies of the first attempt never claimed (their signal is checked before the claim).
+    await sleep(400);
+    expect(await f.bank.ledger()).toHaveLength(1);
+  });
+
+  it('the proxy times out while a copy holds the commit: 503 RP_ERR_OUTCOME_UNKNOWN, and a retry learns it was applied', async () => {
+    const f = await fleet({ hooks: () => ({ beforeCommit: () => sleep(600) }), proxy: { timeout: 250 } });
+    const headers = { 'idempotency-key': 'timed-out-mid-commit', cookie: 'rp_session=session-of-patient-0003' };
+    const first = await transfer(f.gw, { from: 3, to: 4, amount: 5 }, headers);
+    expect(first.status).toBe(503);
+    expect(first.json()).toMatchObject({ code: 'RP_ERR_OUTCOME_UNKNOWN' });
+    expect(first.headers['retry-after']).toBe('1');
+    expect(f.reports.at(-1)!.outcome).toBe('outcome-unknown');
+    await sleep(500);
+    const retry = await transfer(f.gw, { from: 3, to: 4, amount: 5 }, headers);
+    expect(retry.status).toBe(502);
+    expect(retry.json()).toMatchObject({ code: 'RP_ERR_ANSWER_LOST' });
+    expect(retry.headers['x-request-id']).toBe(first.headers['x-request-id']);
+    expect(await f.bank.ledger()).toHaveLength(1);
+  });
+
+  it('the claimant dies after its write, before its confirm, client waiting: a copy takes over, finds it applied, and the client is told so (never a 500)', async () => {
+    let died = 0;
+    const f = await fleet({
+      lease: 300,
+      hooks: () => ({
+        afterWrite: (_h, conn, req) => {
+          if (died++ === 0) return die(conn, req);
+        },
+      }),
+    });
+    const headers = { 'idempotency-key': 'died-after-write', cookie: 'rp_session=session-of-dead-write-0004' };
+    const res = await transfer(f.gw, { from: 4, to: 5, amount: 6 }, headers);
+    expect(res.status).toBe(502);
+    expect(res.json()).toMatchObject({ code: 'RP_ERR_ANSWER_LOST' });
+    const report = f.reports.find((r) => r.requestId === res.headers['x-request-id'])!;
+    expect(report.outcome).toBe('answer-lost');
+    expect(report.copies.map((c) => c.outcome)).toContain('applied');
+    expect(await f.bank.ledger()).toHaveLength(1);
+    expect(await f.bank.mismatches()).toEqual([]);
+    const record = await f.store.getRequest(res.headers['x-request-id'] as string);
+    expect(record!.commit.state).toBe('committed');
+    const retry = await transfer(f.gw, { from: 4, to: 5, amount: 6 }, headers);
+    expect(retry.status).toBe(502);
+    expect(retry.headers['idempotent-replayed']).toBe('true');
+    expect(await f.bank.ledger()).toHaveLength(1);
+  });
+
+  it('the claimant dies after its write, client gone and retrying: the retry resumes, takes over after the lease, finds it applied', async () => {
+    let died = 0;
+    const f = await fleet({
+      lease: 300,
+      hooks: () => ({
+        afterWrite: (_h, conn, req) => {
+          if (died++ === 0) return die(conn, req);
+        },
+      }),
+    });
+    const headers = { 'idempotency-key': 'died-and-gone', cookie: 'rp_session=session-of-dead-write-0005' };
+    expect(await transferGivingUp(f.gw, { from: 5, to: 6, amount: 7 }, headers, 100)).toBe('gave-up');
+    const retry = await transfer(f.gw, { from: 5, to: 6, amount: 7 }, headers);
+    expect(retry.status).toBe(502);
+    expect(retry.json()).toMatchObject({ code: 'RP_ERR_ANSWER_LOST' });
+    expect(await f.bank.ledger()).toHaveLength(1);
+    expect(await f.bank.mismatches()).toEqual([]);
+  });
+
+  it('an update that no copy commits (every replica finds it invalid) is answered as soon as the slowest answers, not at the timeout', async () => {
+    const f = await fleet({ hooks: (id) => ({ invalid: () => true, think: () => (id === 'c' ? 200 : 0) }) });
+    const t0 = Date.now();
+    const res = await transfer(f.gw, { from: 6, to: 7, amount: 1 });
+    expect(res.status).toBe(400);
+    expect(res.json()).toMatchObject({ invalid: true });
+    expect(Date.now() - t0).toBeLessThan(5000);
     expect(await f.bank.ledger()).toHaveLength(0);
   });
 });
