@@ -1,5 +1,6 @@
 import { afterAll, describe, expect, it } from '@jest/globals';
-import { MemorySessionStore, redundantProxy, type RaceReport } from '../../lib/index.js';
+import { MemorySessionStore, redundantProxy, type RaceReport, type SessionStore } from '../../lib/index.js';
+import { slowStore } from '../helpers/slow-store.js';
 import { testClient } from '../helpers/client.js';
 import { mountGateway } from '../helpers/gateway.js';
 import { eventually, startReplica, type Replica } from '../helpers/replica.js';
@@ -13,9 +14,10 @@ afterAll(() => client.close());
 const SECRET = 'test-secret-0123456789';
 
 describe.each(['koa', 'express'] as const)('three %s workers behind the proxy', (kind) => {
-  async function fleet(handler: Parameters<typeof startReplica>[2]) {
-    const store = new MemorySessionStore();
-    open.push(store);
+  async function fleet(handler: Parameters<typeof startReplica>[2], wrap: (store: SessionStore) => SessionStore = (s) => s) {
+    const memory = new MemorySessionStore();
+    open.push(memory);
+    const store = wrap(memory);
     const replicas: Replica[] = [];
     for (const id of ['a', 'b', 'c']) {
       const r = await startReplica(kind, { id, store, secret: SECRET }, handler);
@@ -99,6 +101,56 @@ describe.each(['koa', 'express'] as const)('three %s workers behind the proxy', 
     expect(session!.version).toBe(20);
     // The race really spread the wins: more than one replica was adopted.
     expect(new Set(reports.map((r) => r.servedBy)).size).toBeGreaterThan(1);
+  });
+
+  it('read-your-writes: the next request sees the session change even when the store takes its time to record the adoption', async () => {
+    // Without the adoption recorded before the answer, the next request would
+    // load the session before the promotion landed.
+    const { gw } = await fleet(
+      (h) => {
+        const data = h.session.data as { count?: number };
+        const count = (data.count ?? 0) + 1;
+        h.session.data = { count };
+        return { body: { count } };
+      },
+      (s) => slowStore(s, { recordAdoption: 60 }),
+    );
+    let cookie = '';
+    for (let i = 1; i <= 3; i++) {
+      const res = await client.send(`${gw.url}/count`, { headers: cookie ? { cookie } : {} });
+      expect(res.json()).toEqual({ count: i });
+      if (!cookie) cookie = String(res.headers['set-cookie']).split(';')[0]!;
+    }
+  });
+
+  it('a session-only update is answered by the first copy to arbitrate its change, not the slowest, and exactly one change is kept', async () => {
+    let slowSeen = 0;
+    const { gw, store, reports, proxy } = await fleet(async (h) => {
+      if (!h.update) return { body: { ok: true } };
+      if (h.upstreamId === 'c') {
+        slowSeen++;
+        await sleep(1500);
+      } else await sleep(h.upstreamId === 'a' ? 5 : 30);
+      const data = h.session.data as { items?: string[] };
+      h.session.data = { items: [...(data.items ?? []), `${h.upstreamId}:${h.duplicateId}`] };
+      return { status: 201, body: { by: h.upstreamId } };
+    });
+    for (let i = 0; i < 50 && !Object.values(proxy.metrics().upstreams).every((u) => u.worker); i++) await client.send(`${gw.url}/warm`);
+    const t0 = Date.now();
+    const res = await client.send(`${gw.url}/cart`, { method: 'POST', body: '{}', headers: { 'content-type': 'application/json' } });
+    const elapsed = Date.now() - t0;
+    expect(res.status).toBe(201);
+    expect(slowSeen).toBe(1);
+    expect(elapsed).toBeLessThan(1000);
+    const cookie = String(res.headers['set-cookie']).split(';')[0]!;
+    const report = await eventually(() => reports.find((r) => r.requestId === res.headers['x-request-id']));
+    expect(report.committed).toBe(true);
+    const session = await store.getSession(cookie.split('=')[1]!);
+    const items = (session!.data as { items: string[] }).items;
+    expect(items).toHaveLength(1);
+    expect(items[0]).toMatch(new RegExp(`^${(res.json() as { by: string }).by}:`));
+    const record = await store.getRequest(res.headers['x-request-id'] as string);
+    expect(record!.commit).toMatchObject({ state: 'committed' });
   });
 
   it('mints no cookie when the adopted copy did not touch the session', async () => {
