@@ -1,7 +1,7 @@
 import type { ErrorRequestHandler } from 'express';
 import express from 'express';
 import { afterAll, describe, expect, it } from '@jest/globals';
-import { isSupersededError, MemorySessionStore, redundantProxy, redundantWorker, type RaceReport, type RedundantHandle } from '../../lib/index.js';
+import { AlreadyAppliedError, isSupersededError, MemorySessionStore, redundantProxy, redundantWorker, type RaceReport, type RedundantHandle } from '../../lib/index.js';
 import { closeAfterEach } from '../helpers/cleanup.js';
 import { testClient } from '../helpers/client.js';
 import { mountGateway } from '../helpers/gateway.js';
@@ -84,5 +84,34 @@ describe('the Express worker’s errorHandler', () => {
     expect(escaped).toEqual([]);
     // Nobody listens to a stopped copy: no answer was written for it.
     expect(stoppedResponse?.headersSent).toBe(false);
+  });
+
+  it('a copy whose commit function finds the request already applied answers 409 `applied` with the code, even when its handler wraps the error', async () => {
+    const store = new MemorySessionStore();
+    open.push(store);
+    const worker = redundantWorker({ id: 'a', store });
+    const app = express();
+    app.use(worker);
+    app.post('/wrapped', async (req) => {
+      const h = (req as unknown as { redundant: RedundantHandle }).redundant;
+      try {
+        await h.commitOnce(() => Promise.reject(new AlreadyAppliedError()));
+      } catch (err) {
+        throw new Error('transfer failed', { cause: err });
+      }
+    });
+    app.post('/bare', async (req) => {
+      const h = (req as unknown as { redundant: RedundantHandle }).redundant;
+      await h.commitOnce(() => Promise.reject(new AlreadyAppliedError()));
+    });
+    app.use(worker.errorHandler);
+    const server = await listen(app);
+    open.push(server);
+    for (const path of ['/wrapped', '/bare']) {
+      const res = await client.send(`${server.url}${path}`, { method: 'POST' });
+      expect(res.status).toBe(409);
+      expect(res.headers['x-redundant-commit']).toBe('applied');
+      expect(res.json()).toMatchObject({ code: 'RP_ERR_ALREADY_APPLIED' });
+    }
   });
 });
