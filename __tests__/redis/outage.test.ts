@@ -71,8 +71,8 @@ function everyOperation(store: SessionStore): Array<[string, () => Promise<unkno
     ['claim', () => store.claim(requestId, 'a', { leaseMs: 1000 })],
     ['confirm', () => store.confirm(requestId, 'a', 1)],
     ['release', () => store.release(requestId, 'a', 1)],
-    ['beginIdempotent', () => store.beginIdempotent(requestId, 'fp', requestId, 1000)],
-    ['completeIdempotent', () => store.completeIdempotent(requestId, requestId, answer, 1000)],
+    ['beginIdempotent', () => store.beginIdempotent(requestId, 'fp', requestId, 1000, 1000)],
+    ['completeIdempotent', () => store.completeIdempotent(requestId, requestId, answer, 1000, 1)],
   ];
 }
 

@@ -144,9 +144,10 @@ describe('RedisSessionStore keys', () => {
     // A candidate saved for a request not adopted yet.
     const pending = randomUUID();
     await store.saveCandidate(sessionId, pending, 'x', { n: 1 });
-    await store.beginIdempotent('key-1', 'fp', requestId, 30_000);
-    await store.beginIdempotent('key-2', 'fp', requestId, 30_000);
-    await store.completeIdempotent('key-2', requestId, { status: 200, headers: {}, body: '' }, 90_000);
+    // An idempotency key lives its ttl (not its lock), and again ttl from its completion.
+    await store.beginIdempotent('key-1', 'fp', requestId, 5_000, 30_000);
+    await store.beginIdempotent('key-2', 'fp', requestId, 5_000, 30_000);
+    await store.completeIdempotent('key-2', requestId, { status: 200, headers: {}, body: '' }, 90_000, 1);
     await expect(store.getSession(sessionId)).resolves.toMatchObject({ data: { cart: [1] }, version: 1 });
 
     const keys = await keysUnder(prefix);
@@ -222,6 +223,101 @@ describe('RedisSessionStore keys', () => {
     for (const [t, group] of tags) {
       if (t.startsWith('s:')) expect(group.some((k) => k.includes(':adopt:'))).toBe(true);
     }
+  });
+});
+
+describe('RedisSessionStore idempotency keys', () => {
+  const answer = { status: 201, headers: { 'content-type': 'text/plain' }, body: 'b2s=' };
+
+  async function fields(key: string): Promise<Record<string, string>> {
+    return admin.hgetall(key);
+  }
+
+  /** The Redis server's clock in ms, the one the scripts judge locks by. */
+  async function redisNow(): Promise<number> {
+    const [seconds, micros] = await admin.time();
+    return Number(seconds) * 1000 + Math.floor(Number(micros) / 1000);
+  }
+
+  it('keeps a new key ttlMs, not lockMs, with its lock judged by the Redis clock', async () => {
+    const prefix = `rp-test:${randomUUID()}:`;
+    const store = await open({ prefix });
+    const before = await redisNow();
+    await expect(store.beginIdempotent('k', 'fp', 'r1', 1_000, 60_000)).resolves.toEqual({ state: 'started', requestId: 'r1', attempt: 1 });
+    const after = await redisNow();
+    expect(await admin.pttl(`${prefix}{i:k}`)).toBeGreaterThan(50_000);
+    const h = await fields(`${prefix}{i:k}`);
+    expect(h).toEqual({ state: 'in-flight', fp: 'fp', rid: 'r1', attempt: '1', lockUntil: expect.any(String) });
+    expect(Number(h.lockUntil)).toBeGreaterThanOrEqual(before + 1_000);
+    expect(Number(h.lockUntil)).toBeLessThanOrEqual(after + 1_000);
+    // A lock longer than the TTL: the key lives until the lock ends.
+    await store.beginIdempotent('long', 'fp', 'r1', 60_000, 1_000);
+    expect(await admin.pttl(`${prefix}{i:long}`)).toBeGreaterThan(50_000);
+  });
+
+  it('takes over a key whose lockUntil has passed, under its rid with attempt + 1, never shortening its TTL', async () => {
+    const prefix = `rp-test:${randomUUID()}:`;
+    const store = await open({ prefix });
+    const key = `${prefix}{i:k}`;
+    await store.beginIdempotent('k', 'fp', 'r1', 60_000, 60_000);
+    // Nothing but the lockUntil field says the lock ran out.
+    await admin.hset(key, 'lockUntil', String((await redisNow()) - 1));
+    await expect(store.beginIdempotent('k', 'fp', 'r2', 1_000, 1_000)).resolves.toEqual({ state: 'started', requestId: 'r1', attempt: 2 });
+    expect(await fields(key)).toMatchObject({ state: 'in-flight', rid: 'r1', attempt: '2' });
+    expect(await admin.pttl(key)).toBeGreaterThan(50_000);
+    // Near the end of its TTL, a takeover keeps the key until its lock ends.
+    await admin.hset(key, 'lockUntil', '0');
+    await admin.pexpire(key, 500);
+    await store.beginIdempotent('k', 'fp', 'r3', 30_000, 1_000);
+    expect(await admin.pttl(key)).toBeGreaterThan(20_000);
+  });
+
+  it('completes only the attempt that holds the key (rid and attempt)', async () => {
+    const prefix = `rp-test:${randomUUID()}:`;
+    const store = await open({ prefix });
+    const key = `${prefix}{i:k}`;
+    await store.beginIdempotent('k', 'fp', 'r1', 60_000, 60_000);
+    await admin.hset(key, 'lockUntil', '0');
+    await store.beginIdempotent('k', 'fp', 'r2', 60_000, 60_000);
+    const held = await fields(key);
+    await store.completeIdempotent('k', 'r1', answer, 60_000, 1);
+    await store.completeIdempotent('k', 'r1', null, 60_000, 1);
+    await store.completeIdempotent('k', 'r2', answer, 60_000, 2);
+    expect(await fields(key)).toEqual(held);
+    await store.completeIdempotent('k', 'r1', answer, 90_000, 2);
+    expect(await fields(key)).toEqual({ state: 'completed', fp: 'fp', rid: 'r1', attempt: '2', answer: JSON.stringify(answer) });
+    expect(await admin.pttl(key)).toBeGreaterThan(80_000);
+  });
+
+  it('keeps a key completed without an answer as pending, ttlMs from then, and resumes it', async () => {
+    const prefix = `rp-test:${randomUUID()}:`;
+    const store = await open({ prefix });
+    const key = `${prefix}{i:k}`;
+    await store.beginIdempotent('k', 'fp', 'r1', 60_000, 60_000);
+    await admin.pexpire(key, 5_000);
+    await store.completeIdempotent('k', 'r1', null, 60_000, 1);
+    expect(await fields(key)).toEqual({ state: 'pending', fp: 'fp', rid: 'r1', attempt: '1' });
+    expect(await admin.pttl(key)).toBeGreaterThan(50_000);
+    await expect(store.beginIdempotent('k', 'fp', 'r2', 60_000, 60_000)).resolves.toEqual({ state: 'started', requestId: 'r1', attempt: 2 });
+    expect(await fields(key)).toMatchObject({ state: 'in-flight', rid: 'r1', attempt: '2' });
+  });
+
+  it('treats a key left by an earlier version (no lockUntil, no attempt) as in flight until it expires', async () => {
+    const prefix = `rp-test:${randomUUID()}:`;
+    const store = await open({ prefix });
+    const key = `${prefix}{i:k}`;
+    await admin.hset(key, 'state', 'in-flight', 'fp', 'fp', 'rid', 'r-old');
+    await admin.pexpire(key, 60_000);
+    await expect(store.beginIdempotent('k', 'fp', 'r2', 1_000, 1_000)).resolves.toEqual({ state: 'in-flight', requestId: 'r-old' });
+    await store.completeIdempotent('k', 'r-old', answer, 60_000, 1);
+    expect(await fields(key)).toEqual({ state: 'in-flight', fp: 'fp', rid: 'r-old' });
+  });
+
+  it('rejects a lock or TTL that is not a positive number of ms, naming it, without a round trip', async () => {
+    const store = await open();
+    await expect(store.beginIdempotent('k', 'fp', 'r', -1, 1_000)).rejects.toMatchObject({ code: codes.INVALID_OPTION, option: 'lockMs' });
+    await expect(store.beginIdempotent('k', 'fp', 'r', 1_000, Infinity)).rejects.toMatchObject({ code: codes.INVALID_OPTION, option: 'ttlMs' });
+    await expect(store.completeIdempotent('k', 'r', null, 0, 1)).rejects.toMatchObject({ code: codes.INVALID_OPTION, option: 'ttlMs' });
   });
 });
 

@@ -43,6 +43,16 @@ export function checkKnownOptions(options: object, known: ReadonlySet<string>): 
   }
 }
 
+/**
+ * A duration passed to a store method (`lockMs`, `ttlMs`): a finite number of
+ * milliseconds above 0, or the call rejects naming it, in either store.
+ */
+export function checkMillis(name: string, value: number): void {
+  if (typeof value !== 'number' || !Number.isFinite(value) || value <= 0) {
+    throw new InvalidOptionError(name, 'must be a finite number of milliseconds > 0', value);
+  }
+}
+
 /** Session data as JSON carries it; a value JSON cannot carry (a BigInt, a cycle) fails here, in either store. */
 export function sessionJson(data: Record<string, unknown>): string {
   if (typeof data !== 'object' || data === null || Array.isArray(data)) {

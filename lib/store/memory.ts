@@ -1,5 +1,5 @@
 import { LRUCache } from 'lru-cache';
-import { InvalidOptionError } from '../errors.js';
+import { InvalidOptionError, RedundantProxyError, codes } from '../errors.js';
 import type {
   ClaimGrant,
   ClaimOptions,
@@ -11,12 +11,13 @@ import type {
   SessionRecord,
   SessionStore,
 } from './types.js';
-import { checkKnownOptions, closedError, detach, notHolder, sessionJson, superseded, type Waiter } from './common.js';
+import { checkKnownOptions, checkMillis, closedError, detach, notHolder, sessionJson, superseded, type Waiter } from './common.js';
 
 export interface MemorySessionStoreOptions {
   /**
    * Most requests the store remembers; the least recently used is forgotten
    * first. Sessions and saved candidates are capped at the same number each.
+   * Idempotency keys are not: see `maxIdempotencyKeys`.
    * A forgotten request also loses its commit state, so keep `max` above
    * (requests per second × seconds of your longest race).
    * @default 10000
@@ -29,11 +30,40 @@ export interface MemorySessionStoreOptions {
    */
   ttl?: number;
   /**
+   * Most `Idempotency-Key`s held at once. A key is kept for its whole TTL
+   * and never pushed out for a newer one (a retry must find it); when this
+   * many keys are live, `beginIdempotent` refuses a *new* key with
+   * `RP_ERR_STORE_FULL` (503) until some expire. Retries and completions of
+   * keys already held keep working.
+   * @default 100000
+   */
+  maxIdempotencyKeys?: number;
+  /**
+   * Most bytes the idempotency keys may take, answers included (each key
+   * counts its key, fingerprint and request id lengths, 128 bytes of
+   * overhead, and its answer's body length plus its headers' JSON length).
+   * A new key that would go over is refused like one over
+   * `maxIdempotencyKeys`; an answer that would go over makes
+   * `completeIdempotent` reject with `RP_ERR_STORE_FULL`, and the key stays
+   * held by its attempt, which may complete it with a smaller answer.
+   * @default 67108864 (64 MiB)
+   */
+  maxIdempotencyBytes?: number;
+  /**
    * The clock, in milliseconds since the epoch. It stamps records, judges
-   * TTLs and commit leases. Inject one to test expiry without sleeping.
+   * TTLs, commit leases and idempotency locks. Inject one to test expiry
+   * without sleeping.
    * @default Date.now
    */
   now?: () => number;
+}
+
+/** How much of its idempotency bounds a `MemorySessionStore` uses (`idempotencyUsage`). */
+export interface IdempotencyUsage {
+  /** Keys held now, each within its TTL. At most `maxIdempotencyKeys`. */
+  keys: number;
+  /** Bytes they count, as `maxIdempotencyBytes` counts them. */
+  bytes: number;
 }
 
 /** A request as the store keeps it: the public record plus what only the store needs. */
@@ -48,15 +78,12 @@ interface Candidate {
   data: Record<string, unknown>;
 }
 
-type IdempotencyEntry =
-  | { state: 'in-flight'; fingerprint: string; requestId: string; until: number }
-  | { state: 'completed'; fingerprint: string; requestId: string; answer: StoredAnswer; until: number };
-
-
-const KNOWN = new Set(['max', 'ttl', 'now']);
+const KNOWN = new Set(['max', 'ttl', 'maxIdempotencyKeys', 'maxIdempotencyBytes', 'now']);
 
 /**
- * The session store of one process: a bounded, TTL'd LRU (lru-cache). Use it
+ * The session store of one process: requests, sessions and candidates in a
+ * bounded, TTL'd LRU (lru-cache); idempotency keys kept for their whole TTL,
+ * bounded in number and bytes, refused (never evicted) when full. Use it
  * when the proxy and the workers run in the same process (tests, the demo,
  * a single-machine setup); across processes use a shared store.
  *
@@ -73,8 +100,8 @@ export class MemorySessionStore implements SessionStore {
   readonly #waiters = new Map<string, Waiter[]>();
   /** One lease timer per request that has waiters. */
   readonly #timers = new Map<string, NodeJS.Timeout>();
-  /** Idempotency keys; each entry carries its own expiry, judged by the injected clock. */
-  readonly #idempotency: LRUCache<string, IdempotencyEntry>;
+  /** Idempotency keys, each kept until its own expiry by the injected clock, bounded in number and bytes. */
+  readonly #idempotency: IdempotencyKeys;
   /** Fencing tokens: store-wide and only ever going up. */
   #fence = 0;
   #closed = false;
@@ -82,9 +109,15 @@ export class MemorySessionStore implements SessionStore {
   constructor(options: MemorySessionStoreOptions = {}) {
     if (typeof options !== 'object' || options === null) throw new InvalidOptionError('options', 'must be an object', options);
     checkKnownOptions(options, KNOWN);
-    const { max = 10_000, ttl = 10 * 60_000, now = Date.now } = options;
+    const { max = 10_000, ttl = 10 * 60_000, maxIdempotencyKeys = 100_000, maxIdempotencyBytes = 64 * 1024 * 1024, now = Date.now } = options;
     if (!Number.isSafeInteger(max) || max < 1) throw new InvalidOptionError('max', 'must be an integer >= 1', max);
     if (!Number.isSafeInteger(ttl) || ttl < 1) throw new InvalidOptionError('ttl', 'must be an integer number of milliseconds >= 1', ttl);
+    if (!Number.isSafeInteger(maxIdempotencyKeys) || maxIdempotencyKeys < 1) {
+      throw new InvalidOptionError('maxIdempotencyKeys', 'must be an integer >= 1', maxIdempotencyKeys);
+    }
+    if (!Number.isSafeInteger(maxIdempotencyBytes) || maxIdempotencyBytes < 1) {
+      throw new InvalidOptionError('maxIdempotencyBytes', 'must be an integer number of bytes >= 1', maxIdempotencyBytes);
+    }
     if (typeof now !== 'function') throw new InvalidOptionError('now', 'must be a function returning milliseconds', now);
     this.#now = now;
 
@@ -99,7 +132,7 @@ export class MemorySessionStore implements SessionStore {
     this.#requests = new LRUCache<string, Entry>(common);
     this.#sessions = new LRUCache<string, SessionRecord>({ ...common, updateAgeOnGet: true });
     this.#candidates = new LRUCache<string, Map<string, Candidate>>(common);
-    this.#idempotency = new LRUCache<string, IdempotencyEntry>({ max });
+    this.#idempotency = new IdempotencyKeys(maxIdempotencyKeys, maxIdempotencyBytes);
   }
 
   /**
@@ -108,6 +141,16 @@ export class MemorySessionStore implements SessionStore {
    */
   get size(): number {
     return this.#requests.size;
+  }
+
+  /**
+   * How many idempotency keys the store holds now and the bytes they count,
+   * against `maxIdempotencyKeys` and `maxIdempotencyBytes`. Keys past their
+   * TTL by the store's clock are dropped first, so this is what is live.
+   */
+  get idempotencyUsage(): IdempotencyUsage {
+    this.#idempotency.sweep(this.#now());
+    return { keys: this.#idempotency.size, bytes: this.#idempotency.bytes };
   }
 
   async recordCopy(input: RecordCopyInput): Promise<{ duplicate: boolean }> {
@@ -237,25 +280,54 @@ export class MemorySessionStore implements SessionStore {
     this.#settle(requestId);
   }
 
-  async beginIdempotent(key: string, fingerprint: string, requestId: string, lockMs: number): Promise<IdempotencyState> {
+  async beginIdempotent(key: string, fingerprint: string, requestId: string, lockMs: number, ttlMs: number): Promise<IdempotencyState> {
     this.#assertOpen();
+    checkMillis('lockMs', lockMs);
+    checkMillis('ttlMs', ttlMs);
     const now = this.#now();
-    const entry = this.#idempotency.get(key);
-    if (entry && entry.until > now) {
-      if (entry.fingerprint !== fingerprint) return { state: 'mismatch' };
-      if (entry.state === 'completed') return { state: 'completed', requestId: entry.requestId, answer: structuredClone(entry.answer) };
-      return { state: 'in-flight', requestId: entry.requestId };
+    const keys = this.#idempotency;
+    keys.sweep(now);
+    const entry = keys.get(key);
+    if (!entry) {
+      // Throws RP_ERR_STORE_FULL rather than forget a live key to make room.
+      keys.add(key, fingerprint, requestId, now + lockMs, now + Math.max(ttlMs, lockMs));
+      return { state: 'started', requestId, attempt: 1 };
     }
-    this.#idempotency.set(key, { state: 'in-flight', fingerprint, requestId, until: now + lockMs });
-    return { state: 'started' };
+    if (entry.fingerprint !== fingerprint) return { state: 'mismatch' };
+    if (entry.state === 'completed') return { state: 'completed', requestId: entry.requestId, answer: structuredClone(entry.answer!) };
+    if (entry.state === 'in-flight' && now < entry.lockUntil) return { state: 'in-flight', requestId: entry.requestId };
+    // The holder's lock ran out (its gateway died) or it ended without a
+    // final answer ('pending'): this retry resumes the same request id, so a
+    // copy of an earlier attempt that commits holds the same claim.
+    entry.state = 'in-flight';
+    entry.attempt += 1;
+    entry.lockUntil = now + lockMs;
+    // The key is never forgotten while an attempt holds it.
+    if (entry.until < entry.lockUntil) keys.expireAt(entry, entry.lockUntil);
+    return { state: 'started', requestId: entry.requestId, attempt: entry.attempt };
   }
 
-  async completeIdempotent(key: string, requestId: string, answer: StoredAnswer | null, ttlMs: number): Promise<void> {
+  async completeIdempotent(key: string, requestId: string, answer: StoredAnswer | null, ttlMs: number, attempt: number): Promise<void> {
     this.#assertOpen();
-    const entry = this.#idempotency.get(key);
-    if (!entry || entry.state !== 'in-flight' || entry.requestId !== requestId) return;
-    if (answer === null) this.#idempotency.delete(key);
-    else this.#idempotency.set(key, { state: 'completed', fingerprint: entry.fingerprint, requestId, answer: structuredClone(answer), until: this.#now() + ttlMs });
+    checkMillis('ttlMs', ttlMs);
+    const now = this.#now();
+    const keys = this.#idempotency;
+    keys.sweep(now);
+    const entry = keys.get(key);
+    // Only the attempt that holds the key ends it: a late attempt whose lock
+    // was taken over changes nothing.
+    if (!entry || entry.state !== 'in-flight' || entry.requestId !== requestId || entry.attempt !== attempt) return;
+    if (answer === null) {
+      // No final answer: keep the key (and its request id) for the next retry to resume.
+      entry.state = 'pending';
+      keys.expireAt(entry, now + ttlMs);
+      return;
+    }
+    // Throws RP_ERR_STORE_FULL before anything changes: the attempt still holds the key.
+    keys.resize(entry, keyBytes(key, entry.fingerprint, entry.requestId) + answerBytes(answer));
+    entry.state = 'completed';
+    entry.answer = structuredClone(answer);
+    keys.expireAt(entry, now + ttlMs);
   }
 
   async close(): Promise<void> {
@@ -396,4 +468,162 @@ export class MemorySessionStore implements SessionStore {
  */
 function jsonCopy(data: Record<string, unknown>): Record<string, unknown> {
   return JSON.parse(sessionJson(data)) as Record<string, unknown>;
+}
+
+// --- idempotency keys -------------------------------------------------------
+
+/** An idempotency key as the memory store holds it. */
+interface Held {
+  key: string;
+  /** 'pending': completed without a final answer; the next begin resumes it. */
+  state: 'in-flight' | 'pending' | 'completed';
+  fingerprint: string;
+  /** The first attempt's request id; every later attempt runs under it. */
+  requestId: string;
+  attempt: number;
+  /** While 'in-flight': the attempt holds the key until then. */
+  lockUntil: number;
+  answer: StoredAnswer | undefined;
+  /** Forgotten at this time by the store's clock, not before. */
+  until: number;
+  /** What it counts against `maxIdempotencyBytes`. */
+  bytes: number;
+  /** Its index in the expiry heap. */
+  at: number;
+}
+
+/** Counted for each key besides its strings: the entry object, the map slot, the heap slot. */
+const ENTRY_OVERHEAD = 128;
+
+/** What a key counts against `maxIdempotencyBytes` before it holds an answer. */
+function keyBytes(key: string, fingerprint: string, requestId: string): number {
+  return key.length + fingerprint.length + requestId.length + ENTRY_OVERHEAD;
+}
+
+function answerBytes(answer: StoredAnswer): number {
+  return answer.body.length + (JSON.stringify(answer.headers) ?? '').length;
+}
+
+function storeFull(message: string): RedundantProxyError {
+  return new RedundantProxyError(codes.STORE_FULL, `the session store is full: ${message}`, { status: 503 });
+}
+
+/**
+ * The idempotency keys of a memory store: a map, plus a binary min-heap of
+ * the same entries by expiry (each entry knows its index, so a changed
+ * expiry moves in O(log n)). Expired keys are swept from the top of the heap
+ * before each operation, each once, so a full store answers a refusal in
+ * O(log n) amortised, never by scanning. A live key is never evicted: over
+ * a bound, a new key or a larger answer is refused instead (`storeFull`).
+ */
+class IdempotencyKeys {
+  readonly #byKey = new Map<string, Held>();
+  readonly #heap: Held[] = [];
+  readonly #maxKeys: number;
+  readonly #maxBytes: number;
+  #bytes = 0;
+
+  constructor(maxKeys: number, maxBytes: number) {
+    this.#maxKeys = maxKeys;
+    this.#maxBytes = maxBytes;
+  }
+
+  get size(): number {
+    return this.#byKey.size;
+  }
+
+  get bytes(): number {
+    return this.#bytes;
+  }
+
+  get(key: string): Held | undefined {
+    return this.#byKey.get(key);
+  }
+
+  /** Drops every key whose expiry is `now` or earlier. */
+  sweep(now: number): void {
+    const heap = this.#heap;
+    while (heap.length > 0 && heap[0]!.until <= now) {
+      const gone = heap[0]!;
+      const last = heap.pop()!;
+      if (last !== gone) {
+        heap[0] = last;
+        this.#down(0);
+      }
+      this.#byKey.delete(gone.key);
+      this.#bytes -= gone.bytes;
+    }
+  }
+
+  /** Holds a new key, in flight until `lockUntil`, kept until `until`; or throws `RP_ERR_STORE_FULL` (sweep first). */
+  add(key: string, fingerprint: string, requestId: string, lockUntil: number, until: number): void {
+    const bytes = keyBytes(key, fingerprint, requestId);
+    if (this.#byKey.size >= this.#maxKeys) {
+      throw storeFull(`it holds ${this.#byKey.size} idempotency keys, all within their TTL (maxIdempotencyKeys ${this.#maxKeys}); no new key until one expires`);
+    }
+    if (this.#bytes + bytes > this.#maxBytes) {
+      throw storeFull(`a new idempotency key would take its keys to ${this.#bytes + bytes} bytes, over maxIdempotencyBytes (${this.#maxBytes}); no new key until some expire`);
+    }
+    // Every field written here, in one shape: a spread is several times slower.
+    const held: Held = { key, state: 'in-flight', fingerprint, requestId, attempt: 1, lockUntil, answer: undefined, until, bytes, at: this.#heap.length };
+    this.#byKey.set(key, held);
+    this.#heap.push(held);
+    this.#bytes += bytes;
+    this.#up(held.at);
+  }
+
+  /** Gives a held key a new size, or throws `RP_ERR_STORE_FULL` and leaves it as it was. */
+  resize(held: Held, bytes: number): void {
+    const total = this.#bytes - held.bytes + bytes;
+    if (total > this.#maxBytes) {
+      throw storeFull(`an answer of ${bytes - keyBytes(held.key, held.fingerprint, held.requestId)} bytes would take the idempotency keys to ${total} bytes, over maxIdempotencyBytes (${this.#maxBytes}); the key stays held, complete it with a smaller answer`);
+    }
+    this.#bytes = total;
+    held.bytes = bytes;
+  }
+
+  /** Moves a held key's expiry, earlier or later. */
+  expireAt(held: Held, until: number): void {
+    const earlier = until < held.until;
+    held.until = until;
+    if (earlier) this.#up(held.at);
+    else this.#down(held.at);
+  }
+
+  clear(): void {
+    this.#byKey.clear();
+    this.#heap.length = 0;
+    this.#bytes = 0;
+  }
+
+  #up(at: number): void {
+    const heap = this.#heap;
+    const item = heap[at]!;
+    while (at > 0) {
+      const parent = (at - 1) >> 1;
+      if (heap[parent]!.until <= item.until) break;
+      heap[at] = heap[parent]!;
+      heap[at]!.at = at;
+      at = parent;
+    }
+    heap[at] = item;
+    item.at = at;
+  }
+
+  #down(at: number): void {
+    const heap = this.#heap;
+    const item = heap[at]!;
+    const n = heap.length;
+    for (;;) {
+      let child = 2 * at + 1;
+      if (child >= n) break;
+      if (child + 1 < n && heap[child + 1]!.until < heap[child]!.until) child += 1;
+      if (heap[child]!.until >= item.until) break;
+      heap[at] = heap[child]!;
+      heap[at]!.at = at;
+      at = child;
+    }
+    heap[at] = item;
+    item.at = at;
+  }
 }

@@ -16,7 +16,7 @@ import type {
   SessionStore,
   StoredAnswer,
 } from './types.js';
-import { checkKnownOptions, closedError, detach, notHolder, sessionJson, superseded, type Waiter } from './common.js';
+import { checkKnownOptions, checkMillis, closedError, detach, notHolder, sessionJson, superseded, type Waiter } from './common.js';
 
 // The session management server of the method on Redis or Redis Cluster.
 //
@@ -31,7 +31,7 @@ import { checkKnownOptions, closedError, detach, notHolder, sessionJson, superse
 //   <prefix>{s:<sessionId>}:adopt:<reqId>    hash: which copy of that request was
 //                                            adopted (w) and whether it was promoted (p)
 //   <prefix>{s:<sessionId>}:cand:<reqId>     hash: candidates of that request, by copy id
-//   <prefix>{i:<idempotency key>}            hash: an Idempotency-Key's state
+//   <prefix>{i:<idempotency key>}            hash: an Idempotency-Key's state, kept its TTL
 //   <prefix>fence                            string: the fencing token counter (no TTL)
 //
 // Session promotion. A request and its session live in different slots, and a
@@ -305,19 +305,23 @@ export class RedisSessionStore implements SessionStore {
     await this.#run('release', RELEASE, [this.#requestKey(requestId)], [duplicateId, String(fence), this.#ttl, this.#channel(requestId)]);
   }
 
-  async beginIdempotent(key: string, fingerprint: string, requestId: string, lockMs: number): Promise<IdempotencyState> {
+  async beginIdempotent(key: string, fingerprint: string, requestId: string, lockMs: number, ttlMs: number): Promise<IdempotencyState> {
     this.#assertOpen();
-    const reply = await this.#run('beginIdempotent', BEGIN_IDEMPOTENT, [this.#idempotencyKey(key)], [fingerprint, requestId, millis(lockMs)]);
-    const [state, owner, answer] = reply as [string, string?, string?];
-    if (state === 'started' || state === 'mismatch') return { state };
-    if (state === 'completed') return { state, requestId: owner!, answer: JSON.parse(answer!) as StoredAnswer };
-    return { state: 'in-flight', requestId: owner! };
+    checkMillis('lockMs', lockMs);
+    checkMillis('ttlMs', ttlMs);
+    const reply = await this.#run('beginIdempotent', BEGIN_IDEMPOTENT, [this.#idempotencyKey(key)], [fingerprint, requestId, millis(lockMs), millis(ttlMs)]);
+    const [state, rid, third] = reply as [string, string?, (string | number)?];
+    if (state === 'mismatch') return { state };
+    if (state === 'started') return { state, requestId: rid!, attempt: Number(third) };
+    if (state === 'completed') return { state, requestId: rid!, answer: JSON.parse(String(third)) as StoredAnswer };
+    return { state: 'in-flight', requestId: rid! };
   }
 
-  async completeIdempotent(key: string, requestId: string, answer: StoredAnswer | null, ttlMs: number): Promise<void> {
+  async completeIdempotent(key: string, requestId: string, answer: StoredAnswer | null, ttlMs: number, attempt: number): Promise<void> {
     this.#assertOpen();
+    checkMillis('ttlMs', ttlMs);
     await this.#run('completeIdempotent', COMPLETE_IDEMPOTENT, [this.#idempotencyKey(key)], [
-      requestId, answer === null ? '0' : '1', answer === null ? '' : JSON.stringify(answer), millis(ttlMs),
+      requestId, String(attempt), answer === null ? '0' : '1', answer === null ? '' : JSON.stringify(answer), millis(ttlMs),
     ]);
   }
 
@@ -827,31 +831,49 @@ notify(ARGV[4], 'released')
 return 1
 `);
 
-// KEYS: idempotency key. ARGV: fingerprint, requestId, lockMs. Redis expires the lock (PX).
+// Idempotency keys. Fields: state ('in-flight' | 'pending' | 'completed'),
+// fp, rid (the first attempt's request id), attempt, lockUntil (while
+// in-flight, by the Redis clock), answer (JSON, once completed). The key
+// expires ttlMs after it was created or completed, never sooner than its
+// lock ends: a key is not forgotten because an attempt died.
+
+// KEYS: idempotency key. ARGV: fingerprint, requestId, lockMs, ttlMs.
+// Replies {'started', rid, attempt} | {'in-flight', rid} | {'mismatch'} | {'completed', rid, answer}.
 const BEGIN_IDEMPOTENT = script(`
 local key = KEYS[1]
-local h = redis.call('HMGET', key, 'state', 'fp', 'rid', 'answer')
+local now = now_ms()
+local lock = tonumber(ARGV[3])
+local h = redis.call('HMGET', key, 'state', 'fp', 'rid', 'answer', 'attempt', 'lockUntil')
 if h[1] then
   if h[2] ~= ARGV[1] then return {'mismatch'} end
   if h[1] == 'completed' then return {'completed', h[3], h[4]} end
-  return {'in-flight', h[3]}
+  -- A key written before attempts existed has no lockUntil: its PEXPIRE was its lock.
+  if h[1] == 'in-flight' and (not h[6] or now < tonumber(h[6])) then return {'in-flight', h[3]} end
+  -- The lock ran out, or the last attempt ended without a final answer
+  -- ('pending'): resume the same request id, as the next attempt.
+  local attempt = (tonumber(h[5]) or 1) + 1
+  redis.call('HSET', key, 'state', 'in-flight', 'attempt', attempt, 'lockUntil', num(now + lock))
+  if redis.call('PTTL', key) < lock then redis.call('PEXPIRE', key, lock) end
+  return {'started', h[3], attempt}
 end
-redis.call('HSET', key, 'state', 'in-flight', 'fp', ARGV[1], 'rid', ARGV[2])
-redis.call('PEXPIRE', key, ARGV[3])
-return {'started'}
+redis.call('HSET', key, 'state', 'in-flight', 'fp', ARGV[1], 'rid', ARGV[2], 'attempt', 1, 'lockUntil', num(now + lock))
+redis.call('PEXPIRE', key, math.max(tonumber(ARGV[4]), lock))
+return {'started', ARGV[2], 1}
 `);
 
-// KEYS: idempotency key. ARGV: requestId, has answer ('1'/'0'), answer JSON, ttlMs.
+// KEYS: idempotency key. ARGV: requestId, attempt, has answer ('1'/'0'), answer JSON, ttlMs.
+// Only the attempt that holds the key ends it; 1 = ended, 0 = not the holder.
 const COMPLETE_IDEMPOTENT = script(`
 local key = KEYS[1]
-local h = redis.call('HMGET', key, 'state', 'rid')
-if h[1] ~= 'in-flight' or h[2] ~= ARGV[1] then return 0 end
-if ARGV[2] == '0' then
-  redis.call('DEL', key)
+local h = redis.call('HMGET', key, 'state', 'rid', 'attempt')
+if h[1] ~= 'in-flight' or h[2] ~= ARGV[1] or tonumber(h[3]) ~= tonumber(ARGV[2]) then return 0 end
+if ARGV[3] == '0' then
+  redis.call('HSET', key, 'state', 'pending')
 else
-  redis.call('HSET', key, 'state', 'completed', 'answer', ARGV[3])
-  redis.call('PEXPIRE', key, ARGV[4])
+  redis.call('HSET', key, 'state', 'completed', 'answer', ARGV[4])
 end
+redis.call('HDEL', key, 'lockUntil')
+redis.call('PEXPIRE', key, ARGV[5])
 return 1
 `);
 
