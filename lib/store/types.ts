@@ -159,9 +159,10 @@ export interface SessionStore {
 
   /**
    * Takes an `Idempotency-Key` (already scoped by the caller) for a request,
-   * atomically. A new key is kept `ttlMs`, whatever happens to the attempt:
-   * a key is never forgotten inside its TTL (a store that cannot keep one
-   * more rejects with `RP_ERR_STORE_FULL` instead). The attempt holds the key
+   * atomically. A new key is kept `ttlMs` (and never less than an attempt's
+   * lock), whatever happens to the attempt: a key is never forgotten inside
+   * its TTL (a store that cannot keep one more rejects with
+   * `RP_ERR_STORE_FULL` instead). The attempt holds the key
    * `in-flight` for at most `lockMs`; after that (its gateway died), or once
    * it was completed with `null`, the next caller takes it over under the
    * key's original request id (`attempt` + 1).
