@@ -416,11 +416,11 @@ describe('Idempotency-Key', () => {
   });
 });
 
-/** A transfer whose client gives up after `ms` (it aborts the request), as a real client with a timeout does. */
-async function transferGivingUp(gw: Gateway, t: { from: number; to: number; amount: number }, headers: Record<string, string>, ms: number): Promise<'gave-up' | number> {
+/** A transfer whose client gives up (aborts the request) when `when` resolves, as a real client with a timeout does. */
+async function transferGivingUp(gw: Gateway, t: { from: number; to: number; amount: number }, headers: Record<string, string>, when: Promise<unknown>): Promise<'gave-up' | number> {
   const { request } = await import('undici');
   const controller = new AbortController();
-  const timer = setTimeout(() => controller.abort(), ms);
+  void when.then(() => controller.abort());
   try {
     const res = await request(`${gw.url}/transfer`, {
       method: 'POST',
@@ -433,9 +433,14 @@ async function transferGivingUp(gw: Gateway, t: { from: number; to: number; amou
     return res.statusCode;
   } catch {
     return 'gave-up';
-  } finally {
-    clearTimeout(timer);
   }
+}
+
+/** A promise and the function that resolves it. */
+function signal(): { reached: Promise<void>; reach: () => void } {
+  let reach!: () => void;
+  const reached = new Promise<void>((r) => (reach = r));
+  return { reached, reach };
 }
 
 /** A replica that dies where it stands: its connections close, its database connection is gone, and it never answers. */
@@ -466,9 +471,18 @@ describe('the commit protocol when the client, the proxy or a replica gives up',
   });
 
   it('client gone mid-commit, then retrying: the retry resumes the same request id and learns the update was applied, applied once', async () => {
-    const f = await fleet({ hooks: () => ({ beforeCommit: () => sleep(400) }) });
+    const inCommit = signal();
+    const f = await fleet({
+      hooks: () => ({
+        beforeCommit: () => {
+          inCommit.reach();
+          return sleep(400);
+        },
+      }),
+    });
     const headers = { 'idempotency-key': 'gave-up-mid-commit', cookie: 'rp_session=session-of-impatient-0001' };
-    expect(await transferGivingUp(f.gw, { from: 1, to: 2, amount: 3 }, headers, 150)).toBe('gave-up');
+    // The client gives up while a copy is inside its commit.
+    expect(await transferGivingUp(f.gw, { from: 1, to: 2, amount: 3 }, headers, inCommit.reached)).toBe('gave-up');
     // The first attempt's claimant is still inside its commit: the retry's copies wait for it, then lose.
     const retry = await transfer(f.gw, { from: 1, to: 2, amount: 3 }, headers);
     expect(retry.status).toBe(502);
@@ -485,9 +499,19 @@ describe('the commit protocol when the client, the proxy or a replica gives up',
   });
 
   it('client gone before any copy claimed, then retrying: the retry resumes the same request id and commits it, once', async () => {
-    const f = await fleet({ hooks: () => ({ think: () => 300 }) });
+    const thinking = signal();
+    let firstAttempt = true;
+    const f = await fleet({
+      hooks: () => ({
+        think: () => {
+          thinking.reach();
+          return firstAttempt ? 300 : 0;
+        },
+      }),
+    });
     const headers = { 'idempotency-key': 'gave-up-early', cookie: 'rp_session=session-of-impatient-0002' };
-    expect(await transferGivingUp(f.gw, { from: 2, to: 3, amount: 4 }, headers, 100)).toBe('gave-up');
+    expect(await transferGivingUp(f.gw, { from: 2, to: 3, amount: 4 }, headers, thinking.reached)).toBe('gave-up');
+    firstAttempt = false;
     const retry = await transfer(f.gw, { from: 2, to: 3, amount: 4 }, headers);
     expect(retry.status).toBe(200);
     const ledger = await f.bank.ledger();
@@ -499,14 +523,16 @@ describe('the commit protocol when the client, the proxy or a replica gives up',
   });
 
   it('the proxy times out while a copy holds the commit: 503 RP_ERR_OUTCOME_UNKNOWN, and a retry learns it was applied', async () => {
-    const f = await fleet({ hooks: () => ({ beforeCommit: () => sleep(600) }), proxy: { timeout: 250 } });
+    // The claimant claims within the timeout (it thinks for nothing) and commits well after it.
+    const f = await fleet({ hooks: () => ({ beforeCommit: () => sleep(1500) }), proxy: { timeout: 700 } });
     const headers = { 'idempotency-key': 'timed-out-mid-commit', cookie: 'rp_session=session-of-patient-0003' };
     const first = await transfer(f.gw, { from: 3, to: 4, amount: 5 }, headers);
     expect(first.status).toBe(503);
     expect(first.json()).toMatchObject({ code: 'RP_ERR_OUTCOME_UNKNOWN' });
     expect(first.headers['retry-after']).toBe('1');
     expect(f.reports.at(-1)!.outcome).toBe('outcome-unknown');
-    await sleep(500);
+    // The claimant commits although the proxy gave up on it.
+    await eventually(async () => (await f.bank.ledger()).length === 1, 5000);
     const retry = await transfer(f.gw, { from: 3, to: 4, amount: 5 }, headers);
     expect(retry.status).toBe(502);
     expect(retry.json()).toMatchObject({ code: 'RP_ERR_ANSWER_LOST' });
@@ -543,16 +569,19 @@ describe('the commit protocol when the client, the proxy or a replica gives up',
 
   it('the claimant dies after its write, client gone and retrying: the retry resumes, takes over after the lease, finds it applied', async () => {
     let died = 0;
+    const wrote = signal();
     const f = await fleet({
       lease: 300,
       hooks: () => ({
         afterWrite: (_h, conn, req) => {
-          if (died++ === 0) return die(conn, req);
+          if (died++ > 0) return;
+          wrote.reach();
+          return die(conn, req);
         },
       }),
     });
     const headers = { 'idempotency-key': 'died-and-gone', cookie: 'rp_session=session-of-dead-write-0005' };
-    expect(await transferGivingUp(f.gw, { from: 5, to: 6, amount: 7 }, headers, 100)).toBe('gave-up');
+    expect(await transferGivingUp(f.gw, { from: 5, to: 6, amount: 7 }, headers, wrote.reached)).toBe('gave-up');
     const retry = await transfer(f.gw, { from: 5, to: 6, amount: 7 }, headers);
     expect(retry.status).toBe(502);
     expect(retry.json()).toMatchObject({ code: 'RP_ERR_ANSWER_LOST' });
