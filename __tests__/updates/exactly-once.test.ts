@@ -7,7 +7,7 @@ import { mountGateway, type Gateway } from '../helpers/gateway.js';
 import { eventually, startReplica, type Replica } from '../helpers/replica.js';
 import { sleep, transferHandler, type TransferHooks } from '../helpers/transfer.js';
 import { closeAfterEach } from '../helpers/cleanup.js';
-import { slowStore } from '../helpers/slow-store.js';
+import { faultyStore, slowStore } from '../helpers/slow-store.js';
 
 const SECRET = 'exactly-once-secret-0123';
 const client = testClient();
@@ -597,5 +597,47 @@ describe('the commit protocol when the client, the proxy or a replica gives up',
     expect(res.json()).toMatchObject({ invalid: true });
     expect(Date.now() - t0).toBeLessThan(5000);
     expect(await f.bank.ledger()).toHaveLength(0);
+  });
+});
+
+// A store that fails while a key is taken or completed must not leave the key
+// held with nothing running (retries would get 409 until its lock ran out).
+describe('Idempotency-Key when the store fails around the race', () => {
+  it('a take that timed out on a frozen store, and landed when it thawed, is released: the retry runs at once', async () => {
+    const memory = new MemorySessionStore();
+    open.push(memory);
+    const faulty = faultyStore(memory);
+    const f = await fleet({ store: faulty.store, proxy: { storeTimeout: 150, idempotency: { wait: 0 } } });
+    const headers = { 'idempotency-key': 'frozen-take', cookie: 'rp_session=session-of-frozen-take-01' };
+    faulty.freeze('beginIdempotent', 'completeIdempotent');
+    const first = await transfer(f.gw, { from: 1, to: 2, amount: 1 }, headers);
+    expect(first.status).toBe(503);
+    expect(first.json()).toMatchObject({ code: 'RP_ERR_STORE_UNAVAILABLE' });
+    faulty.up(); // the take lands now, then the release queued behind it
+    await sleep(50);
+    const retry = await transfer(f.gw, { from: 1, to: 2, amount: 1 }, headers);
+    expect(retry.status).toBe(200);
+    expect(await f.bank.ledger()).toHaveLength(1);
+  });
+
+  it('a completion refused by a store that is down is tried again: once the store is back, a retry gets the replay', async () => {
+    const memory = new MemorySessionStore();
+    open.push(memory);
+    const faulty = faultyStore(memory);
+    const f = await fleet({ store: faulty.store, proxy: { storeTimeout: 150, idempotency: { wait: 0 } } });
+    const errors: unknown[] = [];
+    f.proxy.on('error', (e) => errors.push(e));
+    const headers = { 'idempotency-key': 'down-at-completion', cookie: 'rp_session=session-of-down-complete1' };
+    faulty.down('completeIdempotent');
+    const first = await transfer(f.gw, { from: 2, to: 3, amount: 1 }, headers);
+    expect(first.status).toBe(200);
+    expect(errors).toEqual([expect.objectContaining({ source: 'store' })]);
+    faulty.up();
+    await sleep(400);
+    const retry = await transfer(f.gw, { from: 2, to: 3, amount: 1 }, headers);
+    expect(retry.status).toBe(200);
+    expect(retry.headers['idempotent-replayed']).toBe('true');
+    expect(retry.text).toBe(first.text);
+    expect(await f.bank.ledger()).toHaveLength(1);
   });
 });

@@ -22,6 +22,11 @@ import { sendError } from './respond.js';
 //   out, so a retry sent the moment the answer arrived gets the replay.
 // - A retry that finds the key held by a running attempt waits for its
 //   outcome (bounded by `idempotency.wait`), then gets `409` with `Retry-After`.
+// - A store that fails while the key is taken or completed (down, frozen,
+//   slower than `storeTimeout`) must not leave a key held with nothing
+//   running: a completion that fails is tried again, backing off, until the
+//   attempt's lock would have run out anyway; a take that timed out (it may
+//   still land) is released the same way.
 
 export interface KeyedAttempt {
   /** The scoped key, as the store keeps it. */
@@ -32,6 +37,8 @@ export interface KeyedAttempt {
   attempt: number;
   /** Set once the key holds its final answer (or was released). */
   done: boolean;
+  /** When the attempt took the key (ms, `Date.now`): its lock runs out `lockMs` later. */
+  since: number;
 }
 
 export interface IdempotencyConfig {
@@ -58,9 +65,57 @@ export interface BeginContext {
 
 const POLL_MIN_MS = 5;
 const POLL_MAX_MS = 100;
+const RETRY_MIN_MS = 100;
+const RETRY_MAX_MS = 2000;
 
 export class Idempotency {
+  /** Completions waiting to be tried again while the store fails; `close()` gives them up. */
+  readonly #retrying = new Map<NodeJS.Timeout, () => void>();
+  #closed = false;
+
   constructor(readonly config: IdempotencyConfig) {}
+
+  /** Stops trying failed completions again (their keys' locks run out by themselves). */
+  close(): void {
+    this.#closed = true;
+    for (const [timer, giveUp] of this.#retrying) {
+      clearTimeout(timer);
+      giveUp();
+    }
+    this.#retrying.clear();
+  }
+
+  /**
+   * Runs `work` until it succeeds, backing off while it throws, until
+   * `deadline`. The first failure is reported (`failed`: it was, already).
+   */
+  #persist(requestId: string, deadline: number, work: () => Promise<void>, failed = false): Promise<void> {
+    let pause = RETRY_MIN_MS;
+    let reported = failed;
+    return new Promise<void>((resolve) => {
+      const later = (): void => {
+        if (this.#closed || Date.now() + pause > deadline) return resolve();
+        const timer = setTimeout(() => {
+          this.#retrying.delete(timer);
+          attempt();
+        }, pause);
+        timer.unref();
+        this.#retrying.set(timer, resolve);
+        pause = Math.min(RETRY_MAX_MS, pause * 2);
+      };
+      const attempt = (): void => {
+        work().then(resolve, (err: unknown) => {
+          if (!reported) {
+            reported = true;
+            this.config.onStoreError(requestId, err);
+          }
+          later();
+        });
+      };
+      if (failed) later();
+      else attempt();
+    });
+  }
 
   /**
    * Takes the request's key, or answers the request itself (a replay, a
@@ -90,6 +145,10 @@ export class Idempotency {
       } catch (err) {
         // An update whose key cannot be checked is not run: it may be a retry of one that was applied.
         const full = isRedundantProxyError(err) && err.code === codes.STORE_FULL;
+        // The take may still land (a store slower than storeTimeout): release
+        // it, so that the key is not held with nothing running. (A take over
+        // an earlier attempt cannot be told apart here; its lock runs out.)
+        if (!full) void this.#persist(ctx.requestId, Date.now() + cfg.lockMs, () => cfg.store.completeIdempotent(key, ctx.requestId, null, cfg.ttl, 1));
         sendError(
           res,
           full
@@ -103,7 +162,7 @@ export class Idempotency {
       switch (state.state) {
         case 'started':
           // A store written before attempts existed says only 'started'.
-          return { key, requestId: state.requestId ?? ctx.requestId, attempt: state.attempt ?? 1, done: false };
+          return { key, requestId: state.requestId ?? ctx.requestId, attempt: state.attempt ?? 1, done: false, since: Date.now() };
         case 'mismatch':
           sendError(res, new RedundantProxyError(codes.IDEMPOTENCY_MISMATCH, 'this Idempotency-Key was used for a different request', { status: 422 }), ctx.requestId);
           return 'answered';
@@ -155,39 +214,42 @@ export class Idempotency {
    * copies arbitrate the same commit).
    */
   async completeAfter(attempt: KeyedAttempt, report: RaceReport): Promise<void> {
-    // A won race completed its key before its last byte; if the store failed
-    // then, the key stays held until its lock runs out and a retry resumes it.
+    // A won race completed its key before its last byte (and keeps trying if
+    // the store failed then).
     if (attempt.done || report.outcome === 'won') return;
     const { store, storeTimeout } = this.config;
-    let committed = report.committed || report.outcome === 'answer-lost';
-    if (!committed && report.outcome !== 'outcome-unknown') {
-      try {
+    const applied = report.committed || report.outcome === 'answer-lost';
+    await this.#persist(attempt.requestId, attempt.since + this.config.lockMs, async () => {
+      let committed = applied;
+      if (!committed && report.outcome !== 'outcome-unknown') {
         const record = await withTimeout(store.getRequest(attempt.requestId), storeTimeout, 'getRequest');
         committed = record?.commit.state === 'committed' && record.commit.holder !== sealId(attempt.requestId);
-      } catch (err) {
-        // Not known: the key stays held until its lock runs out, then a retry resumes it.
-        this.config.onStoreError(attempt.requestId, err);
-        return;
       }
-    }
-    await this.#complete(attempt, committed ? lostAnswer(attempt.requestId, 'the update was applied, but its answer was lost') : null, committed);
+      await this.#completeOnce(attempt, committed ? lostAnswer(attempt.requestId, 'the update was applied, but its answer was lost') : null, committed);
+    });
   }
 
+  /** Completes the key now; while the store fails, keeps trying in the background (the answer does not wait for that). */
   async #complete(attempt: KeyedAttempt, answer: StoredAnswer | null, committed: boolean): Promise<void> {
+    try {
+      await this.#completeOnce(attempt, answer, committed);
+    } catch (err) {
+      this.config.onStoreError(attempt.requestId, err);
+      void this.#persist(attempt.requestId, attempt.since + this.config.lockMs, () => this.#completeOnce(attempt, answer, committed), true);
+    }
+  }
+
+  async #completeOnce(attempt: KeyedAttempt, answer: StoredAnswer | null, committed: boolean): Promise<void> {
     const { store, storeTimeout, ttl } = this.config;
     const complete = (a: StoredAnswer | null) => withTimeout(store.completeIdempotent(attempt.key, attempt.requestId, a, ttl, attempt.attempt), storeTimeout, 'completeIdempotent');
     try {
-      try {
-        await complete(answer);
-      } catch (err) {
-        // Full: keep the small truth instead (applied, or nothing to keep).
-        if (!(answer && isRedundantProxyError(err) && err.code === codes.STORE_FULL)) throw err;
-        await complete(committed ? lostAnswer(attempt.requestId, 'the update was applied; its answer could not be kept for replay') : null);
-      }
-      attempt.done = true;
+      await complete(answer);
     } catch (err) {
-      this.config.onStoreError(attempt.requestId, err);
+      // Full: keep the small truth instead (applied, or nothing to keep).
+      if (!(answer && isRedundantProxyError(err) && err.code === codes.STORE_FULL)) throw err;
+      await complete(committed ? lostAnswer(attempt.requestId, 'the update was applied; its answer could not be kept for replay') : null);
     }
+    attempt.done = true;
   }
 }
 

@@ -147,9 +147,10 @@ export function redundantProxy(options: ProxyOptions): RedundantProxy {
     ? new Idempotency({
         store: opts.store,
         storeTimeout: opts.storeTimeout,
-        // Held while the race runs and its key is completed; a gateway that
-        // dies leaves it to the next retry after this.
-        lockMs: opts.timeout + opts.cancelTimeout + 5000,
+        // Held while the race runs (at most `timeout`) and its key is decided
+        // and completed (store calls of at most `storeTimeout` each); a
+        // gateway that dies leaves the key to the next retry after this.
+        lockMs: opts.timeout + 4 * opts.storeTimeout,
         scope: opts.idempotency.scope,
         ttl: opts.idempotency.ttl,
         maxAnswerSize: opts.idempotency.maxAnswerSize,
@@ -350,7 +351,12 @@ export function redundantProxy(options: ProxyOptions): RedundantProxy {
     // A keyed update left for a retry to resume records none: the adoption
     // that counts is the one of the attempt that ends it.
     if (report.adopted && !recorded && (!keyed || report.outcome === 'won')) void bookkeep(opts.store.recordAdoption(adoption(report.adopted, report.servedBy!)), requestId, false);
-    if (keyed) void bookkeep(idempotency!.completeAfter(keyed, report), requestId, false);
+    if (keyed) {
+      // Reports its own store errors, and keeps trying while the store fails.
+      const completing = idempotency!.completeAfter(keyed, report);
+      background.add(completing);
+      void completing.finally(() => background.delete(completing));
+    }
     metrics.record(report);
     prom?.record(report);
     ejector?.record(report, epoch);
@@ -433,6 +439,8 @@ export function redundantProxy(options: ProxyOptions): RedundantProxy {
     if (closed) return;
     closed = true;
     await Promise.allSettled(inFlight);
+    // Completions that the store refuses now are left to their keys' locks.
+    idempotency?.close();
     await Promise.allSettled(background);
     offPath.close();
     prom?.close();
