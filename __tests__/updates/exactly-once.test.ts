@@ -470,7 +470,7 @@ describe('the commit protocol when the client, the proxy or a replica gives up',
     expect(await f.bank.ledger()).toHaveLength(20);
   });
 
-  it('client gone mid-commit, then retrying: the retry resumes the same request id and learns the update was applied, applied once', async () => {
+  it('client gone mid-commit, then retrying: the race goes on without the client, and the retry gets the committed answer; applied once', async () => {
     const inCommit = signal();
     const f = await fleet({
       hooks: () => ({
@@ -483,41 +483,61 @@ describe('the commit protocol when the client, the proxy or a replica gives up',
     const headers = { 'idempotency-key': 'gave-up-mid-commit', cookie: 'rp_session=session-of-impatient-0001' };
     // The client gives up while a copy is inside its commit.
     expect(await transferGivingUp(f.gw, { from: 1, to: 2, amount: 3 }, headers, inCommit.reached)).toBe('gave-up');
-    // The first attempt's claimant is still inside its commit: the retry's copies wait for it, then lose.
+    // The retry finds the key in flight, waits for the outcome, and gets the answer the first attempt kept.
     const retry = await transfer(f.gw, { from: 1, to: 2, amount: 3 }, headers);
-    expect(retry.status).toBe(502);
-    expect(retry.json()).toMatchObject({ code: 'RP_ERR_ANSWER_LOST' });
+    expect(retry.status).toBe(200);
+    expect(retry.headers['idempotent-replayed']).toBe('true');
     const ledger = await f.bank.ledger();
     expect(ledger).toHaveLength(1);
     expect(retry.headers['x-request-id']).toBe(ledger[0]!.request_id);
-    // And from now on it is replayed.
-    const third = await transfer(f.gw, { from: 1, to: 2, amount: 3 }, headers);
-    expect(third.status).toBe(502);
-    expect(third.headers['idempotent-replayed']).toBe('true');
-    expect(await f.bank.ledger()).toHaveLength(1);
+    expect(retry.json()).toMatchObject({ ok: true, requestId: ledger[0]!.request_id });
+    const first = f.reports.find((r) => r.requestId === ledger[0]!.request_id)!;
+    expect(first.outcome).toBe('client-closed');
+    expect(first.committed).toBe(true);
     expect(await f.bank.mismatches()).toEqual([]);
   });
 
-  it('client gone before any copy claimed, then retrying: the retry resumes the same request id and commits it, once', async () => {
+  it('client gone mid-commit and the retry comes after the wait: it resumes the same request id and learns the update was applied', async () => {
+    const inCommit = signal();
+    const f = await fleet({
+      hooks: () => ({
+        beforeCommit: () => {
+          inCommit.reach();
+          return sleep(600);
+        },
+      }),
+      proxy: { idempotency: { wait: 0 } },
+    });
+    const headers = { 'idempotency-key': 'gave-up-no-wait', cookie: 'rp_session=session-of-impatient-0003' };
+    expect(await transferGivingUp(f.gw, { from: 1, to: 2, amount: 3 }, headers, inCommit.reached)).toBe('gave-up');
+    const early = await transfer(f.gw, { from: 1, to: 2, amount: 3 }, headers);
+    expect(early.status).toBe(409);
+    expect(early.json()).toMatchObject({ code: 'RP_ERR_IDEMPOTENCY_IN_FLIGHT' });
+    await eventually(async () => (await f.bank.ledger()).length === 1, 5000);
+    await sleep(100);
+    const retry = await transfer(f.gw, { from: 1, to: 2, amount: 3 }, headers);
+    expect(retry.status).toBe(200);
+    expect(retry.headers['idempotent-replayed']).toBe('true');
+    expect(await f.bank.ledger()).toHaveLength(1);
+  });
+
+  it('client gone before any copy claimed, then retrying: the race goes on, commits once, and the retry gets its answer', async () => {
     const thinking = signal();
-    let firstAttempt = true;
     const f = await fleet({
       hooks: () => ({
         think: () => {
           thinking.reach();
-          return firstAttempt ? 300 : 0;
+          return 300;
         },
       }),
     });
     const headers = { 'idempotency-key': 'gave-up-early', cookie: 'rp_session=session-of-impatient-0002' };
     expect(await transferGivingUp(f.gw, { from: 2, to: 3, amount: 4 }, headers, thinking.reached)).toBe('gave-up');
-    firstAttempt = false;
     const retry = await transfer(f.gw, { from: 2, to: 3, amount: 4 }, headers);
     expect(retry.status).toBe(200);
     const ledger = await f.bank.ledger();
     expect(ledger).toHaveLength(1);
     expect(ledger[0]!.request_id).toBe(retry.headers['x-request-id']);
-    // The stopped copies of the first attempt never claimed (their signal is checked before the claim).
     await sleep(400);
     expect(await f.bank.ledger()).toHaveLength(1);
   });

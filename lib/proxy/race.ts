@@ -5,7 +5,7 @@ import { codes, RedundantProxyError } from '../errors.js';
 import { appendCopyHeaders, H } from '../wire/protocol.js';
 import { forwardResponseHeaders } from './headers.js';
 import type { ResolvedSelect, SelectAnswer, Upstream, UpstreamResponse } from './options.js';
-import { sendError } from './respond.js';
+import { detachedResponse, sendError } from './respond.js';
 
 // The race: send copies of one request (claim 1 (a)-(b)), adopt the first
 // acceptable answer and stream it to the client, stop every other copy.
@@ -449,8 +449,21 @@ export class Race {
     return this.done;
   }
 
-  // The client went away: stop every copy (the winner too, mid-body).
-  #onClientClose = (): void => this.finish('client-closed');
+  // The client went away: stop every copy (the winner too, mid-body). An
+  // update whose answer is kept for an Idempotency-Key (`beforeEnd`) goes on
+  // without its client instead, writing to nowhere: its retry then gets the
+  // committed answer, not only the word that it was applied.
+  #onClientClose = (): void => {
+    if (this.finished) return;
+    if (!this.input.beforeEnd) return this.finish('client-closed');
+    this.#clientGone = { status: this.input.res.headersSent ? this.input.res.statusCode : null };
+    this.input.res = detachedResponse();
+    // A winner paused until the client's socket drained would wait forever.
+    for (const copy of this.copies) if (copy.state === 'streaming') copy.resume();
+  };
+
+  /** Set when the client left a race that goes on without it: what it was sent. */
+  #clientGone: { status: number | null } | null = null;
 
   armHedge(): void {
     const delay = this.input.hedgeDelay;
@@ -1076,15 +1089,17 @@ export class Race {
   resolve(): void {
     if (this.#resolved) return;
     this.#resolved = true;
-    const { input, outcome } = this;
+    const { input } = this;
     const adopted = this.winner ?? (this.passedThrough ? this.fallback : null);
+    const gone = this.#clientGone;
     this.#resolve({
       requestId: input.requestId,
       method: input.method,
       path: input.path,
       update: input.update,
-      outcome,
-      status: input.res.headersSent ? input.res.statusCode : null,
+      // Whatever the race came to after its client left, the client got none of it.
+      outcome: gone ? 'client-closed' : this.outcome,
+      status: gone ? gone.status : input.res.headersSent ? input.res.statusCode : null,
       servedBy: adopted?.upstream.id ?? null,
       adopted: adopted?.report.duplicateId ?? null,
       committed: this.committed,

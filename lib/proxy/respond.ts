@@ -1,3 +1,4 @@
+import { EventEmitter } from 'node:events';
 import type { ServerResponse } from 'node:http';
 import type { RedundantProxyError } from '../errors.js';
 
@@ -17,4 +18,41 @@ export function sendError(res: ServerResponse, err: RedundantProxyError, request
   if (requestId) headers['x-request-id'] = requestId;
   res.writeHead(err.status, headers);
   res.end(body);
+}
+
+/**
+ * A response with nobody at the other end: what a race writes to once its
+ * client has left but the race goes on (to keep an update's answer for the
+ * client's retry). Everything written is dropped; it never fails.
+ */
+export function detachedResponse(): ServerResponse {
+  const res = new EventEmitter() as EventEmitter & Record<string, unknown>;
+  Object.assign(res, {
+    headersSent: false,
+    destroyed: false,
+    writableEnded: false,
+    statusCode: 200,
+    writeHead(status: number) {
+      res.headersSent = true;
+      res.statusCode = status;
+      return res;
+    },
+    setHeader() {
+      return res;
+    },
+    write() {
+      res.headersSent = true;
+      return true;
+    },
+    end() {
+      res.headersSent = true;
+      res.writableEnded = true;
+      return res;
+    },
+    destroy() {
+      res.destroyed = true;
+      return res;
+    },
+  });
+  return res as unknown as ServerResponse;
 }
