@@ -29,7 +29,8 @@ export async function createBank(accounts = 10, balance = 1000): Promise<Bank> {
   const admin = new pg.Pool({ ...PG, max: 2 });
   await admin.query(`CREATE SCHEMA ${schema}`);
   await admin.query(`CREATE TABLE ${schema}.accounts (id int PRIMARY KEY, balance bigint NOT NULL, fence bigint NOT NULL DEFAULT 0)`);
-  await admin.query(`CREATE TABLE ${schema}.ledger (request_id text PRIMARY KEY, fence bigint NOT NULL, upstream text NOT NULL, from_id int NOT NULL, to_id int NOT NULL, amount bigint NOT NULL)`);
+  // idem_key: the update's Idempotency-Key as the proxy hashed it (h.idempotencyKey), unique when present.
+  await admin.query(`CREATE TABLE ${schema}.ledger (request_id text PRIMARY KEY, idem_key text UNIQUE, fence bigint NOT NULL, upstream text NOT NULL, from_id int NOT NULL, to_id int NOT NULL, amount bigint NOT NULL)`);
   await admin.query(`INSERT INTO ${schema}.accounts (id, balance) SELECT g, $1 FROM generate_series(1, $2) g`, [balance, accounts]);
   const pools: pg.Pool[] = [];
   return {

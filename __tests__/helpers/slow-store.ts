@@ -69,3 +69,23 @@ export function faultyStore(store: SessionStore): FaultyStore {
     },
   };
 }
+
+/** A store that the test can restart empty, as a Redis without persistence restarts. */
+export function restartableStore(create: () => SessionStore): { store: SessionStore; restart(): Promise<void>; close(): Promise<void> } {
+  let current = create();
+  const store = new Proxy({} as SessionStore, {
+    get(_target, name) {
+      const value = Reflect.get(current, name) as unknown;
+      return typeof value === 'function' ? (value as (...a: unknown[]) => unknown).bind(current) : value;
+    },
+  });
+  return {
+    store,
+    async restart() {
+      const old = current;
+      current = create();
+      await old.close();
+    },
+    close: () => current.close(),
+  };
+}

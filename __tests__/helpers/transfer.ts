@@ -60,8 +60,9 @@ export function transferHandler(pool: pg.Pool, hooks: TransferHooks = {}) {
       const fence = await h.commitOnce(async (fence) => {
         await hooks.beforeCommit?.(h, client, req);
         const row = await client.query(
-          'INSERT INTO ledger (request_id, fence, upstream, from_id, to_id, amount) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (request_id) DO NOTHING',
-          [h.requestId, fence, h.upstreamId, t.from, t.to, t.amount],
+          // No conflict target: the request id's row or the Idempotency-Key's row, either one means applied.
+          'INSERT INTO ledger (request_id, idem_key, fence, upstream, from_id, to_id, amount) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING',
+          [h.requestId, h.idempotencyKey, fence, h.upstreamId, t.from, t.to, t.amount],
         );
         if (row.rowCount === 0) throw new AlreadyAppliedError();
         await client.query('COMMIT');

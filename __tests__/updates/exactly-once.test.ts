@@ -7,7 +7,7 @@ import { mountGateway, type Gateway } from '../helpers/gateway.js';
 import { eventually, startReplica, type Replica } from '../helpers/replica.js';
 import { sleep, transferHandler, type TransferHooks } from '../helpers/transfer.js';
 import { closeAfterEach } from '../helpers/cleanup.js';
-import { faultyStore, slowStore } from '../helpers/slow-store.js';
+import { faultyStore, restartableStore, slowStore } from '../helpers/slow-store.js';
 
 const SECRET = 'exactly-once-secret-0123';
 const client = testClient();
@@ -659,5 +659,25 @@ describe('Idempotency-Key when the store fails around the race', () => {
     expect(retry.headers['idempotent-replayed']).toBe('true');
     expect(retry.text).toBe(first.text);
     expect(await f.bank.ledger()).toHaveLength(1);
+  });
+});
+
+describe('Idempotency-Key when the store restarts empty', () => {
+  it('a retry after the store forgot the key runs as a new request, and the unique Idempotency-Key row says it was applied', async () => {
+    const restartable = restartableStore(() => new MemorySessionStore());
+    open.push(restartable);
+    const f = await fleet({ store: restartable.store });
+    const headers = { 'idempotency-key': 'before-the-restart', cookie: 'rp_session=session-of-restarted-000001' };
+    const first = await transfer(f.gw, { from: 1, to: 2, amount: 9 }, headers);
+    expect(first.status).toBe(200);
+    await restartable.restart(); // every key, claim and record is gone
+    const retry = await transfer(f.gw, { from: 1, to: 2, amount: 9 }, headers);
+    expect(retry.headers['x-request-id']).not.toBe(first.headers['x-request-id']);
+    expect(retry.status).toBe(502);
+    expect(retry.json()).toMatchObject({ code: 'RP_ERR_ANSWER_LOST' });
+    const ledger = await f.bank.ledger();
+    expect(ledger).toHaveLength(1);
+    expect(ledger[0]!.request_id).toBe(first.headers['x-request-id']);
+    expect(await f.bank.mismatches()).toEqual([]);
   });
 });

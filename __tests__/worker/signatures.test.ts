@@ -89,6 +89,22 @@ describe.each(['koa', 'express'] as const)('copy signatures (%s worker)', (kind)
     await refused({ ...h2, 'x-redundant-request-id': 'another-request' }, 'RP_ERR_BAD_SIGNATURE');
   });
 
+  it('signs the Idempotency-Key it passes on: one added, changed or dropped is refused', async () => {
+    const claims: CopyClaims = { requestId: 'keyed-1', duplicateId: 'keyed-1.1', upstreamId: 'a', index: 1, of: 1, update: true, sessionId: '', sessionNew: false, timestamp: Date.now(), idempotencyKey: 'aGFzaGVkLWtleS1vbmU' };
+    const base = {
+      'x-redundant-request-id': claims.requestId,
+      'x-redundant-duplicate-id': claims.duplicateId,
+      'x-redundant-upstream': 'a',
+      'x-redundant-copy': '1/1',
+      'x-redundant-update': '1',
+      'x-redundant-timestamp': String(claims.timestamp),
+    };
+    await refused({ ...base, 'x-redundant-idempotency': 'aGFzaGVkLWtleS10d28', 'x-redundant-signature': sign(claims, SECRET) }, 'RP_ERR_BAD_SIGNATURE');
+    await refused({ ...base, 'x-redundant-signature': sign(claims, SECRET) }, 'RP_ERR_BAD_SIGNATURE');
+    const unkeyed: CopyClaims = { ...claims, duplicateId: 'keyed-1.2', idempotencyKey: undefined };
+    await refused({ ...base, 'x-redundant-duplicate-id': unkeyed.duplicateId, 'x-redundant-idempotency': 'aGFzaGVkLWtleS1vbmU', 'x-redundant-signature': sign(unkeyed, SECRET) }, 'RP_ERR_BAD_SIGNATURE');
+  });
+
   it('refuses a replayed copy', async () => {
     const h = await validCopyHeaders();
     await refused(h, 'RP_ERR_REPLAYED_COPY');

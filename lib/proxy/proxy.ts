@@ -341,6 +341,7 @@ export function redundantProxy(options: ProxyOptions): RedundantProxy {
       capture: keyed && opts.idempotency ? opts.idempotency.maxAnswerSize : 0,
       beforeEnd: keyed ? (captured): Promise<void> => idempotency!.completeWon(keyed, captured, race.committed) : undefined,
       attempt: keyed?.attempt ?? 1,
+      idempotencyKey: keyed?.key,
     });
     if (events.has('race:start')) events.emit('race:start', { requestId, method, path, update, upstreams: targets.map((t) => t.id) });
     const done = race.start();

@@ -175,6 +175,8 @@ export interface RaceInput {
    * can retry). The last chunk waits for it.
    */
   beforeEnd?: (captured: CapturedAnswer | null) => Promise<void>;
+  /** The update's scoped, hashed `Idempotency-Key`, sent to the workers (`x-redundant-idempotency`). */
+  idempotencyKey?: string;
   /** Which attempt of an `Idempotency-Key` this race is (duplicate ids stay unique when a retry resumes a request id). @default 1 */
   attempt?: number;
   /** Bytes of the adopted answer's body to keep for `captured` (idempotency); 0 keeps nothing. */
@@ -530,6 +532,7 @@ export class Race {
         sessionId: input.sessionId,
         sessionNew: input.sessionNew,
         timestamp: input.wallClock(),
+        idempotencyKey: input.idempotencyKey,
       },
       input.secret,
     );

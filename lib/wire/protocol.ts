@@ -18,6 +18,13 @@ export const H = {
   sessionChanged: 'x-redundant-session-changed',
   timestamp: 'x-redundant-timestamp',
   signature: 'x-redundant-signature',
+  /**
+   * Request: the update's `Idempotency-Key`, as the proxy scoped and hashed
+   * it (never the client's raw key). The same for every attempt of the key,
+   * so an application can keep it in a unique column: a store that forgot
+   * the key (restarted empty) cannot make a retry apply twice.
+   */
+  idempotency: 'x-redundant-idempotency',
   /** Response: set by every worker, so the proxy learns which upstreams run it. */
   worker: 'x-redundant-worker',
   /** Response: `won` (with `x-redundant-fence`) or `lost`. */
@@ -57,12 +64,14 @@ export interface CopyClaims {
   sessionNew: boolean;
   /** Milliseconds since the epoch when the proxy sent the copy. */
   timestamp: number;
+  /** The update's scoped, hashed `Idempotency-Key`, when it has one. */
+  idempotencyKey?: string;
 }
 
 function canonical(c: CopyClaims): string {
   // Newline-separated: none of the fields may contain a newline (ids are
   // minted by the proxy; the session id is validated before it is signed).
-  return ['v1', c.requestId, c.duplicateId, c.upstreamId, `${c.index}/${c.of}`, c.update ? '1' : '0', c.sessionId, c.sessionNew ? '1' : '0', String(c.timestamp)].join('\n');
+  return ['v1', c.requestId, c.duplicateId, c.upstreamId, `${c.index}/${c.of}`, c.update ? '1' : '0', c.sessionId, c.sessionNew ? '1' : '0', String(c.timestamp), c.idempotencyKey ?? ''].join('\n');
 }
 
 export function sign(claims: CopyClaims, secret: string | Buffer): string {
@@ -85,6 +94,7 @@ export function appendCopyHeaders(out: string[], claims: CopyClaims, secret: str
   );
   if (claims.sessionId) out.push(H.session, claims.sessionId);
   if (claims.sessionNew) out.push(H.sessionNew, '1');
+  if (claims.idempotencyKey) out.push(H.idempotency, claims.idempotencyKey);
   out.push(H.timestamp, String(claims.timestamp));
   if (secret !== undefined) out.push(H.signature, sign(claims, secret));
 }
@@ -138,6 +148,8 @@ export function readCopyHeaders(headers: HeaderBag, secret: string | Buffer | un
   const update = one(headers, H.update);
   const ts = one(headers, H.timestamp);
   const session = one(headers, H.session);
+  const idempotencyKey = one(headers, H.idempotency);
+  if (idempotencyKey !== undefined && !/^[A-Za-z0-9_-]{1,128}$/.test(idempotencyKey)) return { ok: false, reason: 'malformed' };
   if (!requestId || !duplicateId || !upstreamId || !copy || (update !== '0' && update !== '1') || !ts || !/^\d{1,16}$/.test(ts) || (session !== undefined && !SESSION_ID.test(session))) {
     return { ok: false, reason: 'malformed' };
   }
@@ -152,6 +164,7 @@ export function readCopyHeaders(headers: HeaderBag, secret: string | Buffer | un
     sessionNew: one(headers, H.sessionNew) === '1',
     timestamp: Number(ts),
   };
+  if (idempotencyKey !== undefined) claims.idempotencyKey = idempotencyKey;
   if (secret === undefined) return { ok: true, claims };
   const signature = one(headers, H.signature);
   if (!signature) return { ok: false, reason: 'unsigned' };

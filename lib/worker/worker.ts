@@ -56,6 +56,15 @@ export interface RedundantHandle {
   update: boolean;
   /** True when the request did not come through the proxy. */
   direct: boolean;
+  /**
+   * The update's `Idempotency-Key` as the proxy scoped and hashed it (43
+   * characters of base64url), the same for every retry with that key; null
+   * without one. Keep it in a unique column next to the request id: if the
+   * session store ever forgets the key (a Redis restarted without
+   * persistence), a retry runs under a new request id, and only this column
+   * can tell that it was applied (throw `AlreadyAppliedError`).
+   */
+  idempotencyKey: string | null;
   /** Aborted when the proxy stops this copy or the connection closes. */
   signal: AbortSignal;
   /**
@@ -220,7 +229,7 @@ export function redundantWorker(options: WorkerOptions): RedundantWorker {
       const requestId = randomUUID();
       const gate = gateFor(requestId, requestId, controller.signal, res);
       const handle = makeHandle(
-        { requestId, duplicateId: requestId, upstreamId: id, copy: { index: 1, of: 1 }, update: !READ_METHODS.has(req.method ?? 'GET'), direct: true, signal: controller.signal, session: { id: '', data: {} } },
+        { requestId, duplicateId: requestId, upstreamId: id, copy: { index: 1, of: 1 }, update: !READ_METHODS.has(req.method ?? 'GET'), direct: true, idempotencyKey: null, signal: controller.signal, session: { id: '', data: {} } },
         gate,
       );
       return { handle, gate, sessionBefore: undefined, recorded: Promise.resolve(false) };
@@ -266,7 +275,7 @@ export function redundantWorker(options: WorkerOptions): RedundantWorker {
     }
     const gate = gateFor(c.requestId, c.duplicateId, controller.signal, res);
     const handle = makeHandle(
-      { requestId: c.requestId, duplicateId: c.duplicateId, upstreamId: c.upstreamId, copy: { index: c.index, of: c.of }, update: c.update, direct: false, signal: controller.signal, session: { id: c.sessionId, data: {} } },
+      { requestId: c.requestId, duplicateId: c.duplicateId, upstreamId: c.upstreamId, copy: { index: c.index, of: c.of }, update: c.update, direct: false, idempotencyKey: c.idempotencyKey ?? null, signal: controller.signal, session: { id: c.sessionId, data: {} } },
       gate,
     );
     let sessionBefore: string | undefined;
