@@ -299,6 +299,9 @@ class Copy implements Dispatcher.DispatchHandler {
   }
 
   onResponseStart(controller: Dispatcher.DispatchController, status: number, headers: Record<string, string | string[] | undefined>): void {
+    // An interim answer (103 Early Hints, 102 Processing) is not an answer:
+    // it is dropped, and the copy races on with its final one.
+    if (status < 200) return;
     if (this.state !== 'sent' && this.state !== 'lingering') return;
     this.controller = controller;
     this.headers = headers;
@@ -662,11 +665,22 @@ export class Race {
     this.release(copy, extra);
   }
 
+  /** A HEAD answer, a 204 or a 304: a head and no body. */
+  bodyless(copy: Copy): boolean {
+    const status = copy.report.status;
+    return this.input.method === 'HEAD' || status === 204 || status === 304;
+  }
+
   writeHead(copy: Copy, extra: Record<string, string | string[]> | undefined): void {
     const { res } = this.input;
     if (res.destroyed) return;
     const status = copy.report.status!;
     const out = forwardResponseHeaders(copy.headers);
+    if (status === 204 || status === 304) {
+      // No body follows: a length would only mislead the client's parser.
+      delete out['content-length'];
+      delete out['transfer-encoding'];
+    }
     if (extra) {
       for (const name in extra) {
         const prior = out[name];
@@ -769,6 +783,20 @@ export class Race {
     }
     this.writeHead(copy, extra);
     const { res } = this.input;
+    if (this.bodyless(copy)) {
+      // Nothing follows the head, whatever its framing headers say: a 304
+      // may state the length of the body it does not carry (undici then
+      // reports a length mismatch on the connection, which is no concern of
+      // the client's). The answer is complete now.
+      copy.chunks = [];
+      if (copy.ended) copy.state = 'done';
+      else {
+        copy.state = 'draining';
+        copy.resume();
+      }
+      this.onWinnerEnd();
+      return;
+    }
     for (const chunk of copy.chunks) {
       this.keep(chunk);
       const out = this.holdLast(chunk);
