@@ -1,4 +1,4 @@
-import { randomUUID } from 'node:crypto';
+import { createHash, randomUUID } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { Pool, type Dispatcher } from 'undici';
 import { codes, isSupersededError, RedundantProxyError } from '../errors.js';
@@ -342,6 +342,8 @@ export function redundantProxy(options: ProxyOptions): RedundantProxy {
       beforeEnd: keyed ? (captured): Promise<void> => idempotency!.completeWon(keyed, captured, race.committed) : undefined,
       attempt: keyed?.attempt ?? 1,
       idempotencyKey: keyed?.key,
+      // The signature binds each copy to its body: hashed once, only when signing.
+      bodyHash: opts.secret === undefined ? undefined : createHash('sha256').update(body ?? EMPTY).digest('base64url'),
     });
     if (events.has('race:start')) events.emit('race:start', { requestId, method, path, update, upstreams: targets.map((t) => t.id) });
     const done = race.start();
@@ -451,6 +453,8 @@ export function redundantProxy(options: ProxyOptions): RedundantProxy {
   };
   return proxy;
 }
+
+const EMPTY = Buffer.alloc(0);
 
 function firstHeader(value: string | string[] | undefined): string | undefined {
   return Array.isArray(value) ? value[0] : value;

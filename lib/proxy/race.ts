@@ -177,6 +177,8 @@ export interface RaceInput {
   beforeEnd?: (captured: CapturedAnswer | null) => Promise<void>;
   /** The update's scoped, hashed `Idempotency-Key`, sent to the workers (`x-redundant-idempotency`). */
   idempotencyKey?: string;
+  /** SHA-256 of `body`, base64url, for the copies' signatures (only with a `secret`). */
+  bodyHash?: string;
   /** Which attempt of an `Idempotency-Key` this race is (duplicate ids stay unique when a retry resumes a request id). @default 1 */
   attempt?: number;
   /** Bytes of the adopted answer's body to keep for `captured` (idempotency); 0 keeps nothing. */
@@ -536,6 +538,9 @@ export class Race {
         sessionNew: input.sessionNew,
         timestamp: input.wallClock(),
         idempotencyKey: input.idempotencyKey,
+        method: input.method,
+        target: copy.upstream.prefix + input.path,
+        bodyHash: input.bodyHash,
       },
       input.secret,
     );

@@ -66,6 +66,12 @@ export interface CopyClaims {
   timestamp: number;
   /** The update's scoped, hashed `Idempotency-Key`, when it has one. */
   idempotencyKey?: string;
+  /** The copy's method, as sent. */
+  method?: string;
+  /** The copy's request target (origin-form, the upstream's path prefix included), as sent. */
+  target?: string;
+  /** SHA-256 of the copy's body, base64url ('' for none). */
+  bodyHash?: string;
 }
 
 function canonical(c: CopyClaims): string {
