@@ -55,6 +55,9 @@ interface Health {
  * judged: hedging handles slowness.
  */
 function verdict(copy: CopyReport): 'failure' | 'success' | null {
+  // Refused by the proxy itself before anything reached the upstream (undici
+  // would not send it): nothing the upstream did.
+  if (copy.error?.startsWith(LOCAL_REFUSAL)) return null;
   if (copy.outcome === 'failed') return 'failure';
   // Still waiting for its answer (or the rest of one being compared) when the request timed out.
   if (copy.error === 'timeout') return 'failure';
@@ -65,6 +68,9 @@ function verdict(copy: CopyReport): 'failure' | 'success' | null {
   if (copy.status === null) return null;
   return copy.status >= 500 ? 'failure' : 'success';
 }
+
+/** How a copy's `error` starts when the copy was never sent because the request could not be (see the race's `send`). */
+export const LOCAL_REFUSAL = 'not sent: ';
 
 export class Ejector {
   readonly #health = new Map<string, Health>();

@@ -6,6 +6,7 @@ import { appendCopyHeaders, H } from '../wire/protocol.js';
 import { forwardResponseHeaders } from './headers.js';
 import type { ResolvedSelect, SelectAnswer, Upstream, UpstreamResponse } from './options.js';
 import { detachedResponse, sendError } from './respond.js';
+import { LOCAL_REFUSAL } from './ejection.js';
 
 // The race: send copies of one request (claim 1 (a)-(b)), adopt the first
 // acceptable answer and stream it to the client, stop every other copy.
@@ -158,6 +159,8 @@ export interface RaceInput {
   onError?: (requestId: string, err: unknown) => void;
   /** An upstream answered with `x-redundant-worker`: it runs the worker. */
   onWorkerSeen?: (upstreamId: string) => void;
+  /** A worker refused a copy (`x-redundant-refused: <code>`): its secret or id does not match the proxy's. */
+  onRefused?: (upstreamId: string, code: string) => void;
   /** A copy was stopped because another copy of the update committed. */
   onCancelled?: (copy: CopyReport, committed: CopyReport) => void;
   /**
@@ -563,9 +566,10 @@ export class Race {
         copy,
       );
     } catch (err) {
-      // undici refuses some requests synchronously (invalid header values).
+      // undici refuses some requests synchronously (invalid header values):
+      // the request's fault, not the upstream's (outlier ejection ignores it).
       copy.state = 'done';
-      this.onFailed(copy, errorName(err));
+      this.onFailed(copy, LOCAL_REFUSAL + errorName(err));
     }
   }
 
@@ -578,6 +582,18 @@ export class Race {
         copy.report.outcome = 'stopped';
         copy.abort();
       }
+      return;
+    }
+    const refused = headers[H.refused];
+    if (typeof refused === 'string') {
+      // The worker refused the copy before its handler ran (a wrong or
+      // rotated secret, a wrong upstream id): a failure of that upstream,
+      // never an answer to adopt, or one misconfigured replica would answer
+      // every request with its instant 401.
+      if (copy.drainable()) copy.state = 'draining';
+      else copy.abort();
+      this.input.onRefused?.(copy.upstream.id, refused);
+      this.onFailed(copy, `refused: ${refused}`);
       return;
     }
     if (this.input.update) {

@@ -25,6 +25,12 @@ export const H = {
    * the key (restarted empty) cannot make a retry apply twice.
    */
   idempotency: 'x-redundant-idempotency',
+  /**
+   * Response: the worker refused the copy before its handler ran, with this
+   * code (`RP_ERR_BAD_SIGNATURE`, …): the proxy counts it as that upstream's
+   * failure, never as an answer.
+   */
+  refused: 'x-redundant-refused',
   /** Response: set by every worker, so the proxy learns which upstreams run it. */
   worker: 'x-redundant-worker',
   /** Response: `won` (with `x-redundant-fence`) or `lost`. */
