@@ -13,6 +13,8 @@ export const codes = {
   BODY_CONSUMED: 'RP_ERR_BODY_CONSUMED',
   /** The client's request body could not be read (400). */
   BODY_READ: 'RP_ERR_BODY_READ',
+  /** The request target is neither a path nor an absolute URL (`OPTIONS *`): no upstream is asked (400). */
+  BAD_TARGET: 'RP_ERR_BAD_TARGET',
   /** No copy produced an acceptable response and none produced any response (502). */
   UPSTREAMS_FAILED: 'RP_ERR_UPSTREAMS_FAILED',
   /** `select: { quorum: k }`: the acceptable answers disagreed and no `k` of them can agree any more (502). */

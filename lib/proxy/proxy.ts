@@ -1,7 +1,7 @@
 import { createHash, randomUUID } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { Pool, type Dispatcher } from 'undici';
-import { codes, isSupersededError, RedundantProxyError } from '../errors.js';
+import { codes, isSupersededError, RedundantProxyError, type ErrorCode } from '../errors.js';
 import { TimeoutGroup, withTimeout } from '../timeout.js';
 import { H, mintSessionId, sealId, SESSION_ID } from '../wire/protocol.js';
 import { Emitter, type Disposable } from '../events.js';
@@ -37,9 +37,11 @@ export interface ProxyErrorEvent {
    * function threw or returned something it was not given; the client got
    * `502` `RP_ERR_NO_SELECTION`), `store` (bookkeeping failed or was too
    * slow; the answer went out anyway), `onCancel` (the hook threw or ran past
-   * `cancelTimeout`), `internal`.
+   * `cancelTimeout`), `upstream` (a replica's worker refuses the proxy's
+   * copies: its secret or id does not match; said once per upstream until it
+   * answers again), `internal`.
    */
-  source: 'accept' | 'select' | 'store' | 'onCancel' | 'internal';
+  source: 'accept' | 'select' | 'store' | 'onCancel' | 'upstream' | 'internal';
   error: unknown;
 }
 
@@ -133,6 +135,19 @@ export function redundantProxy(options: ProxyOptions): RedundantProxy {
   /** Upstreams that answered with `x-redundant-worker`: they may receive copies of updates. */
   const workers = new Set<string>();
   const onWorkerSeen = (id: string) => void workers.add(id);
+  /** Upstreams whose refusals were reported: said once, until the upstream answers again. */
+  const refusing = new Set<string>();
+  const onRefused = (id: string, code: string) => {
+    if (refusing.has(id)) return;
+    refusing.add(id);
+    const error = new RedundantProxyError(
+      isErrorCode(code) ? code : codes.BAD_SIGNATURE,
+      `upstream "${id}" refuses this proxy's copies (${code}): its redundantWorker's secret or id does not match this proxy's; its copies count as failures (it will be ejected) until that is fixed`,
+      { status: 502 },
+    );
+    if (events.has('error')) events.emit('error', { requestId: null, source: 'upstream', error });
+    else console.warn(`redundant-proxy: ${error.message}`);
+  };
   /** Bounds the off-path bookkeeping writes (one timer for all of them). */
   const offPath = new TimeoutGroup(opts.storeTimeout);
   let closed = false;
@@ -270,7 +285,14 @@ export function redundantProxy(options: ProxyOptions): RedundantProxy {
       return;
     }
     const method = req.method ?? 'GET';
-    const path = req.url ?? '/';
+    const path = requestTarget(req);
+    if (typeof path !== 'string') {
+      // `*` (OPTIONS * asks about the server, not a resource), garbage, or a
+      // path that climbs out of where it points: no upstream is asked it,
+      // and none is blamed for it.
+      sendError(res, new RedundantProxyError(codes.BAD_TARGET, path.reason, { status: 400 }), requestId);
+      return;
+    }
     const update = opts.isUpdate(req);
     const session = findSession(req);
     const targets = plan(update);
@@ -336,6 +358,7 @@ export function redundantProxy(options: ProxyOptions): RedundantProxy {
       onError: onRaceError,
       beforeHead: opts.session ? beforeHead : undefined,
       onWorkerSeen,
+      onRefused,
       onCancelled: update ? (copy, committed) => cancelled(requestId, copy, committed) : undefined,
       beforeFailure: update ? (adopting) => decideUpdate(requestId, adopting) : undefined,
       capture: keyed && opts.idempotency ? opts.idempotency.maxAnswerSize : 0,
@@ -359,6 +382,9 @@ export function redundantProxy(options: ProxyOptions): RedundantProxy {
       const completing = idempotency!.completeAfter(keyed, report);
       background.add(completing);
       void completing.finally(() => background.delete(completing));
+    }
+    if (refusing.size > 0) {
+      for (const c of report.copies) if (c.status !== null && !c.error?.startsWith('refused:')) refusing.delete(c.upstream);
     }
     metrics.record(report);
     prom?.record(report);
@@ -455,6 +481,52 @@ export function redundantProxy(options: ProxyOptions): RedundantProxy {
 }
 
 const EMPTY = Buffer.alloc(0);
+const CODES = new Set<string>(Object.values(codes));
+
+function isErrorCode(code: string): code is ErrorCode {
+  return CODES.has(code);
+}
+
+/**
+ * The request target in origin-form (`/path?query`), what every copy asks
+ * its upstream (after the upstream's path prefix):
+ * - an absolute-form target (`GET http://host/x`, which a client may send to
+ *   any server) is reduced to its path and query, never sent on with its host;
+ * - anything else that is not a path (`*`) is refused;
+ * - a dot-segment (`.`, `..`, also percent-encoded) is refused: an upstream
+ *   that normalises paths would serve `/api/../secret` from outside `/api`;
+ * - mounted under a path in Express (`app.use('/svc', proxy)`), `/svc?x=1`
+ *   reaches Express as `/?x=1`: the slash it inserted is not the client's,
+ *   so the query follows the upstream's prefix directly (`/prefix?x=1`).
+ *   The result then starts with `?` or is empty, and the race puts the
+ *   prefix (or a single `/`) in front.
+ */
+export function requestTarget(req: IncomingMessage): string | { reason: string } {
+  const raw = req.url ?? '/';
+  let target: string;
+  if (raw.startsWith('/')) target = raw;
+  else if (/^https?:\/\//i.test(raw)) {
+    try {
+      const url = new URL(raw);
+      target = url.pathname + url.search;
+    } catch {
+      return { reason: 'the request target is not a valid URL' };
+    }
+  } else return { reason: 'the request target must be a path (origin-form) or an absolute URL' };
+  const q = target.indexOf('?');
+  const pathname = q === -1 ? target : target.slice(0, q);
+  for (const segment of pathname.split('/')) {
+    const s = segment.replace(/%2e/gi, '.');
+    if (s === '.' || s === '..') return { reason: 'the request path may not contain dot-segments (`.` or `..`)' };
+  }
+  const original = (req as { originalUrl?: string }).originalUrl;
+  if (pathname === '/' && typeof original === 'string' && original !== raw) {
+    const oq = original.indexOf('?');
+    const originalPath = oq === -1 ? original : original.slice(0, oq);
+    if (!originalPath.endsWith('/')) return target.slice(1);
+  }
+  return target;
+}
 
 function firstHeader(value: string | string[] | undefined): string | undefined {
   return Array.isArray(value) ? value[0] : value;

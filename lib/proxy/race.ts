@@ -404,6 +404,12 @@ class Copy implements Dispatcher.DispatchHandler {
   }
 }
 
+/** The target a copy asks its upstream: its prefix, then the path (which may be only `?query`, or empty, under an Express mount). */
+function upstreamTarget(prefix: string, path: string): string {
+  const target = prefix + path;
+  return target.startsWith('/') ? target : `/${target}`;
+}
+
 function errorName(err: unknown): string {
   const e = err as { code?: string; message?: string };
   return e?.code ?? e?.message ?? String(err);
@@ -542,7 +548,7 @@ export class Race {
         timestamp: input.wallClock(),
         idempotencyKey: input.idempotencyKey,
         method: input.method,
-        target: copy.upstream.prefix + input.path,
+        target: upstreamTarget(copy.upstream.prefix, input.path),
         bodyHash: input.bodyHash,
       },
       input.secret,
@@ -556,7 +562,7 @@ export class Race {
     try {
       input.dispatchers.get(copy.upstream.id)!.dispatch(
         {
-          path: copy.upstream.prefix + input.path,
+          path: upstreamTarget(copy.upstream.prefix, input.path),
           method: input.method,
           headers,
           body: input.body,

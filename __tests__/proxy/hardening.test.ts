@@ -1,0 +1,104 @@
+import express from 'express';
+import { afterAll, describe, expect, it } from '@jest/globals';
+import { redundantProxy, type ProxyErrorEvent, type UpstreamEjectedEvent } from '../../lib/index.js';
+import { closeAfterEach } from '../helpers/cleanup.js';
+import { testClient } from '../helpers/client.js';
+import { frameworks, mountGateway, raceFixture } from '../helpers/gateway.js';
+import { after, listen, rawRequest, startUpstream } from '../helpers/upstream.js';
+
+// What a hostile client or a misconfigured replica can do, and what it no longer can.
+
+const client = testClient();
+const open = closeAfterEach();
+afterAll(() => client.close());
+
+/** A replica whose worker refuses every copy at once, as one with a wrong or rotated secret does. */
+const refusing = after(0, 401, { code: 'RP_ERR_BAD_SIGNATURE', message: 'copy refused: its signature does not match' }, { 'x-redundant-worker': '1', 'x-redundant-refused': 'RP_ERR_BAD_SIGNATURE' });
+
+describe.each(frameworks)('hardening (%s)', (kind) => {
+  it("a replica that refuses the proxy's copies never answers a request: reads fail over, it is reported once and ejected", async () => {
+    const { gw, proxy, errors, reports } = await raceFixture(open, kind, [refusing, after(15, 200, { ok: true })], { timeout: 3000 });
+    const ejected: UpstreamEjectedEvent[] = [];
+    proxy.on('upstream:ejected', (e) => ejected.push(e));
+    for (let i = 0; i < 20; i++) {
+      const res = await client.send(`${gw.url}/read`);
+      expect(res.status).toBe(200);
+      expect(res.headers['x-redundant-served-by']).toBe('u1');
+    }
+    const refusals = errors.filter((e: ProxyErrorEvent) => e.source === 'upstream');
+    expect(refusals).toHaveLength(1);
+    expect(String((refusals[0]!.error as Error).message)).toMatch(/upstream "u0" refuses .*RP_ERR_BAD_SIGNATURE/);
+    expect(ejected.map((e) => e.upstream)).toEqual(['u0']);
+    const first = reports[0]!.copies.find((c) => c.upstream === 'u0')!;
+    expect(first.outcome).toBe('failed');
+    expect(first.error).toBe('refused: RP_ERR_BAD_SIGNATURE');
+  });
+
+  it('every replica refusing: 502, never the 401', async () => {
+    const { gw } = await raceFixture(open, kind, [refusing, refusing], { timeout: 3000 });
+    const res = await client.send(`${gw.url}/read`);
+    expect(res.status).toBe(502);
+    expect(res.json()).toMatchObject({ code: 'RP_ERR_UPSTREAMS_FAILED' });
+  });
+
+  it('OPTIONS * is answered 400 locally, sends nothing, and ejects nobody', async () => {
+    const { gw, ups, proxy } = await raceFixture(open, kind, [after(0), after(0), after(0), after(0)], { timeout: 3000 });
+    for (let i = 0; i < 12; i++) {
+      const res = await rawRequest(gw.url, 'OPTIONS * HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n');
+      expect(res.status).toBe(400);
+      expect(JSON.parse(res.body)).toMatchObject({ code: 'RP_ERR_BAD_TARGET' });
+    }
+    for (const u of ups) expect(u.seen).toHaveLength(0);
+    expect(Object.values(proxy.metrics().upstreams).some((u) => u.ejected)).toBe(false);
+    expect((await client.send(`${gw.url}/still-fine`)).status).toBe(200);
+  });
+
+  it('dot-segments, literal or percent-encoded, are refused with 400 and reach no upstream', async () => {
+    const up = await startUpstream(after(0));
+    open.push(up);
+    const proxy = redundantProxy({ upstreams: [{ id: 'api', url: `${up.url}/api` }] });
+    const gw = await mountGateway(kind, proxy);
+    open.push(gw, proxy);
+    for (const target of ['/../secret', '/a/../../secret', '/%2e%2e/secret', '/a/%2E%2e/b', '/a/./b', '/a/%2e/b?x=1']) {
+      const res = await rawRequest(gw.url, `GET ${target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n`);
+      expect([target, res.status]).toEqual([target, 400]);
+    }
+    expect(up.seen).toHaveLength(0);
+    // Dots inside a segment are just names.
+    const fine = await rawRequest(gw.url, 'GET /v1.2/..hidden/a..b HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n');
+    expect(fine.status).toBe(200);
+    expect(up.seen[0]!.url).toBe('/api/v1.2/..hidden/a..b');
+  });
+
+  it('an absolute-form target is reduced to origin-form: its host never reaches the upstream', async () => {
+    const up = await startUpstream(after(0));
+    open.push(up);
+    const proxy = redundantProxy({ upstreams: [{ id: 'api', url: `${up.url}/api` }] });
+    const gw = await mountGateway(kind, proxy);
+    open.push(gw, proxy);
+    const res = await rawRequest(gw.url, 'GET http://evil.example/x?y=1 HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n');
+    expect(res.status).toBe(200);
+    expect(up.seen[0]!.url).toBe('/api/x?y=1');
+  });
+});
+
+describe('mounted under a path in Express', () => {
+  it('the query follows the prefix without an inserted slash; deeper paths keep theirs', async () => {
+    const up = await startUpstream(after(0));
+    const bare = await startUpstream(after(0));
+    open.push(up, bare);
+    const proxy = redundantProxy({ upstreams: [{ id: 'api', url: `${up.url}/api` }] });
+    const plain = redundantProxy({ upstreams: [{ id: 'root', url: bare.url }] });
+    const app = express();
+    app.use('/svc', proxy);
+    app.use('/other', plain);
+    const gw = await listen(app);
+    open.push(gw, proxy, plain);
+    await client.send(`${gw.url}/svc?lang=en`);
+    await client.send(`${gw.url}/svc/?lang=en`);
+    await client.send(`${gw.url}/svc/x/y?z=1`);
+    await client.send(`${gw.url}/other?lang=en`);
+    expect(up.seen.map((s) => s.url)).toEqual(['/api?lang=en', '/api/?lang=en', '/api/x/y?z=1']);
+    expect(bare.seen.map((s) => s.url)).toEqual(['/?lang=en']);
+  });
+});
