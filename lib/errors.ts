@@ -179,7 +179,19 @@ function brand(err: object): void {
   Object.defineProperty(err, kBrand, { value: true, enumerable: false });
 }
 
+const kRedacted = Symbol('redundant-proxy.redacted');
+
+/**
+ * A value an option error must not show (a secret): only its kind and
+ * length are described.
+ */
+export function redacted(value: unknown): unknown {
+  const kind = typeof value === 'string' ? `a string of ${value.length} characters` : Buffer.isBuffer(value) ? `a Buffer of ${value.length} bytes` : value === null ? 'null' : typeof value;
+  return { [kRedacted]: `${kind} (not shown)` };
+}
+
 function describe(value: unknown): string {
+  if (typeof value === 'object' && value !== null && kRedacted in value) return (value as Record<symbol, string>)[kRedacted]!;
   if (typeof value === 'string') return JSON.stringify(value);
   if (typeof value === 'function') return 'a function';
   if (Array.isArray(value)) return `an array of ${value.length}`;

@@ -212,15 +212,39 @@ describe.each(frameworks)('headers (%s)', (kind) => {
     expect(h.connection).not.toMatch(/forwarded/i);
   });
 
-  it('appends to an existing X-Forwarded-For chain', async () => {
+  it('with trustForwarded, appends to an existing X-Forwarded-For chain and keeps the balancer\'s -Proto and -Host', async () => {
+    const ups = await upstreams(1);
+    const proxy = redundantProxy({ upstreams: ups.map((u) => u.url), trustForwarded: true });
+    const gw = await mountGateway(kind, proxy);
+    open.push(gw, proxy);
+    await client.send(`${gw.url}/`, { headers: { 'x-forwarded-for': '203.0.113.9', 'x-forwarded-proto': 'https', 'x-forwarded-host': 'shop.example' } });
+    const h = ups[0]!.seen[0]!.headers;
+    expect(h['x-forwarded-for']).toMatch(/^203\.0\.113\.9, .*127\.0\.0\.1$/);
+    expect(h['x-forwarded-proto']).toBe('https');
+    expect(h['x-forwarded-host']).toBe('shop.example');
+  });
+
+  it("by default, a client's own X-Forwarded-* and Forwarded are replaced by what the gateway sees", async () => {
     const ups = await upstreams(1);
     const proxy = redundantProxy({ upstreams: ups.map((u) => u.url) });
     const gw = await mountGateway(kind, proxy);
     open.push(gw, proxy);
-    await client.send(`${gw.url}/`, { headers: { 'x-forwarded-for': '203.0.113.9', 'x-forwarded-proto': 'https' } });
+    await client.send(`${gw.url}/`, { headers: { 'x-forwarded-for': '203.0.113.9', 'x-forwarded-proto': 'https', 'x-forwarded-host': 'evil.example', forwarded: 'for=203.0.113.9;proto=https' } });
     const h = ups[0]!.seen[0]!.headers;
-    expect(h['x-forwarded-for']).toMatch(/^203\.0\.113\.9, .*127\.0\.0\.1$/);
-    expect(h['x-forwarded-proto']).toBe('https');
+    expect(h['x-forwarded-for']).toMatch(/^(::ffff:)?127\.0\.0\.1$/);
+    expect(h['x-forwarded-proto']).toBe('http');
+    expect(h['x-forwarded-host']).toMatch(/^127\.0\.0\.1:\d+$/);
+    expect(h.forwarded).toBeUndefined();
+  });
+
+  it('tells clients an upstream given only as a URL by its place in the list, never its address', async () => {
+    const ups = await upstreams(2);
+    const proxy = redundantProxy({ upstreams: [ups[0]!.url, { id: 'named', url: ups[1]!.url }], copies: 1 });
+    const gw = await mountGateway(kind, proxy);
+    open.push(gw, proxy);
+    const seen = new Set<string>();
+    for (let i = 0; i < 4; i++) seen.add(String((await client.send(`${gw.url}/`)).headers['x-redundant-served-by']));
+    expect([...seen].sort()).toEqual(['named', 'upstream-1']);
   });
 });
 

@@ -171,7 +171,7 @@ describe('outlier ejection with a quorum', () => {
 });
 
 describe('Ejector: stale reports, probation and the streak (pure logic, injected clock)', () => {
-  const ups = ['a', 'b', 'c'].map((id) => ({ id, origin: 'http://127.0.0.1', prefix: '' }));
+  const ups = ['a', 'b', 'c'].map((id) => ({ id, label: id, origin: 'http://127.0.0.1', prefix: '' }));
   function make(settings: Partial<{ consecutiveFailures: number; baseEjectionTime: number; maxEjectionTime: number }> = {}) {
     let t = 0;
     const log: string[] = [];

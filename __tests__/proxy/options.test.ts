@@ -83,4 +83,18 @@ describe('redundantProxy options are validated at construction', () => {
     expect(typeof p.handler).toBe('function');
     await p.close();
   });
+
+  it('never shows a secret in an option error: only its kind and length', () => {
+    const secret = 'hunter2-short';
+    let message = '';
+    try {
+      redundantProxy({ upstreams: ['http://127.0.0.1:1'], secret });
+    } catch (err) {
+      message = (err as Error).message;
+    }
+    expect(message).toMatch(/`secret`/);
+    expect(message).toMatch(/a string of 13 characters \(not shown\)/);
+    expect(message).not.toContain(secret);
+    expect(() => redundantProxy({ upstreams: ['http://127.0.0.1:1'], trustForwarded: 'yes' as unknown as boolean })).toThrow(/trustForwarded/);
+  });
 });

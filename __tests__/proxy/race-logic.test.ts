@@ -91,7 +91,7 @@ async function race(scripts: Script[], extra: Partial<RaceInput> = {}) {
   const errors: unknown[] = [];
   const t0 = performance.now();
   const res = fakeResponse();
-  const targets = scripts.map((_, i) => ({ id: `u${i}`, origin: 'http://127.0.0.1', prefix: '', url: 'http://127.0.0.1' }));
+  const targets = scripts.map((_, i) => ({ id: `u${i}`, label: `u${i}`, origin: 'http://127.0.0.1', prefix: '', url: 'http://127.0.0.1' }));
   const r = new Race({
     requestId: 'req',
     method: 'POST',

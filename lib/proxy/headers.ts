@@ -56,9 +56,11 @@ function copyHeaders(
  * The headers every copy of `req` shares, as a flat `[name, value, …]` list
  * (what undici takes with the least work): the client's end-to-end headers,
  * less hop-by-hop ones and any `x-redundant-*` a client sent, plus
- * `X-Forwarded-*` and the minted request id.
+ * `X-Forwarded-*` and the minted request id. The client's own
+ * `X-Forwarded-*` (and `Forwarded`) pass only when `trust` says a load
+ * balancer in front set them; otherwise this gateway's view replaces them.
  */
-export function forwardRequestHeaders(req: IncomingMessage, requestId: string): string[] {
+export function forwardRequestHeaders(req: IncomingMessage, requestId: string, trust = false): string[] {
   const from = req.headers;
   const named = connectionTokens(from.connection);
   const out: string[] = [];
@@ -67,6 +69,7 @@ export function forwardRequestHeaders(req: IncomingMessage, requestId: string): 
   for (const name in from) {
     const value = from[name];
     if (value === undefined || name === 'x-forwarded-for' || !passes(name, REQUEST_MANAGED, named)) continue;
+    if (!trust && (name === 'x-forwarded-proto' || name === 'x-forwarded-host' || name === 'forwarded')) continue;
     if (typeof value === 'string') out.push(name, value);
     else if (Array.isArray(value)) for (const v of value) out.push(name, v);
     // A middleware before the proxy may have set a number: undici would have stringified it.
@@ -74,7 +77,7 @@ export function forwardRequestHeaders(req: IncomingMessage, requestId: string): 
     if (name === 'x-forwarded-proto') proto = true;
     else if (name === 'x-forwarded-host') host = true;
   }
-  const prior = from['x-forwarded-for'];
+  const prior = trust ? from['x-forwarded-for'] : undefined;
   const chain = Array.isArray(prior) ? prior.join(', ') : prior;
   const remote = req.socket?.remoteAddress;
   const forwardedFor = remote ? (chain ? `${chain}, ${remote}` : remote) : chain;

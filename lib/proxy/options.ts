@@ -1,5 +1,5 @@
 import type { IncomingMessage } from 'node:http';
-import { InvalidOptionError } from '../errors.js';
+import { InvalidOptionError, redacted } from '../errors.js';
 import { MemorySessionStore } from '../store/memory.js';
 import type { SessionStore } from '../store/types.js';
 import { checkPrometheusOptions, type PrometheusOptions } from './prometheus.js';
@@ -211,6 +211,16 @@ export interface ProxyOptions {
    */
   connections?: number;
   /**
+   * Whether the client's `X-Forwarded-For`, `-Proto` and `-Host` are to be
+   * believed: true only when every client reaches this gateway through a
+   * load balancer that sets them (and drops what its own clients sent).
+   * Otherwise any client could name itself or its scheme: they are replaced
+   * by what this gateway sees (the peer's address, the socket's scheme, the
+   * `Host`), and the session cookie's `Secure` attribute follows the socket.
+   * @default false
+   */
+  trustForwarded?: boolean;
+  /**
    * Where the proxy finds the client's session id: a cookie, or a request
    * header. Without one it mints an id, and sends it back (cookie or response
    * header) only when the adopted copy wrote session data. `false` turns
@@ -272,6 +282,13 @@ export interface SessionOptions {
 
 export interface Upstream {
   id: string;
+  /**
+   * What clients are told of it (`x-redundant-served-by`, error messages):
+   * its `id` when one was given, else `upstream-<n>` (its place in the list,
+   * from 1): an id derived from the URL is its address, and clients learn no
+   * topology.
+   */
+  label: string;
   origin: string;
   /** Path prefix from the upstream URL, without a trailing slash ('' for none). */
   prefix: string;
@@ -299,12 +316,13 @@ export interface ResolvedOptions {
   select: ResolvedSelect;
   isUpdate: (req: IncomingMessage) => boolean;
   secret: string | Buffer | undefined;
+  trustForwarded: boolean;
   maxBodySize: number;
   connections: number;
   now: () => number;
 }
 
-const KNOWN = new Set(['upstreams', 'store', 'copies', 'hedge', 'timeout', 'accept', 'select', 'isUpdate', 'secret', 'maxBodySize', 'connections', 'session', 'storeTimeout', 'onCancel', 'cancelTimeout', 'idempotency', 'ejection', 'prometheus', 'now']);
+const KNOWN = new Set(['upstreams', 'store', 'copies', 'hedge', 'timeout', 'accept', 'select', 'isUpdate', 'secret', 'maxBodySize', 'connections', 'trustForwarded', 'session', 'storeTimeout', 'onCancel', 'cancelTimeout', 'idempotency', 'ejection', 'prometheus', 'now']);
 const TOKEN = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
 const READ_METHODS = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE']);
 const ID = /^[A-Za-z0-9._:-]{1,64}$/;
@@ -346,7 +364,8 @@ export function resolveOptions(options: ProxyOptions): ResolvedOptions {
   }
   const secret = options.secret;
   if (secret !== undefined && !((typeof secret === 'string' && secret.length >= 16) || (Buffer.isBuffer(secret) && secret.length >= 16))) {
-    throw new InvalidOptionError('secret', 'must be a string or Buffer of at least 16 characters/bytes', secret);
+    // Never the secret itself in the message: option errors end up in logs.
+    throw new InvalidOptionError('secret', 'must be a string or Buffer of at least 16 characters/bytes', redacted(secret));
   }
   const store = options.store;
   if (store !== undefined && (typeof store !== 'object' || store === null || typeof store.recordCopy !== 'function' || typeof store.recordAdoption !== 'function')) {
@@ -375,6 +394,7 @@ export function resolveOptions(options: ProxyOptions): ResolvedOptions {
     select: resolveSelect(options.select, copies),
     isUpdate: options.isUpdate ?? defaultIsUpdate,
     secret,
+    trustForwarded: resolveBoolean('trustForwarded', options.trustForwarded, false),
     maxBodySize,
     connections,
     now: options.now ?? (() => performance.now()),
@@ -452,6 +472,12 @@ function resolveSession(session: ProxyOptions['session']): ResolvedOptions['sess
   return { cookie, header: header?.toLowerCase() };
 }
 
+function resolveBoolean(name: string, value: unknown, fallback: boolean): boolean {
+  if (value === undefined) return fallback;
+  if (typeof value !== 'boolean') throw new InvalidOptionError(name, 'must be true or false', value);
+  return value;
+}
+
 function resolveUpstreams(list: ProxyOptions['upstreams']): Upstream[] {
   if (!Array.isArray(list) || list.length === 0) throw new InvalidOptionError('upstreams', 'must be a non-empty array of URLs or { id, url }', list);
   const seen = new Set<string>();
@@ -473,9 +499,10 @@ function resolveUpstreams(list: ProxyOptions['upstreams']): Upstream[] {
     }
     if (parsed.protocol !== 'http:' && parsed.protocol !== 'https:') throw new InvalidOptionError(name, 'must be an http: or https: URL', url);
     if (parsed.search || parsed.hash || parsed.username || parsed.password) throw new InvalidOptionError(name, 'must not carry a query, fragment or credentials', url);
+    const explicit = id !== undefined;
     id ??= parsed.host;
     if (seen.has(id)) throw new InvalidOptionError(name, `repeats the upstream id "${id}"`, url);
     seen.add(id);
-    return { id, origin: parsed.origin, prefix: parsed.pathname.replace(/\/+$/, '') };
+    return { id, label: explicit ? id : `upstream-${i + 1}`, origin: parsed.origin, prefix: parsed.pathname.replace(/\/+$/, '') };
   });
 }

@@ -240,7 +240,11 @@ export function redundantProxy(options: ProxyOptions): RedundantProxy {
   async function decideUpdate(requestId: string, adopting: boolean): Promise<RedundantProxyError | undefined> {
     const record = await withTimeout(opts.store.getRequest(requestId), opts.storeTimeout, 'getRequest');
     const commit = record?.commit;
-    const upstreamOf = (holder: string) => record?.copies.find((c) => c.duplicateId === holder)?.upstreamId ?? 'unknown';
+    // Clients are told an upstream's label, never an id derived from its address.
+    const upstreamOf = (holder: string) => {
+      const id = record?.copies.find((c) => c.duplicateId === holder)?.upstreamId;
+      return opts.upstreams.find((u) => u.id === id)?.label ?? 'unknown';
+    };
     if (commit?.state === 'committed' && commit.holder !== sealId(requestId)) return answerLost(upstreamOf(commit.holder));
     if (commit?.state === 'claimed') return outcomeUnknown(upstreamOf(commit.holder));
     if (!adopting) return undefined;
@@ -338,7 +342,7 @@ export function redundantProxy(options: ProxyOptions): RedundantProxy {
       update,
       sessionId: session.id,
       sessionNew: session.isNew,
-      headers: forwardRequestHeaders(req, requestId),
+      headers: forwardRequestHeaders(req, requestId, opts.trustForwarded),
       body,
       targets,
       dispatchers,
@@ -433,7 +437,7 @@ export function redundantProxy(options: ProxyOptions): RedundantProxy {
     const cfg = opts.session;
     if (!cfg) return {};
     if (cfg.header) return { [cfg.header]: id };
-    const secure = (req.socket as { encrypted?: boolean } | undefined)?.encrypted || firstHeader(req.headers['x-forwarded-proto']) === 'https';
+    const secure = (req.socket as { encrypted?: boolean } | undefined)?.encrypted || (opts.trustForwarded && firstHeader(req.headers['x-forwarded-proto']) === 'https');
     return { 'set-cookie': `${cfg.cookie}=${id}; Path=/; HttpOnly; SameSite=Lax${secure ? '; Secure' : ''}` };
   }
 

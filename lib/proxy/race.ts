@@ -626,7 +626,7 @@ export class Race {
         copy.report.outcome = 'applied';
         if (copy.drainable()) copy.state = 'draining';
         else copy.abort();
-        sendError(this.input.res, new RedundantProxyError(codes.ANSWER_LOST, `the update was applied by an earlier copy (found by upstream "${copy.upstream.id}"), but its answer was lost; do not retry it blindly`, { status: 502 }), this.input.requestId);
+        sendError(this.input.res, new RedundantProxyError(codes.ANSWER_LOST, `the update was applied by an earlier copy (found by upstream "${copy.upstream.label}"), but its answer was lost; do not retry it blindly`, { status: 502 }), this.input.requestId);
         this.finish('answer-lost');
         return;
       }
@@ -716,7 +716,7 @@ export class Race {
       }
     }
     out['x-request-id'] = this.input.requestId;
-    out[H.servedBy] = copy.upstream.id;
+    out[H.servedBy] = copy.upstream.label;
     if (this.input.capture > 0) this.captured = { status, headers: { ...out }, body: null };
     res.writeHead(status, out);
   }
@@ -1062,7 +1062,7 @@ export class Race {
     if (fallback && !res.headersSent && !res.destroyed) {
       const out = forwardResponseHeaders(fallback.headers);
       out['x-request-id'] = requestId;
-      out[H.servedBy] = fallback.upstream.id;
+      out[H.servedBy] = fallback.upstream.label;
       const body = Buffer.concat(fallback.chunks, fallback.size);
       out['content-length'] = String(body.length);
       res.writeHead(fallback.report.status!, out);
