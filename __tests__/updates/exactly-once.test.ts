@@ -7,9 +7,12 @@ import { mountGateway, type Gateway } from '../helpers/gateway.js';
 import { eventually, startReplica, type Replica } from '../helpers/replica.js';
 import { sleep, transferHandler, type TransferHooks } from '../helpers/transfer.js';
 import { closeAfterEach } from '../helpers/cleanup.js';
+import { mintSignedSessionId } from '../../lib/proxy/session.js';
 import { faultyStore, restartableStore, slowStore } from '../helpers/slow-store.js';
 
 const SECRET = 'exactly-once-secret-0123';
+/** A session cookie the proxy would have handed out (signed with its secret): a client's own pick is not taken. */
+const sessionCookie = () => `rp_session=${mintSignedSessionId(SECRET)}`;
 const client = testClient();
 const open = closeAfterEach();
 afterAll(() => client.close());
@@ -351,7 +354,7 @@ describe('faults', () => {
 describe('Idempotency-Key', () => {
   it('replays the committed answer to a retry with the same key, without a second commit', async () => {
     const f = await fleet();
-    const headers = { 'idempotency-key': '"retry-key-1"', cookie: 'rp_session=session-of-client-one-0001' };
+    const headers = { 'idempotency-key': '"retry-key-1"', cookie: sessionCookie() };
     const first = await transfer(f.gw, { from: 1, to: 2, amount: 4 }, headers);
     expect(first.status).toBe(200);
     await sleep(50); // the answer is kept off the critical path
@@ -365,7 +368,7 @@ describe('Idempotency-Key', () => {
 
   it('a retry while the same key is in flight waits for the outcome and gets it replayed; 422 for the same key with another body', async () => {
     const f = await fleet({ hooks: () => ({ think: () => 300 }) });
-    const headers = { 'idempotency-key': 'key-in-flight', cookie: 'rp_session=session-of-client-two-0002' };
+    const headers = { 'idempotency-key': 'key-in-flight', cookie: sessionCookie() };
     const [a, b] = await Promise.all([
       transfer(f.gw, { from: 3, to: 4, amount: 1 }, headers),
       sleep(50).then(() => transfer(f.gw, { from: 3, to: 4, amount: 1 }, headers)),
@@ -383,7 +386,7 @@ describe('Idempotency-Key', () => {
 
   it('with idempotency.wait 0, a retry while the same key is in flight gets 409 with Retry-After at once', async () => {
     const f = await fleet({ hooks: () => ({ think: () => 300 }), proxy: { idempotency: { wait: 0 } } });
-    const headers = { 'idempotency-key': 'key-in-flight-0', cookie: 'rp_session=session-of-client-two-0002' };
+    const headers = { 'idempotency-key': 'key-in-flight-0', cookie: sessionCookie() };
     const [a, b] = await Promise.all([
       transfer(f.gw, { from: 3, to: 4, amount: 1 }, headers),
       sleep(50).then(() => transfer(f.gw, { from: 3, to: 4, amount: 1 }, headers)),
@@ -397,9 +400,9 @@ describe('Idempotency-Key', () => {
 
   it("scopes keys by session: another client's same key runs anew and never sees the first answer", async () => {
     const f = await fleet();
-    const one = await transfer(f.gw, { from: 5, to: 6, amount: 1 }, { 'idempotency-key': 'shared-key', cookie: 'rp_session=session-of-client-aaa-0003' });
+    const one = await transfer(f.gw, { from: 5, to: 6, amount: 1 }, { 'idempotency-key': 'shared-key', cookie: sessionCookie() });
     await sleep(50);
-    const two = await transfer(f.gw, { from: 5, to: 6, amount: 1 }, { 'idempotency-key': 'shared-key', cookie: 'rp_session=session-of-client-bbb-0004' });
+    const two = await transfer(f.gw, { from: 5, to: 6, amount: 1 }, { 'idempotency-key': 'shared-key', cookie: sessionCookie() });
     expect(one.status).toBe(200);
     expect(two.status).toBe(200);
     expect(two.headers['idempotent-replayed']).toBeUndefined();
@@ -459,7 +462,7 @@ describe('the commit protocol when the client, the proxy or a replica gives up',
     open.push(memory);
     const f = await fleet({ store: slowStore(memory, { completeIdempotent: 30 }), proxy: { idempotency: { wait: 0 } } });
     for (let i = 0; i < 20; i++) {
-      const headers = { 'idempotency-key': `immediate-${i}`, cookie: 'rp_session=session-of-immediate-0001' };
+      const headers = { 'idempotency-key': `immediate-${i}`, cookie: sessionCookie() };
       const first = await transfer(f.gw, { from: 1, to: 2, amount: 1 }, headers);
       const again = await transfer(f.gw, { from: 1, to: 2, amount: 1 }, headers);
       expect(first.status).toBe(200);
@@ -480,7 +483,7 @@ describe('the commit protocol when the client, the proxy or a replica gives up',
         },
       }),
     });
-    const headers = { 'idempotency-key': 'gave-up-mid-commit', cookie: 'rp_session=session-of-impatient-0001' };
+    const headers = { 'idempotency-key': 'gave-up-mid-commit', cookie: sessionCookie() };
     // The client gives up while a copy is inside its commit.
     expect(await transferGivingUp(f.gw, { from: 1, to: 2, amount: 3 }, headers, inCommit.reached)).toBe('gave-up');
     // The retry finds the key in flight, waits for the outcome, and gets the answer the first attempt kept.
@@ -508,7 +511,7 @@ describe('the commit protocol when the client, the proxy or a replica gives up',
       }),
       proxy: { idempotency: { wait: 0 } },
     });
-    const headers = { 'idempotency-key': 'gave-up-no-wait', cookie: 'rp_session=session-of-impatient-0003' };
+    const headers = { 'idempotency-key': 'gave-up-no-wait', cookie: sessionCookie() };
     expect(await transferGivingUp(f.gw, { from: 1, to: 2, amount: 3 }, headers, inCommit.reached)).toBe('gave-up');
     const early = await transfer(f.gw, { from: 1, to: 2, amount: 3 }, headers);
     expect(early.status).toBe(409);
@@ -531,7 +534,7 @@ describe('the commit protocol when the client, the proxy or a replica gives up',
         },
       }),
     });
-    const headers = { 'idempotency-key': 'gave-up-early', cookie: 'rp_session=session-of-impatient-0002' };
+    const headers = { 'idempotency-key': 'gave-up-early', cookie: sessionCookie() };
     expect(await transferGivingUp(f.gw, { from: 2, to: 3, amount: 4 }, headers, thinking.reached)).toBe('gave-up');
     const retry = await transfer(f.gw, { from: 2, to: 3, amount: 4 }, headers);
     expect(retry.status).toBe(200);
@@ -545,7 +548,7 @@ describe('the commit protocol when the client, the proxy or a replica gives up',
   it('the proxy times out while a copy holds the commit: 503 RP_ERR_OUTCOME_UNKNOWN, and a retry learns it was applied', async () => {
     // The claimant claims within the timeout (it thinks for nothing) and commits well after it.
     const f = await fleet({ hooks: () => ({ beforeCommit: () => sleep(1500) }), proxy: { timeout: 700 } });
-    const headers = { 'idempotency-key': 'timed-out-mid-commit', cookie: 'rp_session=session-of-patient-0003' };
+    const headers = { 'idempotency-key': 'timed-out-mid-commit', cookie: sessionCookie() };
     const first = await transfer(f.gw, { from: 3, to: 4, amount: 5 }, headers);
     expect(first.status).toBe(503);
     expect(first.json()).toMatchObject({ code: 'RP_ERR_OUTCOME_UNKNOWN' });
@@ -570,7 +573,7 @@ describe('the commit protocol when the client, the proxy or a replica gives up',
         },
       }),
     });
-    const headers = { 'idempotency-key': 'died-after-write', cookie: 'rp_session=session-of-dead-write-0004' };
+    const headers = { 'idempotency-key': 'died-after-write', cookie: sessionCookie() };
     const res = await transfer(f.gw, { from: 4, to: 5, amount: 6 }, headers);
     expect(res.status).toBe(502);
     expect(res.json()).toMatchObject({ code: 'RP_ERR_ANSWER_LOST' });
@@ -600,7 +603,7 @@ describe('the commit protocol when the client, the proxy or a replica gives up',
         },
       }),
     });
-    const headers = { 'idempotency-key': 'died-and-gone', cookie: 'rp_session=session-of-dead-write-0005' };
+    const headers = { 'idempotency-key': 'died-and-gone', cookie: sessionCookie() };
     expect(await transferGivingUp(f.gw, { from: 5, to: 6, amount: 7 }, headers, wrote.reached)).toBe('gave-up');
     const retry = await transfer(f.gw, { from: 5, to: 6, amount: 7 }, headers);
     expect(retry.status).toBe(502);
@@ -628,7 +631,7 @@ describe('Idempotency-Key when the store fails around the race', () => {
     open.push(memory);
     const faulty = faultyStore(memory);
     const f = await fleet({ store: faulty.store, proxy: { storeTimeout: 150, idempotency: { wait: 0 } } });
-    const headers = { 'idempotency-key': 'frozen-take', cookie: 'rp_session=session-of-frozen-take-01' };
+    const headers = { 'idempotency-key': 'frozen-take', cookie: sessionCookie() };
     faulty.freeze('beginIdempotent', 'completeIdempotent');
     const first = await transfer(f.gw, { from: 1, to: 2, amount: 1 }, headers);
     expect(first.status).toBe(503);
@@ -647,7 +650,7 @@ describe('Idempotency-Key when the store fails around the race', () => {
     const f = await fleet({ store: faulty.store, proxy: { storeTimeout: 150, idempotency: { wait: 0 } } });
     const errors: unknown[] = [];
     f.proxy.on('error', (e) => errors.push(e));
-    const headers = { 'idempotency-key': 'down-at-completion', cookie: 'rp_session=session-of-down-complete1' };
+    const headers = { 'idempotency-key': 'down-at-completion', cookie: sessionCookie() };
     faulty.down('completeIdempotent');
     const first = await transfer(f.gw, { from: 2, to: 3, amount: 1 }, headers);
     expect(first.status).toBe(200);
@@ -667,7 +670,7 @@ describe('Idempotency-Key when the store restarts empty', () => {
     const restartable = restartableStore(() => new MemorySessionStore());
     open.push(restartable);
     const f = await fleet({ store: restartable.store });
-    const headers = { 'idempotency-key': 'before-the-restart', cookie: 'rp_session=session-of-restarted-000001' };
+    const headers = { 'idempotency-key': 'before-the-restart', cookie: sessionCookie() };
     const first = await transfer(f.gw, { from: 1, to: 2, amount: 9 }, headers);
     expect(first.status).toBe(200);
     await restartable.restart(); // every key, claim and record is gone

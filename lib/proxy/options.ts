@@ -278,6 +278,31 @@ export interface SessionOptions {
   cookie?: string;
   /** Request header carrying the session id (e.g. `x-session-id`); a minted id is returned in the same response header. */
   header?: string;
+  /**
+   * The cookie's `Secure` attribute: `'auto'` sets it when the client came
+   * over TLS (the socket, or `X-Forwarded-Proto: https` with `trustForwarded`).
+   * @default 'auto'
+   */
+  secure?: boolean | 'auto';
+  /** The cookie's `SameSite` attribute (`'None'` needs `secure: true`). @default 'Lax' */
+  sameSite?: 'Strict' | 'Lax' | 'None';
+  /** The cookie's `Domain` attribute. @default none: the cookie goes back to this host only */
+  domain?: string;
+  /** The cookie's `Path` attribute. @default '/' */
+  path?: string;
+  /** The cookie's `Max-Age`, in seconds. @default none: a cookie for the browser session */
+  maxAge?: number;
+}
+
+/** The session options, checked. */
+export interface ResolvedSession {
+  cookie: string | undefined;
+  header: string | undefined;
+  secure: boolean | 'auto';
+  sameSite: 'Strict' | 'Lax' | 'None';
+  domain: string | undefined;
+  path: string;
+  maxAge: number | undefined;
 }
 
 export interface Upstream {
@@ -301,7 +326,7 @@ export interface ResolvedOptions {
   store: SessionStore;
   /** True when the proxy created the store and so closes it. */
   ownsStore: boolean;
-  session: { cookie: string | undefined; header: string | undefined } | false;
+  session: ResolvedSession | false;
   storeTimeout: number;
   onCancel: ((info: CancelInfo) => void | Promise<void>) | undefined;
   cancelTimeout: number;
@@ -456,20 +481,30 @@ function resolveIdempotency(idem: ProxyOptions['idempotency']): ResolvedOptions[
   return { scope: o.scope, ttl, maxAnswerSize, wait };
 }
 
+const SESSION_KEYS = ['cookie', 'header', 'secure', 'sameSite', 'domain', 'path', 'maxAge'];
+
 function resolveSession(session: ProxyOptions['session']): ResolvedOptions['session'] {
   if (session === false) return false;
-  if (session === undefined) return { cookie: 'rp_session', header: undefined };
-  if (typeof session !== 'object' || session === null) throw new InvalidOptionError('session', 'must be { cookie?, header? } or false', session);
+  const base = { secure: 'auto' as const, sameSite: 'Lax' as const, domain: undefined, path: '/', maxAge: undefined };
+  if (session === undefined) return { cookie: 'rp_session', header: undefined, ...base };
+  if (typeof session !== 'object' || session === null) throw new InvalidOptionError('session', `must be { ${SESSION_KEYS.join('?, ')}? } or false`, session);
   for (const key of Object.keys(session)) {
-    if (key !== 'cookie' && key !== 'header') throw new InvalidOptionError(`session.${key}`, 'is not an option (known: cookie, header)', (session as Record<string, unknown>)[key]);
+    if (!SESSION_KEYS.includes(key)) throw new InvalidOptionError(`session.${key}`, `is not an option (known: ${SESSION_KEYS.join(', ')})`, (session as Record<string, unknown>)[key]);
   }
-  const { cookie, header } = session;
+  const { cookie, header, secure = 'auto', sameSite = 'Lax', domain, path = '/', maxAge } = session;
+  if (secure !== 'auto' && typeof secure !== 'boolean') throw new InvalidOptionError('session.secure', "must be true, false or 'auto'", secure);
+  if (sameSite !== 'Strict' && sameSite !== 'Lax' && sameSite !== 'None') throw new InvalidOptionError('session.sameSite', "must be 'Strict', 'Lax' or 'None'", sameSite);
+  if (sameSite === 'None' && secure !== true) throw new InvalidOptionError('session.sameSite', "'None' needs secure: true (browsers refuse it otherwise)", sameSite);
+  if (domain !== undefined && (typeof domain !== 'string' || !/^\.?[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*$/.test(domain))) throw new InvalidOptionError('session.domain', 'must be a domain name', domain);
+  if (typeof path !== 'string' || !/^\/[\x21-\x3a\x3c-\x7e]*$/.test(path)) throw new InvalidOptionError('session.path', 'must be a path starting with / (no ; or spaces)', path);
+  if (maxAge !== undefined && (!Number.isSafeInteger(maxAge) || maxAge < 0)) throw new InvalidOptionError('session.maxAge', 'must be a whole number of seconds >= 0', maxAge);
+  const attributes = { secure, sameSite, domain, path, maxAge };
   if (cookie !== undefined && (typeof cookie !== 'string' || !TOKEN.test(cookie))) throw new InvalidOptionError('session.cookie', 'must be a cookie name', cookie);
   if (header !== undefined && (typeof header !== 'string' || !TOKEN.test(header) || header.toLowerCase().startsWith('x-redundant-'))) {
     throw new InvalidOptionError('session.header', 'must be a header name outside x-redundant-*', header);
   }
-  if (cookie === undefined && header === undefined) return { cookie: 'rp_session', header: undefined };
-  return { cookie, header: header?.toLowerCase() };
+  if (cookie === undefined && header === undefined) return { cookie: 'rp_session', header: undefined, ...attributes };
+  return { cookie, header: header?.toLowerCase(), ...attributes };
 }
 
 function resolveBoolean(name: string, value: unknown, fallback: boolean): boolean {

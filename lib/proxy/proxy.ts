@@ -13,6 +13,7 @@ import { Metrics, type ProxyMetrics } from './metrics.js';
 import { PrometheusMetrics } from './prometheus.js';
 import { resolveOptions, type CancelInfo, type ProxyOptions, type Upstream } from './options.js';
 import { Idempotency, type KeyedAttempt } from './idempotency.js';
+import { isSignedSessionId, mintSignedSessionId } from './session.js';
 import { Race, type CopyReport, type RaceReport } from './race.js';
 import { sendError } from './respond.js';
 
@@ -298,7 +299,7 @@ export function redundantProxy(options: ProxyOptions): RedundantProxy {
       return;
     }
     const update = opts.isUpdate(req);
-    const session = findSession(req);
+    const session = await findSession(req);
     const targets = plan(update);
     // Judged later against this: a copy planned before an upstream's ejection or return says nothing of it now.
     const epoch = ejector?.epoch ?? 0;
@@ -414,7 +415,7 @@ export function redundantProxy(options: ProxyOptions): RedundantProxy {
     return work;
   }
 
-  function reportStoreError(requestId: string, error: unknown): void {
+  function reportStoreError(requestId: string | null, error: unknown): void {
     if (events.has('error')) events.emit('error', { requestId, source: 'store', error });
     else if (!warnedStore) {
       warnedStore = true;
@@ -422,23 +423,44 @@ export function redundantProxy(options: ProxyOptions): RedundantProxy {
     }
   }
 
-  function findSession(req: IncomingMessage): { id: string; isNew: boolean } {
+  /**
+   * The client's session, when it brought one the proxy handed out: signed
+   * with the secret, or (without a secret) known to the store. Any other id
+   * (one the client or an attacker picked) is replaced by a fresh one, so a
+   * session is never fixed from outside.
+   */
+  async function findSession(req: IncomingMessage): Promise<{ id: string; isNew: boolean }> {
     const cfg = opts.session;
     if (!cfg) return { id: '', isNew: false };
     let id: string | undefined;
     if (cfg.header) id = firstHeader(req.headers[cfg.header]);
     if (id === undefined && cfg.cookie) id = readCookie(req.headers.cookie, cfg.cookie);
-    if (id !== undefined && SESSION_ID.test(id)) return { id, isNew: false };
+    if (id !== undefined && SESSION_ID.test(id)) {
+      if (opts.secret !== undefined) {
+        if (isSignedSessionId(id, opts.secret)) return { id, isNew: false };
+      } else {
+        const known = await withTimeout(opts.store.getSession(id), opts.storeTimeout, 'getSession').catch((error: unknown) => {
+          reportStoreError(null, error);
+          return undefined;
+        });
+        if (known) return { id, isNew: false };
+      }
+    }
     // Not derived from the request id: that one is logged everywhere, a session id must not be.
-    return { id: mintSessionId(), isNew: true };
+    return { id: opts.secret !== undefined ? mintSignedSessionId(opts.secret) : mintSessionId(), isNew: true };
   }
 
   function sessionHeaders(req: IncomingMessage, id: string): Record<string, string> {
     const cfg = opts.session;
     if (!cfg) return {};
     if (cfg.header) return { [cfg.header]: id };
-    const secure = (req.socket as { encrypted?: boolean } | undefined)?.encrypted || (opts.trustForwarded && firstHeader(req.headers['x-forwarded-proto']) === 'https');
-    return { 'set-cookie': `${cfg.cookie}=${id}; Path=/; HttpOnly; SameSite=Lax${secure ? '; Secure' : ''}` };
+    const tls = (req.socket as { encrypted?: boolean } | undefined)?.encrypted || (opts.trustForwarded && firstHeader(req.headers['x-forwarded-proto']) === 'https');
+    const secure = cfg.secure === 'auto' ? tls : cfg.secure;
+    let cookie = `${cfg.cookie}=${id}; Path=${cfg.path}; HttpOnly; SameSite=${cfg.sameSite}`;
+    if (cfg.domain) cookie += `; Domain=${cfg.domain}`;
+    if (cfg.maxAge !== undefined) cookie += `; Max-Age=${cfg.maxAge}`;
+    if (secure) cookie += '; Secure';
+    return { 'set-cookie': cookie };
   }
 
   function toInternal(err: unknown): RedundantProxyError {
