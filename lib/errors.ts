@@ -11,6 +11,10 @@ export const codes = {
   BODY_TOO_LARGE: 'RP_ERR_BODY_TOO_LARGE',
   /** A body parser consumed the request stream and left no raw body (500). */
   BODY_CONSUMED: 'RP_ERR_BODY_CONSUMED',
+  /** The client sent its request body too slowly: nothing for `bodyIdleTimeout`, or not all of it within `bodyTimeout` (408). */
+  BODY_TIMEOUT: 'RP_ERR_BODY_TIMEOUT',
+  /** The gateway is buffering as many request-body bytes as `maxBufferedBytes` allows: this request was not read (503). */
+  OVERLOADED: 'RP_ERR_OVERLOADED',
   /** The client's request body could not be read (400). */
   BODY_READ: 'RP_ERR_BODY_READ',
   /** The request target is neither a path nor an absolute URL (`OPTIONS *`): no upstream is asked (400). */

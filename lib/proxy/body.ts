@@ -28,12 +28,62 @@ const tooLarge = (max: number) =>
   new RedundantProxyError(codes.BODY_TOO_LARGE, `request body exceeds maxBodySize (${max} bytes)`, { status: 413 });
 
 /**
+ * The bytes of all request bodies buffered at once (they are held until their
+ * race ends, to be copied): each request takes its share as it reads, and
+ * gives it back when it is done. A slow or large upload cannot make the
+ * gateway hold more than `max` bytes of bodies, however many there are.
+ */
+export class BodyBudget {
+  #used = 0;
+  constructor(readonly max: number) {}
+
+  get used(): number {
+    return this.#used;
+  }
+
+  /** A share for one request; `release()` it when the request is done. */
+  share(): BodyShare {
+    let held = 0;
+    return {
+      take: (n: number) => {
+        if (this.#used + n > this.max) return false;
+        this.#used += n;
+        held += n;
+        return true;
+      },
+      release: () => {
+        this.#used -= held;
+        held = 0;
+      },
+    };
+  }
+}
+
+export interface BodyShare {
+  /** Takes `n` more bytes of the budget; false (and nothing taken) when they do not fit. */
+  take(n: number): boolean;
+  release(): void;
+}
+
+export interface BodyLimits {
+  share: BodyShare;
+  /** Milliseconds the whole body may take to arrive. */
+  totalMs: number;
+  /** Milliseconds without a byte of it. */
+  idleMs: number;
+}
+
+const overloaded = () =>
+  new RedundantProxyError(codes.OVERLOADED, 'the gateway is buffering as many request bodies as it may (maxBufferedBytes); retry later', { status: 503 });
+
+/**
  * Reads the whole request body, at most `max` bytes, so it can be copied.
  * Resolves `null` when the request has no body. Rejects with a
  * `RedundantProxyError` (413, 400 or 500) otherwise; never buffers past `max`.
  */
-export function readBody(req: IncomingMessage, max: number, hints: ParsedBodyHints): Promise<Buffer | null> {
+export function readBody(req: IncomingMessage, max: number, hints: ParsedBodyHints, limits?: BodyLimits): Promise<Buffer | null> {
   const declared = req.headers['content-length'];
+  let reserved = 0;
   if (declared !== undefined) {
     const n = Number(declared);
     if (!/^\d+$/.test(declared)) {
@@ -41,6 +91,12 @@ export function readBody(req: IncomingMessage, max: number, hints: ParsedBodyHin
     }
     // claim: refuse before a byte is read or a copy leaves.
     if (n > max) return Promise.reject(tooLarge(max));
+    // The declared length is taken from the budget at once: a client that
+    // declares much and sends little holds what it declared.
+    if (limits && n > 0 && !req.readableEnded) {
+      if (!limits.share.take(n)) return Promise.reject(overloaded());
+      reserved = n;
+    }
   }
   // A body parser already read the stream.
   if (req.readableEnded || (req as { _body?: boolean })._body === true) {
@@ -59,20 +115,42 @@ export function readBody(req: IncomingMessage, max: number, hints: ParsedBodyHin
   return new Promise((resolve, reject) => {
     const chunks: Buffer[] = [];
     let size = 0;
+    let idle: NodeJS.Timeout | undefined;
+    let total: NodeJS.Timeout | undefined;
     const cleanup = () => {
+      clearTimeout(idle);
+      clearTimeout(total);
       req.off('data', onData);
       req.off('end', onEnd);
       req.off('error', onError);
       req.off('close', onClose);
     };
+    const fail = (err: RedundantProxyError) => {
+      cleanup();
+      req.pause();
+      reject(err);
+    };
+    const slow = (what: string) => () =>
+      fail(new RedundantProxyError(codes.BODY_TIMEOUT, `the request body ${what}`, { status: 408 }));
+    if (limits) {
+      total = setTimeout(slow(`did not arrive within bodyTimeout (${limits.totalMs} ms)`), limits.totalMs);
+      idle = setTimeout(slow(`stalled for bodyIdleTimeout (${limits.idleMs} ms)`), limits.idleMs);
+    }
     const onData = (chunk: Buffer) => {
       size += chunk.length;
       if (size > max) {
-        cleanup();
-        req.pause();
-        reject(tooLarge(max));
+        fail(tooLarge(max));
         return;
       }
+      // Bytes past what was declared (or a chunked body) take their share as they come.
+      if (limits && size > reserved) {
+        if (!limits.share.take(size - reserved)) {
+          fail(overloaded());
+          return;
+        }
+        reserved = size;
+      }
+      if (idle) idle.refresh();
       chunks.push(chunk);
     };
     const onEnd = () => {

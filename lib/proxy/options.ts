@@ -206,6 +206,27 @@ export interface ProxyOptions {
    */
   maxBodySize?: number;
   /**
+   * Milliseconds a request body may take to arrive whole; a client still
+   * sending then gets `408` `RP_ERR_BODY_TIMEOUT` and its connection closed
+   * (Node's own `requestTimeout` is 300 s).
+   * @default 30000
+   */
+  bodyTimeout?: number;
+  /**
+   * Milliseconds a request body may stall without a byte (`408`
+   * `RP_ERR_BODY_TIMEOUT`).
+   * @default 10000
+   */
+  bodyIdleTimeout?: number;
+  /**
+   * Most bytes of request bodies buffered at once, over all requests (a
+   * declared `Content-Length` counts in full from the start): beyond it a
+   * request gets `503` `RP_ERR_OVERLOADED` before its body is read. At least
+   * `maxBodySize`.
+   * @default 67108864 (64 MiB)
+   */
+  maxBufferedBytes?: number;
+  /**
    * Most connections kept open to each upstream.
    * @default 256
    */
@@ -343,11 +364,14 @@ export interface ResolvedOptions {
   secret: string | Buffer | undefined;
   trustForwarded: boolean;
   maxBodySize: number;
+  bodyTimeout: number;
+  bodyIdleTimeout: number;
+  maxBufferedBytes: number;
   connections: number;
   now: () => number;
 }
 
-const KNOWN = new Set(['upstreams', 'store', 'copies', 'hedge', 'timeout', 'accept', 'select', 'isUpdate', 'secret', 'maxBodySize', 'connections', 'trustForwarded', 'session', 'storeTimeout', 'onCancel', 'cancelTimeout', 'idempotency', 'ejection', 'prometheus', 'now']);
+const KNOWN = new Set(['upstreams', 'store', 'copies', 'hedge', 'timeout', 'accept', 'select', 'isUpdate', 'secret', 'maxBodySize', 'bodyTimeout', 'bodyIdleTimeout', 'maxBufferedBytes', 'connections', 'trustForwarded', 'session', 'storeTimeout', 'onCancel', 'cancelTimeout', 'idempotency', 'ejection', 'prometheus', 'now']);
 const TOKEN = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
 const READ_METHODS = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE']);
 const ID = /^[A-Za-z0-9._:-]{1,64}$/;
@@ -382,6 +406,14 @@ export function resolveOptions(options: ProxyOptions): ResolvedOptions {
   if (!Number.isFinite(timeout) || timeout <= 0) throw new InvalidOptionError('timeout', 'must be a number of milliseconds > 0', options.timeout);
   const maxBodySize = options.maxBodySize ?? 1024 * 1024;
   if (!Number.isInteger(maxBodySize) || maxBodySize < 0) throw new InvalidOptionError('maxBodySize', 'must be an integer number of bytes >= 0', options.maxBodySize);
+  const bodyTimeout = options.bodyTimeout ?? 30_000;
+  if (!Number.isFinite(bodyTimeout) || bodyTimeout <= 0 || bodyTimeout > 2_147_483_647) throw new InvalidOptionError('bodyTimeout', 'must be a number of milliseconds > 0', options.bodyTimeout);
+  const bodyIdleTimeout = options.bodyIdleTimeout ?? 10_000;
+  if (!Number.isFinite(bodyIdleTimeout) || bodyIdleTimeout <= 0 || bodyIdleTimeout > 2_147_483_647) throw new InvalidOptionError('bodyIdleTimeout', 'must be a number of milliseconds > 0', options.bodyIdleTimeout);
+  const maxBufferedBytes = options.maxBufferedBytes ?? 64 * 1024 * 1024;
+  if (!Number.isSafeInteger(maxBufferedBytes) || maxBufferedBytes < maxBodySize) {
+    throw new InvalidOptionError('maxBufferedBytes', `must be an integer number of bytes >= maxBodySize (${maxBodySize})`, options.maxBufferedBytes);
+  }
   const connections = options.connections ?? 256;
   if (!Number.isInteger(connections) || connections < 1) throw new InvalidOptionError('connections', 'must be an integer >= 1', options.connections);
   for (const fn of ['accept', 'isUpdate', 'now', 'onCancel'] as const) {
@@ -421,6 +453,9 @@ export function resolveOptions(options: ProxyOptions): ResolvedOptions {
     secret,
     trustForwarded: resolveBoolean('trustForwarded', options.trustForwarded, false),
     maxBodySize,
+    bodyTimeout,
+    bodyIdleTimeout,
+    maxBufferedBytes,
     connections,
     now: options.now ?? (() => performance.now()),
   };

@@ -5,7 +5,7 @@ import { codes, isSupersededError, RedundantProxyError, type ErrorCode } from '.
 import { TimeoutGroup, withTimeout } from '../timeout.js';
 import { H, mintSessionId, sealId, SESSION_ID } from '../wire/protocol.js';
 import { Emitter, type Disposable } from '../events.js';
-import { readBody, type ParsedBodyHints } from './body.js';
+import { BodyBudget, readBody, type BodyShare, type ParsedBodyHints } from './body.js';
 import { forwardRequestHeaders } from './headers.js';
 import { Ejector, type UpstreamEjectedEvent, type UpstreamRestoredEvent } from './ejection.js';
 import { AdaptiveDelay, HedgeBudget, hedgeQuantile } from './hedge.js';
@@ -130,6 +130,7 @@ export function redundantProxy(options: ProxyOptions): RedundantProxy {
   for (const u of opts.upstreams) {
     dispatchers.set(u.id, new Pool(u.origin, { connections: opts.connections, keepAliveTimeout: 10_000, pipelining: 1 }));
   }
+  const bodyBudget = new BodyBudget(opts.maxBufferedBytes);
   const inFlight = new Set<Promise<RaceReport>>();
   /** Cancel hooks and their bookkeeping, awaited by close(). */
   const background = new Set<Promise<void>>();
@@ -275,6 +276,16 @@ export function redundantProxy(options: ProxyOptions): RedundantProxy {
     );
 
   async function handle(req: IncomingMessage, res: ServerResponse, hints: ParsedBodyHints): Promise<void> {
+    // The request's body stays buffered until its race ends: so does its share of the budget.
+    const share = bodyBudget.share();
+    try {
+      await handleRequest(req, res, hints, share);
+    } finally {
+      share.release();
+    }
+  }
+
+  async function handleRequest(req: IncomingMessage, res: ServerResponse, hints: ParsedBodyHints, share: BodyShare): Promise<void> {
     let requestId: string = randomUUID();
     if (closed) {
       sendError(res, new RedundantProxyError(codes.CLOSED, 'the proxy is closing', { status: 503 }), requestId);
@@ -282,11 +293,12 @@ export function redundantProxy(options: ProxyOptions): RedundantProxy {
     }
     let body: Buffer | null;
     try {
-      body = await readBody(req, opts.maxBodySize, hints);
+      body = await readBody(req, opts.maxBodySize, hints, { share, totalMs: opts.bodyTimeout, idleMs: opts.bodyIdleTimeout });
     } catch (err) {
       const e = err instanceof RedundantProxyError ? err : toInternal(err);
-      // The rest of an oversized body is not read: close the connection after answering.
-      sendError(res, e, requestId, e.code === codes.BODY_TOO_LARGE || e.code === codes.BODY_READ ? { connection: 'close' } : undefined);
+      // The rest of the body is not read: close the connection after answering.
+      const unread = e.code === codes.BODY_TOO_LARGE || e.code === codes.BODY_READ || e.code === codes.BODY_TIMEOUT || e.code === codes.OVERLOADED;
+      sendError(res, e, requestId, unread ? { connection: 'close', ...(e.code === codes.OVERLOADED ? { 'retry-after': '1' } : {}) } : undefined);
       return;
     }
     const method = req.method ?? 'GET';
