@@ -27,6 +27,8 @@ export const codes = {
   NO_SELECTION: 'RP_ERR_NO_SELECTION',
   /** No acceptable response within `timeout` (504). */
   TIMEOUT: 'RP_ERR_TIMEOUT',
+  /** Every upstream usable for this request has `maxInFlight` copies in flight already (the circuit breaker): answered at once, not queued (503). */
+  UPSTREAM_BUSY: 'RP_ERR_UPSTREAM_BUSY',
   /** Every upstream is ejected or none is usable for this request (503). */
   NO_UPSTREAM: 'RP_ERR_NO_UPSTREAM',
   /** A copy's signed headers are missing, malformed, forged or tampered with (401). */

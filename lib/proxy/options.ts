@@ -228,9 +228,21 @@ export interface ProxyOptions {
   maxBufferedBytes?: number;
   /**
    * Most connections kept open to each upstream.
-   * @default 256
+   * @default 1024
    */
   connections?: number;
+  /**
+   * The circuit breaker (Envoy's `max_requests`): most copies in flight to
+   * one upstream at once. An upstream at it gets no further copies until one
+   * ends (a read then goes to the others); when every upstream the request
+   * may use is at it, the request gets `503` `RP_ERR_UPSTREAM_BUSY` at once
+   * instead of queueing behind copies that may hang until the `timeout`. At
+   * most `connections`, so that a copy never waits in a connection pool's
+   * queue: requests hung on one slow path cannot starve the others until
+   * they fill it.
+   * @default connections
+   */
+  maxInFlight?: number;
   /**
    * Whether the client's `X-Forwarded-For`, `-Proto` and `-Host` are to be
    * believed: true only when every client reaches this gateway through a
@@ -368,10 +380,11 @@ export interface ResolvedOptions {
   bodyIdleTimeout: number;
   maxBufferedBytes: number;
   connections: number;
+  maxInFlight: number;
   now: () => number;
 }
 
-const KNOWN = new Set(['upstreams', 'store', 'copies', 'hedge', 'timeout', 'accept', 'select', 'isUpdate', 'secret', 'maxBodySize', 'bodyTimeout', 'bodyIdleTimeout', 'maxBufferedBytes', 'connections', 'trustForwarded', 'session', 'storeTimeout', 'onCancel', 'cancelTimeout', 'idempotency', 'ejection', 'prometheus', 'now']);
+const KNOWN = new Set(['upstreams', 'store', 'copies', 'hedge', 'timeout', 'accept', 'select', 'isUpdate', 'secret', 'maxBodySize', 'bodyTimeout', 'bodyIdleTimeout', 'maxBufferedBytes', 'connections', 'maxInFlight', 'trustForwarded', 'session', 'storeTimeout', 'onCancel', 'cancelTimeout', 'idempotency', 'ejection', 'prometheus', 'now']);
 const TOKEN = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
 const READ_METHODS = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE']);
 const ID = /^[A-Za-z0-9._:-]{1,64}$/;
@@ -414,8 +427,12 @@ export function resolveOptions(options: ProxyOptions): ResolvedOptions {
   if (!Number.isSafeInteger(maxBufferedBytes) || maxBufferedBytes < maxBodySize) {
     throw new InvalidOptionError('maxBufferedBytes', `must be an integer number of bytes >= maxBodySize (${maxBodySize})`, options.maxBufferedBytes);
   }
-  const connections = options.connections ?? 256;
+  const connections = options.connections ?? 1024;
   if (!Number.isInteger(connections) || connections < 1) throw new InvalidOptionError('connections', 'must be an integer >= 1', options.connections);
+  const maxInFlight = options.maxInFlight ?? connections;
+  if (!Number.isInteger(maxInFlight) || maxInFlight < 1 || maxInFlight > connections) {
+    throw new InvalidOptionError('maxInFlight', `must be an integer from 1 to connections (${connections})`, options.maxInFlight);
+  }
   for (const fn of ['accept', 'isUpdate', 'now', 'onCancel'] as const) {
     if (options[fn] !== undefined && typeof options[fn] !== 'function') throw new InvalidOptionError(fn, 'must be a function', options[fn]);
   }
@@ -457,6 +474,7 @@ export function resolveOptions(options: ProxyOptions): ResolvedOptions {
     bodyIdleTimeout,
     maxBufferedBytes,
     connections,
+    maxInFlight,
     now: options.now ?? (() => performance.now()),
   };
 }

@@ -176,9 +176,22 @@ export function redundantProxy(options: ProxyOptions): RedundantProxy {
       })
     : null;
 
-  function plan(update: boolean): Upstream[] {
+  /** Copies in flight per upstream: the circuit breaker's count. */
+  const inFlightCopies = new Map<string, number>();
+  const onCopyStart = (id: string) => void inFlightCopies.set(id, (inFlightCopies.get(id) ?? 0) + 1);
+  const onCopyEnd = (id: string) => void inFlightCopies.set(id, (inFlightCopies.get(id) ?? 1) - 1);
+  const hasRoom = (u: Upstream) => (inFlightCopies.get(u.id) ?? 0) < opts.maxInFlight;
+
+  /** The upstreams a request's copies go to, in order; `busy` when the circuit breaker left none. */
+  function plan(update: boolean): Upstream[] | 'busy' {
     // Ejected upstreams receive no copies; a read then sends fewer.
     let pool = ejector ? ejector.available(opts.upstreams) : opts.upstreams;
+    // Nor do upstreams at their maxInFlight (the circuit breaker).
+    if (pool.length > 0) {
+      const open = pool.filter(hasRoom);
+      if (open.length === 0) return 'busy';
+      if (open.length < pool.length) pool = open;
+    }
     let n = Math.min(opts.copies, pool.length);
     if (update) {
       // Safe by default: an update is copied only to upstreams that have shown
@@ -315,6 +328,10 @@ export function redundantProxy(options: ProxyOptions): RedundantProxy {
     const targets = plan(update);
     // Judged later against this: a copy planned before an upstream's ejection or return says nothing of it now.
     const epoch = ejector?.epoch ?? 0;
+    if (targets === 'busy') {
+      sendError(res, new RedundantProxyError(codes.UPSTREAM_BUSY, `every upstream has ${opts.maxInFlight} copies in flight (maxInFlight); retry later`, { status: 503 }), requestId, { 'retry-after': '1' });
+      return;
+    }
     if (targets.length === 0) {
       // Only with ejection.maxEjectedPercent at 100: every upstream is ejected.
       sendError(res, new RedundantProxyError(codes.NO_UPSTREAM, 'every upstream is ejected for failing; none may receive the request now', { status: 503 }), requestId);
@@ -376,6 +393,8 @@ export function redundantProxy(options: ProxyOptions): RedundantProxy {
       beforeHead: opts.session ? beforeHead : undefined,
       onWorkerSeen,
       onRefused,
+      onCopyStart,
+      onCopyEnd,
       onCancelled: update ? (copy, committed) => cancelled(requestId, copy, committed) : undefined,
       beforeFailure: update ? (adopting) => decideUpdate(requestId, adopting) : undefined,
       capture: keyed && opts.idempotency ? opts.idempotency.maxAnswerSize : 0,

@@ -159,6 +159,9 @@ export interface RaceInput {
   onError?: (requestId: string, err: unknown) => void;
   /** An upstream answered with `x-redundant-worker`: it runs the worker. */
   onWorkerSeen?: (upstreamId: string) => void;
+  /** A copy was handed to its upstream's connection pool, and its exchange ended (answered whole, failed or stopped): the circuit breaker's count. */
+  onCopyStart?: (upstreamId: string) => void;
+  onCopyEnd?: (upstreamId: string) => void;
   /** A worker refused a copy (`x-redundant-refused: <code>`): its secret or id does not match the proxy's. */
   onRefused?: (upstreamId: string, code: string) => void;
   /** A copy was stopped because another copy of the update committed. */
@@ -366,7 +369,18 @@ class Copy implements Dispatcher.DispatchHandler {
     }
   }
 
+  /** The exchange with the upstream is over (undici ends every dispatched request with one of these two). */
+  wireDone(): void {
+    if (!this.live) return;
+    this.live = false;
+    this.race.input.onCopyEnd?.(this.upstream.id);
+  }
+
+  /** Dispatched and not ended yet. */
+  live = false;
+
   onResponseEnd(): void {
+    this.wireDone();
     if (this.state === 'holding') {
       this.ended = true;
       return;
@@ -384,6 +398,7 @@ class Copy implements Dispatcher.DispatchHandler {
   }
 
   onResponseError(_controller: Dispatcher.DispatchController, err: Error): void {
+    this.wireDone();
     const state = this.state;
     this.state = 'done';
     if (state === 'lingering') {
@@ -560,6 +575,8 @@ export class Race {
     copy.report.outcome = 'stopped';
     input.onCopySent?.(copy.report);
     try {
+      copy.live = true;
+      input.onCopyStart?.(copy.upstream.id);
       input.dispatchers.get(copy.upstream.id)!.dispatch(
         {
           path: upstreamTarget(copy.upstream.prefix, input.path),
@@ -574,6 +591,7 @@ export class Race {
     } catch (err) {
       // undici refuses some requests synchronously (invalid header values):
       // the request's fault, not the upstream's (outlier ejection ignores it).
+      copy.wireDone();
       copy.state = 'done';
       this.onFailed(copy, LOCAL_REFUSAL + errorName(err));
     }
