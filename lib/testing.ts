@@ -59,7 +59,7 @@ export function testSessionStore(
       });
     });
 
-    describe('recordCopy (claim 1 c)', () => {
+    describe('recordCopy (step: receive and record)', () => {
       it('creates the request record from the first copy, as plain JSON data', async () => {
         const input = copyInput({ index: 1, of: 2, update: true });
         const before = Date.now();
@@ -112,7 +112,7 @@ export function testSessionStore(
       });
     });
 
-    describe('recordAdoption (claim 1 e)', () => {
+    describe('recordAdoption (step: record the adoption)', () => {
       it('records which copies and upstreams produced the adopted answer', async () => {
         const input = copyInput();
         await store.recordCopy(input);

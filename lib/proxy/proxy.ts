@@ -348,7 +348,7 @@ export function redundantProxy(options: ProxyOptions): RedundantProxy {
     budget.deposit();
     const route = adaptive ? `${method} ${path.split('?', 1)[0]}` : '';
     const hedgeDelay = adaptive ? adaptive.delay(route) : (opts.hedgeDelay as number);
-    // claim 1 (e), read-your-writes: when the adopted copy changed the
+    // Step "record the adoption", read-your-writes: when the adopted copy changed the
     // session, record the adoption (promoting its candidate) before the
     // answer goes out, so the client's next request sees the new state.
     let recorded = false;
@@ -409,7 +409,7 @@ export function redundantProxy(options: ProxyOptions): RedundantProxy {
     inFlight.add(done);
     const report = await done;
     inFlight.delete(done);
-    // claim 1 (e), off the critical path: which copy's answer was adopted.
+    // Step "record the adoption", off the critical path: which copy's answer was adopted.
     // A keyed update left for a retry to resume records none: the adoption
     // that counts is the one of the attempt that ends it.
     if (report.adopted && !recorded && (!keyed || report.outcome === 'won')) void bookkeep(opts.store.recordAdoption(adoption(report.adopted, report.servedBy!)), requestId, false);

@@ -8,7 +8,7 @@ import type { ResolvedSelect, SelectAnswer, Upstream, UpstreamResponse } from '.
 import { detachedResponse, sendError } from './respond.js';
 import { LOCAL_REFUSAL } from './ejection.js';
 
-// The race: send copies of one request (claim 1 (a)-(b)), adopt the first
+// The race: steps "duplicate" and "send" (docs/design.md), then "choose": adopt the first
 // acceptable answer and stream it to the client, stop every other copy.
 //
 // Stopping a copy that has not answered yet means aborting it: over HTTP/1.1
@@ -774,7 +774,7 @@ export class Race {
   }
 
   /**
-   * Stops a copy. claim 1, the patent's last step: once one copy committed,
+   * Stops a copy. Step "first committed wins": once one copy committed,
    * every other copy still processing the update (a lingering loser) is
    * stopped, and its cancel hook runs.
    */

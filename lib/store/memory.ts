@@ -155,7 +155,7 @@ export class MemorySessionStore implements SessionStore {
 
   async recordCopy(input: RecordCopyInput): Promise<{ duplicate: boolean }> {
     this.#assertOpen();
-    // claim 1 (c): the application server received this copy.
+    // Step "receive and record" (docs/design.md): the application server received this copy.
     const entry = this.#ensure(input.requestId, input.sessionId, input.update);
     if (entry.record.copies.some((c) => c.duplicateId === input.duplicateId)) return { duplicate: true };
     entry.record.copies.push({
@@ -193,7 +193,7 @@ export class MemorySessionStore implements SessionStore {
   async recordAdoption(input: RecordAdoptionInput): Promise<void> {
     this.#assertOpen();
     const entry = this.#ensure(input.requestId, input.sessionId, input.update);
-    // claim 1 (e): which copies produced the adopted answer. The first
+    // Step "record the adoption": which copies produced the adopted answer. The first
     // adoption recorded stands; a repeat or a different one changes nothing.
     if (entry.record.adopted === null) {
       entry.record.adopted = {

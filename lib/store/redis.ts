@@ -212,7 +212,7 @@ export class RedisSessionStore implements SessionStore {
 
   async recordCopy(input: RecordCopyInput): Promise<{ duplicate: boolean }> {
     this.#assertOpen();
-    // claim 1 (c): the application server received this copy.
+    // Step "receive and record" (docs/design.md): the application server received this copy.
     const copy = JSON.stringify({ duplicateId: input.duplicateId, upstreamId: input.upstreamId, index: input.index, of: input.of });
     const reply = await this.#run('recordCopy', RECORD_COPY, [this.#requestKey(input.requestId)], [
       input.requestId, input.sessionId, input.update ? '1' : '0', input.duplicateId, copy, this.#ttl,
@@ -232,7 +232,7 @@ export class RedisSessionStore implements SessionStore {
 
   async recordAdoption(input: RecordAdoptionInput): Promise<void> {
     this.#assertOpen();
-    // claim 1 (e): which copies produced the adopted answer; the first one
+    // Step "record the adoption": which copies produced the adopted answer; the first one
     // recorded stands. The session half promotes the winner's candidate.
     const adopted = JSON.stringify({ duplicateIds: input.duplicateIds, upstreamIds: input.upstreamIds });
     const writes = [

@@ -2,7 +2,7 @@
 // plain JSON data (they round-trip through JSON.stringify unchanged), so a
 // store may keep them in memory, in Redis or anywhere else.
 
-/** claim 1 (c): an application server received one copy of a request. */
+/** Step "receive and record" (docs/design.md): an application server received one copy of a request. */
 export interface CopyRecord {
   duplicateId: string;
   upstreamId: string;
@@ -27,7 +27,7 @@ export interface RequestRecord {
   update: boolean;
   /** Copies that workers reported receiving, in arrival order. */
   copies: CopyRecord[];
-  /** claim 1 (e): which copy / upstream produced the answer the proxy adopted. */
+  /** Step "record the adoption": which copy / upstream produced the answer the proxy adopted. */
   adopted: { duplicateIds: string[]; upstreamIds: string[]; at: number } | null;
   /** Copies the proxy stopped after another copy committed. */
   cancelled: string[];
@@ -111,7 +111,7 @@ export type IdempotencyState =
  */
 export interface SessionStore {
   /**
-   * claim 1 (c): a worker received a copy. Resolves `{ duplicate: true }` when
+   * Step "receive and record": a worker received a copy. Resolves `{ duplicate: true }` when
    * this copy id was already recorded (a replayed copy), without changing it.
    */
   recordCopy(input: RecordCopyInput): Promise<{ duplicate: boolean }>;
@@ -124,7 +124,7 @@ export interface SessionStore {
   saveCandidate(sessionId: string, requestId: string, duplicateId: string, data: Record<string, unknown>): Promise<void>;
 
   /**
-   * claim 1 (e): the proxy adopted the answer of these copies. Promotes the
+   * Step "record the adoption": the proxy adopted the answer of these copies. Promotes the
    * first adopted copy's session candidate (if it saved one) to the session's
    * adopted state and discards the request's other candidates. Recording the
    * same adoption twice is harmless.
