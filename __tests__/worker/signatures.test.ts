@@ -1,4 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
+import { createHash } from 'node:crypto';
 import { MemorySessionStore, redundantProxy, type RedundantProxy } from '../../lib/index.js';
 import { mintSessionId, SESSION_ID, sign, type CopyClaims } from '../../lib/wire/protocol.js';
 import { testClient } from '../helpers/client.js';
@@ -6,6 +7,8 @@ import { mountGateway, type Gateway } from '../helpers/gateway.js';
 import { startReplica, type Replica } from '../helpers/replica.js';
 
 const SECRET = 'signature-secret-0123456789';
+/** SHA-256 of the empty body, base64url: what a bodyless copy's signature covers. */
+const EMPTY_BODY = createHash('sha256').update('').digest('base64url');
 const client = testClient();
 
 describe.each(['koa', 'express'] as const)('copy signatures (%s worker)', (kind) => {
@@ -47,17 +50,57 @@ describe.each(['koa', 'express'] as const)('copy signatures (%s worker)', (kind)
     return captured[captured.length - 1]!;
   }
 
+  /**
+   * Sends copy headers to `${url}/ok` (the target the proxy's captured copies
+   * were signed for), as a GET without a body; expects a 401 with `code`
+   * before the handler ran.
+   */
   async function refused(headers: Record<string, string>, code: string, url = replica.url) {
     const before = ran;
-    const res = await client.send(`${url}/direct`, { headers });
+    const res = await client.send(`${url}/ok`, { headers });
     expect(res.status).toBe(401);
     expect(res.json()).toMatchObject({ code });
     expect(ran).toBe(before); // the handler never ran
   }
 
+  /** A hand-crafted copy's claims, bound to `GET /ok` without a body. */
+  function claimsOf(fields: Partial<CopyClaims> & Pick<CopyClaims, 'requestId' | 'duplicateId'>): CopyClaims {
+    return { upstreamId: 'a', index: 1, of: 1, update: false, sessionId: '', sessionNew: false, timestamp: Date.now(), method: 'GET', target: '/ok', bodyHash: EMPTY_BODY, ...fields };
+  }
+
+  /** The headers of a hand-crafted copy: those of `c`, signed with `key`. */
+  function headersOf(c: CopyClaims, key: string = SECRET): Record<string, string> {
+    const h: Record<string, string> = {
+      'x-redundant-request-id': c.requestId,
+      'x-redundant-duplicate-id': c.duplicateId,
+      'x-redundant-upstream': c.upstreamId,
+      'x-redundant-copy': `${c.index}/${c.of}`,
+      'x-redundant-update': c.update ? '1' : '0',
+      'x-redundant-timestamp': String(c.timestamp),
+      'x-redundant-signature': sign(c, key),
+    };
+    if (c.bodyHash !== undefined) h['x-redundant-body-sha256'] = c.bodyHash;
+    if (c.idempotencyKey !== undefined) h['x-redundant-idempotency'] = c.idempotencyKey;
+    return h;
+  }
+
+  /** Sends a copy that must be accepted (the control of a refusal). */
+  async function accepted(headers: Record<string, string>) {
+    const before = ran;
+    const res = await client.send(`${replica.url}/ok`, { headers });
+    expect(res.status).toBe(200);
+    expect(ran).toBe(before + 1);
+  }
+
   it('accepts the proxy’s signed copies', async () => {
     const h = await validCopyHeaders();
     expect(h['x-redundant-signature']).toMatch(/^[A-Za-z0-9_-]+$/);
+    expect(h['x-redundant-body-sha256']).toBe(EMPTY_BODY);
+  });
+
+  it('accepts a hand-crafted copy signed with the secret (the control of the refusals below)', async () => {
+    await accepted(headersOf(claimsOf({ requestId: 'crafted-1', duplicateId: 'crafted-1.1' })));
+    await accepted(headersOf(claimsOf({ requestId: 'crafted-2', duplicateId: 'crafted-2.1', update: true, idempotencyKey: 'aGFzaGVkLWtleS1vbmU' })));
   });
 
   it('refuses an unsigned copy', async () => {
@@ -67,19 +110,7 @@ describe.each(['koa', 'express'] as const)('copy signatures (%s worker)', (kind)
   });
 
   it('refuses a forged copy (signed with another key)', async () => {
-    const claims: CopyClaims = { requestId: 'forged-1', duplicateId: 'forged-1.1', upstreamId: 'a', index: 1, of: 1, update: true, sessionId: '', sessionNew: false, timestamp: Date.now() };
-    await refused(
-      {
-        'x-redundant-request-id': claims.requestId,
-        'x-redundant-duplicate-id': claims.duplicateId,
-        'x-redundant-upstream': 'a',
-        'x-redundant-copy': '1/1',
-        'x-redundant-update': '1',
-        'x-redundant-timestamp': String(claims.timestamp),
-        'x-redundant-signature': sign(claims, 'another-secret-0123456789'),
-      },
-      'RP_ERR_BAD_SIGNATURE',
-    );
+    await refused(headersOf(claimsOf({ requestId: 'forged-1', duplicateId: 'forged-1.1', update: true }), 'another-secret-0123456789'), 'RP_ERR_BAD_SIGNATURE');
   });
 
   it('refuses a tampered copy (a signed field changed)', async () => {
@@ -90,19 +121,28 @@ describe.each(['koa', 'express'] as const)('copy signatures (%s worker)', (kind)
   });
 
   it('signs the Idempotency-Key it passes on: one added, changed or dropped is refused', async () => {
-    const claims: CopyClaims = { requestId: 'keyed-1', duplicateId: 'keyed-1.1', upstreamId: 'a', index: 1, of: 1, update: true, sessionId: '', sessionNew: false, timestamp: Date.now(), idempotencyKey: 'aGFzaGVkLWtleS1vbmU' };
-    const base = {
-      'x-redundant-request-id': claims.requestId,
-      'x-redundant-duplicate-id': claims.duplicateId,
-      'x-redundant-upstream': 'a',
-      'x-redundant-copy': '1/1',
-      'x-redundant-update': '1',
-      'x-redundant-timestamp': String(claims.timestamp),
-    };
-    await refused({ ...base, 'x-redundant-idempotency': 'aGFzaGVkLWtleS10d28', 'x-redundant-signature': sign(claims, SECRET) }, 'RP_ERR_BAD_SIGNATURE');
-    await refused({ ...base, 'x-redundant-signature': sign(claims, SECRET) }, 'RP_ERR_BAD_SIGNATURE');
-    const unkeyed: CopyClaims = { ...claims, duplicateId: 'keyed-1.2', idempotencyKey: undefined };
-    await refused({ ...base, 'x-redundant-duplicate-id': unkeyed.duplicateId, 'x-redundant-idempotency': 'aGFzaGVkLWtleS1vbmU', 'x-redundant-signature': sign(unkeyed, SECRET) }, 'RP_ERR_BAD_SIGNATURE');
+    const claims = claimsOf({ requestId: 'keyed-1', duplicateId: 'keyed-1.1', update: true, idempotencyKey: 'aGFzaGVkLWtleS1vbmU' });
+    await refused({ ...headersOf(claims), 'x-redundant-idempotency': 'aGFzaGVkLWtleS10d28' }, 'RP_ERR_BAD_SIGNATURE');
+    const { 'x-redundant-idempotency': _dropped, ...unkeyed } = headersOf({ ...claims, duplicateId: 'keyed-1.2' });
+    await refused(unkeyed, 'RP_ERR_BAD_SIGNATURE');
+    await refused({ ...headersOf({ ...claims, duplicateId: 'keyed-1.3', idempotencyKey: undefined }), 'x-redundant-idempotency': 'aGFzaGVkLWtleS1vbmU' }, 'RP_ERR_BAD_SIGNATURE');
+  });
+
+  it('signs the method, the target and the body hash: a copy signed for another request is refused', async () => {
+    await refused(headersOf(claimsOf({ requestId: 'bound-1', duplicateId: 'bound-1.1', method: 'POST' })), 'RP_ERR_BAD_SIGNATURE');
+    await refused(headersOf(claimsOf({ requestId: 'bound-1', duplicateId: 'bound-1.2', target: '/ok?x=1' })), 'RP_ERR_BAD_SIGNATURE');
+    await refused(headersOf(claimsOf({ requestId: 'bound-1', duplicateId: 'bound-1.3', target: '/other' })), 'RP_ERR_BAD_SIGNATURE');
+    // The body hash sent must be the one signed, and a signed copy must send one.
+    const other = createHash('sha256').update('x').digest('base64url');
+    await refused({ ...headersOf(claimsOf({ requestId: 'bound-1', duplicateId: 'bound-1.4' })), 'x-redundant-body-sha256': other }, 'RP_ERR_BAD_SIGNATURE');
+    await refused(headersOf(claimsOf({ requestId: 'bound-1', duplicateId: 'bound-1.5', bodyHash: undefined })), 'RP_ERR_BAD_SIGNATURE');
+    // A copy captured from the proxy, replayed to another path.
+    const h = await validCopyHeaders();
+    const before = ran;
+    const res = await client.send(`${replica.url}/direct`, { headers: h });
+    expect(res.status).toBe(401);
+    expect(res.json()).toMatchObject({ code: 'RP_ERR_BAD_SIGNATURE', message: expect.stringContaining('does not match its signature') });
+    expect(ran).toBe(before);
   });
 
   it('refuses a replayed copy', async () => {
@@ -115,20 +155,8 @@ describe.each(['koa', 'express'] as const)('copy signatures (%s worker)', (kind)
     await refused(h, 'RP_ERR_WRONG_UPSTREAM', other.url);
   });
 
-  it('refuses a stale copy, correctly signed but outside the clock skew', async () => {
-    const claims: CopyClaims = { requestId: 'stale-1', duplicateId: 'stale-1.1', upstreamId: 'a', index: 1, of: 1, update: false, sessionId: '', sessionNew: false, timestamp: Date.now() - 10 * 60_000 };
-    await refused(
-      {
-        'x-redundant-request-id': claims.requestId,
-        'x-redundant-duplicate-id': claims.duplicateId,
-        'x-redundant-upstream': 'a',
-        'x-redundant-copy': '1/1',
-        'x-redundant-update': '0',
-        'x-redundant-timestamp': String(claims.timestamp),
-        'x-redundant-signature': sign(claims, SECRET),
-      },
-      'RP_ERR_STALE_COPY',
-    );
+  it('refuses a stale copy, correctly signed and bound to its request but outside the clock skew', async () => {
+    await refused(headersOf(claimsOf({ requestId: 'stale-1', duplicateId: 'stale-1.1', timestamp: Date.now() - 10 * 60_000 })), 'RP_ERR_STALE_COPY');
   });
 
   it('refuses malformed copy headers', async () => {

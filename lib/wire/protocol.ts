@@ -19,6 +19,12 @@ export const H = {
   timestamp: 'x-redundant-timestamp',
   signature: 'x-redundant-signature',
   /**
+   * Request, with a secret: SHA-256 of the copy's body, base64url (of the
+   * empty body when it has none). Signed, so that the worker knows which body
+   * to check the bytes it receives against.
+   */
+  bodyHash: 'x-redundant-body-sha256',
+  /**
    * Request: the update's `Idempotency-Key`, as the proxy scoped and hashed
    * it (never the client's raw key). The same for every attempt of the key,
    * so an application can keep it in a unique column: a store that forgot
@@ -72,18 +78,49 @@ export interface CopyClaims {
   timestamp: number;
   /** The update's scoped, hashed `Idempotency-Key`, when it has one. */
   idempotencyKey?: string;
-  /** The copy's method, as sent. */
+  /**
+   * The copy's method, as sent. Signed, never sent as a header: the worker
+   * takes it from the request it received.
+   */
   method?: string;
-  /** The copy's request target (origin-form, the upstream's path prefix included), as sent. */
+  /**
+   * The copy's request target (origin-form, the upstream's path prefix
+   * included), as sent. Signed, never sent as a header: the worker takes it
+   * from the request it received.
+   */
   target?: string;
-  /** SHA-256 of the copy's body, base64url ('' for none). */
+  /** SHA-256 of the copy's body, base64url (that of the empty body when it has none); with a secret only. */
   bodyHash?: string;
+}
+
+/** What a worker knows of the request a copy came in, to check the signature against. */
+export interface ReceivedRequest {
+  method: string;
+  /** The request target as received (before any sub-app rewrote it). */
+  target: string;
 }
 
 function canonical(c: CopyClaims): string {
   // Newline-separated: none of the fields may contain a newline (ids are
-  // minted by the proxy; the session id is validated before it is signed).
-  return ['v1', c.requestId, c.duplicateId, c.upstreamId, `${c.index}/${c.of}`, c.update ? '1' : '0', c.sessionId, c.sessionNew ? '1' : '0', String(c.timestamp), c.idempotencyKey ?? ''].join('\n');
+  // minted by the proxy; the session id is validated before it is signed; an
+  // HTTP method or request target cannot hold one, and the parser refuses a
+  // request line that does). v2 binds the copy to its request: method,
+  // target and body, so that a captured copy cannot carry another request.
+  return [
+    'v2',
+    c.requestId,
+    c.duplicateId,
+    c.upstreamId,
+    `${c.index}/${c.of}`,
+    c.update ? '1' : '0',
+    c.sessionId,
+    c.sessionNew ? '1' : '0',
+    String(c.timestamp),
+    c.idempotencyKey ?? '',
+    c.method ?? '',
+    c.target ?? '',
+    c.bodyHash ?? '',
+  ].join('\n');
 }
 
 export function sign(claims: CopyClaims, secret: string | Buffer): string {
@@ -107,6 +144,7 @@ export function appendCopyHeaders(out: string[], claims: CopyClaims, secret: str
   if (claims.sessionId) out.push(H.session, claims.sessionId);
   if (claims.sessionNew) out.push(H.sessionNew, '1');
   if (claims.idempotencyKey) out.push(H.idempotency, claims.idempotencyKey);
+  if (claims.bodyHash !== undefined) out.push(H.bodyHash, claims.bodyHash);
   out.push(H.timestamp, String(claims.timestamp));
   if (secret !== undefined) out.push(H.signature, sign(claims, secret));
 }
@@ -146,9 +184,12 @@ export type ReadCopyResult =
 /**
  * Parses a copy's headers. With a `secret`, also checks the signature and that
  * the timestamp lies within `maxSkewMs` of `now`, so a captured copy cannot be
- * replayed later or into another request.
+ * replayed later or into another request. The signature covers the method
+ * and target of `received`, the request the copy came in: a copy replayed
+ * with another method or target fails it. It covers the body hash too, but
+ * the body itself can only be checked as it streams in (the worker does).
  */
-export function readCopyHeaders(headers: HeaderBag, secret: string | Buffer | undefined, now: number, maxSkewMs: number): ReadCopyResult {
+export function readCopyHeaders(headers: HeaderBag, received: ReceivedRequest, secret: string | Buffer | undefined, now: number, maxSkewMs: number): ReadCopyResult {
   const requestId = one(headers, H.requestId);
   if (requestId === undefined) {
     // A signature without a request id is a tampered copy, not a direct request.
@@ -162,6 +203,8 @@ export function readCopyHeaders(headers: HeaderBag, secret: string | Buffer | un
   const session = one(headers, H.session);
   const idempotencyKey = one(headers, H.idempotency);
   if (idempotencyKey !== undefined && !/^[A-Za-z0-9_-]{1,128}$/.test(idempotencyKey)) return { ok: false, reason: 'malformed' };
+  const bodyHash = one(headers, H.bodyHash);
+  if (bodyHash !== undefined && !/^[A-Za-z0-9_-]{43}$/.test(bodyHash)) return { ok: false, reason: 'malformed' };
   if (!requestId || !duplicateId || !upstreamId || !copy || (update !== '0' && update !== '1') || !ts || !/^\d{1,16}$/.test(ts) || (session !== undefined && !SESSION_ID.test(session))) {
     return { ok: false, reason: 'malformed' };
   }
@@ -175,11 +218,16 @@ export function readCopyHeaders(headers: HeaderBag, secret: string | Buffer | un
     sessionId: session ?? '',
     sessionNew: one(headers, H.sessionNew) === '1',
     timestamp: Number(ts),
+    method: received.method,
+    target: received.target,
   };
   if (idempotencyKey !== undefined) claims.idempotencyKey = idempotencyKey;
   if (secret === undefined) return { ok: true, claims };
   const signature = one(headers, H.signature);
   if (!signature) return { ok: false, reason: 'unsigned' };
+  // A signed copy always says which body it carries: without it, the body could not be checked.
+  if (bodyHash === undefined) return { ok: false, reason: 'malformed' };
+  claims.bodyHash = bodyHash;
   const expected = Buffer.from(sign(claims, secret));
   const got = Buffer.from(signature);
   if (got.length !== expected.length || !timingSafeEqual(got, expected)) return { ok: false, reason: 'bad-signature' };

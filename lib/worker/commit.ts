@@ -61,6 +61,13 @@ export interface CommitGateInput {
   storeTimeout: number;
   signal: AbortSignal;
   res: ServerResponse;
+  /**
+   * Called before the first claim; the claim waits for it, and is refused
+   * with its error if it rejects (every later claim too). The worker uses it
+   * to hold a signed copy's claim until its body has arrived and matched
+   * the signature.
+   */
+  mayClaim?: () => Promise<void>;
   /** The commit stands although the store did not record it as this copy's (see `Claim.confirm`). */
   onLateConfirm?: (fence: number, reason: 'lease-lost' | 'store-unavailable', error: unknown) => void;
 }
@@ -160,8 +167,8 @@ export function commitGate(input: CommitGateInput): CommitGate {
 
   return {
     claim() {
-      // One claim per copy: asking twice returns the same claim.
-      pending ??= acquire();
+      // One claim per copy: asking twice returns the same claim (or the same refusal).
+      pending ??= input.mayClaim ? input.mayClaim().then(acquire) : acquire();
       return pending;
     },
     async commitOnce<T>(fn: (fence: number) => T | Promise<T>): Promise<T> {

@@ -1,4 +1,4 @@
-import { randomUUID } from 'node:crypto';
+import { createHash, randomUUID } from 'node:crypto';
 import { LRUCache } from 'lru-cache';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { AlreadyAppliedError, codes, InvalidOptionError, isRedundantProxyError, isSupersededError, RedundantProxyError, SupersededError } from '../errors.js';
@@ -103,7 +103,11 @@ export interface WorkerErrorEvent {
 export interface WorkerEvents {
   /** A bookkeeping operation failed; the request was still served. */
   error: WorkerErrorEvent;
-  /** A copy was refused with 401 before the handler ran. */
+  /**
+   * A copy was refused with 401 before the handler ran; or a signed copy's
+   * body turned out not to be the one signed (or did not arrive in full
+   * before a claim): nothing of it may commit.
+   */
   refused: { code: string; reason: string };
   /**
    * A copy's commit stands although the store did not record it: its lease
@@ -136,6 +140,8 @@ export interface RedundantWorker {
 /** The part of a Koa context the worker uses. */
 export interface KoaWorkerContext {
   req: IncomingMessage;
+  /** The request target as received, before a mounted sub-app rewrote `url`. */
+  originalUrl?: string;
   res: ServerResponse;
   state: Record<string, unknown>;
   status: number;
@@ -150,6 +156,8 @@ interface Prepared {
   sessionBefore: string | undefined;
   /** Whether the store had seen this copy before, or the error recording it. */
   recorded: Promise<boolean | Error>;
+  /** A signed copy's body check; undefined without a secret or for a direct request. */
+  body: BodyCheck | undefined;
 }
 
 const READ_METHODS = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE']);
@@ -195,7 +203,7 @@ export function redundantWorker(options: WorkerOptions): RedundantWorker {
   };
 
   /** The commit gate of one copy; a confirm that lands late becomes a `lateConfirm` event. */
-  function gateFor(requestId: string, duplicateId: string, signal: AbortSignal, res: ServerResponse): CommitGate {
+  function gateFor(requestId: string, duplicateId: string, signal: AbortSignal, res: ServerResponse, body?: BodyCheck): CommitGate {
     return commitGate({
       store,
       requestId,
@@ -204,6 +212,8 @@ export function redundantWorker(options: WorkerOptions): RedundantWorker {
       storeTimeout,
       signal,
       res,
+      // A signed copy claims only once its body arrived whole and matched the signature.
+      mayClaim: body && (() => body.verified()),
       onLateConfirm: (fence, reason, error) => events.emit('lateConfirm', { requestId, duplicateId, fence, reason, error }),
     });
   }
@@ -213,18 +223,31 @@ export function redundantWorker(options: WorkerOptions): RedundantWorker {
     return new RedundantProxyError(code, `copy refused: ${reason}`, { status: 401 });
   }
 
-  /** Checks the copy, records it and loads the session. Rejects with a 401 error for a refused copy. */
-  async function prepare(req: IncomingMessage, res: ServerResponse): Promise<Prepared> {
+  /**
+   * Checks the copy, records it and loads the session. Rejects with a 401
+   * error for a refused copy. `target` is the request target as received
+   * (Express: `req.originalUrl`, as a mounted sub-app rewrites `req.url`).
+   * Everything up to the body check's installation runs synchronously, in
+   * the tick the request arrived in when the worker is the first middleware.
+   */
+  async function prepare(req: IncomingMessage, res: ServerResponse, target: string): Promise<Prepared> {
     const controller = new AbortController();
     res.once('close', () => {
       if (!res.writableFinished) controller.abort(new RedundantProxyError(codes.CLOSED, 'the copy was stopped or the connection closed'));
     });
-    const read = readCopyHeaders(req.headers, secret, now(), maxSkew);
+    const read = readCopyHeaders(req.headers, { method: req.method ?? '', target }, secret, now(), maxSkew);
     if (!read.ok) {
       if (read.reason !== 'absent') {
         throw read.reason === 'stale'
           ? refuse(codes.STALE_COPY, 'its timestamp is outside the accepted skew')
-          : refuse(codes.BAD_SIGNATURE, read.reason === 'unsigned' ? 'it is not signed' : read.reason === 'malformed' ? 'its headers are malformed' : 'its signature does not match');
+          : refuse(
+              codes.BAD_SIGNATURE,
+              read.reason === 'unsigned'
+                ? 'it is not signed'
+                : read.reason === 'malformed'
+                  ? 'its headers are malformed'
+                  : 'it does not match its signature (its method, target or signed headers differ from what the proxy signed, or another key signed it)',
+            );
       }
       const requestId = randomUUID();
       const gate = gateFor(requestId, requestId, controller.signal, res);
@@ -232,13 +255,20 @@ export function redundantWorker(options: WorkerOptions): RedundantWorker {
         { requestId, duplicateId: requestId, upstreamId: id, copy: { index: 1, of: 1 }, update: !READ_METHODS.has(req.method ?? 'GET'), direct: true, idempotencyKey: null, signal: controller.signal, session: { id: '', data: {} } },
         gate,
       );
-      return { handle, gate, sessionBefore: undefined, recorded: Promise.resolve(false) };
+      return { handle, gate, sessionBefore: undefined, recorded: Promise.resolve(false), body: undefined };
     }
     const c: CopyClaims = read.claims;
     if (secret !== undefined && c.upstreamId !== id) throw refuse(codes.WRONG_UPSTREAM, `it is addressed to upstream "${c.upstreamId}", this worker is "${id}"`);
     if (seen) {
       if (seen.has(c.duplicateId)) throw refuse(codes.REPLAYED_COPY, 'this copy was already received');
       seen.set(c.duplicateId, true);
+    }
+    // The body is signed by its hash: checked as it streams in (see checkBody).
+    let body: BodyCheck | undefined;
+    if (secret !== undefined) {
+      const checked = checkBody(req, res, c.bodyHash!, controller.signal, (reason) => refuse(codes.BAD_SIGNATURE, reason));
+      if (checked instanceof RedundantProxyError) throw checked;
+      body = checked;
     }
     // claim 1 (c): this server received this copy. Resolves to whether the
     // copy was seen before, or to the store's error (handled at once, so a
@@ -273,7 +303,7 @@ export function redundantWorker(options: WorkerOptions): RedundantWorker {
       }
       if (duplicate && secret !== undefined) throw refuse(codes.REPLAYED_COPY, 'this copy was already received');
     }
-    const gate = gateFor(c.requestId, c.duplicateId, controller.signal, res);
+    const gate = gateFor(c.requestId, c.duplicateId, controller.signal, res, body);
     const handle = makeHandle(
       { requestId: c.requestId, duplicateId: c.duplicateId, upstreamId: c.upstreamId, copy: { index: c.index, of: c.of }, update: c.update, direct: false, idempotencyKey: c.idempotencyKey ?? null, signal: controller.signal, session: { id: c.sessionId, data: {} } },
       gate,
@@ -290,7 +320,9 @@ export function redundantWorker(options: WorkerOptions): RedundantWorker {
         report(c.requestId, 'getSession', loaded.err);
       }
     }
-    return { handle, gate, sessionBefore, recorded };
+    // The body may have ended, forged, while the copy was recorded: the handler must not run then.
+    if (body?.failed) throw body.failed;
+    return { handle, gate, sessionBefore, recorded, body };
   }
 
   /**
@@ -373,6 +405,15 @@ export function redundantWorker(options: WorkerOptions): RedundantWorker {
     if (p.gate.outcome === 'lost') return false;
     const data = sessionToSave(p);
     if (data === undefined) return false;
+    // A session change counts only from a copy whose body is the signed one
+    // (a read's too: it is saved without a claim).
+    if (p.body) {
+      try {
+        await p.body.verified();
+      } catch {
+        return false;
+      }
+    }
     const { handle, gate } = p;
     if (handle.update && !handle.direct && gate.outcome === undefined) {
       try {
@@ -392,7 +433,8 @@ export function redundantWorker(options: WorkerOptions): RedundantWorker {
     ctx.set(H.worker, '1');
     let p: Prepared;
     try {
-      p = await prepare(ctx.req, ctx.res);
+      // Koa's ctx.req.url is rewritten by koa-mount; originalUrl is the target as received.
+      p = await prepare(ctx.req, ctx.res, ctx.originalUrl ?? ctx.req.url ?? '');
     } catch (err) {
       if (!(err instanceof RedundantProxyError)) throw err;
       ctx.status = err.status;
@@ -425,6 +467,8 @@ export function redundantWorker(options: WorkerOptions): RedundantWorker {
    */
   function answerFor(err: unknown, p: Prepared | undefined): 'stopped' | RedundantProxyError | undefined {
     if (p?.handle.signal.aborted && err === p.handle.signal.reason) return 'stopped';
+    // A body that failed its signature took its connection down with it: whatever the handler threw, nobody listens.
+    if (p?.body?.failed) return 'stopped';
     if (isSupersededError(err)) return err;
     if (p?.gate.outcome === 'lost') return new SupersededError();
     // Found applied by an earlier copy: whatever the handler threw after that.
@@ -437,9 +481,10 @@ export function redundantWorker(options: WorkerOptions): RedundantWorker {
   /** Express: each request's copy state, for errorHandler. */
   const preparedFor = new WeakMap<IncomingMessage, Prepared>();
 
-  function express(req: IncomingMessage & { redundant?: RedundantHandle }, res: ServerResponse, next: (err?: unknown) => void): void {
+  function express(req: IncomingMessage & { redundant?: RedundantHandle; originalUrl?: string }, res: ServerResponse, next: (err?: unknown) => void): void {
     res.setHeader(H.worker, '1');
-    prepare(req, res).then(
+    // A sub-app rewrites req.url; originalUrl is the target as received.
+    prepare(req, res, req.originalUrl ?? req.url ?? '').then(
       (p) => {
         req.redundant = p.handle;
         preparedFor.set(req, p);
@@ -477,4 +522,130 @@ export function redundantWorker(options: WorkerOptions): RedundantWorker {
 
 function makeHandle(fields: Omit<RedundantHandle, 'claim' | 'commitOnce'>, gate: CommitGate): RedundantHandle {
   return { ...fields, claim: () => gate.claim(), commitOnce: (fn) => gate.commitOnce(fn) };
+}
+
+/**
+ * Milliseconds a claim (or a session change) waits for a signed copy's body
+ * to arrive in full. The proxy sends the whole body at once, so a legitimate
+ * copy's body is in well before this; the bound keeps a sender that stalls
+ * its body from holding a handler (and its transaction) in `claim()`.
+ */
+const BODY_WAIT_MS = 5000;
+
+/** The check of a signed copy's body against the hash in its signature. */
+interface BodyCheck {
+  /** The refusal, once the body ended and did not match (the request was destroyed with it). */
+  readonly failed: RedundantProxyError | undefined;
+  /**
+   * Resolves once the whole body arrived and matched. Rejects with the
+   * refusal when it did not match or did not arrive in full within
+   * `BODY_WAIT_MS`, or with the signal's reason when the copy was stopped.
+   */
+  verified(): Promise<void>;
+}
+
+/**
+ * Binds a signed copy to its body, which the worker cannot check before the
+ * handler runs without buffering it. Instead, every chunk is hashed on its
+ * way into the request stream: `IncomingMessage` is a Readable that the HTTP
+ * parser feeds through `push(chunk)`, and `push(null)` at the end. The end is
+ * only let through when the hash matches the signed one; otherwise the
+ * request is destroyed with the refusal, so that a body parser (or a
+ * `for await` over the request) fails and the handler never sees a complete
+ * forged body. A handler may ignore the body: the commit gate waits for
+ * `verified()` before any claim, so a forged body can never commit, whoever
+ * reads it. Nothing is read on the application's behalf: a body the handler
+ * leaves unread past the stream's buffer (16 KiB) never ends, and its claim
+ * is refused after `BODY_WAIT_MS` (read the body before committing).
+ *
+ * Data that reached the stream before the worker ran (a middleware before it
+ * awaited something) is taken out with `read()`, hashed and put back with
+ * `unshift()`, unseen by anyone (and the rest drained if left unread, as
+ * node:http does for an untouched request). Data already handed to someone
+ * else (a body parser mounted before the worker) cannot be checked: the copy
+ * is refused, and so is one whose buffered data is already flowing or decoded.
+ *
+ * Returns the check, or the refusal when the body cannot be checked.
+ */
+function checkBody(req: IncomingMessage, res: ServerResponse, expected: string, signal: AbortSignal, refuse: (reason: string) => RedundantProxyError): BodyCheck | RedundantProxyError {
+  const buffered = req.readableLength;
+  if (req.readableDidRead || (buffered > 0 && (req.readableFlowing === true || req.readableEncoding !== null))) {
+    return refuse('its body was read before the worker could check it against the signature (mount the worker before any body parser)');
+  }
+  const hash = createHash('sha256');
+  let failed: RedundantProxyError | undefined;
+  /** Why claims are refused although the copy is no forgery: its body was discarded unchecked. */
+  let unchecked: RedundantProxyError | undefined;
+  let ended = false;
+  const waiters = new Set<() => void>();
+  const push = req.push;
+  /** The body ended: true when it is the signed one; else the request is destroyed. */
+  const end = (): boolean => {
+    req.push = push;
+    ended = true;
+    if (hash.digest('base64url') !== expected) {
+      // Once the answer is done, node:http discards a body nobody read: the
+      // parser stops pushing it (IncomingMessage#_dumped, set by _dump(),
+      // internal but stable since node 0.x). Then the hash lacks the rest,
+      // and nobody saw it either: no forgery to report, no connection to
+      // close; only a later claim is refused, as nothing was checked.
+      if ((req as { _dumped?: boolean })._dumped === true) {
+        unchecked = new RedundantProxyError(codes.BAD_SIGNATURE, 'copy refused: its body was discarded unread, so it was not checked against its signature', { status: 401 });
+      } else {
+        failed = refuse('its body does not match its signature');
+        req.destroy(failed);
+      }
+    }
+    for (const wake of waiters) wake();
+    waiters.clear();
+    return failed === undefined;
+  };
+  req.push = function (this: IncomingMessage, chunk: unknown, encoding?: BufferEncoding): boolean {
+    if (chunk === null) return end() && push.call(this, null);
+    if (typeof chunk === 'string') hash.update(chunk, encoding ?? 'utf8');
+    else hash.update(chunk as Uint8Array);
+    return push.call(this, chunk, encoding);
+  };
+  if (buffered > 0) {
+    // Paused and unread: read() hands back all of it at once, and unshift() returns it unseen.
+    const head = req.read() as Buffer;
+    hash.update(head);
+    if (req.complete && !end()) return failed!;
+    req.unshift(head);
+    // Having read, the request counts as consumed: node:http no longer drains
+    // a body the handler left unread when the answer is done, and the next
+    // request on the connection would wait behind it. Drain it as node would.
+    if (!req.complete) {
+      res.once('finish', () => {
+        if (!req.readableEnded && req.readableFlowing !== true && req.listenerCount('data') === 0 && req.listenerCount('readable') === 0) req.resume();
+      });
+    }
+  } else if (req.complete) {
+    // The whole (empty) body was in before the worker ran.
+    end();
+    if (failed) return failed;
+  }
+  return {
+    get failed() {
+      return failed;
+    },
+    verified(): Promise<void> {
+      if (ended) return failed || unchecked ? Promise.reject(failed ?? unchecked) : Promise.resolve();
+      if (signal.aborted) return Promise.reject(signal.reason);
+      return new Promise((resolve, reject) => {
+        const settle = (err?: unknown) => {
+          clearTimeout(timer);
+          signal.removeEventListener('abort', onAbort);
+          waiters.delete(wake);
+          if (err === undefined) resolve();
+          else reject(err);
+        };
+        const wake = () => settle(failed ?? unchecked);
+        const onAbort = () => settle(signal.reason);
+        const timer = setTimeout(() => settle(refuse(`its body did not arrive in full within ${BODY_WAIT_MS} ms, so it cannot be checked against its signature`)), BODY_WAIT_MS);
+        waiters.add(wake);
+        signal.addEventListener('abort', onAbort, { once: true });
+      });
+    },
+  };
 }
