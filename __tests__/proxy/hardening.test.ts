@@ -102,3 +102,39 @@ describe('mounted under a path in Express', () => {
     expect(bare.seen.map((s) => s.url)).toEqual(['/?lang=en']);
   });
 });
+
+describe('a real worker with another secret', () => {
+  it.each(['koa', 'express'] as const)('%s: its refusals fail over to the replicas that share the secret, and a 401 never reaches the client', async (kind) => {
+    const { MemorySessionStore } = await import('../../lib/index.js');
+    const { startReplica } = await import('../helpers/replica.js');
+    const store = new MemorySessionStore();
+    open.push(store);
+    const wrong = await startReplica(kind, { id: 'a', store, secret: 'rotated-secret-000000000' }, () => ({ body: { by: 'a' } }));
+    const right = await startReplica(kind, { id: 'b', store, secret: 'shared-secret-0000000000' }, async () => {
+      await new Promise((r) => setTimeout(r, 10));
+      return { body: { by: 'b' } };
+    });
+    open.push(wrong, right);
+    const proxy = redundantProxy({ upstreams: [{ id: 'a', url: wrong.url }, { id: 'b', url: right.url }], store, secret: 'shared-secret-0000000000' });
+    const errors: ProxyErrorEvent[] = [];
+    proxy.on('error', (e) => errors.push(e));
+    const gw = await mountGateway('node', proxy);
+    open.push(gw, proxy);
+    for (let i = 0; i < 10; i++) {
+      const res = await client.send(`${gw.url}/read`);
+      expect(res.status).toBe(200);
+      expect(res.json()).toEqual({ by: 'b' });
+    }
+    expect(errors.filter((e) => e.source === 'upstream')).toHaveLength(1);
+    expect(() => redundantProxy({ upstreams: ['http://127.0.0.1:1'], secret: 'short-one' })).toThrow(/a string of 9 characters \(not shown\)/);
+    const { redundantWorker } = await import('../../lib/index.js');
+    let message = '';
+    try {
+      redundantWorker({ id: 'x', store, secret: 'short-one' });
+    } catch (err) {
+      message = (err as Error).message;
+    }
+    expect(message).toMatch(/not shown/);
+    expect(message).not.toContain('short-one');
+  });
+});

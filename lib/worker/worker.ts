@@ -1,7 +1,7 @@
 import { createHash, randomUUID } from 'node:crypto';
 import { LRUCache } from 'lru-cache';
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { AlreadyAppliedError, codes, InvalidOptionError, isRedundantProxyError, isSupersededError, RedundantProxyError, SupersededError } from '../errors.js';
+import { AlreadyAppliedError, codes, InvalidOptionError, isRedundantProxyError, isSupersededError, RedundantProxyError, redacted, SupersededError } from '../errors.js';
 import { Emitter, type Disposable } from '../events.js';
 import type { SessionStore } from '../store/types.js';
 import { H, readCopyHeaders, type CopyClaims } from '../wire/protocol.js';
@@ -172,7 +172,8 @@ export function redundantWorker(options: WorkerOptions): RedundantWorker {
   if (typeof id !== 'string' || !/^[A-Za-z0-9._:-]{1,64}$/.test(id)) throw new InvalidOptionError('id', 'must be 1-64 characters of letters, digits and ._:-', id);
   if (typeof store !== 'object' || store === null || typeof store.recordCopy !== 'function') throw new InvalidOptionError('store', 'must implement SessionStore', store);
   if (secret !== undefined && !((typeof secret === 'string' || Buffer.isBuffer(secret)) && secret.length >= 16)) {
-    throw new InvalidOptionError('secret', 'must be a string or Buffer of at least 16 characters/bytes', secret);
+    // Never the secret itself in the message: option errors end up in logs.
+    throw new InvalidOptionError('secret', 'must be a string or Buffer of at least 16 characters/bytes', redacted(secret));
   }
   const maxSkew = options.maxSkew ?? 30_000;
   if (!Number.isFinite(maxSkew) || maxSkew <= 0) throw new InvalidOptionError('maxSkew', 'must be a number of milliseconds > 0', options.maxSkew);
@@ -439,6 +440,8 @@ export function redundantWorker(options: WorkerOptions): RedundantWorker {
       if (!(err instanceof RedundantProxyError)) throw err;
       ctx.status = err.status;
       ctx.body = err.toJSON();
+      // A refusal is not an answer: the proxy counts it as this upstream's failure.
+      if (err.status === 401) ctx.set(H.refused, err.code);
       return;
     }
     ctx.state.redundant = p.handle;
@@ -494,7 +497,10 @@ export function redundantWorker(options: WorkerOptions): RedundantWorker {
       (err) => {
         if (!(err instanceof RedundantProxyError)) return next(err);
         const body = JSON.stringify(err.toJSON());
-        res.writeHead(err.status, { 'content-type': 'application/json; charset=utf-8', 'content-length': String(Buffer.byteLength(body)) });
+        const headers: Record<string, string> = { 'content-type': 'application/json; charset=utf-8', 'content-length': String(Buffer.byteLength(body)) };
+        // A refusal is not an answer: the proxy counts it as this upstream's failure.
+        if (err.status === 401) headers[H.refused] = err.code;
+        res.writeHead(err.status, headers);
         res.end(body);
       },
     );
