@@ -1,5 +1,5 @@
 import type { Upstream } from './options.js';
-import type { CopyReport, RaceReport } from './race.js';
+import { LOCAL_REFUSAL, type CopyReport, type RaceReport } from './report.js';
 
 // Outlier ejection, as Envoy does it: an upstream whose copies keep failing
 // stops receiving copies for a while, longer each time it is ejected again,
@@ -68,9 +68,6 @@ function verdict(copy: CopyReport): 'failure' | 'success' | null {
   if (copy.status === null) return null;
   return copy.status >= 500 ? 'failure' : 'success';
 }
-
-/** How a copy's `error` starts when the copy was never sent because the request could not be (see the race's `send`). */
-export const LOCAL_REFUSAL = 'not sent: ';
 
 export class Ejector {
   readonly #health = new Map<string, Health>();

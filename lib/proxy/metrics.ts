@@ -1,6 +1,6 @@
 import type { Ejector } from './ejection.js';
 import { percentile } from './hedge.js';
-import type { CopyOutcome, RaceOutcome, RaceReport } from './race.js';
+import { COPY_OUTCOMES, RACE_OUTCOMES, type CopyOutcome, type RaceOutcome, type RaceReport } from './report.js';
 
 const LATENCY_WINDOW = 2048;
 
@@ -31,12 +31,8 @@ export interface ProxyMetrics {
   upstreams: Record<string, UpstreamMetrics>;
 }
 
-const zeroOutcomes = (): Record<RaceOutcome, number> => ({ won: 0, failed: 0, timeout: 0, 'client-closed': 0, broken: 0, 'answer-lost': 0, 'outcome-unknown': 0 });
-const zeroCopy = (): Record<CopyOutcome, number> => ({ won: 0, stopped: 0, drained: 0, failed: 0, rejected: 0, 'not-sent': 0, lost: 0, cancelled: 0, agreed: 0, outvoted: 0, applied: 0 });
-
-/** Every race outcome and every copy outcome, for whoever must list them (the Prometheus series). */
-export const RACE_OUTCOMES = Object.keys(zeroOutcomes()) as readonly RaceOutcome[];
-export const COPY_OUTCOMES = Object.keys(zeroCopy()) as readonly CopyOutcome[];
+const zeroOutcomes = (): Record<RaceOutcome, number> => Object.fromEntries(RACE_OUTCOMES.map((o) => [o, 0])) as Record<RaceOutcome, number>;
+const zeroCopy = (): Record<CopyOutcome, number> => Object.fromEntries(COPY_OUTCOMES.map((o) => [o, 0])) as Record<CopyOutcome, number>;
 
 export class Metrics {
   #requests = 0;

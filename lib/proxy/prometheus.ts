@@ -1,7 +1,6 @@
 import { createRequire } from 'node:module';
 import { InvalidOptionError } from '../errors.js';
-import { COPY_OUTCOMES, RACE_OUTCOMES } from './metrics.js';
-import type { RaceReport } from './race.js';
+import { COPY_OUTCOMES, RACE_OUTCOMES, type RaceReport } from './report.js';
 
 // Prometheus metrics in a prom-client registry the user owns, so they are
 // scraped with the gateway's own. prom-client is an optional peer dependency:

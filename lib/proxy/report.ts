@@ -1,0 +1,104 @@
+// What a race reports: each copy's fate and the race's outcome. The race
+// writes it; metrics, Prometheus, ejection, adaptive hedging and the events
+// read it. Its own file, so that none of them imports the race.
+
+export type CopyOutcome =
+  /** Its answer was adopted. */
+  | 'won'
+  /** Stopped before it answered (its connection was closed). */
+  | 'stopped'
+  /** Answered after another copy won; its body was read and discarded. */
+  | 'drained'
+  /** Transport error: connection refused or reset, malformed response. */
+  | 'failed'
+  /** Answered, but `accept()` refused the answer. */
+  | 'rejected'
+  /** Never sent: an earlier copy won before its hedge delay ran out. */
+  | 'not-sent'
+  /** An update's copy that lost the commit arbitration (`x-redundant-commit: lost`): never adopted. */
+  | 'lost'
+  /**
+   * An update's copy that took the commit over and found it already applied
+   * by an earlier copy (`x-redundant-commit: applied`): the client is told
+   * the update was applied and its answer lost.
+   */
+  | 'applied'
+  /** An update's copy still processing when another copy committed (and past its grace): aborted, and `onCancel` ran for it. */
+  | 'cancelled'
+  /** `select: { quorum }`: gave the same answer as the adopted copy (one of the quorum). */
+  | 'agreed'
+  /** `select` (a quorum or a function): answered acceptably, whole, but its answer was not chosen. */
+  | 'outvoted';
+
+export interface CopyReport {
+  index: number;
+  upstream: string;
+  duplicateId: string;
+  outcome: CopyOutcome;
+  /** Milliseconds from the start of the race to sending this copy. */
+  sentAt: number | null;
+  /** Milliseconds from sending this copy to its response head. */
+  latency: number | null;
+  status: number | null;
+  /**
+   * The transport error's code or message, for `failed`; why an answer was
+   * not usable, for some `rejected` (too large for `select`); for `won`, why
+   * its body broke after the head went out (the race is `broken`);
+   * `'timeout'` for a copy out for at least half the request's `timeout` and
+   * still waiting for its answer (or, under `select`, for the rest of the
+   * body to compare) when it ran out; `'body-timeout'` for a winner still
+   * streaming its body then.
+   */
+  error: string | null;
+  /** True when the copy was held back by hedging and then sent. */
+  hedged: boolean;
+}
+
+export type RaceOutcome =
+  /** An acceptable answer was streamed whole to the client. */
+  | 'won'
+  /** No copy answered acceptably: the client got an upstream's error or a 502. */
+  | 'failed'
+  /** No acceptable answer within `timeout` (504), or the body was cut off at it. */
+  | 'timeout'
+  /** The client went away first. */
+  | 'client-closed'
+  /** The winner's body broke after its head was sent; the client connection was reset. */
+  | 'broken'
+  /** An update committed, but its answer never arrived: the client was told so (`RP_ERR_ANSWER_LOST`). */
+  | 'answer-lost'
+  /**
+   * An update ended without an answer while a copy held its commit claim:
+   * whether it is applied is not known yet (`RP_ERR_OUTCOME_UNKNOWN`; a
+   * retry with the same `Idempotency-Key` learns it).
+   */
+  | 'outcome-unknown';
+
+export interface RaceReport {
+  requestId: string;
+  method: string;
+  path: string;
+  update: boolean;
+  outcome: RaceOutcome;
+  /** Status sent to the client, or null when none was. */
+  status: number | null;
+  /** Id of the upstream whose answer was adopted (the winner's, or the error passed through). */
+  servedBy: string | null;
+  /** Duplicate id of the copy whose answer was adopted. */
+  adopted: string | null;
+  /** The adopted copy committed the update (`x-redundant-commit: won`). */
+  committed: boolean;
+  /** Milliseconds from the start of the race to its end. */
+  duration: number;
+  copies: CopyReport[];
+}
+
+const zeroOutcomes = (): Record<RaceOutcome, number> => ({ won: 0, failed: 0, timeout: 0, 'client-closed': 0, broken: 0, 'answer-lost': 0, 'outcome-unknown': 0 });
+const zeroCopy = (): Record<CopyOutcome, number> => ({ won: 0, stopped: 0, drained: 0, failed: 0, rejected: 0, 'not-sent': 0, lost: 0, cancelled: 0, agreed: 0, outvoted: 0, applied: 0 });
+
+/** Every race outcome and every copy outcome, for whoever must list them (the Prometheus series). */
+export const RACE_OUTCOMES = Object.keys(zeroOutcomes()) as readonly RaceOutcome[];
+export const COPY_OUTCOMES = Object.keys(zeroCopy()) as readonly CopyOutcome[];
+
+/** How a copy's `error` starts when the copy was never sent because the request could not be (undici refused it): nothing the upstream did. */
+export const LOCAL_REFUSAL = 'not sent: ';
