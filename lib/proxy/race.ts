@@ -6,6 +6,7 @@ import { appendCopyHeaders, H } from '../wire/protocol.js';
 import { forwardResponseHeaders } from './headers.js';
 import type { ResolvedSelect, SelectAnswer, Upstream, UpstreamResponse } from './options.js';
 import { detachedResponse, sendError } from './respond.js';
+import { transition, type CopyState } from './lifecycle.js';
 import { LOCAL_REFUSAL, type CopyOutcome, type CopyReport, type RaceOutcome, type RaceReport } from './report.js';
 
 export type { CopyOutcome, CopyReport, RaceOutcome, RaceReport } from './report.js';
@@ -110,16 +111,19 @@ export interface CapturedAnswer {
   body: Buffer | null;
 }
 
-// 'holding': answered, its body paused and buffered: either an update's
-// answer held until every copy has answered or one committed, or the winner
-// whose head waits until its adoption is recorded.
-// 'lingering': lost the race before answering; given a short grace to answer (then drained) before it is aborted.
-// 'buffering': an acceptable answer to a read under a quorum or a select
-// function, read whole to be compared; then 'holding' (ended) until chosen.
-type CopyState = 'idle' | 'sent' | 'lingering' | 'holding' | 'streaming' | 'collecting' | 'buffering' | 'draining' | 'done';
 
 class Copy implements Dispatcher.DispatchHandler {
-  state: CopyState = 'idle';
+  #state: CopyState = 'idle';
+
+  get state(): CopyState {
+    return this.#state;
+  }
+
+  /** Moves the copy, through the table of legal moves (lib/proxy/lifecycle.ts). */
+  to(next: CopyState): void {
+    this.#state = transition(this.#state, next);
+  }
+
   controller: Dispatcher.DispatchController | null = null;
   /** Set when the race wants this copy stopped before undici handed us a controller. */
   abortWanted = false;
@@ -169,7 +173,7 @@ class Copy implements Dispatcher.DispatchHandler {
       case 'collecting':
         this.report.outcome = 'rejected';
         this.chunks = [];
-        if (this.drainable()) this.state = 'draining';
+        if (this.drainable()) this.to('draining');
         else this.abort();
         break;
       case 'buffering':
@@ -177,7 +181,7 @@ class Copy implements Dispatcher.DispatchHandler {
         this.chunks = [];
         if (this.drainable()) {
           this.report.outcome = 'drained';
-          this.state = 'draining';
+          this.to('draining');
         } else this.abort();
         break;
       case 'holding':
@@ -189,7 +193,7 @@ class Copy implements Dispatcher.DispatchHandler {
   }
 
   abort(): void {
-    this.state = 'done';
+    this.to('done');
     if (this.controller) this.controller.abort(new Error('stopped by redundant-proxy'));
     else this.abortWanted = true;
   }
@@ -235,7 +239,7 @@ class Copy implements Dispatcher.DispatchHandler {
       // the connection) if small. An update's copy says it lost the commit.
       const lost = headers[H.commit] === 'lost';
       if (this.drainable()) {
-        this.state = 'draining';
+        this.to('draining');
         this.report.outcome = lost ? 'lost' : 'drained';
       } else {
         this.stop();
@@ -297,13 +301,13 @@ class Copy implements Dispatcher.DispatchHandler {
       return;
     }
     if (this.state === 'buffering') {
-      this.state = 'holding';
+      this.to('holding');
       this.ended = true;
       this.race.onAnswer(this);
       return;
     }
     const state = this.state;
-    this.state = 'done';
+    this.to('done');
     if (state === 'streaming') this.race.onWinnerEnd();
     else if (state === 'collecting') this.race.onRejected(this);
   }
@@ -311,7 +315,7 @@ class Copy implements Dispatcher.DispatchHandler {
   onResponseError(_controller: Dispatcher.DispatchController, err: Error): void {
     this.wireDone();
     const state = this.state;
-    this.state = 'done';
+    this.to('done');
     if (state === 'lingering') {
       this.report.outcome = 'failed';
       this.report.error = errorName(err);
@@ -479,7 +483,7 @@ export class Race {
       },
       input.secret,
     );
-    copy.state = 'sent';
+    copy.to('sent');
     copy.startedAt = input.now();
     copy.report.sentAt = copy.startedAt - this.started;
     copy.report.hedged = hedged;
@@ -503,7 +507,7 @@ export class Race {
       // undici refuses some requests synchronously (invalid header values):
       // the request's fault, not the upstream's (outlier ejection ignores it).
       copy.wireDone();
-      copy.state = 'done';
+      copy.to('done');
       this.onFailed(copy, LOCAL_REFUSAL + errorName(err));
     }
   }
@@ -512,7 +516,7 @@ export class Race {
     if (this.winner || this.finished) {
       // Lost the race: answered after another copy won.
       copy.report.outcome = 'drained';
-      if (copy.drainable()) copy.state = 'draining';
+      if (copy.drainable()) copy.to('draining');
       else {
         copy.report.outcome = 'stopped';
         copy.abort();
@@ -525,7 +529,7 @@ export class Race {
       // rotated secret, a wrong upstream id): a failure of that upstream,
       // never an answer to adopt, or one misconfigured replica would answer
       // every request with its instant 401.
-      if (copy.drainable()) copy.state = 'draining';
+      if (copy.drainable()) copy.to('draining');
       else copy.abort();
       this.input.onRefused?.(copy.upstream.id, refused);
       this.onFailed(copy, `refused: ${refused}`);
@@ -536,7 +540,7 @@ export class Race {
       if (commit === 'lost') {
         // Lost the arbitration: never adopted, not even as a fallback.
         copy.report.outcome = 'lost';
-        if (copy.drainable()) copy.state = 'draining';
+        if (copy.drainable()) copy.to('draining');
         else copy.abort();
         this.settle();
         return;
@@ -553,7 +557,7 @@ export class Race {
         // was applied, and no copy runs it again.
         this.committed = true;
         copy.report.outcome = 'applied';
-        if (copy.drainable()) copy.state = 'draining';
+        if (copy.drainable()) copy.to('draining');
         else copy.abort();
         sendError(this.input.res, new RedundantProxyError(codes.ANSWER_LOST, `the update was applied by an earlier copy (found by upstream "${copy.upstream.label}"), but its answer was lost; do not retry it blindly`, { status: 502 }), this.input.requestId);
         this.finish('answer-lost');
@@ -567,7 +571,7 @@ export class Race {
       this.input.onAcceptThrew?.(err);
     }
     if (ok && this.selecting) {
-      copy.state = 'buffering'; // counted as settled once its body is in
+      copy.to('buffering'); // counted as settled once its body is in
       copy.lastDataAt = this.input.now();
       // A HEAD, 204 or 304 answer has no body, whatever its Content-Length says.
       const bodyless = this.input.method === 'HEAD' || status === 204 || status === 304;
@@ -578,7 +582,7 @@ export class Race {
     if (ok && this.input.update && this.copies.length > 1) {
       // An answer that did not commit (a validation error, say) waits until
       // every copy has answered or one has committed.
-      copy.state = 'holding';
+      copy.to('holding');
       copy.controller?.pause();
       this.held.push(copy);
       this.settle();
@@ -586,10 +590,10 @@ export class Race {
     else {
       copy.report.outcome = 'rejected';
       if (!this.fallback) {
-        copy.state = 'collecting';
+        copy.to('collecting');
         return; // counted as settled once its body is in
       }
-      if (copy.drainable()) copy.state = 'draining';
+      if (copy.drainable()) copy.to('draining');
       else copy.abort();
       this.settle();
     }
@@ -609,7 +613,7 @@ export class Race {
     const extra = this.input.beforeHead?.(copy.report, copy.headers);
     if (extra instanceof Promise) {
       if (copy.state !== 'holding') {
-        copy.state = 'holding';
+        copy.to('holding');
         copy.controller?.pause();
       }
       extra.then(
@@ -667,8 +671,8 @@ export class Race {
   lingerLosers(): void {
     let any = false;
     for (const c of this.copies) {
-      if (c.state !== 'sent') continue;
-      c.state = 'lingering';
+      if (c.state !== 'sent' || c === this.winner) continue;
+      c.to('lingering');
       any = true;
     }
     if (!any) return;
@@ -745,9 +749,9 @@ export class Race {
       // reports a length mismatch on the connection, which is no concern of
       // the client's). The answer is complete now.
       copy.chunks = [];
-      if (copy.ended) copy.state = 'done';
+      if (copy.ended) copy.to('done');
       else {
-        copy.state = 'draining';
+        copy.to('draining');
         copy.resume();
       }
       this.onWinnerEnd();
@@ -760,11 +764,11 @@ export class Race {
     }
     copy.chunks = [];
     if (copy.ended) {
-      copy.state = 'done';
+      copy.to('done');
       this.onWinnerEnd();
       return;
     }
-    copy.state = 'streaming';
+    copy.to('streaming');
     copy.resume();
   }
 
@@ -838,7 +842,7 @@ export class Race {
     copy.chunks = [];
     copy.report.outcome = 'rejected';
     copy.report.error = `answer larger than maxBodySize (${this.input.maxAnswerSize} bytes): select cannot compare it`;
-    if (copy.drainable()) copy.state = 'draining';
+    if (copy.drainable()) copy.to('draining');
     else copy.abort();
     this.settle();
   }
@@ -920,7 +924,7 @@ export class Race {
     for (const other of this.answers) {
       if (other === chosen) continue;
       other.report.outcome = other.group !== null && other.group === chosen?.group ? 'agreed' : 'outvoted';
-      other.state = 'done';
+      other.to('done');
       other.chunks = [];
     }
   }
