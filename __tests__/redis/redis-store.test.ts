@@ -514,3 +514,133 @@ describe('RedisSessionStore: a refused confirm says who committed', () => {
     expect((gone as { committedBy?: unknown }).committedBy).toBeUndefined();
   });
 });
+
+// Aimed at guards that mutation testing (bench/mutation/) found no test for.
+describe('RedisSessionStore claims: what each guard is for', () => {
+  /** How many scripts Redis ran since the last call (EVALSHA and EVAL). */
+  async function scriptCalls(): Promise<number> {
+    const info = await admin.info('commandstats');
+    let calls = 0;
+    for (const m of info.matchAll(/^cmdstat_(?:evalsha|eval):calls=(\d+)/gm)) calls += Number(m[1]);
+    await admin.config('RESETSTAT');
+    return calls;
+  }
+
+  it('rejects a lease that is not a positive number of ms, naming it, without a round trip', async () => {
+    const store = await open();
+    await scriptCalls();
+    for (const leaseMs of [0, -1, Number.NaN, Infinity]) {
+      await expect(store.claim(randomUUID(), 'a', { leaseMs })).rejects.toMatchObject({ code: codes.INVALID_OPTION, option: 'leaseMs' });
+    }
+    expect(await scriptCalls()).toBe(0);
+  });
+
+  it('refuses a claim on a committed request at once, naming the committer, in one script call and with no pub/sub connection', async () => {
+    const client = await connect();
+    let duplicates = 0;
+    const counting = new Proxy(client, {
+      get(target, name) {
+        if (name === 'duplicate') {
+          return (...a: unknown[]) => {
+            duplicates++;
+            return (target.duplicate as (...x: unknown[]) => unknown).apply(target, a);
+          };
+        }
+        const value = Reflect.get(target, name) as unknown;
+        return typeof value === 'function' ? (value as (...x: unknown[]) => unknown).bind(target) : value;
+      },
+    });
+    const store = new RedisSessionStore({ client: counting, prefix: `rp-test:${randomUUID()}:` });
+    opened.push({ close: () => client.quit() }, store);
+    const requestId = randomUUID();
+    const grant = await store.claim(requestId, 'a', { leaseMs: 30_000 });
+    await store.confirm(requestId, 'a', grant.fence);
+    await scriptCalls();
+    await expect(store.claim(requestId, 'b', { leaseMs: 30_000 })).rejects.toMatchObject({ code: codes.SUPERSEDED, committedBy: 'a' });
+    expect(await scriptCalls()).toBe(1);
+    expect(duplicates).toBe(0);
+  });
+
+  it('takes a claim on a single Redis in one script call (the fence is taken inside it)', async () => {
+    const store = await open();
+    await store.claim(randomUUID(), 'warm-up', { leaseMs: 1_000 }); // Redis knows the script from now on
+    await scriptCalls();
+    await store.claim(randomUUID(), 'a', { leaseMs: 30_000 });
+    expect(await scriptCalls()).toBe(1);
+  });
+
+  it('a holder asking again with a signal that aborts meanwhile keeps its claim: nothing is given back', async () => {
+    const store = await open();
+    const requestId = randomUUID();
+    const grant = await store.claim(requestId, 'a', { leaseMs: 30_000 });
+    const controller = new AbortController();
+    const again = store.claim(requestId, 'a', { leaseMs: 30_000, signal: controller.signal });
+    controller.abort(new Error('gone'));
+    await expect(again).rejects.toThrow('gone');
+    await sleep(50);
+    await expect(store.getRequest(requestId)).resolves.toMatchObject({ commit: { state: 'claimed', holder: 'a', fence: grant.fence } });
+  });
+
+  it('a copy that would have to wait, aborted while Redis answers, rejects with its reason', async () => {
+    const store = await open();
+    const requestId = randomUUID();
+    await store.claim(requestId, 'a', { leaseMs: 30_000 });
+    const controller = new AbortController();
+    const waiting = store.claim(requestId, 'b', { leaseMs: 30_000, signal: controller.signal });
+    controller.abort(new Error('gone'));
+    await expect(waiting).rejects.toThrow('gone');
+    await expect(store.getRequest(requestId)).resolves.toMatchObject({ commit: { state: 'claimed', holder: 'a' } });
+  });
+
+  it('a waiting claim looks again only every pollInterval (or at the lease end), never in a busy loop', async () => {
+    const prefix = `rp-test:${randomUUID()}:`;
+    const holder = await open({ prefix });
+    const other = await open({ prefix, pollInterval: 200 });
+    const requestId = randomUUID();
+    const first = await holder.claim(requestId, 'a', { leaseMs: 30_000 });
+    await scriptCalls();
+    const waiting = other.claim(requestId, 'b', { leaseMs: 30_000 });
+    await sleep(700);
+    // The claim, the look once subscribed, and one every 200 ms: about 5, never hundreds.
+    expect(await scriptCalls()).toBeLessThanOrEqual(8);
+    await holder.release(requestId, 'a', first.fence);
+    await expect(waiting).resolves.toMatchObject({ fence: expect.any(Number) });
+  });
+
+  it('looks again when the lease ends, not only at the next poll', async () => {
+    const prefix = `rp-test:${randomUUID()}:`;
+    const holder = await open({ prefix });
+    const other = await open({ prefix, pollInterval: 10_000 });
+    const requestId = randomUUID();
+    await holder.claim(requestId, 'a', { leaseMs: 300 });
+    const start = performance.now();
+    await expect(other.claim(requestId, 'b', { leaseMs: 30_000 })).resolves.toMatchObject({ fence: expect.any(Number) });
+    expect(elapsed(start)).toBeLessThan(2_000);
+  });
+
+  it('on Cluster, a fence not above the request\'s last one is refused and a fresh one taken; five refusals fail the claim as the store unavailable', async () => {
+    // A single Redis behind a client that says it is a Cluster: the store takes the Cluster path (a fence first, then the claim with it).
+    const client = await connect();
+    const asCluster = new Proxy(client, {
+      get(target, name) {
+        if (name === 'isCluster') return true;
+        const value = Reflect.get(target, name) as unknown;
+        return typeof value === 'function' ? (value as (...x: unknown[]) => unknown).bind(target) : value;
+      },
+    });
+    const prefix = `rp-test:${randomUUID()}:`;
+    const store = new RedisSessionStore({ client: asCluster as unknown as Redis, prefix });
+    opened.push({ close: () => client.quit() }, store);
+    const requestId = randomUUID();
+    // The request's last granted fence lies far ahead of any token the counter gives now.
+    await admin.hset(`${prefix}{r:${requestId}}`, 'requestId', requestId, 'state', 'none', 'lastFence', '9000000000000000');
+    await store.claim(randomUUID(), 'warm-up', { leaseMs: 1_000 }); // Redis knows both scripts from now on
+    await scriptCalls();
+    await expect(store.claim(requestId, 'a', { leaseMs: 1_000 })).rejects.toMatchObject({ code: codes.STORE_UNAVAILABLE });
+    // Five tries, each a token and a claim.
+    expect(await scriptCalls()).toBe(10);
+    // Once the tokens are past it, a claim is granted with a higher fence.
+    await admin.hset(`${prefix}{r:${requestId}}`, 'lastFence', '1');
+    await expect(store.claim(requestId, 'a', { leaseMs: 1_000 })).resolves.toMatchObject({ fence: expect.any(Number) });
+  });
+});
