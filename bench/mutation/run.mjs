@@ -157,10 +157,10 @@ export default {
 }
 
 /** One jest process over `tests` (in this order, --bail), with `env`; resolves killed / survived / timeout. */
-function runJest(dir, tests, env, timeoutMs) {
+function runJest(dir, tests, env, timeoutMs, names) {
   return new Promise((done) => {
     const started = Date.now();
-    const child = spawn(process.execPath, ['--experimental-vm-modules', 'node_modules/jest/bin/jest.js', '-c', 'mutation.jest.config.mjs', '--ci', '--bail', '--runInBand', '--silent', ...tests.map((t) => `__tests__/${t}`)], {
+    const child = spawn(process.execPath, ['--experimental-vm-modules', 'node_modules/jest/bin/jest.js', '-c', 'mutation.jest.config.mjs', '--ci', '--bail', '--runInBand', '--silent', ...(names ? ['-t', names.map(escapeRegExp).join('|')] : []), ...tests.map((t) => `__tests__/${t}`)], {
       cwd: dir,
       stdio: ['ignore', 'pipe', 'pipe'],
       detached: true,
@@ -237,10 +237,18 @@ async function main() {
         broken.push(test);
         return;
       }
-      const ids = existsSync(file) ? readFileSync(file, 'utf8').trim().split('\n').filter(Boolean).flatMap((l) => JSON.parse(l).ids) : [];
-      coverage.set(test, new Set(ids));
+      const cov = { static: new Set(), perTest: new Map(), all: new Set() };
+      const lines = existsSync(file) ? readFileSync(file, 'utf8').trim().split('\n').filter(Boolean) : [];
+      for (const line of lines) {
+        const entry = JSON.parse(line);
+        for (const id of entry.static) cov.static.add(id);
+        for (const [name, ids] of Object.entries(entry.perTest)) cov.perTest.set(name, new Set([...(cov.perTest.get(name) ?? []), ...ids]));
+      }
+      for (const id of cov.static) cov.all.add(id);
+      for (const ids of cov.perTest.values()) for (const id of ids) cov.all.add(id);
+      coverage.set(test, cov);
       duration.set(test, r.ms);
-      console.log(`  ${test}: passes in ${(r.ms / 1000).toFixed(1)} s, reaches ${new Set(ids).size} mutants`);
+      console.log(`  ${test}: passes in ${(r.ms / 1000).toFixed(1)} s, ${coverage.get(test).perTest.size} tests reach ${coverage.get(test).all.size} mutants`);
     });
 
     // 3. The mutants, one jest process each.
@@ -252,12 +260,17 @@ async function main() {
         continue;
       }
       const candidates = m.target === 'lua' ? LUA_TESTS : TARGETS.find((t) => t.name === m.target).tests;
-      const tests = candidates.filter((t) => coverage.has(t) && (m.target === 'lua' || coverage.get(t).has(m.switchId))).sort((a, b) => duration.get(a) - duration.get(b));
+      const tests = candidates.filter((t) => coverage.has(t) && (m.target === 'lua' || coverage.get(t).all.has(m.switchId))).sort((a, b) => duration.get(a) - duration.get(b));
+      // Only the tests that reached it, unless a file reached it outside any test (a hook, module load): then whole files.
+      let names;
+      if (m.target !== 'lua' && !tests.some((t) => coverage.get(t).static.has(m.switchId))) {
+        names = tests.flatMap((t) => [...coverage.get(t).perTest].filter(([, ids]) => ids.has(m.switchId)).map(([name]) => name));
+      }
       if (tests.length === 0) {
         results.push({ ...m, status: 'no coverage', tests, ms: 0 });
         continue;
       }
-      todo.push({ ...m, tests });
+      todo.push({ ...m, tests, names });
     }
     console.log(`\n${todo.length} mutants to run (${results.filter((r) => r.status === 'no coverage').length} reached by no test, ${results.filter((r) => r.status === 'ignored').length} ignored), ${slots.length} at a time`);
     let done = 0;
@@ -275,10 +288,14 @@ async function main() {
           writeFileSync(path, instrumentedSource);
         }
       } else {
-        r = await runJest(dir, m.tests, { __STRYKER_ACTIVE_MUTANT__: m.switchId }, timeoutMs);
+        const env = { __STRYKER_ACTIVE_MUTANT__: m.switchId };
+        r = await runJest(dir, m.tests, env, timeoutMs, m.names);
+        // The tests that reached it passed: so must the whole files (a test may kill it through work another test started).
+        if (r.status === 'survived' && m.names) r = await runJest(dir, m.tests, env, timeoutMs);
       }
       const result = { ...m, status: r.status, ms: r.ms, failed: r.failed };
       delete result.source;
+      delete result.names;
       results.push(result);
       done++;
       const what = m.target === 'lua' ? `${m.script}: ${m.replacement}` : `${m.mutator}: ${(m.replacement ?? '').replace(/\s+/g, ' ').slice(0, 70)}`;
@@ -299,11 +316,15 @@ async function main() {
     console.log(`\ndone in ${minutes} min`);
     const out = join(root, 'reports/mutation');
     mkdirSync(out, { recursive: true });
-    writeFileSync(join(out, 'mutants.json'), JSON.stringify({ date, minutes: Number(minutes), node: process.version, jobs: slots.length, brokenTestFiles: broken, testFiles: Object.fromEntries([...duration].map(([t, ms]) => [t, { ms, reaches: coverage.get(t).size }])), summary: table, results }, null, 2));
+    writeFileSync(join(out, 'mutants.json'), JSON.stringify({ date, minutes: Number(minutes), node: process.version, jobs: slots.length, brokenTestFiles: broken, testFiles: Object.fromEntries([...duration].map(([t, ms]) => [t, { ms, tests: coverage.get(t).perTest.size, reaches: coverage.get(t).all.size }])), summary: table, results }, null, 2));
     console.log(`report: ${join(out, 'mutants.json')}`);
   } finally {
     rmSync(base, { recursive: true, force: true });
   }
+}
+
+function escapeRegExp(s) {
+  return s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
 }
 
 /** Runs `work(slot, item)` over `items`, one item per slot at a time. */
