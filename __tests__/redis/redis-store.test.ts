@@ -561,6 +561,20 @@ describe('RedisSessionStore claims: what each guard is for', () => {
     expect(duplicates).toBe(0);
   });
 
+  it('refuses a confirm with an older fence of the same copy once its newer claim committed, and keeps the commit through a release', async () => {
+    const store = await open();
+    const requestId = randomUUID();
+    const old = await store.claim(requestId, 'a', { leaseMs: 50 });
+    await sleep(80);
+    const renewed = await store.claim(requestId, 'a', { leaseMs: 30_000 });
+    expect(renewed.fence).toBeGreaterThan(old.fence);
+    await store.confirm(requestId, 'a', renewed.fence);
+    await expect(store.confirm(requestId, 'a', old.fence)).rejects.toMatchObject({ code: codes.SUPERSEDED });
+    await expect(store.confirm(requestId, 'a', renewed.fence)).resolves.toBeUndefined();
+    await store.release(requestId, 'a', renewed.fence);
+    await expect(store.getRequest(requestId)).resolves.toMatchObject({ commit: { state: 'committed', holder: 'a', fence: renewed.fence } });
+  });
+
   it('takes a claim on a single Redis in one script call (the fence is taken inside it)', async () => {
     const store = await open();
     await store.claim(randomUUID(), 'warm-up', { leaseMs: 1_000 }); // Redis knows the script from now on

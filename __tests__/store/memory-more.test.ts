@@ -57,6 +57,17 @@ describe('MemorySessionStore claims, by the injected clock', () => {
     expect(grant).toMatchObject({ fence: first.fence + 1, leaseUntil: clock.t + 100 });
   });
 
+  it('refuses a confirm with an older fence of the same copy once its newer claim committed', async () => {
+    const { store, clock } = open();
+    const old = await store.claim('r', 'a', { leaseMs: 100 });
+    clock.t += 100;
+    const renewed = await store.claim('r', 'a', { leaseMs: 100 });
+    await store.confirm('r', 'a', renewed.fence);
+    await expect(store.confirm('r', 'a', old.fence)).rejects.toMatchObject({ code: codes.SUPERSEDED });
+    // Confirming the commit again with its own fence is harmless.
+    await expect(store.confirm('r', 'a', renewed.fence)).resolves.toBeUndefined();
+  });
+
   it('a release by the holder after its confirm changes nothing: the request stays committed', async () => {
     const { store } = open();
     const grant = await store.claim('r', 'a', { leaseMs: 100 });
