@@ -99,7 +99,7 @@ export const TARGETS = [
 const LUA_TESTS = ['redis/redis-store.test.ts', 'redis/conformance.test.ts', 'redis/outage.test.ts', 'redis/cluster.test.ts'];
 
 function args() {
-  const out = { files: [...TARGETS.map((t) => t.name), 'lua'], only: undefined, jobs: 2, list: false };
+  const out = { files: [...TARGETS.map((t) => t.name), 'lua'], only: undefined, jobs: 3, list: false };
   const argv = process.argv.slice(2);
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
@@ -198,10 +198,11 @@ async function main() {
   // 1. The mutants.
   const { files: instrumented, mutants: tsMutants } = await instrument(TARGETS);
   const mutants = [];
+  // The instrumenter counts lines from 0; the report, from 1.
   for (const m of tsMutants) {
     const target = TARGETS.find((t) => m.fileName === join(root, t.file));
     const status = m.status === 'Ignored' ? 'ignored' : undefined;
-    mutants.push({ id: `${target.name}:${m.id}`, switchId: m.id, target: target.name, file: target.file, line: m.location.start.line, column: m.location.start.column, mutator: m.mutatorName, replacement: m.replacement, status, statusReason: m.statusReason });
+    mutants.push({ id: `${target.name}:${m.id}`, switchId: m.id, target: target.name, file: target.file, line: m.location.start.line + 1, column: m.location.start.column, mutator: m.mutatorName, replacement: m.replacement, status, statusReason: m.statusReason });
   }
   if (opts.files.includes('lua')) {
     for (const m of luaMutants(readFileSync(join(root, LUA_SOURCE), 'utf8'))) mutants.push({ ...m, id: `lua:${m.id}`, target: 'lua', file: LUA_SOURCE });
