@@ -621,6 +621,26 @@ describe('RedisSessionStore claims: what each guard is for', () => {
     await expect(waiting).resolves.toMatchObject({ fence: expect.any(Number) });
   });
 
+  it('turns a waiter away on the confirm\'s message alone, naming the committer, without asking Redis again', async () => {
+    const prefix = `rp-test:${randomUUID()}:`;
+    const holder = await open({ prefix });
+    const other = await open({ prefix, pollInterval: 10_000 });
+    const requestId = randomUUID();
+    // Redis knows the confirm script from now on.
+    const warmUp = randomUUID();
+    await holder.confirm(warmUp, 'w', (await holder.claim(warmUp, 'w', { leaseMs: 30_000 })).fence);
+    const first = await holder.claim(requestId, 'a', { leaseMs: 30_000 });
+    const waiting = other.claim(requestId, 'b', { leaseMs: 30_000 }).catch((err: unknown) => err);
+    const channel = `${prefix}{r:${requestId}}:commit`;
+    for (let n = 0; n < 100 && ((await admin.call('PUBSUB', 'SHARDNUMSUB', channel)) as [string, number])[1] === 0; n++) await sleep(20);
+    await sleep(100); // the look it takes once subscribed is done
+    await scriptCalls();
+    await holder.confirm(requestId, 'a', first.fence);
+    await expect(waiting).resolves.toMatchObject({ code: codes.SUPERSEDED, committedBy: 'a' });
+    // The confirm, and nothing else.
+    expect(await scriptCalls()).toBe(1);
+  });
+
   it('looks again when the lease ends, not only at the next poll', async () => {
     const prefix = `rp-test:${randomUUID()}:`;
     const holder = await open({ prefix });
