@@ -165,6 +165,15 @@ describe('Idempotency.begin: the key', () => {
     }
   });
 
+  it('takes a quote at only one end as part of a bare token', async () => {
+    const { begin } = setup({ wait: 0 });
+    const a = started((await begin('abc"')).result);
+    const b = started((await begin('bc')).result);
+    const c = started((await begin('"abc')).result);
+    const d = started((await begin('ab')).result);
+    expect(new Set([a.key, b.key, c.key, d.key]).size).toBe(4);
+  });
+
   it('uses the first of several key headers', async () => {
     const { begin } = setup({ wait: 0 });
     started((await begin(['one', 'two'])).result);
@@ -530,6 +539,24 @@ describe('Idempotency.completeWon: what a won race keeps', () => {
     expect(calls.completeIdempotent).toBe(2);
   });
 
+  it('close() while a try is in flight: its failure schedules no other', async () => {
+    jest.useFakeTimers({ now: 1_000_000 });
+    let fail: (err: unknown) => void = () => undefined;
+    let n = 0;
+    const { store, calls } = storeWith({
+      completeIdempotent: () => (++n === 1 ? Promise.reject(new Error('ECONNRESET')) : new Promise((_, reject) => (fail = reject))),
+    });
+    const { begin, idem } = setup({ wait: 0 }, store);
+    const attempt = started((await begin('k')).result);
+    await idem.completeWon(attempt, captured(200, 'ok'), true);
+    await jest.advanceTimersByTimeAsync(100);
+    expect(calls.completeIdempotent).toBe(2);
+    idem.close();
+    fail(new Error('ECONNRESET'));
+    await jest.advanceTimersByTimeAsync(60_000);
+    expect(calls.completeIdempotent).toBe(2);
+  });
+
   it('a full store that refuses the small answer too: reported, not done', async () => {
     const full = new RedundantProxyError(codes.STORE_FULL, 'full', { status: 503 });
     const { store, calls } = storeWith({ completeIdempotent: () => Promise.reject(full) });
@@ -639,7 +666,7 @@ describe('Idempotency.completeAfter: a race that did not complete its key', () =
   it('the store never says: the key stays held, and the tries end when the lock would have', async () => {
     jest.useFakeTimers({ now: 1_000_000 });
     const { store, calls } = storeWith({ getRequest: () => Promise.reject(new Error('ECONNRESET')) });
-    const { begin, idem } = setup({ wait: 0, lockMs: 300 }, store);
+    const { begin, idem, storeErrors } = setup({ wait: 0, lockMs: 300 }, store);
     const attempt = started((await begin('k')).result);
     let done = false;
     const completing = idem.completeAfter(attempt, report('failed')).then(() => (done = true));
@@ -647,8 +674,9 @@ describe('Idempotency.completeAfter: a race that did not complete its key', () =
     expect(done).toBe(false);
     await jest.advanceTimersByTimeAsync(1);
     await completing;
-    // Tried at 0, 100 and 300; the next (700) would be past the lock.
+    // Tried at 0, 100 and 300; the next (700) would be past the lock. Reported once.
     expect(calls.getRequest).toBe(3);
+    expect(storeErrors).toHaveLength(1);
     expect(attempt.done).toBe(false);
   });
 });
