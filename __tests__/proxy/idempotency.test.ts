@@ -303,6 +303,22 @@ describe('Idempotency.begin: what the store says', () => {
     expect((await direct.begin('k')).result).toMatchObject({ requestId: 'req-1', attempt: 2 });
   });
 
+  it('a release of a timed-out take that fails is tried again, until the lock would have run out', async () => {
+    jest.useFakeTimers({ now: 1_000_000 });
+    let failures = 1;
+    const { inner, store, calls } = storeWith({
+      beginIdempotent: () => new Promise(() => undefined),
+      completeIdempotent: (...args: Parameters<SessionStore['completeIdempotent']>) => (failures-- > 0 ? Promise.reject(new Error('ECONNRESET')) : inner.completeIdempotent(...args)),
+    });
+    const { begin } = setup({ storeTimeout: 300, lockMs: 10_000 }, store);
+    const pending = begin('k');
+    await jest.advanceTimersByTimeAsync(300);
+    await pending;
+    expect(calls.completeIdempotent).toBe(1);
+    await jest.advanceTimersByTimeAsync(100);
+    expect(calls.completeIdempotent).toBe(2);
+  });
+
   it('refuses with 503 RP_ERR_STORE_FULL when the store is full, and releases nothing', async () => {
     const full = new RedundantProxyError(codes.STORE_FULL, 'full', { status: 503 });
     const { store, calls } = storeWith({ beginIdempotent: () => Promise.reject(full) });
