@@ -272,6 +272,17 @@ describe('RedisSessionStore idempotency keys', () => {
     expect(await admin.pttl(key)).toBeGreaterThan(20_000);
   });
 
+  it('numbers each takeover one more than the last: 2, then 3', async () => {
+    const prefix = `rp-test:${randomUUID()}:`;
+    const store = await open({ prefix });
+    const key = `${prefix}{i:k}`;
+    await store.beginIdempotent('k', 'fp', 'r1', 60_000, 60_000);
+    await admin.hset(key, 'lockUntil', '0');
+    await expect(store.beginIdempotent('k', 'fp', 'r2', 60_000, 60_000)).resolves.toEqual({ state: 'started', requestId: 'r1', attempt: 2 });
+    await admin.hset(key, 'lockUntil', '0');
+    await expect(store.beginIdempotent('k', 'fp', 'r3', 60_000, 60_000)).resolves.toEqual({ state: 'started', requestId: 'r1', attempt: 3 });
+  });
+
   it('completes only the attempt that holds the key (rid and attempt)', async () => {
     const prefix = `rp-test:${randomUUID()}:`;
     const store = await open({ prefix });
