@@ -280,7 +280,7 @@ async function freePort() {
   });
 }
 
-async function startRedis() {
+export async function startRedis() {
   const port = await freePort();
   const child = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', os.tmpdir(), '--loglevel', 'warning'], {
     stdio: ['ignore', 'pipe', 'pipe'],
@@ -320,7 +320,7 @@ function ping(port) {
   });
 }
 
-async function stopRedis(redis) {
+export async function stopRedis(redis) {
   const child = redis.process;
   if (child.exitCode !== null || child.signalCode !== null) return;
   child.kill('SIGTERM');
@@ -329,7 +329,8 @@ async function stopRedis(redis) {
   clearTimeout(t);
 }
 
-async function redisCommands(admin) {
+/** Commands Redis ran (those inside scripts included), from `INFO commandstats`. */
+export async function redisCommands(admin) {
   const text = await admin.info('commandstats');
   const byName = {};
   let total = 0;
@@ -341,8 +342,39 @@ async function redisCommands(admin) {
   return { total, scripts: (byName.evalsha ?? 0) + (byName.eval ?? 0), byName };
 }
 
+/**
+ * Wraps a store: counts calls per method into `counts` and, when `delay.ms` is
+ * above 0, holds each call that long first (a stand-in for a network round
+ * trip). Delegates to the real store (its private fields need `this` = the store).
+ */
+export function countedStore(store, counts, delay = { ms: 0 }) {
+  const wrapper = {};
+  let proto = store;
+  while (proto && proto !== Object.prototype) {
+    for (const name of Object.getOwnPropertyNames(proto)) {
+      if (name === 'constructor' || name in wrapper) continue;
+      const d = Object.getOwnPropertyDescriptor(proto, name);
+      if (typeof d.value !== 'function') continue;
+      wrapper[name] = (...args) => {
+        counts[name] = (counts[name] ?? 0) + 1;
+        if (delay.ms > 0 && name !== 'close') return sleep(delay.ms).then(() => store[name](...args));
+        return store[name](...args);
+      };
+    }
+    proto = Object.getPrototypeOf(proto);
+  }
+  return wrapper;
+}
+
+/** user + system CPU of redis-server in µs, from `INFO cpu` (getrusage: microseconds, where /proc counts 10 ms ticks). */
+export async function redisCpuInfo(admin) {
+  const text = await admin.info('cpu');
+  const get = (name) => Number(new RegExp(`^${name}:([\\d.]+)`, 'm').exec(text)?.[1] ?? NaN);
+  return Math.round((get('used_cpu_sys') + get('used_cpu_user')) * 1e6);
+}
+
 /** user + system CPU of redis-server, from /proc (Linux); null elsewhere. */
-function redisCpuMicros(pid) {
+export function redisCpuMicros(pid) {
   try {
     const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
     const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
@@ -390,24 +422,7 @@ async function childMain(config) {
   const resetRaces = () => (races = { requests: 0, copiesSent: 0, outcomes: {}, copyOutcomes: {} });
   resetRaces();
 
-  const counted = (store) => {
-    // Counts calls per method; delegates to the real store (its private fields need `this` = the store).
-    const wrapper = {};
-    let proto = store;
-    while (proto && proto !== Object.prototype) {
-      for (const name of Object.getOwnPropertyNames(proto)) {
-        if (name === 'constructor' || name in wrapper) continue;
-        const d = Object.getOwnPropertyDescriptor(proto, name);
-        if (typeof d.value !== 'function') continue;
-        wrapper[name] = (...args) => {
-          storeCalls[name] = (storeCalls[name] ?? 0) + 1;
-          return store[name](...args);
-        };
-      }
-      proto = Object.getPrototypeOf(proto);
-    }
-    return wrapper;
-  };
+  const counted = (store) => countedStore(store, storeCalls);
 
   let shared = null;
   async function storeFor(role) {
@@ -541,7 +556,7 @@ async function childMain(config) {
 
 // ======================================================================= main
 
-if (import.meta.url === pathToFileURL(process.argv[1]).href) {
+if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
   if (process.argv[2] === '--child') {
     await childMain(JSON.parse(process.argv[3]));
   } else {

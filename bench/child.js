@@ -1,6 +1,7 @@
 // A benchmark child process spoken to over IPC: `ready` resolves with its
-// { type: 'ready', ... } message, `ask(type)` sends { type, id } and resolves
-// with the answer carrying the same id, `stopChild` asks it to close and kills
+// { type: 'ready', ... } message, `ask(type, data?)` sends { type, id, data }
+// and resolves with the answer carrying the same id (rejects if it carries an
+// `error`), `stopChild` asks it to close and kills
 // it if it does not. Shared by bench/run.js, bench/bookkeeping.js and
 // bench/memory.js, with the autocannon wrapper and the standalone runner.
 import { fork } from 'node:child_process';
@@ -44,12 +45,15 @@ export function forkChild(script, args, { name, dist, children, execArgv = [] })
       p.resolve(m);
     }
   });
-  handle.ask = (type) => {
+  handle.ask = (type, data) => {
     const id = ++seq;
     return new Promise((resolve, reject) => {
       if (!child.connected) return reject(new Error(`${type}: the child process is gone`));
       pending.set(id, { resolve, reject });
-      child.send({ type, id });
+      child.send(data === undefined ? { type, id } : { type, id, data });
+    }).then((m) => {
+      if (m.error) throw new Error(`${name}: ${type}: ${m.error}`);
+      return m;
     });
   };
   return handle;

@@ -280,6 +280,40 @@ export function markdown(r) {
     L.push('');
   }
 
+  const f = r.scenarios.f;
+  if (f) {
+    L.push('## f. What the store costs per request');
+    L.push('');
+    L.push('One child process per store: a gateway (`redundantProxy` on node:http, with a `secret`) in front of five replicas running');
+    L.push('`redundantWorker` (a–e), rebuilt for each number of copies. memory: one `MemorySessionStore` shared by all; Redis: a');
+    L.push(`\`RedisSessionStore\` per role on its own ioredis client, against a redis-server ${f.redis.version ?? ''} this scenario starts. Counts from`);
+    L.push(`${f.config.count} requests per cell, ${f.config.concurrency} at a time: store calls (gateway and workers together), Redis scripts and commands`);
+    L.push('(`INFO commandstats`, commands inside scripts included), Redis CPU (user + system of the redis-server process, `INFO cpu`). Round trips');
+    L.push(`on the critical path: every store call delayed by ${f.config.delayMs} ms, (median latency with − without) ÷ ${f.config.delayMs} ms over ${f.config.latencyRequests} sequential`);
+    L.push('requests: the store round trips the client waits for (parallel calls count once; bookkeeping after the answer not at all).');
+    L.push('Kinds: *read* without a session cookie; *read+session* with the cookie of an existing session; *session update* changes the');
+    L.push('session and commits nothing; *update* runs `commitOnce`; *keyed update* is an update with its own `Idempotency-Key`.');
+    L.push('');
+    L.push('| store | copies | kind | store calls / request | critical-path round trips | Redis scripts / request | Redis commands / request | Redis CPU µs / request |');
+    L.push('| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |');
+    for (const variant of ['memory', 'redis']) {
+      for (const [copies, cells] of Object.entries(f.results[variant] ?? {})) {
+        for (const [kind, c] of Object.entries(cells)) {
+          L.push(`| ${variant} | ${copies} | ${kind} | ${f2(c.storeCallsTotalPerRequest)} | ${f1(c.criticalPathRoundTrips)} | ${c.redisScriptsPerRequest === undefined ? '–' : f2(c.redisScriptsPerRequest)} | ${c.redisCommandsPerRequest === undefined ? '–' : f1(c.redisCommandsPerRequest)} | ${c.redisCpuMicrosPerRequest == null ? '–' : int(c.redisCpuMicrosPerRequest)} |`);
+        }
+      }
+    }
+    L.push('');
+    L.push('Store calls by method, per request (copies: 3):');
+    L.push('');
+    for (const variant of ['memory', 'redis']) {
+      const cells = f.results[variant]?.[3];
+      if (!cells) continue;
+      for (const [kind, c] of Object.entries(cells)) L.push(`- ${variant}, ${kind}: ${Object.entries(c.storeCallsPerRequest).map(([m, v]) => `${m} ${f2(v)}`).join(', ')}`);
+    }
+    L.push('');
+  }
+
   const e = r.scenarios.e;
   if (e) {
     L.push('## e. Memory and sockets over a long run');
@@ -308,7 +342,7 @@ export function markdown(r) {
   L.push('- The library is used with its defaults plus the options shown (in a, b, c and e: in-memory store, sessions on, no secret; d as described there).');
   L.push('- A race is reported (`race:end`, `metrics()`) once its losers are settled, up to 10 ms after its answer: counters are read 50 ms after the load ends.');
   L.push('- `node bench/run.js --only=b --contestants=racing,ref-drain` runs some contestants only (a partial run, docs untouched); `--prof` writes V8 CPU profiles of the gateways to /tmp.');
-  L.push('- d and e are `bench/bookkeeping.js` and `bench/memory.js`; each also runs alone (`node bench/memory.js [--quick]`) and prints its results as JSON.');
+  L.push('- d, e and f are `bench/bookkeeping.js`, `bench/memory.js` and `bench/store-cost.js`; each also runs alone (`node bench/memory.js [--quick]`) and prints its results as JSON.');
   L.push('- `bench/model.js` holds the latency model and its PRNG (mulberry32); the ideal is the same streams simulated without any proxy.');
   L.push('- Raw per-request latencies of scenario b and every round of a and c are in `bench/results/latest.json`.');
   L.push('');

@@ -12,10 +12,13 @@
 //   c. cost of copies: copies 1, 2, 3 on three fast upstreams;
 //   d. bookkeeping: reads and updates per second through replicas running the
 //      worker, with the in-memory store and with Redis (bench/bookkeeping.js);
-//   e. memory: 200 000 raced requests, heap and sockets (bench/memory.js).
+//   e. memory: 200 000 raced requests, heap and sockets (bench/memory.js);
+//   f. store cost: store calls, Redis commands, Redis CPU and critical-path
+//      round trips per request, by kind of request and copies 2, 3, 5, for
+//      both stores (bench/store-cost.js).
 //
 // Writes bench/results/latest.json, docs/benchmarks.md, docs/latency-cdf.svg.
-// Options: --quick; --only=a,b,c,d,e (a partial run writes its JSON to
+// Options: --quick; --only=a,b,c,d,e,f (a partial run writes its JSON to
 // bench/results/partial.json.tmp and leaves the docs alone); --contestants=x,y
 // (only these contestants of a, b and c: a partial run); --prof (V8 CPU
 // profiles of the gateways, for digging).
@@ -31,13 +34,14 @@ import { Pool } from 'undici';
 import { scenarioBookkeeping } from './bookkeeping.js';
 import { cannon, forkChild, stopChild } from './child.js';
 import { scenarioMemory } from './memory.js';
+import { scenarioStoreCost } from './store-cost.js';
 import { median, SEEDS, simulate, summarize, FAST, SLOW } from './model.js';
 import { writeReport } from './report.js';
 
 const args = process.argv.slice(2);
 const quick = args.includes('--quick');
 const onlyArg = args.find((a) => a.startsWith('--only='));
-const ALL = ['a', 'b', 'c', 'd', 'e'];
+const ALL = ['a', 'b', 'c', 'd', 'e', 'f'];
 const only = onlyArg ? new Set(onlyArg.slice(7).split(',')) : new Set(ALL);
 for (const s of only) if (!ALL.includes(s)) throw new Error(`--only: unknown scenario "${s}" (known: ${ALL.join(', ')})`);
 // --contestants=racing,ref-drain: run only these contestants (a partial run, for digging).
@@ -472,6 +476,21 @@ function targets(results) {
     t.push({ id: 'e:heap', scenario: 'e', target: `heap after GC flat within ${e.heap.targetMB} MB over ${planned}`, value: e.heap.growthMB, display: `${e.heap.growthMB >= 0 ? '+' : ''}${e.heap.growthMB.toFixed(1)} MB over ${n}`, met: e.heap.flat && !e.truncated });
     t.push({ id: 'e:sockets', scenario: 'e', target: 'zero leaked sockets', value: e.sockets.leftAfterKeepAlive, display: `${e.sockets.clientSocketsLeaked} client, ${e.sockets.leftAfterKeepAlive} upstream sockets left`, met: e.sockets.zeroLeaked });
   }
+  const f = results.scenarios.f?.results;
+  const cell = (variant, kind) => f?.[variant]?.[3]?.[kind];
+  if (cell('redis', 'read')) {
+    const read = cell('redis', 'read').redisCpuMicrosPerRequest;
+    const update = cell('redis', 'update').redisCpuMicrosPerRequest;
+    t.push({ id: 'f:redis-cpu-read', scenario: 'f', target: 'copies: 3, Redis CPU per raced read ≤ 40 µs', value: read, display: `${read.toFixed(0)} µs`, met: read <= 40 });
+    t.push({ id: 'f:redis-cpu-update', scenario: 'f', target: 'copies: 3, Redis CPU per committed update ≤ 150 µs', value: update, display: `${update.toFixed(0)} µs`, met: update <= 150 });
+    const trips = cell('redis', 'read').criticalPathRoundTrips;
+    t.push({ id: 'f:read-round-trips', scenario: 'f', target: 'a read without session or update: ≤ 1 store round trip on the critical path', value: trips, display: `${trips.toFixed(1)}`, met: trips <= 1.3 });
+  }
+  const d = results.scenarios.d;
+  if (d?.ratios) {
+    const ratio = d.ratios['redis/memory reads req/s'];
+    t.push({ id: 'd:redis-reads', scenario: 'd', target: 'Redis ÷ memory throughput ≥ 0.9× for reads', value: ratio, display: `${ratio.toFixed(2)}×`, met: ratio >= 0.9 });
+  }
   return t;
 }
 
@@ -502,6 +521,10 @@ async function main() {
   if (only.has('e')) {
     log(`e. memory: raced requests, heap after GC and sockets (bench/memory.js)`);
     results.scenarios.e = await scenarioMemory({ quick, dist: snapshotDir, log });
+  }
+  if (only.has('f')) {
+    log(`f. store cost per request, by kind and copies, memory store and Redis (bench/store-cost.js)`);
+    results.scenarios.f = await scenarioStoreCost({ quick, dist: snapshotDir, log });
   }
   results.machine.loadavgAtEnd = os.loadavg();
   results.durationSec = (Date.now() - started) / 1000;
