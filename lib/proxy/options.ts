@@ -1,7 +1,8 @@
 import type { IncomingMessage } from 'node:http';
-import { InvalidOptionError, redacted } from '../errors.js';
+import { boolean, custom, field, func, MAX_TIMER_MS, number, object, objectOrFalse, oneOf, optional, parseOptions, refine, refuse, secret, string, type Schema } from '../schema.js';
 import { MemorySessionStore } from '../store/memory.js';
 import type { SessionStore } from '../store/types.js';
+import { PREFIX } from '../wire/protocol.js';
 import { checkPrometheusOptions, type PrometheusOptions } from './prometheus.js';
 
 /** An application server the proxy sends copies to. */
@@ -384,7 +385,6 @@ export interface ResolvedOptions {
   now: () => number;
 }
 
-const KNOWN = new Set(['upstreams', 'store', 'copies', 'hedge', 'timeout', 'accept', 'select', 'isUpdate', 'secret', 'maxBodySize', 'bodyTimeout', 'bodyIdleTimeout', 'maxBufferedBytes', 'connections', 'maxInFlight', 'trustForwarded', 'session', 'storeTimeout', 'onCancel', 'cancelTimeout', 'idempotency', 'ejection', 'prometheus', 'now']);
 const TOKEN = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
 const READ_METHODS = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE']);
 const ID = /^[A-Za-z0-9._:-]{1,64}$/;
@@ -392,204 +392,173 @@ const ID = /^[A-Za-z0-9._:-]{1,64}$/;
 export const defaultAccept = (r: UpstreamResponse): boolean => r.status < 500;
 export const defaultIsUpdate = (req: IncomingMessage): boolean => !READ_METHODS.has(req.method ?? 'GET');
 
+const millis = (d: number) => number({ unit: 'milliseconds', above: 0, default: d });
+/** A timer's delay: above 2^31 - 1 ms Node fires it at once. */
+const timerMillis = (d: number) => number({ unit: 'milliseconds', above: 0, max: MAX_TIMER_MS, default: d });
+
+const HEDGE: Schema<{ delay: number | 'adaptive'; maxExtraLoad: number }> = {
+  delay: field("must be a number of milliseconds >= 0 or 'adaptive'", (v) => v === 'adaptive' || (typeof v === 'number' && Number.isFinite(v) && v >= 0), { default: 0 }),
+  maxExtraLoad: number({ min: 0, infinite: true, default: (r) => (r.delay === 'adaptive' ? 0.1 : Infinity) }),
+};
+
+const EJECTION: Schema<Required<EjectionOptions>> = {
+  consecutiveFailures: number({ integer: true, min: 1, default: 5 }),
+  baseEjectionTime: millis(30_000),
+  maxEjectionTime: number({ unit: 'milliseconds', min: { label: 'baseEjectionTime', value: (r) => r.baseEjectionTime as number }, default: (r) => Math.max(300_000, r.baseEjectionTime as number) }),
+  maxEjectedPercent: number({ min: 0, max: 100, default: 50 }),
+};
+
+type ResolvedIdempotency = Exclude<ResolvedOptions['idempotency'], false>;
+const IDEMPOTENCY: Schema<ResolvedIdempotency> = {
+  scope: optional(func<(req: IncomingMessage) => string | undefined>()),
+  ttl: millis(86_400_000),
+  maxAnswerSize: number({ integer: true, unit: 'bytes', min: 0, default: 1024 * 1024 }),
+  wait: number({ unit: 'milliseconds', min: 0, default: 1000 }),
+};
+
+const SESSION: Schema<Omit<ResolvedSession, 'cookie' | 'header'> & { cookie: string | undefined; header: string | undefined }> = {
+  cookie: optional(string('must be a cookie name', (s) => TOKEN.test(s))),
+  header: optional(string('must be a header name outside x-redundant-*', (s) => TOKEN.test(s) && !s.toLowerCase().startsWith(PREFIX))),
+  secure: oneOf([true, false, 'auto'], 'auto'),
+  sameSite: refine(oneOf(['Strict', 'Lax', 'None'], 'Lax'), "'None' needs secure: true (browsers refuse it otherwise)", (v, r) => v !== 'None' || r.secure === true),
+  domain: optional(string('must be a domain name', (s) => /^\.?[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*$/.test(s))),
+  path: string('must be a path starting with / (no ; or spaces)', (s) => /^\/[\x21-\x3a\x3c-\x7e]*$/.test(s), '/'),
+  maxAge: optional(number({ integer: true, unit: 'seconds', min: 0 })),
+};
+
+/** The proxy's options as the schema resolves them, before they are put together. */
+interface Parsed {
+  upstreams: Upstream[];
+  store: SessionStore | undefined;
+  copies: number;
+  hedge: { delay: number | 'adaptive'; maxExtraLoad: number };
+  timeout: number;
+  accept: (response: UpstreamResponse) => boolean;
+  select: ResolvedSelect;
+  isUpdate: (req: IncomingMessage) => boolean;
+  secret: string | Buffer | undefined;
+  maxBodySize: number;
+  bodyTimeout: number;
+  bodyIdleTimeout: number;
+  maxBufferedBytes: number;
+  connections: number;
+  maxInFlight: number;
+  trustForwarded: boolean;
+  session: ResolvedSession | false;
+  storeTimeout: number;
+  onCancel: ((info: CancelInfo) => void | Promise<void>) | undefined;
+  cancelTimeout: number;
+  idempotency: ResolvedIdempotency | false;
+  ejection: Required<EjectionOptions> | false;
+  prometheus: PrometheusOptions | undefined;
+  now: () => number;
+}
+
+const PROXY: Schema<Parsed> = {
+  upstreams: custom('must be a non-empty array of URLs or { id, url }', (v) => resolveUpstreams(v)),
+  store: optional(field<SessionStore>('must implement SessionStore', (s) => typeof s === 'object' && s !== null && typeof (s as SessionStore).recordCopy === 'function' && typeof (s as SessionStore).recordAdoption === 'function')),
+  copies: number({
+    integer: true,
+    min: 1,
+    max: { label: 'the number of upstreams', value: (r) => (r.upstreams as Upstream[]).length },
+    default: (r) => (r.upstreams as Upstream[]).length,
+  }),
+  hedge: object(HEDGE),
+  timeout: millis(30_000),
+  accept: func(defaultAccept),
+  select: custom("must be 'first', { quorum: k } or a function", (v, name, r) => resolveSelect(v, name, r.copies as number)),
+  isUpdate: func(defaultIsUpdate),
+  secret: secret(),
+  maxBodySize: number({ integer: true, unit: 'bytes', min: 0, default: 1024 * 1024 }),
+  bodyTimeout: timerMillis(30_000),
+  bodyIdleTimeout: timerMillis(10_000),
+  maxBufferedBytes: number({ integer: true, unit: 'bytes', min: { label: 'maxBodySize', value: (r) => r.maxBodySize as number }, default: 64 * 1024 * 1024 }),
+  connections: number({ integer: true, min: 1, default: 1024 }),
+  maxInFlight: number({ integer: true, min: 1, max: { label: 'connections', value: (r) => r.connections as number }, default: (r) => r.connections as number }),
+  trustForwarded: boolean(false),
+  session: custom('must be session options or false', (v, name) => resolveSession(v, name)),
+  storeTimeout: millis(1000),
+  onCancel: optional(func<(info: CancelInfo) => void | Promise<void>>()),
+  cancelTimeout: millis(5000),
+  idempotency: objectOrFalse(IDEMPOTENCY),
+  ejection: objectOrFalse(EJECTION),
+  prometheus: custom('must be prometheus options', (v) => checkPrometheusOptions(v)),
+  now: func(() => performance.now()),
+};
+
 export function resolveOptions(options: ProxyOptions): ResolvedOptions {
-  if (typeof options !== 'object' || options === null) throw new InvalidOptionError('options', 'must be an object', options);
-  for (const key of Object.keys(options)) {
-    if (!KNOWN.has(key)) throw new InvalidOptionError(key, `is not an option (known: ${[...KNOWN].join(', ')})`, (options as unknown as Record<string, unknown>)[key]);
-  }
-  const upstreams = resolveUpstreams(options.upstreams);
-  const copies = options.copies ?? upstreams.length;
-  if (!Number.isInteger(copies) || copies < 1 || copies > upstreams.length) {
-    throw new InvalidOptionError('copies', `must be an integer from 1 to the number of upstreams (${upstreams.length})`, options.copies);
-  }
-  const hedge = options.hedge ?? {};
-  if (typeof hedge !== 'object' || hedge === null) throw new InvalidOptionError('hedge', 'must be an object', hedge);
-  for (const key of Object.keys(hedge)) {
-    if (key !== 'delay' && key !== 'maxExtraLoad') throw new InvalidOptionError(`hedge.${key}`, 'is not an option (known: delay, maxExtraLoad)', (hedge as Record<string, unknown>)[key]);
-  }
-  const hedgeDelay = hedge.delay ?? 0;
-  if (hedgeDelay !== 'adaptive' && !(typeof hedgeDelay === 'number' && Number.isFinite(hedgeDelay) && hedgeDelay >= 0)) {
-    throw new InvalidOptionError('hedge.delay', "must be a number of milliseconds >= 0 or 'adaptive'", hedge.delay);
-  }
-  const maxExtraLoad = hedge.maxExtraLoad ?? (hedgeDelay === 'adaptive' ? 0.1 : Infinity);
-  if (typeof maxExtraLoad !== 'number' || Number.isNaN(maxExtraLoad) || maxExtraLoad < 0) {
-    throw new InvalidOptionError('hedge.maxExtraLoad', 'must be a number >= 0', hedge.maxExtraLoad);
-  }
-  const timeout = options.timeout ?? 30_000;
-  if (!Number.isFinite(timeout) || timeout <= 0) throw new InvalidOptionError('timeout', 'must be a number of milliseconds > 0', options.timeout);
-  const maxBodySize = options.maxBodySize ?? 1024 * 1024;
-  if (!Number.isInteger(maxBodySize) || maxBodySize < 0) throw new InvalidOptionError('maxBodySize', 'must be an integer number of bytes >= 0', options.maxBodySize);
-  const bodyTimeout = options.bodyTimeout ?? 30_000;
-  if (!Number.isFinite(bodyTimeout) || bodyTimeout <= 0 || bodyTimeout > 2_147_483_647) throw new InvalidOptionError('bodyTimeout', 'must be a number of milliseconds > 0', options.bodyTimeout);
-  const bodyIdleTimeout = options.bodyIdleTimeout ?? 10_000;
-  if (!Number.isFinite(bodyIdleTimeout) || bodyIdleTimeout <= 0 || bodyIdleTimeout > 2_147_483_647) throw new InvalidOptionError('bodyIdleTimeout', 'must be a number of milliseconds > 0', options.bodyIdleTimeout);
-  const maxBufferedBytes = options.maxBufferedBytes ?? 64 * 1024 * 1024;
-  if (!Number.isSafeInteger(maxBufferedBytes) || maxBufferedBytes < maxBodySize) {
-    throw new InvalidOptionError('maxBufferedBytes', `must be an integer number of bytes >= maxBodySize (${maxBodySize})`, options.maxBufferedBytes);
-  }
-  const connections = options.connections ?? 1024;
-  if (!Number.isInteger(connections) || connections < 1) throw new InvalidOptionError('connections', 'must be an integer >= 1', options.connections);
-  const maxInFlight = options.maxInFlight ?? connections;
-  if (!Number.isInteger(maxInFlight) || maxInFlight < 1 || maxInFlight > connections) {
-    throw new InvalidOptionError('maxInFlight', `must be an integer from 1 to connections (${connections})`, options.maxInFlight);
-  }
-  for (const fn of ['accept', 'isUpdate', 'now', 'onCancel'] as const) {
-    if (options[fn] !== undefined && typeof options[fn] !== 'function') throw new InvalidOptionError(fn, 'must be a function', options[fn]);
-  }
-  const secret = options.secret;
-  if (secret !== undefined && !((typeof secret === 'string' && secret.length >= 16) || (Buffer.isBuffer(secret) && secret.length >= 16))) {
-    // Never the secret itself in the message: option errors end up in logs.
-    throw new InvalidOptionError('secret', 'must be a string or Buffer of at least 16 characters/bytes', redacted(secret));
-  }
-  const store = options.store;
-  if (store !== undefined && (typeof store !== 'object' || store === null || typeof store.recordCopy !== 'function' || typeof store.recordAdoption !== 'function')) {
-    throw new InvalidOptionError('store', 'must implement SessionStore', store);
-  }
-  const storeTimeout = options.storeTimeout ?? 1000;
-  if (!Number.isFinite(storeTimeout) || storeTimeout <= 0) throw new InvalidOptionError('storeTimeout', 'must be a number of milliseconds > 0', options.storeTimeout);
-  const cancelTimeout = options.cancelTimeout ?? 5000;
-  if (!Number.isFinite(cancelTimeout) || cancelTimeout <= 0) throw new InvalidOptionError('cancelTimeout', 'must be a number of milliseconds > 0', options.cancelTimeout);
+  const o = parseOptions(PROXY, options);
   return {
-    upstreams,
-    onCancel: options.onCancel,
-    cancelTimeout,
-    idempotency: resolveIdempotency(options.idempotency),
-    ejection: resolveEjection(options.ejection),
-    prometheus: checkPrometheusOptions(options.prometheus),
-    store: store ?? new MemorySessionStore(),
-    ownsStore: store === undefined,
-    session: resolveSession(options.session),
-    storeTimeout,
-    copies,
-    hedgeDelay,
-    maxExtraLoad,
-    timeout,
-    accept: options.accept ?? defaultAccept,
-    select: resolveSelect(options.select, copies),
-    isUpdate: options.isUpdate ?? defaultIsUpdate,
-    secret,
-    trustForwarded: resolveBoolean('trustForwarded', options.trustForwarded, false),
-    maxBodySize,
-    bodyTimeout,
-    bodyIdleTimeout,
-    maxBufferedBytes,
-    connections,
-    maxInFlight,
-    now: options.now ?? (() => performance.now()),
+    upstreams: o.upstreams,
+    onCancel: o.onCancel,
+    cancelTimeout: o.cancelTimeout,
+    idempotency: o.idempotency,
+    ejection: o.ejection,
+    prometheus: o.prometheus,
+    store: o.store ?? new MemorySessionStore(),
+    ownsStore: o.store === undefined,
+    session: o.session,
+    storeTimeout: o.storeTimeout,
+    copies: o.copies,
+    hedgeDelay: o.hedge.delay,
+    maxExtraLoad: o.hedge.maxExtraLoad,
+    timeout: o.timeout,
+    accept: o.accept,
+    select: o.select,
+    isUpdate: o.isUpdate,
+    secret: o.secret,
+    trustForwarded: o.trustForwarded,
+    maxBodySize: o.maxBodySize,
+    bodyTimeout: o.bodyTimeout,
+    bodyIdleTimeout: o.bodyIdleTimeout,
+    maxBufferedBytes: o.maxBufferedBytes,
+    connections: o.connections,
+    maxInFlight: o.maxInFlight,
+    now: o.now,
   };
 }
 
-function resolveSelect(select: ProxyOptions['select'], copies: number): ResolvedSelect {
+function resolveSelect(select: unknown, name: string, copies: number): ResolvedSelect {
   if (select === undefined || select === 'first') return { kind: 'first' };
-  if (typeof select === 'function') return { kind: 'custom', choose: select };
-  if (typeof select !== 'object' || select === null) throw new InvalidOptionError('select', "must be 'first', { quorum: k } or a function", select);
-  for (const key of Object.keys(select)) {
-    if (key !== 'quorum') throw new InvalidOptionError(`select.${key}`, 'is not an option (known: quorum)', (select as Record<string, unknown>)[key]);
-  }
-  const { quorum } = select;
-  if (!Number.isInteger(quorum) || quorum < 1 || quorum > copies) {
-    throw new InvalidOptionError('select.quorum', `must be an integer from 1 to copies (${copies})`, quorum);
-  }
+  if (typeof select === 'function') return { kind: 'custom', choose: select as SelectFunction };
+  if (typeof select !== 'object' || select === null) refuse(name, "must be 'first', { quorum: k } or a function", select);
+  const { quorum } = parseOptions({ quorum: number({ integer: true, min: 1, max: { label: 'copies', value: () => copies } }) }, select, name);
   // One answer agreeing with itself: the first acceptable one, streamed.
   return quorum === 1 ? { kind: 'first' } : { kind: 'quorum', quorum };
 }
 
-function resolveEjection(ejection: ProxyOptions['ejection']): ResolvedOptions['ejection'] {
-  if (ejection === false) return false;
-  const o = ejection ?? {};
-  const known = ['consecutiveFailures', 'baseEjectionTime', 'maxEjectionTime', 'maxEjectedPercent'];
-  if (typeof o !== 'object' || o === null) throw new InvalidOptionError('ejection', `must be { ${known.join(', ')} } or false`, ejection);
-  for (const key of Object.keys(o)) {
-    if (!known.includes(key)) throw new InvalidOptionError(`ejection.${key}`, `is not an option (known: ${known.join(', ')})`, (o as Record<string, unknown>)[key]);
-  }
-  const consecutiveFailures = o.consecutiveFailures ?? 5;
-  if (!Number.isInteger(consecutiveFailures) || consecutiveFailures < 1) throw new InvalidOptionError('ejection.consecutiveFailures', 'must be an integer >= 1', o.consecutiveFailures);
-  const baseEjectionTime = o.baseEjectionTime ?? 30_000;
-  if (!Number.isFinite(baseEjectionTime) || baseEjectionTime <= 0) throw new InvalidOptionError('ejection.baseEjectionTime', 'must be a number of milliseconds > 0', o.baseEjectionTime);
-  const maxEjectionTime = o.maxEjectionTime ?? Math.max(300_000, baseEjectionTime);
-  if (!Number.isFinite(maxEjectionTime) || maxEjectionTime < baseEjectionTime) {
-    throw new InvalidOptionError('ejection.maxEjectionTime', 'must be a number of milliseconds >= baseEjectionTime', o.maxEjectionTime);
-  }
-  const maxEjectedPercent = o.maxEjectedPercent ?? 50;
-  if (typeof maxEjectedPercent !== 'number' || !(maxEjectedPercent >= 0 && maxEjectedPercent <= 100)) {
-    throw new InvalidOptionError('ejection.maxEjectedPercent', 'must be a number from 0 to 100', o.maxEjectedPercent);
-  }
-  return { consecutiveFailures, baseEjectionTime, maxEjectionTime, maxEjectedPercent };
-}
-
-function resolveIdempotency(idem: ProxyOptions['idempotency']): ResolvedOptions['idempotency'] {
-  if (idem === false) return false;
-  const o = idem ?? {};
-  if (typeof o !== 'object' || o === null) throw new InvalidOptionError('idempotency', 'must be { scope?, ttl?, maxAnswerSize?, wait? } or false', idem);
-  for (const key of Object.keys(o)) {
-    if (key !== 'scope' && key !== 'ttl' && key !== 'maxAnswerSize' && key !== 'wait') throw new InvalidOptionError(`idempotency.${key}`, 'is not an option (known: scope, ttl, maxAnswerSize, wait)', (o as Record<string, unknown>)[key]);
-  }
-  if (o.scope !== undefined && typeof o.scope !== 'function') throw new InvalidOptionError('idempotency.scope', 'must be a function', o.scope);
-  const ttl = o.ttl ?? 86_400_000;
-  if (!Number.isFinite(ttl) || ttl <= 0) throw new InvalidOptionError('idempotency.ttl', 'must be a number of milliseconds > 0', o.ttl);
-  const maxAnswerSize = o.maxAnswerSize ?? 1024 * 1024;
-  if (!Number.isInteger(maxAnswerSize) || maxAnswerSize < 0) throw new InvalidOptionError('idempotency.maxAnswerSize', 'must be an integer number of bytes >= 0', o.maxAnswerSize);
-  const wait = o.wait ?? 1000;
-  if (typeof wait !== 'number' || !Number.isFinite(wait) || wait < 0) throw new InvalidOptionError('idempotency.wait', 'must be a number of milliseconds >= 0', o.wait);
-  return { scope: o.scope, ttl, maxAnswerSize, wait };
-}
-
-const SESSION_KEYS = ['cookie', 'header', 'secure', 'sameSite', 'domain', 'path', 'maxAge'];
-
-function resolveSession(session: ProxyOptions['session']): ResolvedOptions['session'] {
+function resolveSession(session: unknown, name: string): ResolvedOptions['session'] {
   if (session === false) return false;
-  const base = { secure: 'auto' as const, sameSite: 'Lax' as const, domain: undefined, path: '/', maxAge: undefined };
-  if (session === undefined) return { cookie: 'rp_session', header: undefined, ...base };
-  if (typeof session !== 'object' || session === null) throw new InvalidOptionError('session', `must be { ${SESSION_KEYS.join('?, ')}? } or false`, session);
-  for (const key of Object.keys(session)) {
-    if (!SESSION_KEYS.includes(key)) throw new InvalidOptionError(`session.${key}`, `is not an option (known: ${SESSION_KEYS.join(', ')})`, (session as Record<string, unknown>)[key]);
-  }
-  const { cookie, header, secure = 'auto', sameSite = 'Lax', domain, path = '/', maxAge } = session;
-  if (secure !== 'auto' && typeof secure !== 'boolean') throw new InvalidOptionError('session.secure', "must be true, false or 'auto'", secure);
-  if (sameSite !== 'Strict' && sameSite !== 'Lax' && sameSite !== 'None') throw new InvalidOptionError('session.sameSite', "must be 'Strict', 'Lax' or 'None'", sameSite);
-  if (sameSite === 'None' && secure !== true) throw new InvalidOptionError('session.sameSite', "'None' needs secure: true (browsers refuse it otherwise)", sameSite);
-  if (domain !== undefined && (typeof domain !== 'string' || !/^\.?[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*$/.test(domain))) throw new InvalidOptionError('session.domain', 'must be a domain name', domain);
-  if (typeof path !== 'string' || !/^\/[\x21-\x3a\x3c-\x7e]*$/.test(path)) throw new InvalidOptionError('session.path', 'must be a path starting with / (no ; or spaces)', path);
-  if (maxAge !== undefined && (!Number.isSafeInteger(maxAge) || maxAge < 0)) throw new InvalidOptionError('session.maxAge', 'must be a whole number of seconds >= 0', maxAge);
-  const attributes = { secure, sameSite, domain, path, maxAge };
-  if (cookie !== undefined && (typeof cookie !== 'string' || !TOKEN.test(cookie))) throw new InvalidOptionError('session.cookie', 'must be a cookie name', cookie);
-  if (header !== undefined && (typeof header !== 'string' || !TOKEN.test(header) || header.toLowerCase().startsWith('x-redundant-'))) {
-    throw new InvalidOptionError('session.header', 'must be a header name outside x-redundant-*', header);
-  }
+  if (session !== undefined && (typeof session !== 'object' || session === null)) refuse(name, `must be { ${Object.keys(SESSION).join('?, ')}? } or false`, session);
+  const { cookie, header, ...attributes } = parseOptions(SESSION, session ?? {}, name);
   if (cookie === undefined && header === undefined) return { cookie: 'rp_session', header: undefined, ...attributes };
   return { cookie, header: header?.toLowerCase(), ...attributes };
 }
 
-function resolveBoolean(name: string, value: unknown, fallback: boolean): boolean {
-  if (value === undefined) return fallback;
-  if (typeof value !== 'boolean') throw new InvalidOptionError(name, 'must be true or false', value);
-  return value;
-}
-
-function resolveUpstreams(list: ProxyOptions['upstreams']): Upstream[] {
-  if (!Array.isArray(list) || list.length === 0) throw new InvalidOptionError('upstreams', 'must be a non-empty array of URLs or { id, url }', list);
+function resolveUpstreams(list: unknown): Upstream[] {
+  if (!Array.isArray(list) || list.length === 0) refuse('upstreams', 'must be a non-empty array of URLs or { id, url }', list);
   const seen = new Set<string>();
-  return list.map((entry, i) => {
+  return (list as unknown[]).map((entry, i) => {
     const name = `upstreams[${i}]`;
     let url: string;
     let id: string | undefined;
     if (typeof entry === 'string') url = entry;
-    else if (typeof entry === 'object' && entry !== null && typeof entry.url === 'string') {
-      url = entry.url;
-      id = entry.id;
-      if (typeof id !== 'string' || !ID.test(id)) throw new InvalidOptionError(`${name}.id`, 'must be 1-64 characters of letters, digits and ._:-', id);
-    } else throw new InvalidOptionError(name, 'must be a URL string or { id, url }', entry);
+    else if (typeof entry === 'object' && entry !== null && typeof (entry as UpstreamSpec).url === 'string') {
+      url = (entry as UpstreamSpec).url;
+      id = (entry as UpstreamSpec).id;
+      if (typeof id !== 'string' || !ID.test(id)) refuse(`${name}.id`, 'must be 1-64 characters of letters, digits and ._:-', id);
+    } else refuse(name, 'must be a URL string or { id, url }', entry);
     let parsed: URL;
     try {
       parsed = new URL(url);
     } catch {
-      throw new InvalidOptionError(name, 'must be an absolute http(s) URL', url);
+      refuse(name, 'must be an absolute http(s) URL', url);
     }
-    if (parsed.protocol !== 'http:' && parsed.protocol !== 'https:') throw new InvalidOptionError(name, 'must be an http: or https: URL', url);
-    if (parsed.search || parsed.hash || parsed.username || parsed.password) throw new InvalidOptionError(name, 'must not carry a query, fragment or credentials', url);
+    if (parsed.protocol !== 'http:' && parsed.protocol !== 'https:') refuse(name, 'must be an http: or https: URL', url);
+    if (parsed.search || parsed.hash || parsed.username || parsed.password) refuse(name, 'must not carry a query, fragment or credentials', url);
     const explicit = id !== undefined;
     id ??= parsed.host;
-    if (seen.has(id)) throw new InvalidOptionError(name, `repeats the upstream id "${id}"`, url);
+    if (seen.has(id)) refuse(name, `repeats the upstream id "${id}"`, url);
     seen.add(id);
     return { id, label: explicit ? id : `upstream-${i + 1}`, origin: parsed.origin, prefix: parsed.pathname.replace(/\/+$/, '') };
   });

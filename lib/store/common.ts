@@ -1,4 +1,5 @@
-import { InvalidOptionError, RedundantProxyError, SupersededError, codes } from '../errors.js';
+import { RedundantProxyError, SupersededError, codes } from '../errors.js';
+import { number } from '../schema.js';
 import type { ClaimGrant } from './types.js';
 
 // What the memory store and the Redis store share.
@@ -36,21 +37,14 @@ export function closedError(): RedundantProxyError {
   return new RedundantProxyError(codes.CLOSED, 'the session store is closed', { status: 503 });
 }
 
-/** Refuses an option the store does not know, naming it. */
-export function checkKnownOptions(options: object, known: ReadonlySet<string>): void {
-  for (const key of Object.keys(options)) {
-    if (!known.has(key)) throw new InvalidOptionError(key, `is not an option (known: ${[...known].join(', ')})`, (options as Record<string, unknown>)[key]);
-  }
-}
+const MILLIS = number({ unit: 'milliseconds', above: 0 });
 
 /**
  * A duration passed to a store method (`lockMs`, `ttlMs`): a finite number of
  * milliseconds above 0, or the call rejects naming it, in either store.
  */
 export function checkMillis(name: string, value: number): void {
-  if (typeof value !== 'number' || !Number.isFinite(value) || value <= 0) {
-    throw new InvalidOptionError(name, 'must be a finite number of milliseconds > 0', value);
-  }
+  MILLIS.resolve(value, name, {});
 }
 
 /** Session data as JSON carries it; a value JSON cannot carry (a BigInt, a cycle) fails here, in either store. */

@@ -11,7 +11,8 @@ import type {
   SessionRecord,
   SessionStore,
 } from './types.js';
-import { checkKnownOptions, checkMillis, closedError, detach, notHolder, sessionJson, superseded, type Waiter } from './common.js';
+import { checkMillis, closedError, detach, notHolder, sessionJson, superseded, type Waiter } from './common.js';
+import { field, number, parseOptions, type Schema } from '../schema.js';
 
 export interface MemorySessionStoreOptions {
   /**
@@ -78,7 +79,13 @@ interface Candidate {
   data: Record<string, unknown>;
 }
 
-const KNOWN = new Set(['max', 'ttl', 'maxIdempotencyKeys', 'maxIdempotencyBytes', 'now']);
+const OPTIONS: Schema<Required<MemorySessionStoreOptions>> = {
+  max: number({ integer: true, min: 1, default: 10_000 }),
+  ttl: number({ integer: true, unit: 'milliseconds', min: 1, default: 10 * 60_000 }),
+  maxIdempotencyKeys: number({ integer: true, min: 1, default: 100_000 }),
+  maxIdempotencyBytes: number({ integer: true, unit: 'bytes', min: 1, default: 64 * 1024 * 1024 }),
+  now: field<() => number>('must be a function returning milliseconds', (v) => typeof v === 'function', { default: () => Date.now }),
+};
 
 /**
  * The session store of one process: requests, sessions and candidates in a
@@ -107,18 +114,7 @@ export class MemorySessionStore implements SessionStore {
   #closed = false;
 
   constructor(options: MemorySessionStoreOptions = {}) {
-    if (typeof options !== 'object' || options === null) throw new InvalidOptionError('options', 'must be an object', options);
-    checkKnownOptions(options, KNOWN);
-    const { max = 10_000, ttl = 10 * 60_000, maxIdempotencyKeys = 100_000, maxIdempotencyBytes = 64 * 1024 * 1024, now = Date.now } = options;
-    if (!Number.isSafeInteger(max) || max < 1) throw new InvalidOptionError('max', 'must be an integer >= 1', max);
-    if (!Number.isSafeInteger(ttl) || ttl < 1) throw new InvalidOptionError('ttl', 'must be an integer number of milliseconds >= 1', ttl);
-    if (!Number.isSafeInteger(maxIdempotencyKeys) || maxIdempotencyKeys < 1) {
-      throw new InvalidOptionError('maxIdempotencyKeys', 'must be an integer >= 1', maxIdempotencyKeys);
-    }
-    if (!Number.isSafeInteger(maxIdempotencyBytes) || maxIdempotencyBytes < 1) {
-      throw new InvalidOptionError('maxIdempotencyBytes', 'must be an integer number of bytes >= 1', maxIdempotencyBytes);
-    }
-    if (typeof now !== 'function') throw new InvalidOptionError('now', 'must be a function returning milliseconds', now);
+    const { max, ttl, maxIdempotencyKeys, maxIdempotencyBytes, now } = parseOptions(OPTIONS, options);
     this.#now = now;
 
     // lru-cache treats a start time of 0 as "no TTL", so an injected clock

@@ -16,7 +16,8 @@ import type {
   SessionStore,
   StoredAnswer,
 } from './types.js';
-import { checkKnownOptions, checkMillis, closedError, detach, notHolder, sessionJson, superseded, type Waiter } from './common.js';
+import { checkMillis, closedError, detach, notHolder, sessionJson, superseded, type Waiter } from './common.js';
+import { field, MAX_TIMER_MS, number, parseOptions, string, type Schema } from '../schema.js';
 
 // The session management server of the method on Redis or Redis Cluster.
 //
@@ -152,7 +153,18 @@ interface Queue {
   again: boolean;
 }
 
-const KNOWN = new Set(['client', 'prefix', 'ttl', 'sessionTtl', 'pollInterval', 'commandTimeout']);
+const OPTIONS: Schema<Required<RedisSessionStoreOptions>> = {
+  client: field<Redis | Cluster>('must be an ioredis Redis or Cluster client', (c) => {
+    const o = c as Record<string, unknown> | null;
+    return typeof o === 'object' && o !== null && typeof o.evalsha === 'function' && typeof o.hgetall === 'function' && typeof o.duplicate === 'function';
+  }),
+  prefix: string('must be a string without `{` or `}`', (p) => !/[{}]/.test(p), 'rp:'),
+  ttl: number({ integer: true, unit: 'milliseconds', min: 1, default: 10 * 60_000 }),
+  sessionTtl: number({ integer: true, unit: 'milliseconds', min: 1, default: 24 * 60 * 60_000 }),
+  // A Node timer waits at most 2^31 - 1 ms.
+  pollInterval: number({ integer: true, unit: 'milliseconds', min: 1, max: MAX_TIMER_MS, default: 250 }),
+  commandTimeout: number({ integer: true, unit: 'milliseconds', min: 1, max: MAX_TIMER_MS, default: 2000 }),
+};
 
 /**
  * The session store on Redis (or Redis Cluster), through ioredis, for a
@@ -186,20 +198,7 @@ export class RedisSessionStore implements SessionStore {
   #closed = false;
 
   constructor(options: RedisSessionStoreOptions) {
-    if (typeof options !== 'object' || options === null) throw new InvalidOptionError('options', 'must be an object', options);
-    checkKnownOptions(options, KNOWN);
-    const { client, prefix = 'rp:', ttl = 10 * 60_000, sessionTtl = 24 * 60 * 60_000, pollInterval = 250, commandTimeout = 2000 } = options;
-    const c = client as unknown as Record<string, unknown> | null;
-    if (typeof c !== 'object' || c === null || typeof c.evalsha !== 'function' || typeof c.hgetall !== 'function' || typeof c.duplicate !== 'function') {
-      throw new InvalidOptionError('client', 'must be an ioredis Redis or Cluster client', client);
-    }
-    if (typeof prefix !== 'string' || /[{}]/.test(prefix)) throw new InvalidOptionError('prefix', 'must be a string without `{` or `}`', prefix);
-    for (const [name, value] of [['ttl', ttl], ['sessionTtl', sessionTtl], ['pollInterval', pollInterval], ['commandTimeout', commandTimeout]] as const) {
-      // 2^31 - 1 ms is the longest a Node timer can wait.
-      if (!Number.isSafeInteger(value) || value < 1 || (name !== 'ttl' && name !== 'sessionTtl' && value > 2_147_483_647)) {
-        throw new InvalidOptionError(name, 'must be an integer number of milliseconds >= 1', value);
-      }
-    }
+    const { client, prefix, ttl, sessionTtl, pollInterval, commandTimeout } = parseOptions(OPTIONS, options);
     this.#source = client;
     this.#client = client as unknown as Client;
     this.#cluster = (client as { isCluster?: boolean }).isCluster === true;

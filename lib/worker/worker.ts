@@ -1,47 +1,15 @@
 import { createHash, randomUUID } from 'node:crypto';
 import { LRUCache } from 'lru-cache';
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { AlreadyAppliedError, codes, InvalidOptionError, isRedundantProxyError, isSupersededError, RedundantProxyError, redacted, SupersededError } from '../errors.js';
+import { AlreadyAppliedError, codes, isRedundantProxyError, isSupersededError, RedundantProxyError, SupersededError } from '../errors.js';
 import { Emitter, type Disposable } from '../events.js';
 import type { SessionStore } from '../store/types.js';
 import { H, readCopyHeaders, type CopyClaims } from '../wire/protocol.js';
 import { withTimeout } from '../timeout.js';
 import { commitGate, type Claim, type CommitGate } from './commit.js';
+import { resolveWorkerOptions, type WorkerOptions } from './options.js';
 
-export interface WorkerOptions {
-  /**
-   * This replica's upstream id, exactly as the proxy names it (the `id` of
-   * its `upstreams` entry, or the URL's `host:port`). Signed copies addressed
-   * to another id are refused.
-   */
-  id: string;
-  /** The store the proxy uses too: shared memory in one process, Redis across machines. */
-  store: SessionStore;
-  /** The proxy's HMAC key. With it, unsigned, forged, tampered, stale and replayed copies get `401`. */
-  secret?: string | Buffer;
-  /**
-   * Milliseconds a signed copy stays valid after the proxy sent it (clock skew
-   * between gateway and replica included).
-   * @default 30000
-   */
-  maxSkew?: number;
-  /**
-   * Milliseconds to wait for the store when loading a session, saving a
-   * candidate or confirming a commit before giving up on it (the request is
-   * still served; a confirm that never lands stands, as a `lateConfirm`).
-   * @default 1000
-   */
-  storeTimeout?: number;
-  /**
-   * Milliseconds a commit claim holds without a confirm or release before
-   * another copy may take over (the holder is presumed dead). Longer than
-   * your slowest commit; the fencing token covers a holder paused past it.
-   * @default 10000
-   */
-  lease?: number;
-  /** Wall clock in ms, for tests. @default Date.now */
-  now?: () => number;
-}
+export type { WorkerOptions } from './options.js';
 
 /** The per-request handle: `ctx.state.redundant` (Koa) or `req.redundant` (Express). */
 export interface RedundantHandle {
@@ -167,26 +135,7 @@ const READ_METHODS = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE']);
  * headers, records the copy (claim 1 (c)), and exposes the per-request handle.
  */
 export function redundantWorker(options: WorkerOptions): RedundantWorker {
-  if (typeof options !== 'object' || options === null) throw new InvalidOptionError('options', 'must be an object', options);
-  const { id, store, secret } = options;
-  if (typeof id !== 'string' || !/^[A-Za-z0-9._:-]{1,64}$/.test(id)) throw new InvalidOptionError('id', 'must be 1-64 characters of letters, digits and ._:-', id);
-  if (typeof store !== 'object' || store === null || typeof store.recordCopy !== 'function') throw new InvalidOptionError('store', 'must implement SessionStore', store);
-  if (secret !== undefined && !((typeof secret === 'string' || Buffer.isBuffer(secret)) && secret.length >= 16)) {
-    // Never the secret itself in the message: option errors end up in logs.
-    throw new InvalidOptionError('secret', 'must be a string or Buffer of at least 16 characters/bytes', redacted(secret));
-  }
-  const maxSkew = options.maxSkew ?? 30_000;
-  if (!Number.isFinite(maxSkew) || maxSkew <= 0) throw new InvalidOptionError('maxSkew', 'must be a number of milliseconds > 0', options.maxSkew);
-  const storeTimeout = options.storeTimeout ?? 1000;
-  if (!Number.isFinite(storeTimeout) || storeTimeout <= 0) throw new InvalidOptionError('storeTimeout', 'must be a number of milliseconds > 0', options.storeTimeout);
-  const lease = options.lease ?? 10_000;
-  if (!Number.isFinite(lease) || lease <= 0) throw new InvalidOptionError('lease', 'must be a number of milliseconds > 0', options.lease);
-  const now = options.now ?? Date.now;
-  if (typeof now !== 'function') throw new InvalidOptionError('now', 'must be a function', now);
-  const known = new Set(['id', 'store', 'secret', 'maxSkew', 'storeTimeout', 'lease', 'now']);
-  for (const key of Object.keys(options)) {
-    if (!known.has(key)) throw new InvalidOptionError(key, `is not an option (known: ${[...known].join(', ')})`, (options as unknown as Record<string, unknown>)[key]);
-  }
+  const { id, store, secret, maxSkew, storeTimeout, lease, now } = resolveWorkerOptions(options);
 
   // Signed copies this process has accepted, for as long as their signature
   // is valid: a replay is refused at once, without a store round trip. (A
