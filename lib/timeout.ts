@@ -1,19 +1,21 @@
 import { codes, RedundantProxyError } from './errors.js';
+import { REAL_TIME, type Scheduler } from './time.js';
 
 /**
  * Rejects with `RP_ERR_STORE_UNAVAILABLE` if `promise` has not settled within
- * `ms`. The timer is cleared either way, so nothing is left pending.
+ * `ms` (on `time`'s timers). The timer is cleared either way, so nothing is
+ * left pending.
  */
-export function withTimeout<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
+export function withTimeout<T>(promise: Promise<T>, ms: number, what: string, time: Scheduler = REAL_TIME): Promise<T> {
   return new Promise<T>((resolve, reject) => {
-    const timer = setTimeout(() => reject(storeTooSlow(what, ms)), ms);
+    const timer = time.setTimeout(() => reject(storeTooSlow(what, ms)), ms);
     promise.then(
       (value) => {
-        clearTimeout(timer);
+        time.clearTimeout(timer);
         resolve(value);
       },
       (err: unknown) => {
-        clearTimeout(timer);
+        time.clearTimeout(timer);
         reject(err);
       },
     );

@@ -4,10 +4,13 @@ import { describe, expect, it } from '@jest/globals';
 import type { Dispatcher } from 'undici';
 import { codes, RedundantProxyError } from '../../lib/errors.js';
 import { Race, type CopyReport, type RaceInput } from '../../lib/proxy/race.js';
+import type { Scheduler } from '../../lib/time.js';
+import { earlyTimers, VirtualTime } from '../helpers/virtual-time.js';
 
 // The race's state machine alone, with scripted upstreams (pure logic: the
 // end-to-end behaviour is covered against real servers elsewhere). Each
-// upstream answers at a given time, breaks, or never answers.
+// upstream answers at a given time, breaks, or never answers, on a virtual
+// clock: every test runs the same steps in the same order, at once.
 
 type Script = { at: number; status?: number; headers?: Record<string, string>; body?: string; bodyAfter?: number; trickle?: number; breakAfterHead?: string } | { at: number; error: string } | null;
 
@@ -37,24 +40,24 @@ function fakeResponse(): ServerResponse & { sent: Buffer[] } {
   return res as unknown as ServerResponse & { sent: Buffer[] };
 }
 
-function scripted(script: Script): Dispatcher {
+function scripted(script: Script, time: Scheduler): Dispatcher {
   return {
     dispatch(_opts: unknown, handler: Dispatcher.DispatchHandler) {
       let aborted = false;
-      let timer: NodeJS.Timeout | undefined;
+      let timer: ReturnType<Scheduler['setTimeout']> | undefined;
       const controller = {
         abort(reason: Error) {
           if (aborted) return;
           aborted = true;
-          clearTimeout(timer);
-          setImmediate(() => handler.onResponseError?.(controller as unknown as Dispatcher.DispatchController, reason));
+          if (timer !== undefined) time.clearTimeout(timer);
+          time.setImmediate(() => handler.onResponseError?.(controller as unknown as Dispatcher.DispatchController, reason));
         },
         pause() {},
         resume() {},
       } as unknown as Dispatcher.DispatchController;
       handler.onRequestStart?.(controller, {});
       if (script) {
-        timer = setTimeout(() => {
+        timer = time.setTimeout(() => {
           if (aborted) return;
           if ('error' in script) return handler.onResponseError?.(controller, Object.assign(new Error(script.error), { code: script.error }));
           const body = Buffer.from(script.body ?? 'ok');
@@ -69,7 +72,7 @@ function scripted(script: Script): Dispatcher {
                 if (aborted) return;
                 if (i < body.length) {
                   handler.onResponseData?.(controller, body.subarray(i, ++i));
-                  timer = setTimeout(next, script.trickle);
+                  timer = time.setTimeout(next, script.trickle!);
                 } else handler.onResponseEnd?.(controller, {});
               };
               return next();
@@ -77,7 +80,7 @@ function scripted(script: Script): Dispatcher {
             handler.onResponseData?.(controller, body);
             handler.onResponseEnd?.(controller, {});
           };
-          if (script.bodyAfter) timer = setTimeout(rest, script.bodyAfter);
+          if (script.bodyAfter) timer = time.setTimeout(rest, script.bodyAfter);
           else rest();
         }, script.at);
       }
@@ -86,10 +89,10 @@ function scripted(script: Script): Dispatcher {
   } as unknown as Dispatcher;
 }
 
-async function race(scripts: Script[], extra: Partial<RaceInput> = {}) {
+async function race(scripts: Script[], extra: Partial<RaceInput> = {}, vt = new VirtualTime()) {
   const cancels: CopyReport[] = [];
   const errors: unknown[] = [];
-  const t0 = performance.now();
+  const time = extra.time ?? vt;
   const res = fakeResponse();
   const targets = scripts.map((_, i) => ({ id: `u${i}`, label: `u${i}`, origin: 'http://127.0.0.1', prefix: '', url: 'http://127.0.0.1' }));
   const r = new Race({
@@ -102,7 +105,7 @@ async function race(scripts: Script[], extra: Partial<RaceInput> = {}) {
     headers: [],
     body: null,
     targets: targets as unknown as RaceInput['targets'],
-    dispatchers: new Map(scripts.map((s, i) => [`u${i}`, scripted(s)])),
+    dispatchers: new Map(scripts.map((s, i) => [`u${i}`, scripted(s, time)])),
     hedgeDelay: 0,
     mayHedge: () => true,
     timeout: 2000,
@@ -110,7 +113,7 @@ async function race(scripts: Script[], extra: Partial<RaceInput> = {}) {
     select: { kind: 'first' },
     maxAnswerSize: 1024 * 1024,
     secret: undefined,
-    now: () => performance.now() - t0,
+    time,
     wallClock: Date.now,
     res,
     onCancelled: (copy) => void cancels.push(copy),
@@ -118,7 +121,7 @@ async function race(scripts: Script[], extra: Partial<RaceInput> = {}) {
     capture: 0,
     ...extra,
   });
-  const report = await r.start();
+  const report = await vt.run(r.start());
   const sent = Buffer.concat(((extra.res as typeof res | undefined) ?? res).sent).toString();
   return { report, cancels, errors, outcomes: report.copies.map((c) => c.outcome), status: res.statusCode, sent };
 }
@@ -165,15 +168,28 @@ describe('an update’s losers after a commit (scripted upstreams)', () => {
     expect(cancels).toEqual([]);
   });
 
-  it('when the client goes away during the grace, the lingering copies are stopped and cancelled at once', async () => {
+  it('when the client goes away during the grace, mid-body, the lingering copies are stopped and cancelled at once', async () => {
+    const vt = new VirtualTime();
     const res = fakeResponse();
-    const pending = race([{ at: 20, headers: won }, null], { res });
-    // The winner's answer is out at 20 ms; the client leaves during the 2-10 ms grace.
-    setTimeout(() => res.emit('close'), 21);
-    const { report, outcomes, cancels } = await pending;
-    expect(['won', 'client-closed']).toContain(report.outcome);
-    expect(outcomes[1]).toBe('cancelled');
+    // The winner's head is out at 20 ms, its body would follow at 70; the client leaves at 21, within the 10 ms grace.
+    vt.setTimeout(() => res.emit('close'), 21);
+    const { report, outcomes, cancels } = await race([{ at: 20, headers: won, bodyAfter: 50 }, null], { res }, vt);
+    expect(report.outcome).toBe('client-closed');
+    expect(report.duration).toBe(21);
+    expect(outcomes).toEqual(['won', 'cancelled']);
     expect(cancels).toHaveLength(1);
+  });
+
+  it('when the client goes away after the whole answer, the lingering copies keep their grace, then are cancelled', async () => {
+    const vt = new VirtualTime();
+    const res = fakeResponse();
+    vt.setTimeout(() => res.emit('close'), 21);
+    const { report, outcomes, cancels } = await race([{ at: 20, headers: won }, null], { res }, vt);
+    expect(report.outcome).toBe('won');
+    expect(outcomes).toEqual(['won', 'cancelled']);
+    expect(cancels).toHaveLength(1);
+    // The grace is half the winner's latency (10 ms): the loser is stopped at 30, not at 21.
+    expect(vt.now()).toBe(30);
   });
 });
 
@@ -214,14 +230,19 @@ describe('timeouts and broken bodies: what the copy reports say', () => {
 describe('hedging (scripted upstreams)', () => {
   it('never sends a hedge before its delay, fractional delays too (an adaptive delay is one)', async () => {
     // Node's timers count whole milliseconds from a floored clock: a 5.9 ms
-    // timer may fire after as little as 5 ms.
-    for (let i = 0; i < 12; i++) {
-      const { report } = await race([null, { at: 1 }], { update: false, hedgeDelay: 5.9, timeout: 500 });
+    // timer may fire after as little as 5 ms. These timers do just that.
+    for (const start of [0, 0.3, 0.95, 7.5]) {
+      const vt = new VirtualTime(start);
+      const { report } = await race([null, { at: 1 }], { update: false, hedgeDelay: 5.9, timeout: 500, time: earlyTimers(vt) }, vt);
       const hedge = report.copies[1]!;
       expect(hedge.hedged).toBe(true);
       expect(hedge.sentAt!).toBeGreaterThanOrEqual(5.85);
+      expect(hedge.sentAt!).toBeLessThanOrEqual(7);
       expect(report.outcome).toBe('won');
     }
+    // On exact timers, it leaves exactly at its delay.
+    const { report } = await race([null, { at: 1 }], { update: false, hedgeDelay: 5.9, timeout: 500 });
+    expect(report.copies[1]!.sentAt).toBe(5.9);
   });
 });
 
@@ -243,7 +264,7 @@ describe('select: a quorum or a function (scripted upstreams)', () => {
     const { report, outcomes, sent } = await race([{ at: 5, body: 'x' }, { at: 10, body: 'x' }, { at: 400, body: 'x' }], read(quorum(2)));
     expect(sent).toBe('x');
     expect(outcomes).toEqual(['won', 'agreed', 'stopped']);
-    expect(report.duration).toBeLessThan(300);
+    expect(report.duration).toBe(10);
   });
 
   it('the same body with another status is another answer', async () => {
@@ -266,7 +287,7 @@ describe('select: a quorum or a function (scripted upstreams)', () => {
     const { report, sent, outcomes } = await race([{ at: 5, body: 'x' }, { at: 10, body: 'y' }, null], read(quorum(3), { timeout: 1000 }));
     expect(code(sent)).toBe(codes.NO_QUORUM);
     expect(outcomes).toEqual(['outvoted', 'outvoted', 'stopped']);
-    expect(report.duration).toBeLessThan(500);
+    expect(report.duration).toBe(10);
   });
 
   it('a failed copy counts against the quorum: two failures of three leave no quorum of two', async () => {
@@ -287,11 +308,12 @@ describe('select: a quorum or a function (scripted upstreams)', () => {
   it('hedged: the k copies of the quorum leave at once, a further one only when they disagree (then at once)', async () => {
     const agree = await race([{ at: 5, body: 'x' }, { at: 10, body: 'x' }, { at: 1, body: 'x' }], read(quorum(2), { hedgeDelay: 200 }));
     expect(agree.outcomes).toEqual(['won', 'agreed', 'not-sent']);
-    expect(agree.report.copies[1]!.sentAt!).toBeLessThan(50);
+    expect(agree.report.copies[1]!.sentAt).toBe(0);
     const differ = await race([{ at: 5, body: 'x' }, { at: 10, body: 'y' }, { at: 1, body: 'y' }], read(quorum(2), { hedgeDelay: 200 }));
     expect(differ.sent).toBe('y');
     expect(differ.outcomes).toEqual(['outvoted', 'won', 'agreed']);
-    expect(differ.report.copies[2]!.sentAt!).toBeLessThan(150);
+    // Sent as soon as the two disagreed (at 10 ms), not at the 200 ms delay.
+    expect(differ.report.copies[2]!.sentAt).toBe(10);
   });
 
   it('an answer larger than maxBodySize cannot be compared: it is rejected (the upstream is not failing)', async () => {
@@ -384,11 +406,14 @@ describe('select: a quorum or a function (scripted upstreams)', () => {
       { timeout: 60 },
     ));
     expect(late.sent).toBe('b');
-    // Drained in its grace (the usual case); on a loaded machine it may have answered before the timeout
-    // fired (outvoted) or after its grace (stopped, and then rightly marked).
-    const third = late.report.copies[2]!;
-    expect(['drained', 'outvoted', 'stopped']).toContain(third.outcome);
-    if (third.outcome !== 'stopped') expect(third.error).toBeNull();
+    // Adopted at the 60 ms timeout; the third answers at 63, within its grace: drained, not marked.
+    expect(late.report.copies[2]).toMatchObject({ outcome: 'drained', error: null });
+    // Past its grace (half of 60 ms, at most 10), it is stopped, and then rightly marked.
+    const later = await race([{ at: 5, body: 'a' }, { at: 10, body: 'b' }, { at: 75, body: 'c' }], read(
+      { kind: 'custom', choose: (answers, { pending }) => (pending === 0 ? answers[1] : undefined) },
+      { timeout: 60 },
+    ));
+    expect(later.report.copies[2]).toMatchObject({ outcome: 'stopped', error: 'timeout' });
   });
 
   it('a HEAD answer’s Content-Length is not a body: it does not make the answer too large to compare', async () => {
@@ -409,8 +434,8 @@ describe('select: a quorum or a function (scripted upstreams)', () => {
     const { report, outcomes, sent } = await race([{ at: 5, body: 'x' }, { at: 5, body: 'x', bodyAfter: 500 }, { at: 1, body: 'x' }], read(quorum(2), { hedgeDelay: 20 }));
     expect(sent).toBe('x');
     expect(outcomes).toEqual(['won', 'drained', 'agreed']);
-    expect(report.copies[2]!.sentAt!).toBeGreaterThanOrEqual(20);
-    expect(report.copies[2]!.sentAt!).toBeLessThan(300);
+    // At 20 ms the stalled body's last byte came 15 ms ago (within the delay): held back; at 40 it stalled for 35: sent.
+    expect(report.copies[2]!.sentAt).toBe(40);
   });
 
   it('updates ignore select: the committed copy’s answer wins alone', async () => {

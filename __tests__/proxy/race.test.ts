@@ -5,6 +5,8 @@ import { frameworks, mountGateway, raceFixture, type Framework } from '../helper
 import { after, deadPort, sleep, startUpstream, type Behaviour } from '../helpers/upstream.js';
 import { closeAfterEach } from '../helpers/cleanup.js';
 import { eventually } from '../helpers/replica.js';
+import { withScheduler } from '../../lib/time.js';
+import { VirtualTime } from '../helpers/virtual-time.js';
 
 const client = testClient();
 const open = closeAfterEach();
@@ -118,24 +120,39 @@ describe('custom accept and copies', () => {
 });
 
 describe('hedging', () => {
+  // On a virtual clock: the hedge delay and the losers' grace pass only when
+  // the test moves the clock, so what leaves when does not depend on the
+  // machine's load.
   it('with a fixed delay, an answer before the delay means no second copy is sent', async () => {
-    const { ups, gw, reports } = await setup('node', [after(5), after(5)], { hedge: { delay: 300 } });
+    const vt = new VirtualTime();
+    const { ups, gw, reports } = await setup('node', [after(5), after(5)], withScheduler({ hedge: { delay: 300 } }, vt));
     await client.send(`${gw.url}/`);
-    await sleep(10);
+    await eventually(() => reports[0]);
+    await vt.advance(1000);
     expect(ups[0]!.seen.length + ups[1]!.seen.length).toBe(1);
     expect(reports[0]!.copies.map((c) => c.outcome).sort()).toEqual(['not-sent', 'won']);
   });
 
   it('a copy slower than the delay gets a hedge, and the hedge can win', async () => {
-    const { ups, gw, reports } = await setup('node', [after(1000, 200, { n: 0 }), after(1000, 200, { n: 1 })], { hedge: { delay: 50 } });
+    const vt = new VirtualTime();
+    const { ups, gw, reports } = await setup('node', [after(60_000, 200, { n: 0 }), after(60_000, 200, { n: 1 })], withScheduler({ hedge: { delay: 50 } }, vt));
     // Make the second upstream fast from now on.
     ups[1]!.server.removeAllListeners('request');
     ups[1]!.server.on('request', (_req, res) => res.end(JSON.stringify({ n: 'hedge' })));
-    const res = await client.send(`${gw.url}/`);
+    const pending = client.send(`${gw.url}/`);
+    await eventually(() => ups[0]!.seen.length === 1);
+    expect(ups[1]!.server.listenerCount('request')).toBe(1);
+    await vt.advance(49.9);
+    expect(reports).toHaveLength(0);
+    await vt.advance(0.1);
+    const res = await pending;
     expect(res.json()).toEqual({ n: 'hedge' });
-    const hedged = (await eventually(() => reports[0])).copies.find((c) => c.hedged)!;
-    expect(hedged.outcome).toBe('won');
-    expect(hedged.sentAt!).toBeGreaterThanOrEqual(45);
+    // The first copy lingers for its grace (half the race so far, at most 10 ms), then is stopped.
+    await vt.advance(10);
+    const report = await eventually(() => reports[0]);
+    const hedged = report.copies.find((c) => c.hedged)!;
+    expect(hedged).toMatchObject({ outcome: 'won', sentAt: 50 });
+    expect(report.copies[0]).toMatchObject({ outcome: 'stopped', hedged: false });
     expect(await ups[0]!.seen[0]!.stopped).toBe(true);
   });
 

@@ -34,12 +34,21 @@ describe.each(['koa', 'express'] as const)('three %s workers behind the proxy', 
 
   it('records every copy and the adoption in the store, with the right ids', async () => {
     const seenHandles: Array<{ requestId: string; duplicateId: string; upstreamId: string; copy: { index: number; of: number }; direct: boolean }> = [];
+    // No race of the clock: b answers once every copy has reached its
+    // handler (so each was recorded), a and c only once the client has b's
+    // answer. b wins on any machine, however busy.
+    let allArrived!: () => void;
+    const arrived = new Promise<void>((r) => (allArrived = r));
+    let clientAnswered!: () => void;
+    const answered = new Promise<void>((r) => (clientAnswered = r));
     const { store, gw } = await fleet(async (h) => {
       seenHandles.push({ requestId: h.requestId, duplicateId: h.duplicateId, upstreamId: h.upstreamId, copy: h.copy, direct: h.direct });
-      await sleep(h.upstreamId === 'b' ? 1 : 80);
+      if (seenHandles.length === 3) allArrived();
+      await (h.upstreamId === 'b' ? arrived : answered);
       return { body: { by: h.upstreamId } };
     });
     const res = await client.send(`${gw.url}/thing`);
+    clientAnswered();
     expect(res.status).toBe(200);
     expect(res.json()).toEqual({ by: 'b' });
     const requestId = res.headers['x-request-id'] as string;

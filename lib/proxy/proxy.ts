@@ -3,6 +3,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import { Pool, type Dispatcher } from 'undici';
 import { codes, isSupersededError, RedundantProxyError, type ErrorCode } from '../errors.js';
 import { TimeoutGroup, withTimeout } from '../timeout.js';
+import { realScheduler, REAL_TIME, schedulerOf, type TimerHandle } from '../time.js';
 import { H, mintSessionId, sealId, SESSION_ID } from '../wire/protocol.js';
 import { Emitter, type Disposable } from '../events.js';
 import { BodyBudget, readBody, type BodyShare, type ParsedBodyHints } from './body.js';
@@ -103,6 +104,9 @@ export interface KoaLikeContext {
  */
 export function redundantProxy(options: ProxyOptions): RedundantProxy {
   const opts = resolveOptions(options);
+  // The clock and timers of every race, hedge, ejection and bound (lib/time.ts).
+  const time = schedulerOf(options) ?? (options.now ? realScheduler(opts.now) : REAL_TIME);
+  const now = () => time.now();
   const events = new Emitter<ProxyEvents>();
   const metrics = new Metrics(opts.upstreams.map((u) => u.id));
   const adaptive = opts.hedgeDelay === 'adaptive' ? new AdaptiveDelay(hedgeQuantile(opts.maxExtraLoad)) : null;
@@ -111,7 +115,7 @@ export function redundantProxy(options: ProxyOptions): RedundantProxy {
     ? new Ejector(
         { ...opts.ejection, keep: opts.select.kind === 'quorum' ? opts.select.quorum : 0 },
         opts.upstreams,
-        opts.now,
+        now,
         (e) => {
           prom?.ejected(e.upstream);
           events.emit('upstream:ejected', e);
@@ -217,12 +221,12 @@ export function redundantProxy(options: ProxyOptions): RedundantProxy {
       const info: CancelInfo = { requestId, duplicateId: copy.duplicateId, upstream: copy.upstream, committedBy: committed.upstream, signal: controller.signal };
       if (opts.onCancel) {
         const hook = opts.onCancel;
-        let timer: NodeJS.Timeout | undefined;
+        let timer: TimerHandle | undefined;
         try {
           await Promise.race([
             Promise.resolve().then(() => hook(info)),
             new Promise<never>((_, reject) => {
-              timer = setTimeout(() => {
+              timer = time.setTimeout(() => {
                 const err = new RedundantProxyError(codes.TIMEOUT, `onCancel did not finish within ${opts.cancelTimeout} ms`);
                 controller.abort(err);
                 reject(err);
@@ -232,7 +236,7 @@ export function redundantProxy(options: ProxyOptions): RedundantProxy {
         } catch (error) {
           events.emit('error', { requestId, source: 'onCancel', error });
         } finally {
-          clearTimeout(timer);
+          if (timer !== undefined) time.clearTimeout(timer);
         }
       }
       await bookkeep(opts.store.recordCancelled(requestId, copy.duplicateId), requestId, false);
@@ -253,7 +257,7 @@ export function redundantProxy(options: ProxyOptions): RedundantProxy {
    * client was told nothing was.
    */
   async function decideUpdate(requestId: string, adopting: boolean): Promise<RedundantProxyError | undefined> {
-    const record = await withTimeout(opts.store.getRequest(requestId), opts.storeTimeout, 'getRequest');
+    const record = await withTimeout(opts.store.getRequest(requestId), opts.storeTimeout, 'getRequest', time);
     const commit = record?.commit;
     // Clients are told an upstream's label, never an id derived from its address.
     const upstreamOf = (holder: string) => {
@@ -265,17 +269,17 @@ export function redundantProxy(options: ProxyOptions): RedundantProxy {
     if (!adopting) return undefined;
     const seal = sealId(requestId);
     const controller = new AbortController();
-    const timer = setTimeout(() => controller.abort(new RedundantProxyError(codes.TIMEOUT, 'sealing took too long')), opts.storeTimeout);
+    const timer = time.setTimeout(() => controller.abort(new RedundantProxyError(codes.TIMEOUT, 'sealing took too long')), opts.storeTimeout);
     try {
       const grant = await opts.store.claim(requestId, seal, { leaseMs: opts.storeTimeout * 2, signal: controller.signal });
-      await withTimeout(opts.store.confirm(requestId, seal, grant.fence), opts.storeTimeout, 'confirm');
+      await withTimeout(opts.store.confirm(requestId, seal, grant.fence), opts.storeTimeout, 'confirm', time);
       return undefined;
     } catch (err) {
       if (isSupersededError(err) && err.committedBy && err.committedBy !== seal) return answerLost(upstreamOf(err.committedBy));
       // A copy claimed meanwhile (the seal had to wait), or the store failed.
       return outcomeUnknown(null);
     } finally {
-      clearTimeout(timer);
+      time.clearTimeout(timer);
     }
   }
 
@@ -384,7 +388,7 @@ export function redundantProxy(options: ProxyOptions): RedundantProxy {
       maxAnswerSize: opts.maxBodySize,
       onSelectThrew,
       secret: opts.secret,
-      now: opts.now,
+      time,
       wallClock: Date.now,
       res,
       onCopySent: events.has('copy:sent') ? (copy) => events.emit('copy:sent', { requestId, copy }) : undefined,
@@ -435,7 +439,7 @@ export function redundantProxy(options: ProxyOptions): RedundantProxy {
    * is exact; otherwise it is off the answer's path and shares one timer.
    */
   function bookkeep(operation: Promise<unknown>, requestId: string, critical: boolean): Promise<void> {
-    const bounded = critical ? withTimeout(operation, opts.storeTimeout, 'a bookkeeping write') : offPath.track(operation, 'a bookkeeping write');
+    const bounded = critical ? withTimeout(operation, opts.storeTimeout, 'a bookkeeping write', time) : offPath.track(operation, 'a bookkeeping write');
     const work = bounded.then(
       () => undefined,
       (error: unknown) => reportStoreError(requestId, error),
@@ -470,7 +474,7 @@ export function redundantProxy(options: ProxyOptions): RedundantProxy {
       if (opts.secret !== undefined) {
         if (isSignedSessionId(id, opts.secret)) return { id, isNew: false };
       } else {
-        const known = await withTimeout(opts.store.getSession(id), opts.storeTimeout, 'getSession').catch((error: unknown) => {
+        const known = await withTimeout(opts.store.getSession(id), opts.storeTimeout, 'getSession', time).catch((error: unknown) => {
           reportStoreError(null, error);
           return undefined;
         });

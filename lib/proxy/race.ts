@@ -2,6 +2,7 @@ import { createHash } from 'node:crypto';
 import type { ServerResponse } from 'node:http';
 import type { Dispatcher } from 'undici';
 import { codes, RedundantProxyError } from '../errors.js';
+import type { Scheduler, TimerHandle } from '../time.js';
 import { appendCopyHeaders, H } from '../wire/protocol.js';
 import { forwardResponseHeaders } from './headers.js';
 import type { ResolvedSelect, SelectAnswer, Upstream, UpstreamResponse } from './options.js';
@@ -57,7 +58,8 @@ export interface RaceInput {
   /** The select function threw, or returned something it was not given. */
   onSelectThrew?: (requestId: string, err: unknown) => void;
   secret: string | Buffer | undefined;
-  now: () => number;
+  /** The clock and timers of the race: its timeout, hedge delays, the losers' grace (lib/time.ts). */
+  time: Scheduler;
   wallClock: () => number;
   res: ServerResponse;
   onCopySent?: (copy: CopyReport) => void;
@@ -229,7 +231,7 @@ class Copy implements Dispatcher.DispatchHandler {
     this.controller = controller;
     this.headers = headers;
     this.report.status = status;
-    this.report.latency = this.race.input.now() - this.startedAt;
+    this.report.latency = this.race.input.time.now() - this.startedAt;
     if (headers[H.worker] === '1') this.race.input.onWorkerSeen?.(this.upstream.id);
     // Another copy committed already: the store's arbitration failed.
     if (this.race.committed && headers[H.commit] === 'won') this.race.secondCommit(this);
@@ -267,7 +269,7 @@ class Copy implements Dispatcher.DispatchHandler {
         this.chunks.push(chunk);
         break;
       case 'buffering':
-        this.lastDataAt = this.race.input.now();
+        this.lastDataAt = this.race.input.time.now();
         this.size += chunk.length;
         if (this.size > this.race.input.maxAnswerSize) this.race.tooLarge(this);
         else this.chunks.push(chunk);
@@ -367,16 +369,16 @@ export class Race {
   settled = 0;
   finished = false;
   outcome: RaceOutcome = 'failed';
-  hedgeTimer: NodeJS.Timeout | null = null;
-  timeoutTimer: NodeJS.Timeout | null = null;
-  lingerTimer: NodeJS.Timeout | null = null;
+  hedgeTimer: TimerHandle | null = null;
+  timeoutTimer: TimerHandle | null = null;
+  lingerTimer: TimerHandle | null = null;
   #finishedAt = 0;
   #resolved = false;
   readonly done: Promise<RaceReport>;
   #resolve!: (r: RaceReport) => void;
 
   constructor(readonly input: RaceInput) {
-    this.started = input.now();
+    this.started = input.time.now();
     this.copies = input.targets.map((u, i) => new Copy(this, u, i + 1));
     this.selecting = !input.update && input.select.kind !== 'first';
     this.done = new Promise((resolve) => (this.#resolve = resolve));
@@ -384,7 +386,7 @@ export class Race {
 
   start(): Promise<RaceReport> {
     const { res, timeout } = this.input;
-    this.timeoutTimer = setTimeout(() => this.onTimeout(), timeout);
+    this.timeoutTimer = this.input.time.setTimeout(() => this.onTimeout(), timeout);
     res.once('close', this.#onClientClose);
     const { hedgeDelay, select } = this.input;
     // Hedged, one copy leaves at first; a quorum of k needs k answers, so k do.
@@ -415,7 +417,7 @@ export class Race {
     const delay = this.input.hedgeDelay;
     // An adaptive delay is Infinity until the route has latencies to go by.
     if (this.next >= this.copies.length || !Number.isFinite(delay)) return;
-    const armedAt = this.input.now();
+    const armedAt = this.input.time.now();
     const fire = (checkedAt: number): void => {
       this.hedgeTimer = null;
       if (this.winner || this.finished) return;
@@ -423,9 +425,9 @@ export class Race {
       // fire up to a millisecond early. A hedge never leaves before its
       // delay: wait out the rest (while the clock moves: an injected clock
       // that stands still must not hold the hedge forever).
-      const elapsed = this.input.now() - armedAt;
+      const elapsed = this.input.time.now() - armedAt;
       if (delay - elapsed > 0.05 && elapsed > checkedAt) {
-        this.hedgeTimer = setTimeout(() => fire(elapsed), delay - elapsed);
+        this.hedgeTimer = this.input.time.setTimeout(() => fire(elapsed), delay - elapsed);
         return;
       }
       // A quorum's copies are still bringing their bodies in: look again a delay later.
@@ -438,7 +440,7 @@ export class Race {
         this.armHedge();
       }
     };
-    this.hedgeTimer = setTimeout(() => fire(-1), delay);
+    this.hedgeTimer = this.input.time.setTimeout(() => fire(-1), delay);
   }
 
   /**
@@ -452,7 +454,7 @@ export class Race {
   enoughAnswering(window: number): boolean {
     const { select } = this.input;
     if (!this.selecting || select.kind !== 'quorum') return false;
-    const since = this.input.now() - window;
+    const since = this.input.time.now() - window;
     // Answers already in count only as far as they agree with each other.
     let answering = 0;
     for (const group of this.groups.values()) answering = Math.max(answering, group.length);
@@ -484,7 +486,7 @@ export class Race {
       input.secret,
     );
     copy.to('sent');
-    copy.startedAt = input.now();
+    copy.startedAt = input.time.now();
     copy.report.sentAt = copy.startedAt - this.started;
     copy.report.hedged = hedged;
     copy.report.outcome = 'stopped';
@@ -572,7 +574,7 @@ export class Race {
     }
     if (ok && this.selecting) {
       copy.to('buffering'); // counted as settled once its body is in
-      copy.lastDataAt = this.input.now();
+      copy.lastDataAt = this.input.time.now();
       // A HEAD, 204 or 304 answer has no body, whatever its Content-Length says.
       const bodyless = this.input.method === 'HEAD' || status === 204 || status === 304;
       const length = headers['content-length'];
@@ -676,12 +678,12 @@ export class Race {
       any = true;
     }
     if (!any) return;
-    const grace = Math.min(LINGER_MAX_MS, Math.max(LINGER_MIN_MS, (this.input.now() - this.started) / 2));
-    this.lingerTimer = setTimeout(() => {
+    const grace = Math.min(LINGER_MAX_MS, Math.max(LINGER_MIN_MS, (this.input.time.now() - this.started) / 2));
+    this.lingerTimer = this.input.time.setTimeout(() => {
       this.lingerTimer = null;
       // Timers run before the event loop reads sockets: give answers already
       // waiting there one turn to arrive, rather than abort them (and their connection).
-      setImmediate(() => {
+      this.input.time.setImmediate(() => {
         for (const c of this.copies) if (c.state === 'lingering') this.stopCopy(c);
         this.lingerSettled();
       });
@@ -727,7 +729,7 @@ export class Race {
   /** A lingering loser answered, failed or was aborted: the report may be final now. */
   lingerSettled(): void {
     if (this.copies.some((c) => c.state === 'lingering')) return;
-    if (this.lingerTimer) clearTimeout(this.lingerTimer);
+    if (this.lingerTimer) this.input.time.clearTimeout(this.lingerTimer);
     this.lingerTimer = null;
     if (this.finished) this.resolve();
   }
@@ -1035,7 +1037,7 @@ export class Race {
     // as failures; copies stopped earlier, and a winner still streaming, not).
     // A copy sent late in the request (a hedge) says little: only one out
     // for half the timeout or more is marked.
-    const now = this.input.now();
+    const now = this.input.time.now();
     for (const copy of this.copies) {
       if ((copy.state === 'sent' || copy.state === 'buffering') && now - copy.startedAt >= timeout / 2) copy.report.error = 'timeout';
       // A winner still streaming: a long body (a download, a stream), not a failure.
@@ -1057,7 +1059,7 @@ export class Race {
 
   clearHedge(): void {
     if (this.hedgeTimer) {
-      clearTimeout(this.hedgeTimer);
+      this.input.time.clearTimeout(this.hedgeTimer);
       this.hedgeTimer = null;
     }
   }
@@ -1067,10 +1069,10 @@ export class Race {
     this.finished = true;
     this.outcome = outcome;
     this.clearHedge();
-    if (this.timeoutTimer) clearTimeout(this.timeoutTimer);
+    if (this.timeoutTimer) this.input.time.clearTimeout(this.timeoutTimer);
     this.timeoutTimer = null;
     this.input.res.off('close', this.#onClientClose);
-    this.#finishedAt = this.input.now();
+    this.#finishedAt = this.input.time.now();
     // Lingering losers keep their grace after a won race; otherwise everything stops now.
     for (const copy of this.copies) if (outcome !== 'won' || copy.state !== 'lingering') this.stopCopy(copy);
     this.lingerSettled();
