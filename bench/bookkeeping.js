@@ -280,9 +280,9 @@ async function freePort() {
   });
 }
 
-export async function startRedis() {
+export async function startRedis(extraArgs = []) {
   const port = await freePort();
-  const child = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', os.tmpdir(), '--loglevel', 'warning'], {
+  const child = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', os.tmpdir(), '--loglevel', 'warning', ...extraArgs.map((a) => a.replaceAll('{port}', String(port)))], {
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   let output = '';
@@ -317,6 +317,45 @@ function ping(port) {
     s.once('error', () => done(false));
     s.once('connect', () => s.write('PING\r\n'));
     s.once('data', (d) => done(String(d).startsWith('+PONG')));
+  });
+}
+
+/**
+ * A Redis Cluster of `masters` masters on loopback, no replicas: each node a
+ * redis-server of its own (cluster bus on a free port), joined with
+ * `redis-cli --cluster create`, ready when every node says `cluster_state:ok`.
+ */
+export async function startRedisCluster(masters = 3) {
+  const nodes = [];
+  const stop = () => Promise.allSettled(nodes.map((n) => stopRedis(n)));
+  try {
+    for (let i = 0; i < masters; i++) {
+      const bus = await freePort();
+      nodes.push(await startRedis(['--cluster-enabled', 'yes', '--cluster-config-file', `rp-bench-nodes-{port}.conf`, '--cluster-port', String(bus)]));
+    }
+    await runCommand('redis-cli', ['--cluster', 'create', ...nodes.map((n) => `127.0.0.1:${n.port}`), '--cluster-replicas', '0', '--cluster-yes']);
+    const deadline = performance.now() + 20_000;
+    for (const n of nodes) {
+      while (!(await runCommand('redis-cli', ['-p', String(n.port), 'cluster', 'info'])).includes('cluster_state:ok')) {
+        if (performance.now() > deadline) throw new Error(`cluster node ${n.port} not ready within 20 s`);
+        await sleep(100);
+      }
+    }
+  } catch (err) {
+    await stop();
+    throw err;
+  }
+  return { nodes, stop };
+}
+
+function runCommand(cmd, args) {
+  return new Promise((resolve, reject) => {
+    const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    child.stdout.on('data', (d) => (out += d));
+    child.stderr.on('data', (d) => (out += d));
+    child.once('error', reject);
+    child.once('exit', (code) => (code === 0 ? resolve(out) : reject(new Error(`${cmd} ${args.join(' ')} exited ${code}: ${out.trim()}`))));
   });
 }
 

@@ -296,7 +296,7 @@ export function markdown(r) {
     L.push('');
     L.push('| store | copies | kind | store calls / request | critical-path round trips | Redis scripts / request | Redis commands / request | Redis CPU µs / request |');
     L.push('| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |');
-    for (const variant of ['memory', 'redis']) {
+    for (const variant of ['memory', 'redis', 'cluster']) {
       for (const [copies, cells] of Object.entries(f.results[variant] ?? {})) {
         for (const [kind, c] of Object.entries(cells)) {
           L.push(`| ${variant} | ${copies} | ${kind} | ${f2(c.storeCallsTotalPerRequest)} | ${f1(c.criticalPathRoundTrips)} | ${c.redisScriptsPerRequest === undefined ? '–' : f2(c.redisScriptsPerRequest)} | ${c.redisCommandsPerRequest === undefined ? '–' : f1(c.redisCommandsPerRequest)} | ${c.redisCpuMicrosPerRequest == null ? '–' : int(c.redisCpuMicrosPerRequest)} |`);
@@ -306,12 +306,26 @@ export function markdown(r) {
     L.push('');
     L.push('Store calls by method, per request (copies: 3):');
     L.push('');
-    for (const variant of ['memory', 'redis']) {
+    for (const variant of ['memory', 'redis', 'cluster']) {
       const cells = f.results[variant]?.[3];
       if (!cells) continue;
       for (const [kind, c] of Object.entries(cells)) L.push(`- ${variant}, ${kind}: ${Object.entries(c.storeCallsPerRequest).map(([m, v]) => `${m} ${f2(v)}`).join(', ')}`);
     }
     L.push('');
+    const sp = f.spread;
+    if (sp) {
+      const pct = (x) => `${(x * 100).toFixed(1)}%`;
+      L.push(`Redis Cluster of 3 masters (cluster rows above: the same store on an ioredis \`Cluster\` client): ${int(sp.requests)} requests`);
+      L.push(`(${sp.failed} failed) alternating reads and updates, 16 clients each taking a new session every 25 requests, in ${f1(sp.seconds)} s:`);
+      L.push('');
+      L.push('| shard (port) | new keys | commands | CPU µs |');
+      L.push('| --- | ---: | ---: | ---: |');
+      for (const x of sp.shards) L.push(`| ${x.port} | ${int(x.keys)} | ${int(x.commands)} | ${int(x.cpuMicros)} |`);
+      L.push(`| largest deviation from the mean | ${pct(sp.keys.maxDeviation)} | ${pct(sp.commands.maxDeviation)} | ${pct(sp.cpu.maxDeviation)} |`);
+      L.push('');
+      L.push(`${int(sp.requestTagsChecked)} request hash tags found on the shards, ${sp.requestTagsOnMoreThanOneShard} of them on more than one shard (every script touches one slot; Redis would refuse one that did not).`);
+      L.push('');
+    }
   }
 
   const e = r.scenarios.e;

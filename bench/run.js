@@ -486,6 +486,11 @@ function targets(results) {
     const trips = cell('redis', 'read').criticalPathRoundTrips;
     t.push({ id: 'f:read-round-trips', scenario: 'f', target: 'a read without session or update: ≤ 1 store round trip on the critical path', value: trips, display: `${trips.toFixed(1)}`, met: trips <= 1.3 });
   }
+  const spread = results.scenarios.f?.spread;
+  if (spread) {
+    const dev = spread.keys.maxDeviation;
+    t.push({ id: 'f:cluster-keys', scenario: 'f', target: `Redis Cluster, 3 masters: keys per shard within ±10% over ${spread.requests.toLocaleString('en-US')} requests${results.quick ? ' (--quick; a full run makes 100,000)' : ''}`, value: dev, display: `±${(dev * 100).toFixed(1)}%`, met: dev <= 0.1 && spread.requestTagsOnMoreThanOneShard === 0 });
+  }
   const d = results.scenarios.d;
   if (d?.ratios) {
     const ratio = d.ratios['redis/memory reads req/s'];

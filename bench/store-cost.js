@@ -35,7 +35,7 @@ import http from 'node:http';
 import os from 'node:os';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { countedStore, redisCommands, redisCpuInfo, startRedis, stopRedis } from './bookkeeping.js';
+import { countedStore, redisCommands, redisCpuInfo, startRedis, startRedisCluster, stopRedis } from './bookkeeping.js';
 import { forkChild, runStandalone, stopChild } from './child.js';
 import { median } from './model.js';
 
@@ -44,8 +44,8 @@ const DEFAULT_DIST = fileURLToPath(new URL('../dist/', import.meta.url));
 const UPSTREAM_IDS = ['a', 'b', 'c', 'd', 'e'];
 
 export const STORE_COST_CONFIG = {
-  quick: { copies: [3], count: 150, concurrency: 8, delayMs: 20, latencyRequests: 9 },
-  full: { copies: [2, 3, 5], count: 600, concurrency: 8, delayMs: 20, latencyRequests: 25 },
+  quick: { copies: [3], count: 150, concurrency: 8, delayMs: 20, latencyRequests: 9, spreadRequests: 4000, spreadSeconds: 30 },
+  full: { copies: [2, 3, 5], count: 600, concurrency: 8, delayMs: 20, latencyRequests: 25, spreadRequests: 100_000, spreadSeconds: 240 },
 };
 
 export const KINDS = [
@@ -61,32 +61,47 @@ export const KINDS = [
 export async function scenarioStoreCost({ quick = false, dist = process.env.RP_BENCH_DIST ?? DEFAULT_DIST, log = (...m) => console.error(...m) } = {}) {
   const cfg = quick ? STORE_COST_CONFIG.quick : STORE_COST_CONFIG.full;
   const { Pool } = await import('undici');
+  const { Redis } = await import('ioredis');
   const children = new Set();
-  let redis = null;
-  let admin = null;
+  const servers = []; // every redis-server started here
+  const admins = [];
   const onExit = () => {
     for (const c of children) c.kill('SIGKILL');
-    redis?.process.kill('SIGKILL');
+    for (const r of servers) r.process.kill('SIGKILL');
   };
   process.on('exit', onExit);
   const started = performance.now();
   const loadavgAtStart = os.loadavg();
-  try {
-    redis = await startRedis();
-    const { Redis } = await import('ioredis');
-    admin = new Redis({ host: '127.0.0.1', port: redis.port, maxRetriesPerRequest: 1, enableOfflineQueue: false, lazyConnect: true });
+  const adminOf = async (port) => {
+    const admin = new Redis({ host: '127.0.0.1', port, maxRetriesPerRequest: 1, enableOfflineQueue: false, lazyConnect: true });
     admin.on('error', () => {});
+    admins.push(admin);
     await admin.connect();
-    const redisVersion = (await admin.info('server')).match(/redis_version:(\S+)/)?.[1] ?? null;
-    log(`store cost: redis-server ${redisVersion} on 127.0.0.1:${redis.port}; copies ${cfg.copies.join(', ')}; ${cfg.count} requests per cell (${cfg.concurrency} at a time), critical path from ${cfg.latencyRequests} sequential requests with and without a ${cfg.delayMs} ms delay on every store call`);
+    return admin;
+  };
+  try {
+    const single = await startRedis();
+    servers.push(single);
+    const cluster = await startRedisCluster(3);
+    servers.push(...cluster.nodes);
+    const backends = {
+      memory: { admins: [], child: {} },
+      redis: { admins: [await adminOf(single.port)], child: { redisPort: single.port } },
+      cluster: { admins: await Promise.all(cluster.nodes.map((n) => adminOf(n.port))), child: { clusterPorts: cluster.nodes.map((n) => n.port) } },
+    };
+    const redisVersion = (await backends.redis.admins[0].info('server')).match(/redis_version:(\S+)/)?.[1] ?? null;
+    log(`store cost: redis-server ${redisVersion} on 127.0.0.1:${single.port}, and a cluster of 3 masters (${cluster.nodes.map((n) => n.port).join(', ')}); copies ${cfg.copies.join(', ')}; ${cfg.count} requests per cell (${cfg.concurrency} at a time), critical path from ${cfg.latencyRequests} sequential requests with and without a ${cfg.delayMs} ms delay on every store call`);
+    const snapshot = async (admins) => Promise.all(admins.map(async (a) => ({ cmd: await redisCommands(a), cpu: await redisCpuInfo(a), keys: await a.dbsize() })));
     const secret = randomBytes(24).toString('hex');
-    const results = { memory: {}, redis: {} };
-    for (const variant of ['memory', 'redis']) {
-      const node = forkChild(SELF, ['--child', JSON.stringify({ variant, secret, redisPort: redis.port })], { name: `store-cost ${variant}`, dist, children });
+    const results = { memory: {}, redis: {}, cluster: {} };
+    let spread = null;
+    for (const variant of ['memory', 'redis', 'cluster']) {
+      const backend = backends[variant];
+      const node = forkChild(SELF, ['--child', JSON.stringify({ variant, secret, ...backend.child })], { name: `store-cost ${variant}`, dist, children });
       const { port } = await node.ready;
       const origin = `http://127.0.0.1:${port}`;
       try {
-        for (const copies of cfg.copies) {
+        for (const copies of variant === 'cluster' ? [3] : cfg.copies) {
           await node.ask('configure', { copies });
           await warmUp(Pool, origin, node, copies);
           const cells = {};
@@ -95,52 +110,35 @@ export async function scenarioStoreCost({ quick = false, dist = process.env.RP_B
             const loopClients = await Promise.all(Array.from({ length: cfg.concurrency }, () => sessionFor(Pool, origin, k)));
             await sleep(100);
             await node.ask('reset');
-            const before = variant === 'redis' ? { cmd: await redisCommands(admin), cpu: await redisCpuInfo(admin) } : null;
+            const before = await snapshot(backend.admins);
             const load = await closedLoop(loopClients, k, cfg.count);
             await sleep(300); // bookkeeping off the critical path and stopped losers settle
             await Promise.all(loopClients.map((c) => c.close()));
-            const after = variant === 'redis' ? { cmd: await redisCommands(admin), cpu: await redisCpuInfo(admin) } : null;
+            const after = await snapshot(backend.admins);
             const stats = await node.ask('stats');
             const n = load.ok;
-            // Round trips on the critical path: sequential, alternating without and with the delay.
-            const plain = [];
-            const delayed = [];
-            const seq = await sessionFor(Pool, origin, k);
-            for (let i = 0; i < cfg.latencyRequests; i++) {
-              await node.ask('delay', { ms: 0 });
-              plain.push(await timed(seq, k));
-              await node.ask('delay', { ms: cfg.delayMs });
-              delayed.push(await timed(seq, k));
-            }
-            await node.ask('delay', { ms: 0 });
-            await seq.close();
             const cell = {
               requests: n,
               failed: load.failed,
               statuses: load.statuses,
               storeCallsPerRequest: perRequest(stats.storeCalls, n),
               storeCallsTotalPerRequest: round(sum(stats.storeCalls) / n),
-              criticalPathRoundTrips: round((median(delayed) - median(plain)) / cfg.delayMs, 1),
-              p50Ms: round(median(plain), 2),
-              p50DelayedMs: round(median(delayed), 2),
+              ...(await criticalPath(Pool, origin, node, k, cfg)),
               copiesPerRequest: stats.races.requests ? round(stats.races.copiesSent / stats.races.requests) : null,
               raceOutcomes: stats.races.outcomes,
               bookkeepingErrors: stats.errors,
             };
-            if (before && after) {
-              cell.redisScriptsPerRequest = round((after.cmd.scripts - before.cmd.scripts) / n);
-              cell.redisCommandsPerRequest = round((after.cmd.total - before.cmd.total) / n, 1);
-              cell.redisCpuMicrosPerRequest = before.cpu !== null && after.cpu !== null ? round((after.cpu - before.cpu) / n, 1) : null;
-            }
+            if (backend.admins.length) Object.assign(cell, redisCost(before, after, n));
             cells[k.kind] = cell;
             log(
-              `   ${variant.padEnd(6)} copies ${copies}  ${k.kind.padEnd(14)} store calls/req ${cell.storeCallsTotalPerRequest.toFixed(2).padStart(5)}  critical-path round trips ${cell.criticalPathRoundTrips.toFixed(1)}` +
-                (cell.redisCommandsPerRequest !== undefined ? `  redis scripts/req ${cell.redisScriptsPerRequest.toFixed(2)}, commands/req ${cell.redisCommandsPerRequest.toFixed(1)}, CPU ${cell.redisCpuMicrosPerRequest?.toFixed(0)} µs/req` : '') +
-                (cell.failed ? `  FAILED ${cell.failed}` : ''),
+              `   ${variant.padEnd(7)} copies ${copies}  ${k.kind.padEnd(14)} store calls/req ${cell.storeCallsTotalPerRequest.toFixed(2).padStart(5)}  critical-path round trips ${cell.criticalPathRoundTrips.toFixed(1)}` +
+                (cell.redisCommandsPerRequest !== undefined ? `  redis scripts/req ${cell.redisScriptsPerRequest.toFixed(2)}, commands/req ${cell.redisCommandsPerRequest.toFixed(1)}, CPU ${cell.redisCpuMicrosPerRequest.toFixed(0)} µs/req` : '') +
+                (cell.failed || cell.bookkeepingErrors ? `  FAILED ${cell.failed}, bookkeeping errors ${cell.bookkeepingErrors}` : ''),
             );
           }
           results[variant][copies] = cells;
         }
+        if (variant === 'cluster') spread = await clusterSpread(Pool, origin, node, backend.admins, cfg, log);
       } finally {
         await stopChild(node.child);
       }
@@ -151,20 +149,120 @@ export async function scenarioStoreCost({ quick = false, dist = process.env.RP_B
       config: {
         ...cfg,
         kinds: KINDS.map((k) => k.kind),
-        layout: 'one child process per store: gateway (redundantProxy on node:http, secret) + 5 replicas (redundantWorker on node:http, ids a–e); memory: one MemorySessionStore shared by all; redis: one ioredis client and RedisSessionStore per role',
+        layout: 'one child process per store: gateway (redundantProxy on node:http, secret) + 5 replicas (redundantWorker on node:http, ids a–e); memory: one MemorySessionStore shared by all; redis: one ioredis client and RedisSessionStore per role; cluster: the same on an ioredis Cluster client per role, 3 masters, no replicas',
         handlers: 'read: 200 tiny JSON; session update: session.data.n += 1; update: commitOnce(async (fence) => fence); keyed update: the same with a fresh Idempotency-Key',
       },
-      redis: { version: redisVersion, port: redis.port },
+      redis: { version: redisVersion, port: single.port, clusterPorts: cluster.nodes.map((n) => n.port) },
       machine: { nproc: os.cpus().length, loadavgAtStart, loadavgAtEnd: os.loadavg(), node: process.version },
       results,
+      spread,
       durationSec: (performance.now() - started) / 1000,
     };
   } finally {
     await Promise.allSettled([...children].map((c) => stopChild(c)));
-    if (admin) admin.disconnect();
-    if (redis) await stopRedis(redis);
+    for (const a of admins) a.disconnect();
+    await Promise.allSettled(servers.map((r) => stopRedis(r)));
     process.off('exit', onExit);
   }
+}
+
+/** Round trips on the critical path: sequential requests, alternating without and with a delay on every store call. */
+async function criticalPath(Pool, origin, node, k, cfg) {
+  const plain = [];
+  const delayed = [];
+  const client = await sessionFor(Pool, origin, k);
+  try {
+    for (let i = 0; i < cfg.latencyRequests; i++) {
+      await node.ask('delay', { ms: 0 });
+      plain.push(await timed(client, k));
+      await node.ask('delay', { ms: cfg.delayMs });
+      delayed.push(await timed(client, k));
+    }
+  } finally {
+    await node.ask('delay', { ms: 0 });
+    await client.close();
+  }
+  return {
+    criticalPathRoundTrips: round((median(delayed) - median(plain)) / cfg.delayMs, 1),
+    p50Ms: round(median(plain), 2),
+    p50DelayedMs: round(median(delayed), 2),
+  };
+}
+
+/** Scripts, commands and CPU per request, summed over the nodes, from two snapshots. */
+function redisCost(before, after, n) {
+  const total = (snap, f) => snap.reduce((a, x) => a + f(x), 0);
+  return {
+    redisScriptsPerRequest: round((total(after, (x) => x.cmd.scripts) - total(before, (x) => x.cmd.scripts)) / n),
+    redisCommandsPerRequest: round((total(after, (x) => x.cmd.total) - total(before, (x) => x.cmd.total)) / n, 1),
+    redisCpuMicrosPerRequest: round((total(after, (x) => x.cpu) - total(before, (x) => x.cpu)) / n, 1),
+  };
+}
+
+/**
+ * On the cluster: reads and updates with sessions (alternating batches), then keys,
+ * commands and CPU per shard, and whether every request's keys live on one shard.
+ */
+async function clusterSpread(Pool, origin, node, admins, cfg, log) {
+  const before = await Promise.all(admins.map(async (a) => ({ cmd: await redisCommands(a), cpu: await redisCpuInfo(a), keys: await a.dbsize() })));
+  const t0 = performance.now();
+  let done = 0;
+  let failed = 0;
+  // Many sessions, as in a deployment: 16 clients, each with a new session every 25 requests.
+  const deadline = performance.now() + cfg.spreadSeconds * 1000;
+  for (let batch = 0; done + failed < cfg.spreadRequests && performance.now() < deadline; batch++) {
+    const k = batch % 2 === 0 ? KINDS[1] : KINDS[3];
+    const clients = await Promise.all(Array.from({ length: 16 }, () => sessionFor(Pool, origin, k)));
+    const r = await closedLoop(clients, k, Math.min(16 * 25, cfg.spreadRequests - done - failed), deadline - performance.now());
+    await Promise.all(clients.map((c) => c.close()));
+    done += r.ok;
+    failed += r.failed;
+  }
+  await sleep(300);
+  const after = await Promise.all(admins.map(async (a) => ({ cmd: await redisCommands(a), cpu: await redisCpuInfo(a), keys: await a.dbsize() })));
+  const shards = admins.map((a, i) => ({
+    port: a.options.port,
+    keys: after[i].keys - before[i].keys,
+    commands: after[i].cmd.total - before[i].cmd.total,
+    cpuMicros: after[i].cpu - before[i].cpu,
+  }));
+  const spreadOf = (f) => {
+    const xs = shards.map(f);
+    const mean = xs.reduce((a, b) => a + b, 0) / xs.length;
+    return { mean: round(mean, 1), maxDeviation: round(Math.max(...xs.map((x) => Math.abs(x - mean) / mean)), 3) };
+  };
+  // Every request's keys on one shard: the hash tags `{r:<id>}` seen on more than one node.
+  const nodeOfTag = new Map();
+  let tagsOnManyNodes = 0;
+  for (const [i, a] of admins.entries()) {
+    let cursor = '0';
+    let scanned = 0;
+    do {
+      const [next, keys] = await a.scan(cursor, 'MATCH', 'rpcost:*', 'COUNT', 1000);
+      cursor = next;
+      for (const key of keys) {
+        const tag = /\{(r:[^}]*)\}/.exec(key)?.[1];
+        if (!tag) continue;
+        const seen = nodeOfTag.get(tag);
+        if (seen === undefined) nodeOfTag.set(tag, i);
+        else if (seen !== i) tagsOnManyNodes++;
+      }
+      scanned += keys.length;
+    } while (cursor !== '0' && scanned < 200_000);
+  }
+  const out = {
+    requests: done,
+    failed,
+    seconds: round((performance.now() - t0) / 1000, 1),
+    shards,
+    keys: spreadOf((s) => s.keys),
+    commands: spreadOf((s) => s.commands),
+    cpu: spreadOf((s) => s.cpuMicros),
+    requestTagsChecked: nodeOfTag.size,
+    requestTagsOnMoreThanOneShard: tagsOnManyNodes,
+  };
+  log(`   cluster spread: ${done} requests (${failed} failed) in ${out.seconds} s; keys per shard ${shards.map((s) => s.keys).join(' / ')} (max deviation ${(out.keys.maxDeviation * 100).toFixed(1)}%), commands ${shards.map((s) => s.commands).join(' / ')} (${(out.commands.maxDeviation * 100).toFixed(1)}%), CPU µs ${shards.map((s) => s.cpuMicros).join(' / ')} (${(out.cpu.maxDeviation * 100).toFixed(1)}%); ${nodeOfTag.size} request tags, ${tagsOnManyNodes} on more than one shard`);
+  return out;
 }
 
 const sum = (counts) => Object.values(counts ?? {}).reduce((a, b) => a + b, 0);
@@ -231,15 +329,16 @@ async function timed(client, k) {
   return ms;
 }
 
-/** `count` requests of kind `k`, one at a time per client. */
-async function closedLoop(clients, k, count) {
+/** `count` requests of kind `k`, one at a time per client, for at most `maxMs`. */
+async function closedLoop(clients, k, count, maxMs = 60_000) {
+  const deadline = performance.now() + maxMs;
   let next = 0;
   let ok = 0;
   let failed = 0;
   const statuses = {};
   await Promise.all(
     clients.map(async (client) => {
-      while (next < count) {
+      while (next < count && performance.now() < deadline) {
         next++;
         try {
           const status = await client.send(k);
@@ -283,9 +382,16 @@ async function childMain(config) {
       }
       return shared;
     }
-    const { Redis } = await import('ioredis');
+    const { Redis, Cluster } = await import('ioredis');
     const { RedisSessionStore } = await import(pathToFileURL(`${dist.replace(/\/?$/, '/')}redis.js`).href);
-    const client = new Redis({ host: '127.0.0.1', port: config.redisPort, maxRetriesPerRequest: 1, enableOfflineQueue: false, lazyConnect: true, connectionName: `rp-cost-${role}` });
+    const options = { maxRetriesPerRequest: 1, enableOfflineQueue: false, lazyConnect: true, connectionName: `rp-cost-${role}` };
+    const client =
+      variant === 'cluster'
+        ? new Cluster(
+            config.clusterPorts.map((port) => ({ host: '127.0.0.1', port })),
+            { lazyConnect: true, enableOfflineQueue: false, redisOptions: options },
+          )
+        : new Redis({ host: '127.0.0.1', port: config.redisPort, ...options });
     client.on('error', () => {});
     clients.push(client);
     await client.connect();
