@@ -1,3 +1,4 @@
+import './augment.js';
 export { redundantProxy } from './proxy/proxy.js';
 export type { RedundantProxy, ProxyEvents, RaceStartEvent, CopySentEvent, CopyCancelledEvent, ProxyErrorEvent, KoaLikeContext } from './proxy/proxy.js';
 export type { ProxyOptions, UpstreamSpec, UpstreamResponse, HedgeOptions, SessionOptions, CancelInfo, IdempotencyOptions, SelectOption, SelectFunction, SelectAnswer, SelectState, EjectionOptions } from './proxy/options.js';
