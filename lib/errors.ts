@@ -1,3 +1,5 @@
+import { COMMIT, H } from './wire/protocol.js';
+
 // Every error this library throws or answers with carries a stable `code`.
 // `instanceof` fails across realms (jest's VM contexts) and across two copies
 // of the package in one node_modules tree, so errors are recognised by a brand.
@@ -124,7 +126,7 @@ export class InvalidOptionError extends TypeError {
  */
 export class SupersededError extends RedundantProxyError {
   /** Applied by Express's final handler, so the proxy sees the loss whichever handler answers. */
-  readonly headers = { 'x-redundant-commit': 'lost' };
+  readonly headers = { [H.commit]: COMMIT.lost };
   /**
    * When a store refuses a claim or a confirm and knows why: the duplicate id
    * of the copy that committed, or `null` when no copy has committed (the
@@ -158,7 +160,7 @@ export class SupersededError extends RedundantProxyError {
  * });
  */
 export class AlreadyAppliedError extends RedundantProxyError {
-  readonly headers = { 'x-redundant-commit': 'applied' };
+  readonly headers = { [H.commit]: COMMIT.applied };
 
   constructor(message = 'this request was already applied by an earlier copy; its answer was lost', options: RedundantProxyErrorOptions = {}) {
     super(codes.ALREADY_APPLIED, message, { status: 409, ...options });

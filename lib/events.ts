@@ -2,6 +2,8 @@
 // emitter's `error` path (console, once per emitter) and never breaks the
 // request that emitted the event.
 
+import { warnOnce } from './warn.js';
+
 /** Returned by `.on()`: call `dispose()` to remove the listener. */
 export interface Disposable {
   dispose(): void;
@@ -11,7 +13,7 @@ type Listener<T> = (event: T) => void;
 
 export class Emitter<Events extends object> {
   readonly #listeners = new Map<keyof Events, Set<Listener<never>>>();
-  #warned = false;
+  readonly #warn = warnOnce((message, detail) => console.error(message, detail));
 
   on<K extends keyof Events>(name: K, listener: Listener<Events[K]>): Disposable {
     if (typeof listener !== 'function') throw new TypeError('redundant-proxy: a listener must be a function');
@@ -34,10 +36,7 @@ export class Emitter<Events extends object> {
       try {
         (listener as Listener<Events[K]>)(event);
       } catch (err) {
-        if (!this.#warned) {
-          this.#warned = true;
-          console.error(`redundant-proxy: a listener of "${String(name)}" threw (reported once):`, err);
-        }
+        this.#warn(`redundant-proxy: a listener of "${String(name)}" threw (reported once):`, err);
       }
     }
   }

@@ -4,47 +4,80 @@ import { createHmac, randomFillSync, timingSafeEqual } from 'node:crypto';
 // `x-redundant-*`; the proxy strips any a client sends, so a worker can trust
 // them when they are signed (and only then, when a secret is shared).
 
-/** Request headers the proxy sets on each copy. */
-export const H = {
+/** Request headers: what the proxy sets on each copy (signed, with a secret). */
+export const REQUEST_HEADERS = {
   requestId: 'x-redundant-request-id',
   duplicateId: 'x-redundant-duplicate-id',
   upstream: 'x-redundant-upstream',
+  /** `<index>/<of>`: this copy's place among the copies planned. */
   copy: 'x-redundant-copy',
+  /** `1` for an update, `0` for a read. */
   update: 'x-redundant-update',
   session: 'x-redundant-session',
-  /** Request: `1` when the proxy minted the session id for this request (nothing to load). */
+  /** `1` when the proxy minted the session id for this request (nothing to load). */
   sessionNew: 'x-redundant-session-new',
-  /** Response: `changed` when the copy saved a session candidate. */
-  sessionChanged: 'x-redundant-session-changed',
   timestamp: 'x-redundant-timestamp',
   signature: 'x-redundant-signature',
   /**
-   * Request, with a secret: SHA-256 of the copy's body, base64url (of the
-   * empty body when it has none). Signed, so that the worker knows which body
-   * to check the bytes it receives against.
+   * With a secret: SHA-256 of the copy's body, base64url (of the empty body
+   * when it has none). Signed, so that the worker knows which body to check
+   * the bytes it receives against.
    */
   bodyHash: 'x-redundant-body-sha256',
   /**
-   * Request: the update's `Idempotency-Key`, as the proxy scoped and hashed
-   * it (never the client's raw key). The same for every attempt of the key,
-   * so an application can keep it in a unique column: a store that forgot
-   * the key (restarted empty) cannot make a retry apply twice.
+   * The update's `Idempotency-Key`, as the proxy scoped and hashed it (never
+   * the client's raw key). The same for every attempt of the key, so an
+   * application can keep it in a unique column: a store that forgot the key
+   * (restarted empty) cannot make a retry apply twice.
    */
   idempotency: 'x-redundant-idempotency',
+} as const;
+
+/** Answer headers: what the worker says on its answer to a copy, and the proxy to its client. */
+export const ANSWER_HEADERS = {
+  /** `1`, set by every worker, so the proxy learns which upstreams run it. */
+  worker: 'x-redundant-worker',
+  /** The copy's commit outcome, one of {@link COMMIT}: `won` (with `x-redundant-fence`), `applied` or `lost`. */
+  commit: 'x-redundant-commit',
+  /** The fencing token of the copy's commit (`won` or `applied`). */
+  fence: 'x-redundant-fence',
+  /** `1` when the copy saved a session candidate: the proxy records the adoption before answering. */
+  sessionChanged: 'x-redundant-session-changed',
   /**
-   * Response: the worker refused the copy before its handler ran, with this
-   * code (`RP_ERR_BAD_SIGNATURE`, …): the proxy counts it as that upstream's
+   * The worker refused the copy before its handler ran, with this code
+   * (`RP_ERR_BAD_SIGNATURE`, …): the proxy counts it as that upstream's
    * failure, never as an answer.
    */
   refused: 'x-redundant-refused',
-  /** Response: set by every worker, so the proxy learns which upstreams run it. */
-  worker: 'x-redundant-worker',
-  /** Response: `won` (with `x-redundant-fence`) or `lost`. */
-  commit: 'x-redundant-commit',
-  fence: 'x-redundant-fence',
-  /** Response to the client: the id of the upstream whose answer was adopted. */
+  /** To the client: the label of the upstream whose answer was adopted. */
   servedBy: 'x-redundant-served-by',
 } as const;
+
+/** Every header of the protocol, both directions. */
+export const H = { ...REQUEST_HEADERS, ...ANSWER_HEADERS } as const;
+
+/** The states of `x-redundant-commit`. */
+export const COMMIT = {
+  /** This copy committed the update: adopt its answer, stop every other copy. */
+  won: 'won',
+  /** This copy found the update already in the database (an earlier copy committed and vanished): applied, its answer lost. */
+  applied: 'applied',
+  /** Another copy committed first: this answer is never adopted. */
+  lost: 'lost',
+} as const;
+
+/** A state of `x-redundant-commit`. */
+export type CommitState = (typeof COMMIT)[keyof typeof COMMIT];
+
+/** The value of a flag header (`x-redundant-worker`, `-update`, `-session-new`, `-session-changed`) when set. */
+export const FLAG_ON = '1';
+/** The value of `x-redundant-update` for a read. */
+export const FLAG_OFF = '0';
+
+/** Reads a commit state from an answer's header; anything else is no state. */
+export function commitState(value: string | string[] | undefined): CommitState | undefined {
+  return value === COMMIT.won || value === COMMIT.lost || value === COMMIT.applied ? value : undefined;
+}
 
 export const PREFIX = 'x-redundant-';
 
@@ -139,10 +172,10 @@ export function appendCopyHeaders(out: string[], claims: CopyClaims, secret: str
     H.copy,
     `${claims.index}/${claims.of}`,
     H.update,
-    claims.update ? '1' : '0',
+    claims.update ? FLAG_ON : FLAG_OFF,
   );
   if (claims.sessionId) out.push(H.session, claims.sessionId);
-  if (claims.sessionNew) out.push(H.sessionNew, '1');
+  if (claims.sessionNew) out.push(H.sessionNew, FLAG_ON);
   if (claims.idempotencyKey) out.push(H.idempotency, claims.idempotencyKey);
   if (claims.bodyHash !== undefined) out.push(H.bodyHash, claims.bodyHash);
   out.push(H.timestamp, String(claims.timestamp));
@@ -205,7 +238,7 @@ export function readCopyHeaders(headers: HeaderBag, received: ReceivedRequest, s
   if (idempotencyKey !== undefined && !/^[A-Za-z0-9_-]{1,128}$/.test(idempotencyKey)) return { ok: false, reason: 'malformed' };
   const bodyHash = one(headers, H.bodyHash);
   if (bodyHash !== undefined && !/^[A-Za-z0-9_-]{43}$/.test(bodyHash)) return { ok: false, reason: 'malformed' };
-  if (!requestId || !duplicateId || !upstreamId || !copy || (update !== '0' && update !== '1') || !ts || !/^\d{1,16}$/.test(ts) || (session !== undefined && !SESSION_ID.test(session))) {
+  if (!requestId || !duplicateId || !upstreamId || !copy || (update !== FLAG_OFF && update !== FLAG_ON) || !ts || !/^\d{1,16}$/.test(ts) || (session !== undefined && !SESSION_ID.test(session))) {
     return { ok: false, reason: 'malformed' };
   }
   const claims: CopyClaims = {
@@ -214,9 +247,9 @@ export function readCopyHeaders(headers: HeaderBag, received: ReceivedRequest, s
     upstreamId,
     index: Number(copy[1]),
     of: Number(copy[2]),
-    update: update === '1',
+    update: update === FLAG_ON,
     sessionId: session ?? '',
-    sessionNew: one(headers, H.sessionNew) === '1',
+    sessionNew: one(headers, H.sessionNew) === FLAG_ON,
     timestamp: Number(ts),
     method: received.method,
     target: received.target,

@@ -1,7 +1,7 @@
 import type { ServerResponse } from 'node:http';
 import { codes, isAlreadyAppliedError, isSupersededError, RedundantProxyError } from '../errors.js';
 import type { SessionStore } from '../store/types.js';
-import { H, sealId } from '../wire/protocol.js';
+import { COMMIT, H, sealId, type CommitState } from '../wire/protocol.js';
 import { withTimeout } from '../timeout.js';
 
 // The commit arbitration on the worker side: first committed wins, exactly
@@ -50,7 +50,7 @@ export interface CommitGate {
 }
 
 /** What a copy's commit came to, as its answer says in `x-redundant-commit`. */
-export type CommitOutcome = 'won' | 'applied' | 'lost';
+export type CommitOutcome = CommitState;
 
 export interface CommitGateInput {
   store: SessionStore;
@@ -87,11 +87,11 @@ export function commitGate(input: CommitGateInput): CommitGate {
   const mark = (r: ServerResponse) => {
     if (outcome === undefined || r.headersSent) return;
     r.setHeader(H.commit, outcome);
-    if (outcome !== 'lost' && fence !== undefined) r.setHeader(H.fence, String(fence));
+    if (outcome !== COMMIT.lost && fence !== undefined) r.setHeader(H.fence, String(fence));
   };
 
   const lose = (err: unknown): never => {
-    outcome = 'lost';
+    outcome = COMMIT.lost;
     mark(res);
     throw err;
   };
@@ -116,7 +116,7 @@ export function commitGate(input: CommitGateInput): CommitGate {
     const token = grant.fence;
     let settled = false;
     /** Records the commit in the store; `as` is what the answer will say. */
-    async function settle(as: 'won' | 'applied'): Promise<void> {
+    async function settle(as: typeof COMMIT.won | typeof COMMIT.applied): Promise<void> {
       if (settled) return;
       for (let attempt = 1; ; attempt++) {
         try {
@@ -155,8 +155,8 @@ export function commitGate(input: CommitGateInput): CommitGate {
     }
     return {
       fence: token,
-      confirm: () => settle('won'),
-      applied: () => settle('applied'),
+      confirm: () => settle(COMMIT.won),
+      applied: () => settle(COMMIT.applied),
       async release() {
         if (settled) return;
         settled = true;

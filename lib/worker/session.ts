@@ -1,0 +1,105 @@
+import type { ServerResponse } from 'node:http';
+import { codes } from '../errors.js';
+import { withTimeout } from '../timeout.js';
+import { COMMIT, FLAG_ON, H } from '../wire/protocol.js';
+import type { Prepared, WorkerContext } from './prepare.js';
+
+// After the handler: the copy's session change saved as its candidate (only
+// the adopted copy's becomes the session's state), before its answer ends.
+
+/**
+ * Holds the response's end until the session candidate is saved, so the
+ * answer never outruns its state, and stamps the commit outcome on it
+ * whichever handler (or error handler) ends the response.
+ */
+export function holdEnd(w: WorkerContext, res: ServerResponse, p: Prepared): void {
+  const end = res.end;
+  res.end = function (this: ServerResponse, ...args: unknown[]) {
+    res.end = end;
+    p.gate.mark(res);
+    finishSession(w, p).then((saved) => {
+      p.gate.mark(res);
+      if (saved && !res.headersSent) res.setHeader(H.sessionChanged, FLAG_ON);
+      (end as (...a: unknown[]) => void).apply(res, args);
+    });
+    return this;
+  } as ServerResponse['end'];
+}
+
+/**
+ * Saves the copy's session candidate, if it has one worth keeping. In an
+ * update, a session change is arbitrated like a commit: a copy that did
+ * not commit through `commitOnce` claims and confirms the request for its
+ * session change, so exactly one copy's change wins and the proxy can adopt
+ * that copy's answer at once (`x-redundant-commit: won`) instead of
+ * waiting for every copy; the others answer `lost` and save nothing.
+ */
+async function finishSession(w: WorkerContext, p: Prepared): Promise<boolean> {
+  // A copy that lost the commit has no session state worth keeping.
+  if (p.gate.outcome === COMMIT.lost) return false;
+  const data = sessionToSave(w, p);
+  if (data === undefined) return false;
+  // A session change counts only from a copy whose body is the signed one
+  // (a read's too: it is saved without a claim).
+  if (p.body) {
+    try {
+      await p.body.verified();
+    } catch {
+      return false;
+    }
+  }
+  const { handle, gate } = p;
+  if (handle.update && !handle.direct && gate.outcome === undefined) {
+    try {
+      const claim = await gate.claim();
+      await claim.confirm();
+    } catch (err) {
+      // Lost (the gate marks it), stopped, or the store is down: without
+      // the arbitration the change must not become the session's state.
+      if (gate.outcome !== COMMIT.lost && !handle.signal.aborted) w.report(handle.requestId, 'saveCandidate', err);
+      return false;
+    }
+  }
+  return saveSession(w, p, data);
+}
+
+/**
+ * The session data to save as this copy's candidate: what the handler left
+ * in it, when that differs from what was loaded; else undefined.
+ */
+function sessionToSave(w: WorkerContext, p: Prepared): Record<string, unknown> | undefined {
+  const { handle, sessionBefore } = p;
+  // A stopped copy's answer never reaches the proxy, so its candidate could never be adopted.
+  if (sessionBefore === undefined || !handle.session.id || handle.signal.aborted) return undefined;
+  let after: string;
+  try {
+    const data = handle.session.data;
+    if (typeof data !== 'object' || data === null || Array.isArray(data)) throw new TypeError('session.data must be a plain object');
+    after = JSON.stringify(data);
+  } catch (err) {
+    w.report(handle.requestId, 'saveCandidate', err);
+    return undefined;
+  }
+  return after === sessionBefore ? undefined : (JSON.parse(after) as Record<string, unknown>);
+}
+
+/**
+ * Saves this copy's session candidate. Resolves true when it was saved (the
+ * response then says so, and the proxy records the adoption before
+ * answering: read-your-writes).
+ */
+async function saveSession(w: WorkerContext, p: Prepared, data: Record<string, unknown>): Promise<boolean> {
+  const { handle } = p;
+  // A replayed copy must not overwrite the real copy's candidate.
+  if ((await p.recorded) === true) {
+    w.events.emit('refused', { code: codes.REPLAYED_COPY, reason: 'a replayed read tried to save a session candidate' });
+    return false;
+  }
+  try {
+    await withTimeout(w.store.saveCandidate(handle.session.id, handle.requestId, handle.duplicateId, data), w.storeTimeout, 'saveCandidate');
+    return true;
+  } catch (err) {
+    w.report(handle.requestId, 'saveCandidate', err);
+    return false;
+  }
+}
