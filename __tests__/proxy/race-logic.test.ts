@@ -4,6 +4,7 @@ import { describe, expect, it } from '@jest/globals';
 import type { Dispatcher } from 'undici';
 import { codes, RedundantProxyError } from '../../lib/errors.js';
 import { Race, type CopyReport, type RaceInput } from '../../lib/proxy/race.js';
+import { UNOBSERVED } from '../../lib/proxy/report.js';
 import type { Scheduler } from '../../lib/time.js';
 import { earlyTimers, VirtualTime } from '../helpers/virtual-time.js';
 
@@ -92,6 +93,7 @@ function scripted(script: Script, time: Scheduler): Dispatcher {
 async function race(scripts: Script[], extra: Partial<RaceInput> = {}, vt = new VirtualTime()) {
   const cancels: CopyReport[] = [];
   const errors: unknown[] = [];
+  const selectErrors: unknown[] = [];
   const time = extra.time ?? vt;
   const res = fakeResponse();
   const targets = scripts.map((_, i) => ({ id: `u${i}`, label: `u${i}`, origin: 'http://127.0.0.1', prefix: '', url: 'http://127.0.0.1' }));
@@ -107,7 +109,7 @@ async function race(scripts: Script[], extra: Partial<RaceInput> = {}, vt = new 
     targets: targets as unknown as RaceInput['targets'],
     dispatchers: new Map(scripts.map((s, i) => [`u${i}`, scripted(s, time)])),
     hedgeDelay: 0,
-    mayHedge: () => true,
+    budget: { take: () => true },
     timeout: 2000,
     accept: (a) => a.status < 500,
     select: { kind: 'first' },
@@ -116,14 +118,17 @@ async function race(scripts: Script[], extra: Partial<RaceInput> = {}, vt = new 
     time,
     wallClock: Date.now,
     res,
-    onCancelled: (copy) => void cancels.push(copy),
-    onError: (_requestId, err) => void errors.push(err),
+    observer: {
+      ...UNOBSERVED,
+      cancelled: (_requestId, copy) => void cancels.push(copy),
+      error: (_requestId, source, err) => void (source === 'select' ? selectErrors : errors).push(err),
+    },
     capture: 0,
     ...extra,
   });
   const report = await vt.run(r.start());
   const sent = Buffer.concat(((extra.res as typeof res | undefined) ?? res).sent).toString();
-  return { report, cancels, errors, outcomes: report.copies.map((c) => c.outcome), status: res.statusCode, sent };
+  return { report, cancels, errors, selectErrors, outcomes: report.copies.map((c) => c.outcome), status: res.statusCode, sent };
 }
 
 const won = { 'x-redundant-commit': 'won' };
@@ -373,11 +378,12 @@ describe('select: a quorum or a function (scripted upstreams)', () => {
     const scripts: Script[] = [{ at: 5, body: 'a' }, { at: 10, body: 'b' }];
     const none = await race(scripts, read({ kind: 'custom', choose: () => undefined }));
     expect([none.status, code(none.sent)]).toEqual([502, codes.NO_SELECTION]);
-    const thrown: unknown[] = [];
-    const threw = await race(scripts, read({ kind: 'custom', choose: () => { throw new Error('boom'); } }, { onSelectThrew: (_id, err) => void thrown.push(err) }));
+    expect(none.selectErrors).toEqual([]);
+    const threw = await race(scripts, read({ kind: 'custom', choose: () => { throw new Error('boom'); } }));
     expect([threw.status, code(threw.sent)]).toEqual([502, codes.NO_SELECTION]);
-    const stranger = await race(scripts, read({ kind: 'custom', choose: (answers) => ({ ...answers[0]! }) }, { onSelectThrew: (_id, err) => void thrown.push(err) }));
+    const stranger = await race(scripts, read({ kind: 'custom', choose: (answers) => ({ ...answers[0]! }) }));
     expect([stranger.status, code(stranger.sent)]).toEqual([502, codes.NO_SELECTION]);
+    const thrown = [...threw.selectErrors, ...stranger.selectErrors];
     expect(thrown.map((e) => (e as Error).message)).toEqual(['boom', expect.stringMatching(/not one of the answers/)]);
   });
 

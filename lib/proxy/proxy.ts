@@ -15,7 +15,7 @@ import { PrometheusMetrics } from './prometheus.js';
 import { resolveOptions, type CancelInfo, type ProxyOptions, type Upstream } from './options.js';
 import { Idempotency, type KeyedAttempt } from './idempotency.js';
 import { isSignedSessionId, mintSignedSessionId } from './session.js';
-import { Race, type CopyReport, type RaceReport } from './race.js';
+import { Race, type CopyReport, type RaceObserver, type RaceReport } from './race.js';
 import { sendError } from './respond.js';
 
 export interface RaceStartEvent {
@@ -160,10 +160,6 @@ export function redundantProxy(options: ProxyOptions): RedundantProxy {
   let warnedStore = false;
   let rotation = 0;
 
-  const mayHedge = () => budget.take();
-  const onAcceptThrew = (error: unknown) => events.emit('error', { requestId: null, source: 'accept', error });
-  const onSelectThrew = (requestId: string, error: unknown) => events.emit('error', { requestId, source: 'select', error });
-  const onRaceError = (requestId: string, error: unknown) => events.emit('error', { requestId, source: 'internal', error });
   const idempotency = opts.idempotency
     ? new Idempotency({
         store: opts.store,
@@ -182,8 +178,18 @@ export function redundantProxy(options: ProxyOptions): RedundantProxy {
 
   /** Copies in flight per upstream: the circuit breaker's count. */
   const inFlightCopies = new Map<string, number>();
-  const onCopyStart = (id: string) => void inFlightCopies.set(id, (inFlightCopies.get(id) ?? 0) + 1);
-  const onCopyEnd = (id: string) => void inFlightCopies.set(id, (inFlightCopies.get(id) ?? 1) - 1);
+  /** What every race tells the proxy besides its report. */
+  const observer: RaceObserver = {
+    copySent: (requestId, copy) => {
+      if (events.has('copy:sent')) events.emit('copy:sent', { requestId, copy });
+    },
+    copyStarted: (id) => void inFlightCopies.set(id, (inFlightCopies.get(id) ?? 0) + 1),
+    copyEnded: (id) => void inFlightCopies.set(id, (inFlightCopies.get(id) ?? 1) - 1),
+    workerSeen: onWorkerSeen,
+    refused: onRefused,
+    cancelled,
+    error: (requestId, source, error) => events.emit('error', { requestId, source, error }),
+  };
   const hasRoom = (u: Upstream) => (inFlightCopies.get(u.id) ?? 0) < opts.maxInFlight;
 
   /** The upstreams a request's copies go to, in order; `busy` when the circuit breaker left none. */
@@ -381,25 +387,17 @@ export function redundantProxy(options: ProxyOptions): RedundantProxy {
       targets,
       dispatchers,
       hedgeDelay,
-      mayHedge,
+      budget,
       timeout: opts.timeout,
       accept: opts.accept,
       select: opts.select,
       maxAnswerSize: opts.maxBodySize,
-      onSelectThrew,
       secret: opts.secret,
       time,
       wallClock: Date.now,
       res,
-      onCopySent: events.has('copy:sent') ? (copy) => events.emit('copy:sent', { requestId, copy }) : undefined,
-      onAcceptThrew,
-      onError: onRaceError,
+      observer,
       beforeHead: opts.session ? beforeHead : undefined,
-      onWorkerSeen,
-      onRefused,
-      onCopyStart,
-      onCopyEnd,
-      onCancelled: update ? (copy, committed) => cancelled(requestId, copy, committed) : undefined,
       beforeFailure: update ? (adopting) => decideUpdate(requestId, adopting) : undefined,
       capture: keyed && opts.idempotency ? opts.idempotency.maxAnswerSize : 0,
       beforeEnd: keyed ? (captured): Promise<void> => idempotency!.completeWon(keyed, captured, race.committed) : undefined,

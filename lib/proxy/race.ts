@@ -1,37 +1,30 @@
-import { createHash } from 'node:crypto';
 import type { ServerResponse } from 'node:http';
 import type { Dispatcher } from 'undici';
 import { codes, RedundantProxyError } from '../errors.js';
 import type { Scheduler, TimerHandle } from '../time.js';
 import { appendCopyHeaders, H } from '../wire/protocol.js';
-import { forwardResponseHeaders } from './headers.js';
-import type { ResolvedSelect, SelectAnswer, Upstream, UpstreamResponse } from './options.js';
+import type { CopyState } from './lifecycle.js';
+import type { ResolvedSelect, Upstream, UpstreamResponse } from './options.js';
 import { detachedResponse, sendError } from './respond.js';
-import { transition, type CopyState } from './lifecycle.js';
-import { LOCAL_REFUSAL, type CopyOutcome, type CopyReport, type RaceOutcome, type RaceReport } from './report.js';
+import { LOCAL_REFUSAL, type RaceObserver, type RaceOutcome, type RaceReport } from './report.js';
+import { adoptionFor, type AdoptionStrategy, type Decision, type HeadVerdict, type Judge } from './race/adoption.js';
+import { AnswerTail, answerNoUsable, isBodyless, passThrough, writeHead, type CapturedAnswer } from './race/answer.js';
+import { Copy, errorName, type CopyHost } from './race/copy.js';
+import { HedgeScheduler, type HedgeHost, type HedgeTokens } from './race/hedging.js';
+import { LOSERS } from './race/losers.js';
 
-export type { CopyOutcome, CopyReport, RaceOutcome, RaceReport } from './report.js';
+export type { CopyOutcome, CopyReport, RaceObserver, RaceOutcome, RaceReport } from './report.js';
+export type { CapturedAnswer } from './race/answer.js';
 
-// The race: steps "duplicate" and "send" (docs/design.md), then "choose": adopt the first
-// acceptable answer and stream it to the client, stop every other copy.
-//
-// Stopping a copy that has not answered yet means aborting it: over HTTP/1.1
-// the only way to tell an upstream to stop is to close the connection. A copy
-// that has already sent its head with a small body is drained instead, which
-// keeps its pooled connection warm; a large or unknown-length body is aborted.
-const DRAIN_LIMIT = 64 * 1024;
-// An upstream's own error response is kept (up to this size) so that it can
-// be passed through when no copy produced an acceptable answer.
-const FALLBACK_LIMIT = 1024 * 1024;
-// A loser that has not answered when the winner does (a read's, or an
-// update's once another copy committed) is given a short grace to answer,
-// then aborted. Copies to equally fast replicas usually answer within it (an
-// update's with `x-redundant-commit: lost`) and are drained, so their
-// connections stay pooled; only a copy that is really slow (in the tail)
-// costs its connection, and for an update its cancel hook. The grace is half
-// the winner's latency, within these bounds.
-const LINGER_MIN_MS = 2;
-const LINGER_MAX_MS = 10;
+// One request's race: steps "duplicate", "send" and "choose" (docs/design.md).
+// The race keeps only the copies' lifecycle (lib/proxy/lifecycle.ts): it
+// sends them when its hedge scheduler says (race/hedging.ts), asks its
+// adoption strategy what to do with each answer (race/adoption.ts), treats
+// the losers as the loser policy says (race/losers.ts), writes the chosen
+// answer to the client (race/answer.ts), and reports (report.ts).
+
+type Headers = Record<string, string | string[] | undefined>;
+type Extra = Record<string, string | string[]> | undefined;
 
 export interface RaceInput {
   requestId: string;
@@ -47,39 +40,26 @@ export interface RaceInput {
   targets: Upstream[];
   dispatchers: Map<string, Dispatcher>;
   hedgeDelay: number;
-  /** Asked before each hedged copy: false when the hedge budget is spent. */
-  mayHedge: () => boolean;
+  /** The hedge budget: asked before each hedged copy. */
+  budget: HedgeTokens;
   timeout: number;
   accept: (response: UpstreamResponse) => boolean;
   /** How a read's answer is chosen. Updates ignore it: the committed copy's answer wins. */
   select: ResolvedSelect;
   /** Largest answer buffered for a quorum or a select function to compare. */
   maxAnswerSize: number;
-  /** The select function threw, or returned something it was not given. */
-  onSelectThrew?: (requestId: string, err: unknown) => void;
   secret: string | Buffer | undefined;
   /** The clock and timers of the race: its timeout, hedge delays, the losers' grace (lib/time.ts). */
   time: Scheduler;
   wallClock: () => number;
   res: ServerResponse;
-  onCopySent?: (copy: CopyReport) => void;
+  /** Told what happens besides the report (one per proxy). */
+  observer: RaceObserver;
   /**
    * Called when a copy wins, before its head goes to the client. May return
    * headers to add, or a promise of them: the head (and body) wait for it.
    */
-  beforeHead?: (copy: CopyReport, headers: Record<string, string | string[] | undefined>) => Record<string, string | string[]> | Promise<Record<string, string | string[]>> | undefined;
-  onAcceptThrew?: (err: unknown) => void;
-  /** Something went wrong that does not fail the request (it becomes an `error` event). */
-  onError?: (requestId: string, err: unknown) => void;
-  /** An upstream answered with `x-redundant-worker`: it runs the worker. */
-  onWorkerSeen?: (upstreamId: string) => void;
-  /** A copy was handed to its upstream's connection pool, and its exchange ended (answered whole, failed or stopped): the circuit breaker's count. */
-  onCopyStart?: (upstreamId: string) => void;
-  onCopyEnd?: (upstreamId: string) => void;
-  /** A worker refused a copy (`x-redundant-refused: <code>`): its secret or id does not match the proxy's. */
-  onRefused?: (upstreamId: string, code: string) => void;
-  /** A copy was stopped because another copy of the update committed. */
-  onCancelled?: (copy: CopyReport, committed: CopyReport) => void;
+  beforeHead?: (copy: Copy['report'], headers: Headers) => Extra | Promise<Record<string, string | string[]>>;
   /**
    * Updates only: asked before answering a failure or a timeout, and before
    * adopting, at the timeout, an answer that did not commit (`adopting`: the
@@ -105,295 +85,77 @@ export interface RaceInput {
   capture: number;
 }
 
-/** The adopted answer, as sent to the client, when `capture` asked for it. */
-export interface CapturedAnswer {
-  status: number;
-  headers: Record<string, string | string[]>;
-  /** null when the body was larger than `capture`. */
-  body: Buffer | null;
-}
-
-
-class Copy implements Dispatcher.DispatchHandler {
-  #state: CopyState = 'idle';
-
-  get state(): CopyState {
-    return this.#state;
-  }
-
-  /** Moves the copy, through the table of legal moves (lib/proxy/lifecycle.ts). */
-  to(next: CopyState): void {
-    this.#state = transition(this.#state, next);
-  }
-
-  controller: Dispatcher.DispatchController | null = null;
-  /** Set when the race wants this copy stopped before undici handed us a controller. */
-  abortWanted = false;
-  startedAt = 0;
-  readonly report: CopyReport;
-  chunks: Buffer[] = [];
-  size = 0;
-  headers: Record<string, string | string[] | undefined> = {};
-  /** While holding: the body ended, or broke, before the head could be sent. */
-  ended = false;
-  broken = false;
-  /** Under select: the complete answer, as the select function is shown it. */
-  answer: SelectAnswer | null = null;
-  /** Under a quorum: the answers this one agrees with (itself included). */
-  group: Copy[] | null = null;
-  /** Under select: its answer was too large to buffer and compare. */
-  tooLarge = false;
-  /** Under select: when its head or the last chunk of its body came (clock ms). */
-  lastDataAt = 0;
-
-  constructor(
-    readonly race: Race,
-    readonly upstream: Upstream,
-    index: number,
-  ) {
-    this.report = {
-      index,
-      upstream: upstream.id,
-      duplicateId: (race.input.attempt ?? 1) > 1 ? `${race.input.requestId}.${race.input.attempt}-${index}` : `${race.input.requestId}.${index}`,
-      outcome: 'not-sent',
-      sentAt: null,
-      latency: null,
-      status: null,
-      error: null,
-      hedged: false,
-    };
-  }
-
-  /** Stops the copy: aborts it, or lets a small answer drain to keep its connection. */
-  stop(): void {
-    switch (this.state) {
-      case 'sent':
-      case 'lingering':
-        this.report.outcome = 'stopped';
-        this.abort();
-        break;
-      case 'collecting':
-        this.report.outcome = 'rejected';
-        this.chunks = [];
-        if (this.drainable()) this.to('draining');
-        else this.abort();
-        break;
-      case 'buffering':
-        // Answering, but another answer was chosen first.
-        this.chunks = [];
-        if (this.drainable()) {
-          this.report.outcome = 'drained';
-          this.to('draining');
-        } else this.abort();
-        break;
-      case 'holding':
-      case 'streaming':
-        this.abort();
-        break;
-      default:
-    }
-  }
-
-  abort(): void {
-    this.to('done');
-    if (this.controller) this.controller.abort(new Error('stopped by redundant-proxy'));
-    else this.abortWanted = true;
-  }
-
-  /**
-   * Lets a held answer's body flow again. Never at once: adoption runs inside
-   * another copy's undici callback (its head arrived), that is inside that
-   * connection's llhttp parser, and undici asserts that no parser is running
-   * when one is resumed (`currentParser === null`). A microtask runs after the
-   * socket's data handler has returned, outside every parser.
-   */
-  resume(): void {
-    queueMicrotask(() => {
-      if (this.state === 'streaming' || this.state === 'draining') this.controller?.resume();
-    });
-  }
-
-  drainable(): boolean {
-    const cl = this.headers['content-length'];
-    return typeof cl === 'string' && Number(cl) <= DRAIN_LIMIT;
-  }
-
-  onRequestStart(controller: Dispatcher.DispatchController): void {
-    this.controller = controller;
-    if (this.abortWanted) controller.abort(new Error('stopped by redundant-proxy'));
-  }
-
-  onResponseStart(controller: Dispatcher.DispatchController, status: number, headers: Record<string, string | string[] | undefined>): void {
-    // An interim answer (103 Early Hints, 102 Processing) is not an answer:
-    // it is dropped, and the copy races on with its final one.
-    if (status < 200) return;
-    if (this.state !== 'sent' && this.state !== 'lingering') return;
-    this.controller = controller;
-    this.headers = headers;
-    this.report.status = status;
-    this.report.latency = this.race.input.time.now() - this.startedAt;
-    if (headers[H.worker] === '1') this.race.input.onWorkerSeen?.(this.upstream.id);
-    // Another copy committed already: the store's arbitration failed.
-    if (this.race.committed && headers[H.commit] === 'won') this.race.secondCommit(this);
-    if (this.state === 'lingering') {
-      if (this.report.error === 'timeout') this.report.error = null; // it did answer
-      // Answered within its grace: it stopped by itself. Drain it (keeping
-      // the connection) if small. An update's copy says it lost the commit.
-      const lost = headers[H.commit] === 'lost';
-      if (this.drainable()) {
-        this.to('draining');
-        this.report.outcome = lost ? 'lost' : 'drained';
-      } else {
-        this.stop();
-        if (lost) this.report.outcome = 'lost';
-      }
-      this.race.lingerSettled();
-      return;
-    }
-    this.race.onHead(this, status, headers);
-  }
-
-  onResponseData(controller: Dispatcher.DispatchController, chunk: Buffer): void {
-    switch (this.state) {
-      case 'streaming': {
-        const res = this.race.input.res;
-        this.race.keep(chunk);
-        const out = this.race.holdLast(chunk);
-        if (out && !res.write(out)) {
-          controller.pause();
-          res.once('drain', () => controller.resume());
-        }
-        break;
-      }
-      case 'holding':
-        this.chunks.push(chunk);
-        break;
-      case 'buffering':
-        this.lastDataAt = this.race.input.time.now();
-        this.size += chunk.length;
-        if (this.size > this.race.input.maxAnswerSize) this.race.tooLarge(this);
-        else this.chunks.push(chunk);
-        break;
-      case 'collecting':
-        this.size += chunk.length;
-        if (this.size > FALLBACK_LIMIT) {
-          this.chunks = [];
-          this.abort();
-          this.race.onFailed(this, 'error response too large to pass through');
-        } else this.chunks.push(chunk);
-        break;
-      default:
-    }
-  }
-
-  /** The exchange with the upstream is over (undici ends every dispatched request with one of these two). */
-  wireDone(): void {
-    if (!this.live) return;
-    this.live = false;
-    this.race.input.onCopyEnd?.(this.upstream.id);
-  }
-
-  /** Dispatched and not ended yet. */
-  live = false;
-
-  onResponseEnd(): void {
-    this.wireDone();
-    if (this.state === 'holding') {
-      this.ended = true;
-      return;
-    }
-    if (this.state === 'buffering') {
-      this.to('holding');
-      this.ended = true;
-      this.race.onAnswer(this);
-      return;
-    }
-    const state = this.state;
-    this.to('done');
-    if (state === 'streaming') this.race.onWinnerEnd();
-    else if (state === 'collecting') this.race.onRejected(this);
-  }
-
-  onResponseError(_controller: Dispatcher.DispatchController, err: Error): void {
-    this.wireDone();
-    const state = this.state;
-    this.to('done');
-    if (state === 'lingering') {
-      this.report.outcome = 'failed';
-      this.report.error = errorName(err);
-      this.race.lingerFailed(this);
-    } else if (state === 'holding') {
-      this.broken = true;
-      this.race.onHeldBroken(this, errorName(err));
-    } else if (state === 'streaming') {
-      this.report.error = errorName(err); // its body broke after the head went out
-      this.race.onWinnerBroken(err);
-    }
-    else if (state === 'sent' || state === 'collecting' || state === 'buffering') {
-      this.chunks = [];
-      this.race.onFailed(this, errorName(err));
-    }
-  }
-}
-
 /** The target a copy asks its upstream: its prefix, then the path (which may be only `?query`, or empty, under an Express mount). */
 function upstreamTarget(prefix: string, path: string): string {
   const target = prefix + path;
   return target.startsWith('/') ? target : `/${target}`;
 }
 
-function errorName(err: unknown): string {
-  const e = err as { code?: string; message?: string };
-  return e?.code ?? e?.message ?? String(err);
-}
-
-export class Race {
+export class Race implements CopyHost, HedgeHost, Judge<Copy> {
   readonly copies: Copy[];
   readonly started: number;
+  readonly strategy: AdoptionStrategy<Copy>;
+  readonly hedging: HedgeScheduler;
+  readonly done: Promise<RaceReport>;
+  readonly maxAnswerSize: number;
   winner: Copy | null = null;
-  /** Updates: acceptable answers of copies that did not commit, waiting for the others. */
-  held: Copy[] = [];
-  committed = false;
-  /** A read under a quorum or a select function: answers are read whole and compared. */
-  readonly selecting: boolean;
-  /** Under select: the complete acceptable answers, in arrival order. */
-  answers: Copy[] = [];
-  /** Under a quorum: answers by status and body digest. */
-  groups = new Map<string, Copy[]>();
-  captured: CapturedAnswer | null = null;
-  #captureSize = 0;
+  /** An unacceptable answer kept to pass through if nothing acceptable comes. */
   fallback: Copy | null = null;
   /** The fallback's answer went to the client. */
   passedThrough = false;
   next = 0;
   settled = 0;
   finished = false;
+  /** The body is complete and `beforeEnd` runs: the race is decided, only its last bytes wait. */
+  ending = false;
   outcome: RaceOutcome = 'failed';
-  hedgeTimer: TimerHandle | null = null;
   timeoutTimer: TimerHandle | null = null;
   lingerTimer: TimerHandle | null = null;
+  /** The adopted answer kept, and its last chunk held back, for an Idempotency-Key; null without one. */
+  readonly tail: AnswerTail | null;
+  /** Set when the client left a race that goes on without it: what it was sent. */
+  #clientGone: { status: number | null } | null = null;
   #finishedAt = 0;
   #resolved = false;
-  readonly done: Promise<RaceReport>;
   #resolve!: (r: RaceReport) => void;
 
   constructor(readonly input: RaceInput) {
     this.started = input.time.now();
-    this.copies = input.targets.map((u, i) => new Copy(this, u, i + 1));
-    this.selecting = !input.update && input.select.kind !== 'first';
+    const { requestId, attempt = 1 } = input;
+    this.copies = input.targets.map(
+      (u, i) =>
+        new Copy(this, u, {
+          index: i + 1,
+          upstream: u.id,
+          duplicateId: attempt > 1 ? `${requestId}.${attempt}-${i + 1}` : `${requestId}.${i + 1}`,
+          outcome: 'not-sent',
+          sentAt: null,
+          latency: null,
+          status: null,
+          error: null,
+          hedged: false,
+        }),
+    );
+    this.strategy = adoptionFor<Copy>(input.update, input.select, this.copies.length);
+    this.hedging = new HedgeScheduler(this, input.time, input.hedgeDelay, input.budget, this.strategy.burst);
+    this.maxAnswerSize = input.maxAnswerSize;
+    this.tail = input.capture > 0 || input.beforeEnd ? new AnswerTail(input.capture, input.beforeEnd !== undefined) : null;
     this.done = new Promise((resolve) => (this.#resolve = resolve));
   }
 
+  get committed(): boolean {
+    return this.strategy.committed;
+  }
+
+  /** The adopted answer as kept for an Idempotency-Key. */
+  get captured(): CapturedAnswer | null {
+    return this.tail?.captured ?? null;
+  }
+
   start(): Promise<RaceReport> {
-    const { res, timeout } = this.input;
-    this.timeoutTimer = this.input.time.setTimeout(() => this.onTimeout(), timeout);
-    res.once('close', this.#onClientClose);
-    const { hedgeDelay, select } = this.input;
-    // Hedged, one copy leaves at first; a quorum of k needs k answers, so k do.
-    const burst = hedgeDelay === 0 ? this.copies.length : this.selecting && select.kind === 'quorum' ? select.quorum : 1;
-    do this.send(false);
-    while (!this.finished && this.next < Math.min(burst, this.copies.length));
-    if (hedgeDelay !== 0) this.armHedge();
+    this.timeoutTimer = this.input.time.setTimeout(() => this.onTimeout(), this.input.timeout);
+    this.input.res.once('close', this.#onClientClose);
+    this.hedging.start();
     return this.done;
   }
 
@@ -410,37 +172,18 @@ export class Race {
     for (const copy of this.copies) if (copy.state === 'streaming') copy.resume();
   };
 
-  /** Set when the client left a race that goes on without it: what it was sent. */
-  #clientGone: { status: number | null } | null = null;
+  // ---- the hedge scheduler's view (race/hedging.ts) ----
 
-  armHedge(): void {
-    const delay = this.input.hedgeDelay;
-    // An adaptive delay is Infinity until the route has latencies to go by.
-    if (this.next >= this.copies.length || !Number.isFinite(delay)) return;
-    const armedAt = this.input.time.now();
-    const fire = (checkedAt: number): void => {
-      this.hedgeTimer = null;
-      if (this.winner || this.finished) return;
-      // Node's timers count whole milliseconds of a floored clock: one can
-      // fire up to a millisecond early. A hedge never leaves before its
-      // delay: wait out the rest (while the clock moves: an injected clock
-      // that stands still must not hold the hedge forever).
-      const elapsed = this.input.time.now() - armedAt;
-      if (delay - elapsed > 0.05 && elapsed > checkedAt) {
-        this.hedgeTimer = this.input.time.setTimeout(() => fire(elapsed), delay - elapsed);
-        return;
-      }
-      // A quorum's copies are still bringing their bodies in: look again a delay later.
-      if (this.enoughAnswering(delay)) {
-        this.armHedge();
-        return;
-      }
-      if (this.input.mayHedge()) {
-        this.send(true);
-        this.armHedge();
-      }
-    };
-    this.hedgeTimer = this.input.time.setTimeout(() => fire(-1), delay);
+  unsent(): number {
+    return this.copies.length - this.next;
+  }
+
+  isFinished(): boolean {
+    return this.finished;
+  }
+
+  isDecided(): boolean {
+    return this.winner !== null || this.finished;
   }
 
   /**
@@ -451,20 +194,20 @@ export class Race {
    * (A select function may want any number of answers: its hedges are not
    * held back.)
    */
-  enoughAnswering(window: number): boolean {
-    const { select } = this.input;
-    if (!this.selecting || select.kind !== 'quorum') return false;
+  holdsHedges(window: number): boolean {
+    const need = this.strategy.quorum;
+    if (need === 0) return false;
     const since = this.input.time.now() - window;
-    // Answers already in count only as far as they agree with each other.
-    let answering = 0;
-    for (const group of this.groups.values()) answering = Math.max(answering, group.length);
+    let answering = this.strategy.agreeing();
     for (const c of this.copies) if (c.state === 'buffering' && c.lastDataAt >= since) answering++;
-    return answering >= select.quorum;
+    return answering >= need;
   }
 
-  send(hedged: boolean): void {
+  /** Step "duplicate": the next copy, with its own duplicate id and signed headers, leaves for its upstream. */
+  sendNext(hedged: boolean): void {
     const copy = this.copies[this.next++]!;
     const { input } = this;
+    const target = upstreamTarget(copy.upstream.prefix, input.path);
     const headers = input.headers.slice();
     appendCopyHeaders(
       headers,
@@ -480,7 +223,7 @@ export class Race {
         timestamp: input.wallClock(),
         idempotencyKey: input.idempotencyKey,
         method: input.method,
-        target: upstreamTarget(copy.upstream.prefix, input.path),
+        target,
         bodyHash: input.bodyHash,
       },
       input.secret,
@@ -490,35 +233,57 @@ export class Race {
     copy.report.sentAt = copy.startedAt - this.started;
     copy.report.hedged = hedged;
     copy.report.outcome = 'stopped';
-    input.onCopySent?.(copy.report);
+    input.observer.copySent(input.requestId, copy.report);
     try {
       copy.live = true;
-      input.onCopyStart?.(copy.upstream.id);
-      input.dispatchers.get(copy.upstream.id)!.dispatch(
-        {
-          path: upstreamTarget(copy.upstream.prefix, input.path),
-          method: input.method,
-          headers,
-          body: input.body,
-          headersTimeout: input.timeout,
-          bodyTimeout: input.timeout,
-        },
-        copy,
-      );
+      input.observer.copyStarted(copy.upstream.id);
+      input.dispatchers.get(copy.upstream.id)!.dispatch({ path: target, method: input.method, headers, body: input.body, headersTimeout: input.timeout, bodyTimeout: input.timeout }, copy);
     } catch (err) {
       // undici refuses some requests synchronously (invalid header values):
       // the request's fault, not the upstream's (outlier ejection ignores it).
       copy.wireDone();
       copy.to('done');
-      this.onFailed(copy, LOCAL_REFUSAL + errorName(err));
+      this.failed(copy, LOCAL_REFUSAL + errorName(err));
     }
   }
 
-  onHead(copy: Copy, status: number, headers: Record<string, string | string[] | undefined>): void {
+  // ---- the copies' events (race/copy.ts) ----
+
+  acceptable(copy: Copy, status: number, headers: Headers): boolean {
+    try {
+      return this.input.accept({ status, headers, upstream: copy.upstream.id });
+    } catch (err) {
+      this.input.observer.error(null, 'accept', err);
+      return false;
+    }
+  }
+
+  head(copy: Copy, status: number, headers: Headers): void {
+    const { input } = this;
+    copy.report.status = status;
+    copy.report.latency = input.time.now() - copy.startedAt;
+    if (headers[H.worker] === '1') input.observer.workerSeen(copy.upstream.id);
+    // Another copy committed already: the store's arbitration failed.
+    if (this.committed && headers[H.commit] === 'won') this.#secondCommit(copy);
+    if (copy.state === 'lingering') {
+      if (copy.report.error === 'timeout') copy.report.error = null; // it did answer
+      // Answered within its grace: it stopped by itself. Drain it (keeping
+      // the connection) if small. An update's copy says it lost the commit.
+      const lost = headers[H.commit] === 'lost';
+      if (LOSERS.drains(headers)) {
+        copy.to('draining');
+        copy.report.outcome = lost ? 'lost' : 'drained';
+      } else {
+        this.stop(copy);
+        if (lost) copy.report.outcome = 'lost';
+      }
+      this.lingerSettled();
+      return;
+    }
     if (this.winner || this.finished) {
       // Lost the race: answered after another copy won.
       copy.report.outcome = 'drained';
-      if (copy.drainable()) copy.to('draining');
+      if (LOSERS.drains(headers)) copy.to('draining');
       else {
         copy.report.outcome = 'stopped';
         copy.abort();
@@ -531,221 +296,189 @@ export class Race {
       // rotated secret, a wrong upstream id): a failure of that upstream,
       // never an answer to adopt, or one misconfigured replica would answer
       // every request with its instant 401.
-      if (copy.drainable()) copy.to('draining');
-      else copy.abort();
-      this.input.onRefused?.(copy.upstream.id, refused);
-      this.onFailed(copy, `refused: ${refused}`);
+      this.#drainOrAbort(copy);
+      input.observer.refused(copy.upstream.id, refused);
+      this.failed(copy, `refused: ${refused}`);
       return;
     }
-    if (this.input.update) {
-      const commit = headers[H.commit];
-      if (commit === 'lost') {
+    this.#apply(copy, this.strategy.head(copy, status, headers, this), status, headers);
+  }
+
+  /** Does what the strategy said with a copy's head. */
+  #apply(copy: Copy, verdict: HeadVerdict, status: number, headers: Headers): void {
+    switch (verdict) {
+      case 'adopt':
+        return this.adopt(copy);
+      case 'lost':
         // Lost the arbitration: never adopted, not even as a fallback.
         copy.report.outcome = 'lost';
-        if (copy.drainable()) copy.to('draining');
-        else copy.abort();
-        this.settle();
-        return;
-      }
-      if (commit === 'won') {
-        // The committed copy's answer wins at once, whatever its status.
-        this.committed = true;
-        this.adopt(copy);
-        return;
-      }
-      if (commit === 'applied') {
+        this.#drainOrAbort(copy);
+        return this.settle();
+      case 'applied':
         // A copy that took the claim over found the request already applied
         // by an earlier copy, whose answer is gone: the client hears that it
         // was applied, and no copy runs it again.
-        this.committed = true;
         copy.report.outcome = 'applied';
-        if (copy.drainable()) copy.to('draining');
-        else copy.abort();
+        this.#drainOrAbort(copy);
         sendError(this.input.res, new RedundantProxyError(codes.ANSWER_LOST, `the update was applied by an earlier copy (found by upstream "${copy.upstream.label}"), but its answer was lost; do not retry it blindly`, { status: 502 }), this.input.requestId);
-        this.finish('answer-lost');
+        return this.finish('answer-lost');
+      case 'hold':
+        // An answer that did not commit (a validation error, say) waits until
+        // every copy has answered or one has committed.
+        copy.to('holding');
+        copy.pause();
+        return this.settle();
+      case 'read': {
+        copy.to('buffering'); // counted as settled once its body is in
+        copy.lastDataAt = this.input.time.now();
+        const length = headers['content-length'];
+        if (!isBodyless(this.input.method, status) && typeof length === 'string' && Number(length) > this.maxAnswerSize) this.#tooLarge(copy);
         return;
       }
+      case 'reject':
+        copy.report.outcome = 'rejected';
+        if (!this.fallback) {
+          copy.to('collecting');
+          return; // counted as settled once its body is in
+        }
+        this.#drainOrAbort(copy);
+        return this.settle();
     }
-    let ok = false;
-    try {
-      ok = this.input.accept({ status, headers, upstream: copy.upstream.id });
-    } catch (err) {
-      this.input.onAcceptThrew?.(err);
+  }
+
+  stream(controller: Dispatcher.DispatchController, chunk: Buffer): void {
+    const { res } = this.input;
+    const out = this.tail ? this.tail.pass(chunk) : chunk;
+    if (out && !res.write(out)) {
+      controller.pause();
+      res.once('drain', () => controller.resume());
     }
-    if (ok && this.selecting) {
-      copy.to('buffering'); // counted as settled once its body is in
-      copy.lastDataAt = this.input.time.now();
-      // A HEAD, 204 or 304 answer has no body, whatever its Content-Length says.
-      const bodyless = this.input.method === 'HEAD' || status === 204 || status === 304;
-      const length = headers['content-length'];
-      if (!bodyless && typeof length === 'string' && Number(length) > this.input.maxAnswerSize) this.tooLarge(copy);
-      return;
+  }
+
+  reading(copy: Copy): void {
+    copy.lastDataAt = this.input.time.now();
+    if (copy.size > this.maxAnswerSize) this.#tooLarge(copy);
+  }
+
+  /** Under select: an acceptable answer is in, whole. */
+  answered(copy: Copy): void {
+    const body = Buffer.concat(copy.chunks, copy.size);
+    copy.chunks = [body];
+    copy.report.outcome = 'outvoted'; // until it is chosen, or agrees with the chosen one
+    this.strategy.answer(copy, { upstream: copy.upstream.id, index: copy.report.index, status: copy.report.status!, headers: copy.headers, body });
+    this.settle();
+  }
+
+  rejectedEnded(copy: Copy): void {
+    this.fallback ??= copy;
+    this.settle();
+  }
+
+  failed(copy: Copy, error: string): void {
+    if (copy.report.outcome !== 'rejected') copy.report.outcome = 'failed';
+    copy.report.error = error;
+    this.settle();
+  }
+
+  /** A lingering loser's connection broke: after a commit its work is in an unknown state, so it is cancelled. */
+  lingerFailed(copy: Copy): void {
+    this.#cancelAfterCommit(copy);
+    this.lingerSettled();
+  }
+
+  /** A held answer broke before it was adopted (or while its head waited). */
+  heldBroken(copy: Copy, error: string): void {
+    copy.chunks = [];
+    if (this.winner === copy) return; // release() answers for it
+    if (!this.strategy.drop(copy)) return;
+    copy.report.outcome = 'failed';
+    copy.report.error = error;
+    // It was counted as settled when it was held.
+    this.settled--;
+    this.settle();
+  }
+
+  winnerBroken(): void {
+    // The head is out; ending cleanly would pass a truncated body off as whole.
+    this.input.res.destroy();
+    this.finish('broken');
+  }
+
+  wireEnded(copy: Copy): void {
+    this.input.observer.copyEnded(copy.upstream.id);
+  }
+
+  // ---- choosing (step "choose") ----
+
+  /** A copy settled (answered, failed, or was judged): decide, send the next, or fail. */
+  settle(): void {
+    this.settled++;
+    if (this.winner || this.finished) return;
+    const decision = this.strategy.decide(this.copies.length - this.settled, this.next - this.settled);
+    if (decision) return this.#decided(decision);
+    if (this.settled < this.next) return;
+    // Every copy sent so far failed (or, under select, answered without a
+    // decision). Send the next one now: this replaces a failed copy rather
+    // than adding load, so no budget applies.
+    if (this.next < this.copies.length) return this.hedging.replaceFailed();
+    this.#answerFailure();
+  }
+
+  #decided(decision: Decision<Copy>): void {
+    const chosen = 'adopt' in decision ? decision.adopt : null;
+    // Under select: the answers not chosen are done; those alike the chosen one `agreed`, the others `outvoted`.
+    for (const other of this.strategy.answers) {
+      if (other === chosen) continue;
+      other.report.outcome = chosen !== null && this.strategy.agreed(other, chosen) ? 'agreed' : 'outvoted';
+      other.to('done');
+      other.chunks = [];
     }
-    if (ok && this.input.update && this.copies.length > 1) {
-      // An answer that did not commit (a validation error, say) waits until
-      // every copy has answered or one has committed.
-      copy.to('holding');
-      copy.controller?.pause();
-      this.held.push(copy);
-      this.settle();
-    } else if (ok) this.adopt(copy);
-    else {
-      copy.report.outcome = 'rejected';
-      if (!this.fallback) {
-        copy.to('collecting');
-        return; // counted as settled once its body is in
-      }
-      if (copy.drainable()) copy.to('draining');
-      else copy.abort();
-      this.settle();
+    if (chosen) return this.adopt(chosen);
+    if ('fail' in decision) {
+      if (decision.error !== undefined) this.input.observer.error(this.input.requestId, 'select', decision.error);
+      sendError(this.input.res, new RedundantProxyError(decision.fail, decision.message, { status: 502 }), this.input.requestId);
+      this.finish('failed');
     }
   }
 
   adopt(copy: Copy): void {
     this.winner = copy;
     copy.report.outcome = 'won';
-    this.held = this.held.filter((c) => c !== copy);
-    this.clearHedge();
+    this.strategy.drop(copy);
+    this.hedging.stop();
     for (const other of this.copies) {
       // A copy still out gets a short grace (lingerLosers); anything else stops now.
-      if (other !== copy && other.state !== 'sent') other.stop();
+      if (other !== copy && other.state !== 'sent') this.stop(other);
     }
     this.fallback = null;
-    this.lingerLosers();
+    this.#lingerLosers();
     const extra = this.input.beforeHead?.(copy.report, copy.headers);
     if (extra instanceof Promise) {
       if (copy.state !== 'holding') {
         copy.to('holding');
-        copy.controller?.pause();
+        copy.pause();
       }
       extra.then(
-        (more) => this.release(copy, more),
-        () => this.release(copy, undefined),
+        (more) => this.#release(copy, more),
+        () => this.#release(copy, undefined),
       );
       return;
     }
-    this.release(copy, extra);
-  }
-
-  /** A HEAD answer, a 204 or a 304: a head and no body. */
-  bodyless(copy: Copy): boolean {
-    const status = copy.report.status;
-    return this.input.method === 'HEAD' || status === 204 || status === 304;
-  }
-
-  writeHead(copy: Copy, extra: Record<string, string | string[]> | undefined): void {
-    const { res } = this.input;
-    if (res.destroyed) return;
-    const status = copy.report.status!;
-    const out = forwardResponseHeaders(copy.headers);
-    if (status === 204 || status === 304) {
-      // No body follows: a length would only mislead the client's parser.
-      delete out['content-length'];
-      delete out['transfer-encoding'];
-    }
-    if (extra) {
-      for (const name in extra) {
-        const prior = out[name];
-        // Set-Cookie and other list headers: add to the upstream's values.
-        out[name] = prior === undefined ? extra[name]! : ([] as string[]).concat(prior, extra[name]!);
-      }
-    }
-    out['x-request-id'] = this.input.requestId;
-    out[H.servedBy] = copy.upstream.label;
-    if (this.input.capture > 0) this.captured = { status, headers: { ...out }, body: null };
-    res.writeHead(status, out);
-  }
-
-  /** Keeps the adopted answer's body, up to `capture` bytes, for idempotent replays. */
-  keep(chunk: Buffer): void {
-    if (!this.captured) return;
-    this.#captureSize += chunk.length;
-    if (this.#captureSize > this.input.capture) {
-      this.#kept = null;
-      return;
-    }
-    this.#kept?.push(chunk);
-  }
-
-  #kept: Buffer[] | null = [];
-
-  /** Gives the read's losers still out a short grace to answer, then aborts them. */
-  lingerLosers(): void {
-    let any = false;
-    for (const c of this.copies) {
-      if (c.state !== 'sent' || c === this.winner) continue;
-      c.to('lingering');
-      any = true;
-    }
-    if (!any) return;
-    const grace = Math.min(LINGER_MAX_MS, Math.max(LINGER_MIN_MS, (this.input.time.now() - this.started) / 2));
-    this.lingerTimer = this.input.time.setTimeout(() => {
-      this.lingerTimer = null;
-      // Timers run before the event loop reads sockets: give answers already
-      // waiting there one turn to arrive, rather than abort them (and their connection).
-      this.input.time.setImmediate(() => {
-        for (const c of this.copies) if (c.state === 'lingering') this.stopCopy(c);
-        this.lingerSettled();
-      });
-    }, grace);
-  }
-
-  /**
-   * Stops a copy. Step "first committed wins": once one copy committed,
-   * every other copy still processing the update (a lingering loser) is
-   * stopped, and its cancel hook runs.
-   */
-  stopCopy(copy: Copy): void {
-    const lingering = copy.state === 'lingering';
-    copy.stop();
-    if (lingering) this.cancelAfterCommit(copy);
-  }
-
-  /** After a commit, a loser stopped or broken while still processing: its work is cancelled (onCancel runs). */
-  cancelAfterCommit(copy: Copy): void {
-    if (!this.committed || !this.winner) return;
-    copy.report.outcome = 'cancelled';
-    this.input.onCancelled?.(copy.report, this.winner.report);
-  }
-
-  /** A lingering loser's connection broke: after a commit its work is in an unknown state, so it is cancelled. */
-  lingerFailed(copy: Copy): void {
-    this.cancelAfterCommit(copy);
-    this.lingerSettled();
-  }
-
-  /** Another copy answered `x-redundant-commit: won` after one committed: the store's arbitration failed. */
-  secondCommit(copy: Copy): void {
-    const first = this.winner?.upstream.id ?? 'unknown';
-    this.input.onError?.(
-      this.input.requestId,
-      new RedundantProxyError(
-        codes.INTERNAL,
-        `request ${this.input.requestId}: upstream "${copy.upstream.id}" answered x-redundant-commit: won after upstream "${first}" had committed; the session store's commit arbitration failed (is every worker on the same store?)`,
-      ),
-    );
-  }
-
-  /** A lingering loser answered, failed or was aborted: the report may be final now. */
-  lingerSettled(): void {
-    if (this.copies.some((c) => c.state === 'lingering')) return;
-    if (this.lingerTimer) this.input.time.clearTimeout(this.lingerTimer);
-    this.lingerTimer = null;
-    if (this.finished) this.resolve();
+    this.#release(copy, extra);
   }
 
   /** The winner may go: send its head and whatever body arrived while it was held. */
-  release(copy: Copy, extra: Record<string, string | string[]> | undefined): void {
+  #release(copy: Copy, extra: Extra): void {
     if (this.finished) return; // timed out or the client left while holding
+    const { res, requestId } = this.input;
     if (copy.broken) {
       copy.chunks = [];
-      sendError(this.input.res, new RedundantProxyError(codes.UPSTREAMS_FAILED, 'the adopted answer broke before it could be sent', { status: 502 }), this.input.requestId);
-      this.finish('failed');
-      return;
+      sendError(res, new RedundantProxyError(codes.UPSTREAMS_FAILED, 'the adopted answer broke before it could be sent', { status: 502 }), requestId);
+      return this.finish('failed');
     }
-    this.writeHead(copy, extra);
-    const { res } = this.input;
-    if (this.bodyless(copy)) {
+    const out = writeHead(res, copy, requestId, extra);
+    if (out) this.tail?.head(copy.report.status!, out);
+    if (isBodyless(this.input.method, copy.report.status)) {
       // Nothing follows the head, whatever its framing headers say: a 304
       // may state the length of the body it does not carry (undici then
       // reports a length mismatch on the connection, which is no concern of
@@ -756,217 +489,149 @@ export class Race {
         copy.to('draining');
         copy.resume();
       }
-      this.onWinnerEnd();
-      return;
+      return this.#winnerEnded();
     }
     for (const chunk of copy.chunks) {
-      this.keep(chunk);
-      const out = this.holdLast(chunk);
-      if (out) res.write(out);
+      const piece = this.tail ? this.tail.pass(chunk) : chunk;
+      if (piece) res.write(piece);
     }
     copy.chunks = [];
     if (copy.ended) {
       copy.to('done');
-      this.onWinnerEnd();
-      return;
+      return this.#winnerEnded();
     }
     copy.to('streaming');
     copy.resume();
   }
 
-  /**
-   * With `beforeEnd`, the last chunk of the adopted body is held back until
-   * it ran: with it the client has the whole answer (a Content-Length body
-   * is complete at its last byte, before `end()`). Returns what to write now.
-   */
-  holdLast(chunk: Buffer): Buffer | null {
-    if (!this.input.beforeEnd) return chunk;
-    const previous = this.#last;
-    this.#last = chunk;
-    return previous;
+  winnerEnded(): void {
+    this.#winnerEnded();
   }
 
-  #last: Buffer | null = null;
-  /** The body is complete and `beforeEnd` runs: the race is decided, only its last bytes wait. */
-  ending = false;
-
-  onWinnerEnd(): void {
-    if (this.captured && this.#kept) this.captured.body = Buffer.concat(this.#kept, this.#captureSize);
+  #winnerEnded(): void {
+    const captured = this.tail?.complete() ?? null;
     const end = () => {
       if (this.finished) return; // the client left meanwhile
       const { res } = this.input;
-      if (this.#last) res.write(this.#last);
-      this.#last = null;
+      const last = this.tail?.takeLast();
+      if (last) res.write(last);
       res.end();
       this.finish('won');
     };
     if (!this.input.beforeEnd) return end();
     this.ending = true;
-    this.input.beforeEnd(this.captured).then(end, end);
+    this.input.beforeEnd(captured).then(end, end);
   }
 
-  /** A held answer broke before it was adopted (or while its head waited). */
-  onHeldBroken(copy: Copy, error: string): void {
-    copy.chunks = [];
-    if (this.winner === copy) return; // release() answers for it
-    if (!this.held.includes(copy)) return;
-    this.held = this.held.filter((c) => c !== copy);
-    copy.report.outcome = 'failed';
-    copy.report.error = error;
-    // It was counted as settled when it was held.
-    this.settled--;
-    this.settle();
+  // ---- losers (race/losers.ts) ----
+
+  /** Stops a copy: aborts it, or lets a small answer drain to keep its connection. */
+  stop(copy: Copy): void {
+    switch (copy.state as CopyState) {
+      case 'sent':
+      case 'lingering':
+        copy.report.outcome = 'stopped';
+        copy.abort();
+        break;
+      case 'collecting':
+        copy.report.outcome = 'rejected';
+        copy.chunks = [];
+        this.#drainOrAbort(copy);
+        break;
+      case 'buffering':
+        // Answering, but another answer was chosen first.
+        copy.chunks = [];
+        if (LOSERS.drains(copy.headers)) {
+          copy.report.outcome = 'drained';
+          copy.to('draining');
+        } else copy.abort();
+        break;
+      case 'holding':
+      case 'streaming':
+        copy.abort();
+        break;
+      default:
+    }
   }
 
-  onWinnerBroken(_err: Error): void {
-    // The head is out; ending cleanly would pass a truncated body off as whole.
-    this.input.res.destroy();
-    this.finish('broken');
+  #drainOrAbort(copy: Copy): void {
+    if (LOSERS.drains(copy.headers)) copy.to('draining');
+    else copy.abort();
   }
 
-  onRejected(copy: Copy): void {
-    this.fallback ??= copy;
-    this.settle();
+  /**
+   * Stops a copy. Step "first committed wins": once one copy committed,
+   * every other copy still processing the update (a lingering loser) is
+   * stopped, and its cancel hook runs.
+   */
+  #stopAndCancel(copy: Copy): void {
+    const lingering = copy.state === 'lingering';
+    this.stop(copy);
+    if (lingering) this.#cancelAfterCommit(copy);
   }
 
-  onFailed(copy: Copy, error: string): void {
-    if (copy.report.outcome !== 'rejected') copy.report.outcome = 'failed';
-    copy.report.error = error;
-    this.settle();
+  /** After a commit, a loser stopped or broken while still processing: its work is cancelled (onCancel runs). */
+  #cancelAfterCommit(copy: Copy): void {
+    if (!this.committed || !this.winner) return;
+    copy.report.outcome = 'cancelled';
+    this.input.observer.cancelled(this.input.requestId, copy.report, this.winner.report);
+  }
+
+  /** Another copy answered `x-redundant-commit: won` after one committed: the store's arbitration failed. */
+  #secondCommit(copy: Copy): void {
+    const { requestId } = this.input;
+    const first = this.winner?.upstream.id ?? 'unknown';
+    const message = `request ${requestId}: upstream "${copy.upstream.id}" answered x-redundant-commit: won after upstream "${first}" had committed; the session store's commit arbitration failed (is every worker on the same store?)`;
+    this.input.observer.error(requestId, 'internal', new RedundantProxyError(codes.INTERNAL, message));
+  }
+
+  /** Gives the losers still out a short grace to answer, then aborts them. */
+  #lingerLosers(): void {
+    let any = false;
+    for (const c of this.copies) {
+      if (c.state !== 'sent' || c === this.winner) continue;
+      c.to('lingering');
+      any = true;
+    }
+    if (!any) return;
+    const { time } = this.input;
+    this.lingerTimer = time.setTimeout(() => {
+      this.lingerTimer = null;
+      // Timers run before the event loop reads sockets: give answers already
+      // waiting there one turn to arrive, rather than abort them (and their connection).
+      time.setImmediate(() => {
+        for (const c of this.copies) if (c.state === 'lingering') this.#stopAndCancel(c);
+        this.lingerSettled();
+      });
+    }, LOSERS.grace(time.now() - this.started));
+  }
+
+  /** A lingering loser answered, failed or was aborted: the report may be final now. */
+  lingerSettled(): void {
+    for (const c of this.copies) if (c.state === 'lingering') return;
+    if (this.lingerTimer) this.input.time.clearTimeout(this.lingerTimer);
+    this.lingerTimer = null;
+    if (this.finished) this.#report();
   }
 
   /**
    * Under select: an answer too large to buffer and compare. The upstream
    * answered, so it is `rejected` (not `failed`: it is not failing).
    */
-  tooLarge(copy: Copy): void {
+  #tooLarge(copy: Copy): void {
     copy.tooLarge = true;
     copy.chunks = [];
     copy.report.outcome = 'rejected';
-    copy.report.error = `answer larger than maxBodySize (${this.input.maxAnswerSize} bytes): select cannot compare it`;
-    if (copy.drainable()) copy.to('draining');
-    else copy.abort();
+    copy.report.error = `answer larger than maxBodySize (${this.maxAnswerSize} bytes): select cannot compare it`;
+    this.#drainOrAbort(copy);
     this.settle();
   }
 
-  /** Under select: an acceptable answer is in, whole. */
-  onAnswer(copy: Copy): void {
-    const body = Buffer.concat(copy.chunks, copy.size);
-    copy.chunks = [body];
-    copy.answer = { upstream: copy.upstream.id, index: copy.report.index, status: copy.report.status!, headers: copy.headers, body };
-    copy.report.outcome = 'outvoted'; // until it is chosen, or agrees with the chosen one
-    this.answers.push(copy);
-    if (this.input.select.kind === 'quorum') {
-      const key = `${copy.report.status} ${createHash('sha256').update(body).digest('base64')}`;
-      let group = this.groups.get(key);
-      if (!group) this.groups.set(key, (group = []));
-      group.push(copy);
-      copy.group = group;
-    }
-    this.settle();
-  }
+  // ---- ending without an answer ----
 
-  /**
-   * Under select: a quorum or the select function chooses among the complete
-   * answers, as each copy answers or fails. True when that decided the race
-   * (an answer adopted, or none can be any more).
-   */
-  choose(final = false): boolean {
-    const { select } = this.input;
-    const pending = final ? 0 : this.copies.length - this.settled;
-    let chosen: Copy | undefined;
-    if (select.kind === 'quorum') {
-      let largest = 0;
-      for (const group of this.groups.values()) {
-        if (group.length >= select.quorum) {
-          chosen = group[0];
-          break;
-        }
-        largest = Math.max(largest, group.length);
-      }
-      if (!chosen) {
-        if (largest + pending >= select.quorum) return false;
-        this.failSelection(
-          codes.NO_QUORUM,
-          `no ${select.quorum} copies gave the same answer: ${this.answers.length} acceptable answers of ${this.groups.size} different kinds, most alike ${largest}`,
-        );
-        return true;
-      }
-    } else if (select.kind === 'custom') {
-      let picked: SelectAnswer | null | undefined;
-      try {
-        picked = select.choose(
-          this.answers.map((c) => c.answer!),
-          { pending, copies: this.copies.length },
-        );
-      } catch (err) {
-        this.input.onSelectThrew?.(this.input.requestId, err);
-        this.failSelection(codes.NO_SELECTION, 'the select function threw');
-        return true;
-      }
-      if (picked === undefined || picked === null) {
-        if (pending > 0 || final) return false; // more may come; at the timeout, the timeout answers
-        this.failSelection(codes.NO_SELECTION, `the select function chose none of the ${this.answers.length} acceptable answers`);
-        return true;
-      }
-      chosen = this.answers.find((c) => c.answer === picked);
-      if (!chosen) {
-        this.input.onSelectThrew?.(this.input.requestId, new TypeError('redundant-proxy: select returned a value that is not one of the answers it was given'));
-        this.failSelection(codes.NO_SELECTION, 'the select function returned something that is not one of its answers');
-        return true;
-      }
-    } else return false;
-    this.dropAnswers(chosen);
-    this.adopt(chosen);
-    return true;
-  }
-
-  /** Under select: the answers not chosen are done; those alike the chosen one `agreed`, the others `outvoted`. */
-  dropAnswers(chosen: Copy | null): void {
-    for (const other of this.answers) {
-      if (other === chosen) continue;
-      other.report.outcome = other.group !== null && other.group === chosen?.group ? 'agreed' : 'outvoted';
-      other.to('done');
-      other.chunks = [];
-    }
-  }
-
-  /** Under select: acceptable answers came, but none was chosen. */
-  failSelection(code: typeof codes.NO_QUORUM | typeof codes.NO_SELECTION, message: string): void {
-    this.dropAnswers(null);
-    sendError(this.input.res, new RedundantProxyError(code, message, { status: 502 }), this.input.requestId);
-    this.finish('failed');
-  }
-
-  settle(): void {
-    this.settled++;
-    if (this.winner || this.finished) return;
-    if (this.answers.length > 0 && this.choose()) return;
-    if (this.settled < this.next) return;
-    // Every copy answered and none committed: adopt the first held answer.
-    const first = this.held[0];
-    if (first) {
-      this.adopt(first);
-      return;
-    }
-    // Every copy sent so far failed (or, under select, answered without a
-    // decision). Send the next one now: this replaces a failed copy rather
-    // than adding load, so no budget applies.
-    if (this.next < this.copies.length) {
-      this.clearHedge();
-      this.send(false);
-      this.armHedge();
-      return;
-    }
-    this.answerFailure();
-  }
-
-  answerFailure(): void {
-    if (this.input.beforeFailure) {
-      this.consultStore(false, () => this.answerFailureNow());
-      return;
-    }
-    this.answerFailureNow();
+  #answerFailure(): void {
+    if (this.input.beforeFailure) return this.#consultStore(false, () => this.#answerFailureNow());
+    this.#answerFailureNow();
   }
 
   /**
@@ -974,57 +639,33 @@ export class Race {
    * committed and its answer was lost on the way, the client must hear that
    * the update was applied, not that it failed.
    */
-  consultStore(adopting: boolean, otherwise: () => void): void {
+  #consultStore(adopting: boolean, otherwise: () => void): void {
     const ask = this.input.beforeFailure!;
     this.input.beforeFailure = undefined; // once
-    this.clearHedge();
-    for (const copy of this.copies) if (!this.held.includes(copy)) this.stopCopy(copy);
+    this.hedging.stop();
+    const { held } = this.strategy;
+    for (const copy of this.copies) if (!held.includes(copy)) this.#stopAndCancel(copy);
     this.lingerSettled();
     ask(adopting).then(
       (err) => {
         if (this.finished) return;
         if (!err) return otherwise();
-        sendError(this.input.res, err, this.input.requestId, err.code === codes.OUTCOME_UNKNOWN ? { 'retry-after': '1' } : undefined);
-        this.finish(err.code === codes.OUTCOME_UNKNOWN ? 'outcome-unknown' : 'answer-lost');
+        const unknown = err.code === codes.OUTCOME_UNKNOWN;
+        sendError(this.input.res, err, this.input.requestId, unknown ? { 'retry-after': '1' } : undefined);
+        this.finish(unknown ? 'outcome-unknown' : 'answer-lost');
       },
       () => !this.finished && otherwise(),
     );
   }
 
-  answerFailureNow(): void {
+  #answerFailureNow(): void {
     const { res, requestId } = this.input;
     const fallback = this.fallback;
     if (fallback && !res.headersSent && !res.destroyed) {
-      const out = forwardResponseHeaders(fallback.headers);
-      out['x-request-id'] = requestId;
-      out[H.servedBy] = fallback.upstream.label;
-      const body = Buffer.concat(fallback.chunks, fallback.size);
-      out['content-length'] = String(body.length);
-      res.writeHead(fallback.report.status!, out);
-      res.end(body);
-      fallback.chunks = [];
+      passThrough(res, fallback, requestId);
       this.passedThrough = true;
-      this.finish('failed');
-      return;
-    }
-    sendError(
-      res,
-      new RedundantProxyError(codes.UPSTREAMS_FAILED, this.failureMessage(), { status: 502 }),
-      requestId,
-    );
+    } else answerNoUsable(res, this.copies, requestId, this.maxAnswerSize);
     this.finish('failed');
-  }
-
-  failureMessage(): string {
-    let failed = 0;
-    let tooLarge = 0;
-    for (const c of this.copies) {
-      if (c.report.sentAt === null) continue;
-      if (c.tooLarge) tooLarge++;
-      else failed++;
-    }
-    if (tooLarge === 0) return `no upstream answered (${failed} copies failed)`;
-    return `no usable answer: ${tooLarge} too large for select to compare (maxBodySize ${this.input.maxAnswerSize} bytes), ${failed} failed`;
   }
 
   onTimeout(): void {
@@ -1044,42 +685,38 @@ export class Race {
       else if (copy.state === 'streaming') copy.report.error = 'body-timeout';
     }
     // A select function waiting for more answers gets its last say.
-    if (this.selecting && !this.winner && this.input.select.kind === 'custom' && this.answers.length > 0 && !res.headersSent && this.choose(true)) return;
+    if (!this.winner && !res.headersSent) {
+      const decision = this.strategy.lastSay();
+      if (decision) return this.#decided(decision);
+    }
     const timedOut = () => {
       if (res.headersSent) res.destroy();
       else sendError(res, new RedundantProxyError(codes.TIMEOUT, `no acceptable answer within ${timeout} ms`, { status: 504 }), requestId);
       this.finish('timeout');
     };
     if (this.input.beforeFailure && !res.headersSent) {
-      // The copies still out never committed: an answer that did not commit
-      // may now be adopted.
-      this.consultStore(this.held.length > 0, () => (this.held[0] ? this.adopt(this.held[0]) : timedOut()));
+      // The copies still out never committed: an answer that did not commit may now be adopted.
+      const { held } = this.strategy;
+      this.#consultStore(held.length > 0, () => (held[0] ? this.adopt(held[0]) : timedOut()));
     } else timedOut();
-  }
-
-  clearHedge(): void {
-    if (this.hedgeTimer) {
-      this.input.time.clearTimeout(this.hedgeTimer);
-      this.hedgeTimer = null;
-    }
   }
 
   finish(outcome: RaceOutcome): void {
     if (this.finished) return;
     this.finished = true;
     this.outcome = outcome;
-    this.clearHedge();
+    this.hedging.stop();
     if (this.timeoutTimer) this.input.time.clearTimeout(this.timeoutTimer);
     this.timeoutTimer = null;
     this.input.res.off('close', this.#onClientClose);
     this.#finishedAt = this.input.time.now();
     // Lingering losers keep their grace after a won race; otherwise everything stops now.
-    for (const copy of this.copies) if (outcome !== 'won' || copy.state !== 'lingering') this.stopCopy(copy);
+    for (const copy of this.copies) if (outcome !== 'won' || copy.state !== 'lingering') this.#stopAndCancel(copy);
     this.lingerSettled();
   }
 
   /** Reports the race once it is finished and no loser lingers. */
-  resolve(): void {
+  #report(): void {
     if (this.#resolved) return;
     this.#resolved = true;
     const { input } = this;

@@ -102,3 +102,36 @@ export const COPY_OUTCOMES = Object.keys(zeroCopy()) as readonly CopyOutcome[];
 
 /** How a copy's `error` starts when the copy was never sent because the request could not be (undici refused it): nothing the upstream did. */
 export const LOCAL_REFUSAL = 'not sent: ';
+
+/**
+ * Told, as a race runs, what is not in its report: the proxy's bookkeeping
+ * (copies in flight, upstreams that run the worker or refuse), the update's
+ * cancelled copies, and errors that do not fail the request. One per proxy,
+ * shared by its races: the request's id comes with each call.
+ */
+export interface RaceObserver {
+  /** One copy left for its upstream. */
+  copySent(requestId: string, copy: CopyReport): void;
+  /** A copy was handed to its upstream's connection pool; and its exchange ended (answered whole, failed or stopped). */
+  copyStarted(upstreamId: string): void;
+  copyEnded(upstreamId: string): void;
+  /** An upstream answered with `x-redundant-worker`: it runs the worker. */
+  workerSeen(upstreamId: string): void;
+  /** A worker refused a copy (`x-redundant-refused: <code>`): its secret or id does not match the proxy's. */
+  refused(upstreamId: string, code: string): void;
+  /** A copy was stopped because another copy of the update committed. */
+  cancelled(requestId: string, copy: CopyReport, committed: CopyReport): void;
+  /** Something went wrong that does not fail the request: `accept` threw, the select function failed, or the store's arbitration did. */
+  error(requestId: string | null, source: 'accept' | 'select' | 'internal', error: unknown): void;
+}
+
+/** An observer that is told nothing. */
+export const UNOBSERVED: RaceObserver = {
+  copySent() {},
+  copyStarted() {},
+  copyEnded() {},
+  workerSeen() {},
+  refused() {},
+  cancelled() {},
+  error() {},
+};

@@ -1,0 +1,39 @@
+// What happens to the copies that lose a race: drained or aborted, and how
+// long one still out may take to answer. Over HTTP/1.1 the only way to tell
+// an upstream to stop is to close the connection, so a loser that has already
+// sent its head with a small body is drained instead (read to its end and
+// dropped), which keeps its pooled connection warm; a large or unknown-length
+// body is aborted.
+//
+// A loser that has not answered when the race is decided (a read's, or an
+// update's once another copy committed) is given a short grace to answer,
+// then aborted. Copies to equally fast replicas usually answer within it (an
+// update's with `x-redundant-commit: lost`) and are drained, so their
+// connections stay pooled; only a copy that is really slow (in the tail)
+// costs its connection, and for an update its cancel hook. The grace is half
+// the time the race took so far, within bounds.
+
+type Headers = Record<string, string | string[] | undefined>;
+
+export class LoserPolicy {
+  constructor(
+    /** Largest body (by its Content-Length) drained rather than aborted. */
+    readonly drainLimit = 64 * 1024,
+    readonly graceMin = 2,
+    readonly graceMax = 10,
+  ) {}
+
+  /** A loser that answered with these headers is drained (true) or aborted (false). */
+  drains(headers: Headers): boolean {
+    const cl = headers['content-length'];
+    return typeof cl === 'string' && Number(cl) <= this.drainLimit;
+  }
+
+  /** How long the losers still out may take to answer, when the race was decided `elapsed` ms after it started. */
+  grace(elapsed: number): number {
+    return Math.min(this.graceMax, Math.max(this.graceMin, elapsed / 2));
+  }
+}
+
+/** The policy every race uses. */
+export const LOSERS = new LoserPolicy();
