@@ -24,8 +24,18 @@ describe('package exports', () => {
     const out = run(`
       const redis = await import('redundant-proxy/redis');
       const testing = await import('redundant-proxy/testing');
-      console.log(JSON.stringify({ redis: typeof redis.RedisSessionStore, testing: typeof testing.testSessionStore }));
+      console.log(JSON.stringify({
+        redis: typeof redis.RedisSessionStore,
+        testing: Object.keys(testing).sort(),
+        roles: Object.fromEntries(Object.entries(testing.conformance).map(([k, v]) => [k, typeof v])),
+        all: testing.conformance.all === testing.testSessionStore,
+      }));
     `);
-    expect(JSON.parse(out)).toEqual({ redis: 'function', testing: 'function' });
+    expect(JSON.parse(out)).toEqual({
+      redis: 'function',
+      testing: ['conformance', 'testSessionStore'],
+      roles: { requestLog: 'function', sessionState: 'function', commitArbitration: 'function', idempotency: 'function', all: 'function' },
+      all: true,
+    });
   });
 });

@@ -25,6 +25,11 @@ export {
 export type { ErrorCode } from './errors.js';
 export type {
   SessionStore,
+  RequestLog,
+  SessionState,
+  CommitArbiter,
+  IdempotencyStore,
+  Closable,
   RequestRecord,
   CopyRecord,
   CommitRecord,

@@ -101,21 +101,47 @@ export type IdempotencyState =
   /** A request with this key finished: replay its answer. */
   | { state: 'completed'; requestId: string; answer: StoredAnswer };
 
+/** What every store has besides its roles: a way to let go of what it opened. */
+export interface Closable {
+  /** Releases timers and connections the store itself opened. */
+  close(): Promise<void>;
+}
+
 /**
- * What a session store does. Implementations: `MemorySessionStore` (one
- * process), `RedisSessionStore` (`redundant-proxy/redis`), or your own,
- * checked by `testSessionStore` from `redundant-proxy/testing`.
- *
- * Every method may reject; callers on the read path treat a rejection as a
- * bookkeeping failure (an event), callers on the update path fail closed.
+ * Role 1 of a session store, the **request log**: who processed what. The
+ * workers record each copy they receive (step "receive and record"), the
+ * proxy the copies it adopted (step "record the adoption") and the ones it
+ * stopped; anyone may read a request's record.
  */
-export interface SessionStore {
+export interface RequestLog {
   /**
    * Step "receive and record": a worker received a copy. Resolves `{ duplicate: true }` when
    * this copy id was already recorded (a replayed copy), without changing it.
    */
   recordCopy(input: RecordCopyInput): Promise<{ duplicate: boolean }>;
 
+  /**
+   * Step "record the adoption": the proxy adopted the answer of these copies.
+   * The first adoption recorded stands; recording the same adoption again,
+   * or a different one, changes nothing. (The session state reacts to the
+   * same call: see {@link SessionState.recordAdoption}.)
+   */
+  recordAdoption(input: RecordAdoptionInput): Promise<void>;
+
+  /** The proxy stopped this copy because another one committed. */
+  recordCancelled(requestId: string, duplicateId: string): Promise<void>;
+
+  /** A request's record: its copies, the adopted ones, the stopped ones, its commit state; undefined when unknown. */
+  getRequest(requestId: string): Promise<RequestRecord | undefined>;
+}
+
+/**
+ * Role 2, the **session state**: a session's adopted state, and the
+ * candidates of the copies still racing. Only the adopted copy's candidate
+ * becomes the session's state, whichever of the candidate and the adoption
+ * arrives first; the other copies' candidates are discarded.
+ */
+export interface SessionState {
   /**
    * Saves what a copy's handler left in its session data, as that copy's
    * candidate. Nothing the client can see changes until the copy is adopted.
@@ -124,19 +150,25 @@ export interface SessionStore {
   saveCandidate(sessionId: string, requestId: string, duplicateId: string, data: Record<string, unknown>): Promise<void>;
 
   /**
-   * Step "record the adoption": the proxy adopted the answer of these copies. Promotes the
-   * first adopted copy's session candidate (if it saved one) to the session's
-   * adopted state and discards the request's other candidates. Recording the
-   * same adoption twice is harmless.
+   * The adoption, as the session state sees it: promotes the first adopted
+   * copy's session candidate (if it saved one) to the session's adopted
+   * state, once, and discards the request's other candidates. The same call
+   * as {@link RequestLog.recordAdoption}: one store plays both roles.
    */
   recordAdoption(input: RecordAdoptionInput): Promise<void>;
 
-  /** The proxy stopped this copy because another one committed. */
-  recordCancelled(requestId: string, duplicateId: string): Promise<void>;
-
-  getRequest(requestId: string): Promise<RequestRecord | undefined>;
+  /** A session's adopted state; undefined when it has none. */
   getSession(sessionId: string): Promise<SessionRecord | undefined>;
+}
 
+/**
+ * Role 3, the **commit arbitration** (step "first committed wins"): exactly
+ * one copy of an update holds the right to commit at a time, with a lease
+ * and a fencing token; the others wait, and lose when it confirms or take
+ * over when it releases or vanishes. The outcome shows in the request log's
+ * record (`RequestRecord.commit`).
+ */
+export interface CommitArbiter {
   /**
    * Asks for the right to commit `requestId`. Exactly one copy holds it at a
    * time. While another copy holds it, waits: rejects with `SupersededError`
@@ -156,7 +188,14 @@ export interface SessionStore {
 
   /** The holder gives the claim up (its commit failed). A no-op for anyone but the current holder. */
   release(requestId: string, duplicateId: string, fence: number): Promise<void>;
+}
 
+/**
+ * Role 4, **idempotency**: `Idempotency-Key`s, each bound to the request id
+ * of its first attempt for its TTL, so that a retry replays the answer or
+ * resumes the same request, never applies the update twice.
+ */
+export interface IdempotencyStore {
   /**
    * Takes an `Idempotency-Key` (already scoped by the caller) for a request,
    * atomically. A new key is kept `ttlMs` (and never less than an attempt's
@@ -180,7 +219,19 @@ export interface SessionStore {
    * may complete it again with a smaller answer).
    */
   completeIdempotent(key: string, requestId: string, answer: StoredAnswer | null, ttlMs: number, attempt: number): Promise<void>;
-
-  /** Releases timers and connections the store itself opened. */
-  close(): Promise<void>;
 }
+
+/**
+ * What a session store does: the session management server of the method,
+ * in its four roles, {@link RequestLog}, {@link SessionState},
+ * {@link CommitArbiter} and {@link IdempotencyStore}, played by one object
+ * (the adoption ties the first two together, the commit state shows in the
+ * request log). Implementations: `MemorySessionStore` (one process),
+ * `RedisSessionStore` (`redundant-proxy/redis`), or your own, checked by
+ * `testSessionStore` (each role alone: `conformance.requestLog`, …) from
+ * `redundant-proxy/testing`.
+ *
+ * Every method may reject; callers on the read path treat a rejection as a
+ * bookkeeping failure (an event), callers on the update path fail closed.
+ */
+export interface SessionStore extends RequestLog, SessionState, CommitArbiter, IdempotencyStore, Closable {}
