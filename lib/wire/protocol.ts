@@ -53,6 +53,16 @@ export const ANSWER_HEADERS = {
   servedBy: 'x-redundant-served-by',
 } as const;
 
+/** Headers between the client and the gateway that the proxy reads or sets (not `x-redundant-*`: clients see them). */
+export const CLIENT_HEADERS = {
+  /** Answer: the request id the proxy minted (a client's own is never trusted). */
+  requestId: 'x-request-id',
+  /** Request: the client's `Idempotency-Key` (IETF httpapi draft). */
+  idempotencyKey: 'idempotency-key',
+  /** Answer: `true` on an answer replayed for an `Idempotency-Key`. */
+  replayed: 'idempotent-replayed',
+} as const;
+
 /** Every header of the protocol, both directions. */
 export const H = { ...REQUEST_HEADERS, ...ANSWER_HEADERS } as const;
 
