@@ -1,0 +1,190 @@
+import type { IncomingMessage } from 'node:http';
+import { boolean, custom, field, func, MAX_TIMER_MS, number, object, objectOrFalse, oneOf, optional, parseOptions, refine, refuse, secret, string, type Schema } from '../schema.js';
+import { MemorySessionStore } from '../store/memory.js';
+import type { SessionStore } from '../store/types.js';
+import { PREFIX } from '../wire/protocol.js';
+import type { CancelInfo, EjectionOptions, ProxyOptions, ResolvedOptions, ResolvedSelect, ResolvedSession, SelectFunction, Upstream, UpstreamResponse, UpstreamSpec } from './options.js';
+import { checkPrometheusOptions, type PrometheusOptions } from './prometheus.js';
+
+// The proxy's options checked at construction, through the one option
+// checker (lib/schema.ts): a bad or unknown option throws an
+// `InvalidOptionError` naming it by its dotted path.
+
+const TOKEN = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
+const READ_METHODS = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE']);
+const ID = /^[A-Za-z0-9._:-]{1,64}$/;
+
+export const defaultAccept = (r: UpstreamResponse): boolean => r.status < 500;
+export const defaultIsUpdate = (req: IncomingMessage): boolean => !READ_METHODS.has(req.method ?? 'GET');
+
+const millis = (d: number) => number({ unit: 'milliseconds', above: 0, default: d });
+/** A timer's delay: above 2^31 - 1 ms Node fires it at once. */
+const timerMillis = (d: number) => number({ unit: 'milliseconds', above: 0, max: MAX_TIMER_MS, default: d });
+
+const HEDGE: Schema<{ delay: number | 'adaptive'; maxExtraLoad: number }> = {
+  delay: field("must be a number of milliseconds >= 0 or 'adaptive'", (v) => v === 'adaptive' || (typeof v === 'number' && Number.isFinite(v) && v >= 0), { default: 0 }),
+  maxExtraLoad: number({ min: 0, infinite: true, default: (r) => (r.delay === 'adaptive' ? 0.1 : Infinity) }),
+};
+
+const EJECTION: Schema<Required<EjectionOptions>> = {
+  consecutiveFailures: number({ integer: true, min: 1, default: 5 }),
+  baseEjectionTime: millis(30_000),
+  maxEjectionTime: number({ unit: 'milliseconds', min: { label: 'baseEjectionTime', value: (r) => r.baseEjectionTime as number }, default: (r) => Math.max(300_000, r.baseEjectionTime as number) }),
+  maxEjectedPercent: number({ min: 0, max: 100, default: 50 }),
+};
+
+type ResolvedIdempotency = Exclude<ResolvedOptions['idempotency'], false>;
+const IDEMPOTENCY: Schema<ResolvedIdempotency> = {
+  scope: optional(func<(req: IncomingMessage) => string | undefined>()),
+  ttl: millis(86_400_000),
+  maxAnswerSize: number({ integer: true, unit: 'bytes', min: 0, default: 1024 * 1024 }),
+  wait: number({ unit: 'milliseconds', min: 0, default: 1000 }),
+};
+
+const SESSION: Schema<Omit<ResolvedSession, 'cookie' | 'header'> & { cookie: string | undefined; header: string | undefined }> = {
+  cookie: optional(string('must be a cookie name', (s) => TOKEN.test(s))),
+  header: optional(string('must be a header name outside x-redundant-*', (s) => TOKEN.test(s) && !s.toLowerCase().startsWith(PREFIX))),
+  secure: oneOf([true, false, 'auto'], 'auto'),
+  sameSite: refine(oneOf(['Strict', 'Lax', 'None'], 'Lax'), "'None' needs secure: true (browsers refuse it otherwise)", (v, r) => v !== 'None' || r.secure === true),
+  domain: optional(string('must be a domain name', (s) => /^\.?[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*$/.test(s))),
+  path: string('must be a path starting with / (no ; or spaces)', (s) => /^\/[\x21-\x3a\x3c-\x7e]*$/.test(s), '/'),
+  maxAge: optional(number({ integer: true, unit: 'seconds', min: 0 })),
+};
+
+/** The proxy's options as the schema resolves them, before they are put together. */
+interface Parsed {
+  upstreams: Upstream[];
+  store: SessionStore | undefined;
+  copies: number;
+  hedge: { delay: number | 'adaptive'; maxExtraLoad: number };
+  timeout: number;
+  accept: (response: UpstreamResponse) => boolean;
+  select: ResolvedSelect;
+  isUpdate: (req: IncomingMessage) => boolean;
+  secret: string | Buffer | undefined;
+  maxBodySize: number;
+  bodyTimeout: number;
+  bodyIdleTimeout: number;
+  maxBufferedBytes: number;
+  connections: number;
+  maxInFlight: number;
+  trustForwarded: boolean;
+  session: ResolvedSession | false;
+  storeTimeout: number;
+  onCancel: ((info: CancelInfo) => void | Promise<void>) | undefined;
+  cancelTimeout: number;
+  idempotency: ResolvedIdempotency | false;
+  ejection: Required<EjectionOptions> | false;
+  prometheus: PrometheusOptions | undefined;
+  now: () => number;
+}
+
+const PROXY: Schema<Parsed> = {
+  upstreams: custom('must be a non-empty array of URLs or { id, url }', (v) => resolveUpstreams(v)),
+  store: optional(field<SessionStore>('must implement SessionStore', (s) => typeof s === 'object' && s !== null && typeof (s as SessionStore).recordCopy === 'function' && typeof (s as SessionStore).recordAdoption === 'function')),
+  copies: number({
+    integer: true,
+    min: 1,
+    max: { label: 'the number of upstreams', value: (r) => (r.upstreams as Upstream[]).length },
+    default: (r) => (r.upstreams as Upstream[]).length,
+  }),
+  hedge: object(HEDGE),
+  timeout: millis(30_000),
+  accept: func(defaultAccept),
+  select: custom("must be 'first', { quorum: k } or a function", (v, name, r) => resolveSelect(v, name, r.copies as number)),
+  isUpdate: func(defaultIsUpdate),
+  secret: secret(),
+  maxBodySize: number({ integer: true, unit: 'bytes', min: 0, default: 1024 * 1024 }),
+  bodyTimeout: timerMillis(30_000),
+  bodyIdleTimeout: timerMillis(10_000),
+  maxBufferedBytes: number({ integer: true, unit: 'bytes', min: { label: 'maxBodySize', value: (r) => r.maxBodySize as number }, default: 64 * 1024 * 1024 }),
+  connections: number({ integer: true, min: 1, default: 1024 }),
+  maxInFlight: number({ integer: true, min: 1, max: { label: 'connections', value: (r) => r.connections as number }, default: (r) => r.connections as number }),
+  trustForwarded: boolean(false),
+  session: custom('must be session options or false', (v, name) => resolveSession(v, name)),
+  storeTimeout: millis(1000),
+  onCancel: optional(func<(info: CancelInfo) => void | Promise<void>>()),
+  cancelTimeout: millis(5000),
+  idempotency: objectOrFalse(IDEMPOTENCY),
+  ejection: objectOrFalse(EJECTION),
+  prometheus: custom('must be prometheus options', (v) => checkPrometheusOptions(v)),
+  now: func(() => performance.now()),
+};
+
+export function resolveOptions(options: ProxyOptions): ResolvedOptions {
+  const o = parseOptions(PROXY, options);
+  return {
+    upstreams: o.upstreams,
+    onCancel: o.onCancel,
+    cancelTimeout: o.cancelTimeout,
+    idempotency: o.idempotency,
+    ejection: o.ejection,
+    prometheus: o.prometheus,
+    store: o.store ?? new MemorySessionStore(),
+    ownsStore: o.store === undefined,
+    session: o.session,
+    storeTimeout: o.storeTimeout,
+    copies: o.copies,
+    hedgeDelay: o.hedge.delay,
+    maxExtraLoad: o.hedge.maxExtraLoad,
+    timeout: o.timeout,
+    accept: o.accept,
+    select: o.select,
+    isUpdate: o.isUpdate,
+    secret: o.secret,
+    trustForwarded: o.trustForwarded,
+    maxBodySize: o.maxBodySize,
+    bodyTimeout: o.bodyTimeout,
+    bodyIdleTimeout: o.bodyIdleTimeout,
+    maxBufferedBytes: o.maxBufferedBytes,
+    connections: o.connections,
+    maxInFlight: o.maxInFlight,
+    now: o.now,
+  };
+}
+
+function resolveSelect(select: unknown, name: string, copies: number): ResolvedSelect {
+  if (select === undefined || select === 'first') return { kind: 'first' };
+  if (typeof select === 'function') return { kind: 'custom', choose: select as SelectFunction };
+  if (typeof select !== 'object' || select === null) refuse(name, "must be 'first', { quorum: k } or a function", select);
+  const { quorum } = parseOptions({ quorum: number({ integer: true, min: 1, max: { label: 'copies', value: () => copies } }) }, select, name);
+  // One answer agreeing with itself: the first acceptable one, streamed.
+  return quorum === 1 ? { kind: 'first' } : { kind: 'quorum', quorum };
+}
+
+function resolveSession(session: unknown, name: string): ResolvedOptions['session'] {
+  if (session === false) return false;
+  if (session !== undefined && (typeof session !== 'object' || session === null)) refuse(name, `must be { ${Object.keys(SESSION).join('?, ')}? } or false`, session);
+  const { cookie, header, ...attributes } = parseOptions(SESSION, session ?? {}, name);
+  if (cookie === undefined && header === undefined) return { cookie: 'rp_session', header: undefined, ...attributes };
+  return { cookie, header: header?.toLowerCase(), ...attributes };
+}
+
+function resolveUpstreams(list: unknown): Upstream[] {
+  if (!Array.isArray(list) || list.length === 0) refuse('upstreams', 'must be a non-empty array of URLs or { id, url }', list);
+  const seen = new Set<string>();
+  return (list as unknown[]).map((entry, i) => {
+    const name = `upstreams[${i}]`;
+    let url: string;
+    let id: string | undefined;
+    if (typeof entry === 'string') url = entry;
+    else if (typeof entry === 'object' && entry !== null && typeof (entry as UpstreamSpec).url === 'string') {
+      url = (entry as UpstreamSpec).url;
+      id = (entry as UpstreamSpec).id;
+      if (typeof id !== 'string' || !ID.test(id)) refuse(`${name}.id`, 'must be 1-64 characters of letters, digits and ._:-', id);
+    } else refuse(name, 'must be a URL string or { id, url }', entry);
+    let parsed: URL;
+    try {
+      parsed = new URL(url);
+    } catch {
+      refuse(name, 'must be an absolute http(s) URL', url);
+    }
+    if (parsed.protocol !== 'http:' && parsed.protocol !== 'https:') refuse(name, 'must be an http: or https: URL', url);
+    if (parsed.search || parsed.hash || parsed.username || parsed.password) refuse(name, 'must not carry a query, fragment or credentials', url);
+    const explicit = id !== undefined;
+    id ??= parsed.host;
+    if (seen.has(id)) refuse(name, `repeats the upstream id "${id}"`, url);
+    seen.add(id);
+    return { id, label: explicit ? id : `upstream-${i + 1}`, origin: parsed.origin, prefix: parsed.pathname.replace(/\/+$/, '') };
+  });
+}
