@@ -1,20 +1,20 @@
-import type { ServerResponse } from 'node:http';
 import type { Dispatcher } from 'undici';
 import { codes, RedundantProxyError } from '../errors.js';
-import type { Scheduler, TimerHandle } from '../time.js';
-import { appendCopyHeaders, H } from '../wire/protocol.js';
-import type { CopyState } from './lifecycle.js';
-import type { ResolvedSelect, Upstream, UpstreamResponse } from './options.js';
+import type { TimerHandle } from '../time.js';
+import { H } from '../wire/protocol.js';
 import { detachedResponse, sendError } from './respond.js';
-import { LOCAL_REFUSAL, type RaceObserver, type RaceOutcome, type RaceReport } from './report.js';
+import type { CapturedAnswer, RaceOutcome, RaceReport } from './report.js';
 import { adoptionFor, type AdoptionStrategy, type Decision, type HeadVerdict, type Judge } from './race/adoption.js';
-import { AnswerTail, answerNoUsable, isBodyless, passThrough, writeHead, type CapturedAnswer } from './race/answer.js';
-import { Copy, errorName, type CopyHost } from './race/copy.js';
-import { HedgeScheduler, type HedgeHost, type HedgeTokens } from './race/hedging.js';
+import { isBodyless, release, stream, winnerEnded } from './race/answer.js';
+import { AnswerTail } from './race/tail.js';
+import { Copy, type CopyHost } from './race/copy.js';
+import { answerFailure, timedOut } from './race/ending.js';
+import { HedgeScheduler, type HedgeHost } from './race/hedging.js';
+import type { RaceCore, RaceInput } from './race/input.js';
 import { LOSERS } from './race/losers.js';
 
-export type { CopyOutcome, CopyReport, RaceObserver, RaceOutcome, RaceReport } from './report.js';
-export type { CapturedAnswer } from './race/answer.js';
+export type { CapturedAnswer, CopyOutcome, CopyReport, RaceObserver, RaceOutcome, RaceReport } from './report.js';
+export type { RaceInput } from './race/input.js';
 
 // One request's race: steps "duplicate", "send" and "choose" (docs/design.md).
 // The race keeps only the copies' lifecycle (lib/proxy/lifecycle.ts): it
@@ -24,74 +24,8 @@ export type { CapturedAnswer } from './race/answer.js';
 // answer to the client (race/answer.ts), and reports (report.ts).
 
 type Headers = Record<string, string | string[] | undefined>;
-type Extra = Record<string, string | string[]> | undefined;
 
-export interface RaceInput {
-  requestId: string;
-  method: string;
-  path: string;
-  update: boolean;
-  sessionId: string;
-  sessionNew: boolean;
-  /** Headers every copy shares (already cleaned), as a flat `[name, value, …]` list. */
-  headers: string[];
-  body: Buffer | null;
-  /** Upstreams to use, in order: copy i goes to targets[i]. */
-  targets: Upstream[];
-  dispatchers: Map<string, Dispatcher>;
-  hedgeDelay: number;
-  /** The hedge budget: asked before each hedged copy. */
-  budget: HedgeTokens;
-  timeout: number;
-  accept: (response: UpstreamResponse) => boolean;
-  /** How a read's answer is chosen. Updates ignore it: the committed copy's answer wins. */
-  select: ResolvedSelect;
-  /** Largest answer buffered for a quorum or a select function to compare. */
-  maxAnswerSize: number;
-  secret: string | Buffer | undefined;
-  /** The clock and timers of the race: its timeout, hedge delays, the losers' grace (lib/time.ts). */
-  time: Scheduler;
-  wallClock: () => number;
-  res: ServerResponse;
-  /** Told what happens besides the report (one per proxy). */
-  observer: RaceObserver;
-  /**
-   * Called when a copy wins, before its head goes to the client. May return
-   * headers to add, or a promise of them: the head (and body) wait for it.
-   */
-  beforeHead?: (copy: Copy['report'], headers: Headers) => Extra | Promise<Record<string, string | string[]>>;
-  /**
-   * Updates only: asked before answering a failure or a timeout, and before
-   * adopting, at the timeout, an answer that did not commit (`adopting`: the
-   * proxy must then make sure no copy still out can commit). Resolves an
-   * error to answer with instead (the update committed but its answer was
-   * lost, or a copy holds the commit and its outcome is not known), or
-   * undefined to go on.
-   */
-  beforeFailure?: (adopting: boolean) => Promise<RedundantProxyError | undefined>;
-  /**
-   * Runs once the adopted answer's body is complete, before its last bytes
-   * go to the client (idempotency: the key is completed before the client
-   * can retry). The last chunk waits for it.
-   */
-  beforeEnd?: (captured: CapturedAnswer | null) => Promise<void>;
-  /** The update's scoped, hashed `Idempotency-Key`, sent to the workers (`x-redundant-idempotency`). */
-  idempotencyKey?: string;
-  /** SHA-256 of `body`, base64url, for the copies' signatures (only with a `secret`). */
-  bodyHash?: string;
-  /** Which attempt of an `Idempotency-Key` this race is (duplicate ids stay unique when a retry resumes a request id). @default 1 */
-  attempt?: number;
-  /** Bytes of the adopted answer's body to keep for `captured` (idempotency); 0 keeps nothing. */
-  capture: number;
-}
-
-/** The target a copy asks its upstream: its prefix, then the path (which may be only `?query`, or empty, under an Express mount). */
-function upstreamTarget(prefix: string, path: string): string {
-  const target = prefix + path;
-  return target.startsWith('/') ? target : `/${target}`;
-}
-
-export class Race implements CopyHost, HedgeHost, Judge<Copy> {
+export class Race implements CopyHost, HedgeHost, Judge<Copy>, RaceCore {
   readonly copies: Copy[];
   readonly started: number;
   readonly strategy: AdoptionStrategy<Copy>;
@@ -153,7 +87,10 @@ export class Race implements CopyHost, HedgeHost, Judge<Copy> {
   }
 
   start(): Promise<RaceReport> {
-    this.timeoutTimer = this.input.time.setTimeout(() => this.onTimeout(), this.input.timeout);
+    this.timeoutTimer = this.input.time.setTimeout(() => {
+      this.timeoutTimer = null;
+      timedOut(this);
+    }, this.input.timeout);
     this.input.res.once('close', this.#onClientClose);
     this.hedging.start();
     return this.done;
@@ -203,48 +140,11 @@ export class Race implements CopyHost, HedgeHost, Judge<Copy> {
     return answering >= need;
   }
 
-  /** Step "duplicate": the next copy, with its own duplicate id and signed headers, leaves for its upstream. */
+  /** Step "duplicate": the next copy leaves for its upstream (race/copy.ts `send()`). */
   sendNext(hedged: boolean): void {
     const copy = this.copies[this.next++]!;
-    const { input } = this;
-    const target = upstreamTarget(copy.upstream.prefix, input.path);
-    const headers = input.headers.slice();
-    appendCopyHeaders(
-      headers,
-      {
-        requestId: input.requestId,
-        duplicateId: copy.report.duplicateId,
-        upstreamId: copy.upstream.id,
-        index: copy.report.index,
-        of: this.copies.length,
-        update: input.update,
-        sessionId: input.sessionId,
-        sessionNew: input.sessionNew,
-        timestamp: input.wallClock(),
-        idempotencyKey: input.idempotencyKey,
-        method: input.method,
-        target,
-        bodyHash: input.bodyHash,
-      },
-      input.secret,
-    );
-    copy.to('sent');
-    copy.startedAt = input.time.now();
-    copy.report.sentAt = copy.startedAt - this.started;
-    copy.report.hedged = hedged;
-    copy.report.outcome = 'stopped';
-    input.observer.copySent(input.requestId, copy.report);
-    try {
-      copy.live = true;
-      input.observer.copyStarted(copy.upstream.id);
-      input.dispatchers.get(copy.upstream.id)!.dispatch({ path: target, method: input.method, headers, body: input.body, headersTimeout: input.timeout, bodyTimeout: input.timeout }, copy);
-    } catch (err) {
-      // undici refuses some requests synchronously (invalid header values):
-      // the request's fault, not the upstream's (outlier ejection ignores it).
-      copy.wireDone();
-      copy.to('done');
-      this.failed(copy, LOCAL_REFUSAL + errorName(err));
-    }
+    const refused = copy.send(this.input, this.copies.length, this.started, hedged);
+    if (refused !== null) this.failed(copy, refused);
   }
 
   // ---- the copies' events (race/copy.ts) ----
@@ -266,37 +166,18 @@ export class Race implements CopyHost, HedgeHost, Judge<Copy> {
     // Another copy committed already: the store's arbitration failed.
     if (this.committed && headers[H.commit] === 'won') this.#secondCommit(copy);
     if (copy.state === 'lingering') {
-      if (copy.report.error === 'timeout') copy.report.error = null; // it did answer
-      // Answered within its grace: it stopped by itself. Drain it (keeping
-      // the connection) if small. An update's copy says it lost the commit.
-      const lost = headers[H.commit] === 'lost';
-      if (LOSERS.drains(headers)) {
-        copy.to('draining');
-        copy.report.outcome = lost ? 'lost' : 'drained';
-      } else {
-        this.stop(copy);
-        if (lost) copy.report.outcome = 'lost';
-      }
-      this.lingerSettled();
-      return;
+      LOSERS.answeredInGrace(copy, headers);
+      return this.lingerSettled();
     }
-    if (this.winner || this.finished) {
-      // Lost the race: answered after another copy won.
-      copy.report.outcome = 'drained';
-      if (LOSERS.drains(headers)) copy.to('draining');
-      else {
-        copy.report.outcome = 'stopped';
-        copy.abort();
-      }
-      return;
-    }
+    // Lost the race: answered after another copy won.
+    if (this.winner || this.finished) return LOSERS.answeredLate(copy, headers);
     const refused = headers[H.refused];
     if (typeof refused === 'string') {
       // The worker refused the copy before its handler ran (a wrong or
       // rotated secret, a wrong upstream id): a failure of that upstream,
       // never an answer to adopt, or one misconfigured replica would answer
       // every request with its instant 401.
-      this.#drainOrAbort(copy);
+      LOSERS.drainOrAbort(copy);
       input.observer.refused(copy.upstream.id, refused);
       this.failed(copy, `refused: ${refused}`);
       return;
@@ -312,14 +193,14 @@ export class Race implements CopyHost, HedgeHost, Judge<Copy> {
       case 'lost':
         // Lost the arbitration: never adopted, not even as a fallback.
         copy.report.outcome = 'lost';
-        this.#drainOrAbort(copy);
+        LOSERS.drainOrAbort(copy);
         return this.settle();
       case 'applied':
         // A copy that took the claim over found the request already applied
         // by an earlier copy, whose answer is gone: the client hears that it
         // was applied, and no copy runs it again.
         copy.report.outcome = 'applied';
-        this.#drainOrAbort(copy);
+        LOSERS.drainOrAbort(copy);
         sendError(this.input.res, new RedundantProxyError(codes.ANSWER_LOST, `the update was applied by an earlier copy (found by upstream "${copy.upstream.label}"), but its answer was lost; do not retry it blindly`, { status: 502 }), this.input.requestId);
         return this.finish('answer-lost');
       case 'hold':
@@ -341,18 +222,13 @@ export class Race implements CopyHost, HedgeHost, Judge<Copy> {
           copy.to('collecting');
           return; // counted as settled once its body is in
         }
-        this.#drainOrAbort(copy);
+        LOSERS.drainOrAbort(copy);
         return this.settle();
     }
   }
 
   stream(controller: Dispatcher.DispatchController, chunk: Buffer): void {
-    const { res } = this.input;
-    const out = this.tail ? this.tail.pass(chunk) : chunk;
-    if (out && !res.write(out)) {
-      controller.pause();
-      res.once('drain', () => controller.resume());
-    }
+    stream(this, controller, chunk);
   }
 
   reading(copy: Copy): void {
@@ -415,16 +291,16 @@ export class Race implements CopyHost, HedgeHost, Judge<Copy> {
     this.settled++;
     if (this.winner || this.finished) return;
     const decision = this.strategy.decide(this.copies.length - this.settled, this.next - this.settled);
-    if (decision) return this.#decided(decision);
+    if (decision) return this.decided(decision);
     if (this.settled < this.next) return;
     // Every copy sent so far failed (or, under select, answered without a
     // decision). Send the next one now: this replaces a failed copy rather
     // than adding load, so no budget applies.
     if (this.next < this.copies.length) return this.hedging.replaceFailed();
-    this.#answerFailure();
+    answerFailure(this);
   }
 
-  #decided(decision: Decision<Copy>): void {
+  decided(decision: Decision<Copy>): void {
     const chosen = 'adopt' in decision ? decision.adopt : null;
     // Under select: the answers not chosen are done; those alike the chosen one `agreed`, the others `outvoted`.
     for (const other of this.strategy.answers) {
@@ -448,7 +324,7 @@ export class Race implements CopyHost, HedgeHost, Judge<Copy> {
     this.hedging.stop();
     for (const other of this.copies) {
       // A copy still out gets a short grace (lingerLosers); anything else stops now.
-      if (other !== copy && other.state !== 'sent') this.stop(other);
+      if (other !== copy && other.state !== 'sent') LOSERS.stop(other);
     }
     this.fallback = null;
     this.#lingerLosers();
@@ -459,114 +335,28 @@ export class Race implements CopyHost, HedgeHost, Judge<Copy> {
         copy.pause();
       }
       extra.then(
-        (more) => this.#release(copy, more),
-        () => this.#release(copy, undefined),
+        (more) => release(this, copy, more),
+        () => release(this, copy, undefined),
       );
       return;
     }
-    this.#release(copy, extra);
-  }
-
-  /** The winner may go: send its head and whatever body arrived while it was held. */
-  #release(copy: Copy, extra: Extra): void {
-    if (this.finished) return; // timed out or the client left while holding
-    const { res, requestId } = this.input;
-    if (copy.broken) {
-      copy.chunks = [];
-      sendError(res, new RedundantProxyError(codes.UPSTREAMS_FAILED, 'the adopted answer broke before it could be sent', { status: 502 }), requestId);
-      return this.finish('failed');
-    }
-    const out = writeHead(res, copy, requestId, extra);
-    if (out) this.tail?.head(copy.report.status!, out);
-    if (isBodyless(this.input.method, copy.report.status)) {
-      // Nothing follows the head, whatever its framing headers say: a 304
-      // may state the length of the body it does not carry (undici then
-      // reports a length mismatch on the connection, which is no concern of
-      // the client's). The answer is complete now.
-      copy.chunks = [];
-      if (copy.ended) copy.to('done');
-      else {
-        copy.to('draining');
-        copy.resume();
-      }
-      return this.#winnerEnded();
-    }
-    for (const chunk of copy.chunks) {
-      const piece = this.tail ? this.tail.pass(chunk) : chunk;
-      if (piece) res.write(piece);
-    }
-    copy.chunks = [];
-    if (copy.ended) {
-      copy.to('done');
-      return this.#winnerEnded();
-    }
-    copy.to('streaming');
-    copy.resume();
+    release(this, copy, extra);
   }
 
   winnerEnded(): void {
-    this.#winnerEnded();
-  }
-
-  #winnerEnded(): void {
-    const captured = this.tail?.complete() ?? null;
-    const end = () => {
-      if (this.finished) return; // the client left meanwhile
-      const { res } = this.input;
-      const last = this.tail?.takeLast();
-      if (last) res.write(last);
-      res.end();
-      this.finish('won');
-    };
-    if (!this.input.beforeEnd) return end();
-    this.ending = true;
-    this.input.beforeEnd(captured).then(end, end);
+    winnerEnded(this);
   }
 
   // ---- losers (race/losers.ts) ----
-
-  /** Stops a copy: aborts it, or lets a small answer drain to keep its connection. */
-  stop(copy: Copy): void {
-    switch (copy.state as CopyState) {
-      case 'sent':
-      case 'lingering':
-        copy.report.outcome = 'stopped';
-        copy.abort();
-        break;
-      case 'collecting':
-        copy.report.outcome = 'rejected';
-        copy.chunks = [];
-        this.#drainOrAbort(copy);
-        break;
-      case 'buffering':
-        // Answering, but another answer was chosen first.
-        copy.chunks = [];
-        if (LOSERS.drains(copy.headers)) {
-          copy.report.outcome = 'drained';
-          copy.to('draining');
-        } else copy.abort();
-        break;
-      case 'holding':
-      case 'streaming':
-        copy.abort();
-        break;
-      default:
-    }
-  }
-
-  #drainOrAbort(copy: Copy): void {
-    if (LOSERS.drains(copy.headers)) copy.to('draining');
-    else copy.abort();
-  }
 
   /**
    * Stops a copy. Step "first committed wins": once one copy committed,
    * every other copy still processing the update (a lingering loser) is
    * stopped, and its cancel hook runs.
    */
-  #stopAndCancel(copy: Copy): void {
+  stopAndCancel(copy: Copy): void {
     const lingering = copy.state === 'lingering';
-    this.stop(copy);
+    LOSERS.stop(copy);
     if (lingering) this.#cancelAfterCommit(copy);
   }
 
@@ -600,7 +390,7 @@ export class Race implements CopyHost, HedgeHost, Judge<Copy> {
       // Timers run before the event loop reads sockets: give answers already
       // waiting there one turn to arrive, rather than abort them (and their connection).
       time.setImmediate(() => {
-        for (const c of this.copies) if (c.state === 'lingering') this.#stopAndCancel(c);
+        for (const c of this.copies) if (c.state === 'lingering') this.stopAndCancel(c);
         this.lingerSettled();
       });
     }, LOSERS.grace(time.now() - this.started));
@@ -623,82 +413,8 @@ export class Race implements CopyHost, HedgeHost, Judge<Copy> {
     copy.chunks = [];
     copy.report.outcome = 'rejected';
     copy.report.error = `answer larger than maxBodySize (${this.maxAnswerSize} bytes): select cannot compare it`;
-    this.#drainOrAbort(copy);
+    LOSERS.drainOrAbort(copy);
     this.settle();
-  }
-
-  // ---- ending without an answer ----
-
-  #answerFailure(): void {
-    if (this.input.beforeFailure) return this.#consultStore(false, () => this.#answerFailureNow());
-    this.#answerFailureNow();
-  }
-
-  /**
-   * An update ends without an answer: ask the store first. If a copy
-   * committed and its answer was lost on the way, the client must hear that
-   * the update was applied, not that it failed.
-   */
-  #consultStore(adopting: boolean, otherwise: () => void): void {
-    const ask = this.input.beforeFailure!;
-    this.input.beforeFailure = undefined; // once
-    this.hedging.stop();
-    const { held } = this.strategy;
-    for (const copy of this.copies) if (!held.includes(copy)) this.#stopAndCancel(copy);
-    this.lingerSettled();
-    ask(adopting).then(
-      (err) => {
-        if (this.finished) return;
-        if (!err) return otherwise();
-        const unknown = err.code === codes.OUTCOME_UNKNOWN;
-        sendError(this.input.res, err, this.input.requestId, unknown ? { 'retry-after': '1' } : undefined);
-        this.finish(unknown ? 'outcome-unknown' : 'answer-lost');
-      },
-      () => !this.finished && otherwise(),
-    );
-  }
-
-  #answerFailureNow(): void {
-    const { res, requestId } = this.input;
-    const fallback = this.fallback;
-    if (fallback && !res.headersSent && !res.destroyed) {
-      passThrough(res, fallback, requestId);
-      this.passedThrough = true;
-    } else answerNoUsable(res, this.copies, requestId, this.maxAnswerSize);
-    this.finish('failed');
-  }
-
-  onTimeout(): void {
-    this.timeoutTimer = null;
-    // Decided already: the adopted body is complete and only waits for `beforeEnd`.
-    if (this.finished || this.ending) return;
-    const { res, requestId, timeout } = this.input;
-    // Copies still waiting for their answer, or for the rest of an answer
-    // being compared, ran out of time: say so (outlier ejection counts them
-    // as failures; copies stopped earlier, and a winner still streaming, not).
-    // A copy sent late in the request (a hedge) says little: only one out
-    // for half the timeout or more is marked.
-    const now = this.input.time.now();
-    for (const copy of this.copies) {
-      if ((copy.state === 'sent' || copy.state === 'buffering') && now - copy.startedAt >= timeout / 2) copy.report.error = 'timeout';
-      // A winner still streaming: a long body (a download, a stream), not a failure.
-      else if (copy.state === 'streaming') copy.report.error = 'body-timeout';
-    }
-    // A select function waiting for more answers gets its last say.
-    if (!this.winner && !res.headersSent) {
-      const decision = this.strategy.lastSay();
-      if (decision) return this.#decided(decision);
-    }
-    const timedOut = () => {
-      if (res.headersSent) res.destroy();
-      else sendError(res, new RedundantProxyError(codes.TIMEOUT, `no acceptable answer within ${timeout} ms`, { status: 504 }), requestId);
-      this.finish('timeout');
-    };
-    if (this.input.beforeFailure && !res.headersSent) {
-      // The copies still out never committed: an answer that did not commit may now be adopted.
-      const { held } = this.strategy;
-      this.#consultStore(held.length > 0, () => (held[0] ? this.adopt(held[0]) : timedOut()));
-    } else timedOut();
   }
 
   finish(outcome: RaceOutcome): void {
@@ -711,7 +427,7 @@ export class Race implements CopyHost, HedgeHost, Judge<Copy> {
     this.input.res.off('close', this.#onClientClose);
     this.#finishedAt = this.input.time.now();
     // Lingering losers keep their grace after a won race; otherwise everything stops now.
-    for (const copy of this.copies) if (outcome !== 'won' || copy.state !== 'lingering') this.#stopAndCancel(copy);
+    for (const copy of this.copies) if (outcome !== 'won' || copy.state !== 'lingering') this.stopAndCancel(copy);
     this.lingerSettled();
   }
 

@@ -103,6 +103,14 @@ export const COPY_OUTCOMES = Object.keys(zeroCopy()) as readonly CopyOutcome[];
 /** How a copy's `error` starts when the copy was never sent because the request could not be (undici refused it): nothing the upstream did. */
 export const LOCAL_REFUSAL = 'not sent: ';
 
+/** The adopted answer, as sent to the client, when the race was asked to keep it (an Idempotency-Key's). */
+export interface CapturedAnswer {
+  status: number;
+  headers: Record<string, string | string[]>;
+  /** null when the body was larger than what was to be kept. */
+  body: Buffer | null;
+}
+
 /**
  * Told, as a race runs, what is not in its report: the proxy's bookkeeping
  * (copies in flight, upstreams that run the worker or refuse), the update's

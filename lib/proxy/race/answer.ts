@@ -1,9 +1,11 @@
 import type { ServerResponse } from 'node:http';
+import type { Dispatcher } from 'undici';
 import { codes, RedundantProxyError } from '../../errors.js';
 import { H } from '../../wire/protocol.js';
 import { forwardResponseHeaders } from '../headers.js';
 import { sendError } from '../respond.js';
 import type { Copy } from './copy.js';
+import type { RaceCore } from './input.js';
 
 // What the race writes to its client: the adopted answer's head, an
 // upstream's error answer passed through, the race's own error answers, and
@@ -11,14 +13,6 @@ import type { Copy } from './copy.js';
 // back until the key is completed.
 
 type Extra = Record<string, string | string[]> | undefined;
-
-/** The adopted answer, as sent to the client, when `capture` asked for it. */
-export interface CapturedAnswer {
-  status: number;
-  headers: Record<string, string | string[]>;
-  /** null when the body was larger than `capture`. */
-  body: Buffer | null;
-}
 
 /** A HEAD answer, a 204 or a 304: a head and no body, whatever its framing headers say. */
 export function isBodyless(method: string, status: number | null): boolean {
@@ -48,6 +42,71 @@ export function writeHead(res: ServerResponse, copy: Copy, requestId: string, ex
   return out;
 }
 
+/** The adopted copy may go: its head, and whatever body arrived while it was held. */
+export function release(race: RaceCore, copy: Copy, extra: Extra): void {
+  if (race.finished) return; // timed out or the client left while holding
+  const { res, requestId } = race.input;
+  if (copy.broken) {
+    copy.chunks = [];
+    sendError(res, new RedundantProxyError(codes.UPSTREAMS_FAILED, 'the adopted answer broke before it could be sent', { status: 502 }), requestId);
+    return race.finish('failed');
+  }
+  const { tail } = race;
+  const out = writeHead(res, copy, requestId, extra);
+  if (out) tail?.head(copy.report.status!, out);
+  if (isBodyless(race.input.method, copy.report.status)) {
+    // Nothing follows the head, whatever its framing headers say: a 304
+    // may state the length of the body it does not carry (undici then
+    // reports a length mismatch on the connection, which is no concern of
+    // the client's). The answer is complete now.
+    copy.chunks = [];
+    if (copy.ended) copy.to('done');
+    else {
+      copy.to('draining');
+      copy.resume();
+    }
+    return winnerEnded(race);
+  }
+  for (const chunk of copy.chunks) {
+    const piece = tail ? tail.pass(chunk) : chunk;
+    if (piece) res.write(piece);
+  }
+  copy.chunks = [];
+  if (copy.ended) {
+    copy.to('done');
+    return winnerEnded(race);
+  }
+  copy.to('streaming');
+  copy.resume();
+}
+
+/** A chunk of the adopted body, to the client; the upstream waits while the client's socket is full. */
+export function stream(race: RaceCore, controller: Dispatcher.DispatchController, chunk: Buffer): void {
+  const { res } = race.input;
+  const out = race.tail ? race.tail.pass(chunk) : chunk;
+  if (out && !res.write(out)) {
+    controller.pause();
+    res.once('drain', () => controller.resume());
+  }
+}
+
+/** The adopted body is complete: end the answer (after `beforeEnd`, with its last chunk). */
+export function winnerEnded(race: RaceCore): void {
+  const { tail } = race;
+  const captured = tail?.complete() ?? null;
+  const end = () => {
+    if (race.finished) return; // the client left meanwhile
+    const { res } = race.input;
+    const last = tail?.takeLast();
+    if (last) res.write(last);
+    res.end();
+    race.finish('won');
+  };
+  if (!race.input.beforeEnd) return end();
+  race.ending = true;
+  race.input.beforeEnd(captured).then(end, end);
+}
+
 /** Passes an upstream's own error answer through, whole, when no copy answered acceptably. */
 export function passThrough(res: ServerResponse, fallback: Copy, requestId: string): void {
   const out = forwardResponseHeaders(fallback.headers);
@@ -74,53 +133,4 @@ export function answerNoUsable(res: ServerResponse, copies: readonly Copy[], req
       ? `no upstream answered (${failed} copies failed)`
       : `no usable answer: ${tooLarge} too large for select to compare (maxBodySize ${maxAnswerSize} bytes), ${failed} failed`;
   sendError(res, new RedundantProxyError(codes.UPSTREAMS_FAILED, message, { status: 502 }), requestId);
-}
-
-/**
- * The adopted answer's tail, for an Idempotency-Key: its body kept (up to
- * `capture` bytes) to replay, and, when `holdLast`, its last chunk held back
- * until the key is completed: with it the client has the whole answer (a
- * Content-Length body is complete at its last byte, before `end()`).
- */
-export class AnswerTail {
-  captured: CapturedAnswer | null = null;
-  #kept: Buffer[] | null = [];
-  #size = 0;
-  #last: Buffer | null = null;
-
-  constructor(
-    readonly capture: number,
-    readonly holdLast: boolean,
-  ) {}
-
-  /** The head went out with these headers. */
-  head(status: number, headers: Record<string, string | string[]>): void {
-    if (this.capture > 0) this.captured = { status, headers: { ...headers }, body: null };
-  }
-
-  /** A chunk of the adopted body: returns what to write now. */
-  pass(chunk: Buffer): Buffer | null {
-    if (this.captured) {
-      this.#size += chunk.length;
-      if (this.#size > this.capture) this.#kept = null;
-      else this.#kept?.push(chunk);
-    }
-    if (!this.holdLast) return chunk;
-    const previous = this.#last;
-    this.#last = chunk;
-    return previous;
-  }
-
-  /** The body is complete: the answer as kept. */
-  complete(): CapturedAnswer | null {
-    if (this.captured && this.#kept) this.captured.body = Buffer.concat(this.#kept, this.#size);
-    return this.captured;
-  }
-
-  /** The chunk held back, once. */
-  takeLast(): Buffer | null {
-    const last = this.#last;
-    this.#last = null;
-    return last;
-  }
 }

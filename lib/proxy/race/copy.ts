@@ -1,7 +1,9 @@
 import type { Dispatcher } from 'undici';
+import type { Scheduler } from '../../time.js';
+import { appendCopyHeaders } from '../../wire/protocol.js';
 import { transition, type CopyState } from '../lifecycle.js';
 import type { Upstream } from '../options.js';
-import type { CopyReport } from '../report.js';
+import { LOCAL_REFUSAL, type CopyReport, type RaceObserver } from '../report.js';
 
 // One copy of a request, as undici's dispatch handler: the seam between the
 // race and the wire. It turns undici's callbacks into the race's events
@@ -13,6 +15,32 @@ type Headers = Record<string, string | string[] | undefined>;
 
 /** An unacceptable answer is kept (up to this size) to be passed through when no copy produced an acceptable one. */
 export const FALLBACK_LIMIT = 1024 * 1024;
+
+/** What every copy of a request shares. */
+export interface CopyRequest {
+  requestId: string;
+  method: string;
+  path: string;
+  update: boolean;
+  sessionId: string;
+  sessionNew: boolean;
+  /** Headers every copy shares (already cleaned), as a flat `[name, value, …]` list. */
+  headers: string[];
+  body: Buffer | null;
+  dispatchers: Map<string, Dispatcher>;
+  /** Bounds each copy's wait for its head and between its body's chunks, in ms. */
+  timeout: number;
+  secret: string | Buffer | undefined;
+  /** The clock and timers of the race: its timeout, hedge delays, the losers' grace (lib/time.ts). */
+  time: Scheduler;
+  wallClock: () => number;
+  /** Told what happens besides the report (one per proxy). */
+  observer: RaceObserver;
+  /** The update's scoped, hashed `Idempotency-Key`, sent to the workers (`x-redundant-idempotency`). */
+  idempotencyKey?: string;
+  /** SHA-256 of `body`, base64url, for the copies' signatures (only with a `secret`). */
+  bodyHash?: string;
+}
 
 /** The race, as its copies see it. */
 export interface CopyHost {
@@ -72,6 +100,54 @@ export class Copy implements Dispatcher.DispatchHandler {
   /** Moves the copy, through the table of legal moves (lib/proxy/lifecycle.ts). */
   to(next: CopyState): void {
     this.#state = transition(this.#state, next);
+  }
+
+  /**
+   * Step "duplicate" and "send": the copy, with its own duplicate id and
+   * signed headers, leaves for its upstream. Returns why undici refused it
+   * at once (then it is done), or null.
+   */
+  send(request: CopyRequest, of: number, started: number, hedged: boolean): string | null {
+    const target = upstreamTarget(this.upstream.prefix, request.path);
+    const headers = request.headers.slice();
+    appendCopyHeaders(
+      headers,
+      {
+        requestId: request.requestId,
+        duplicateId: this.report.duplicateId,
+        upstreamId: this.upstream.id,
+        index: this.report.index,
+        of,
+        update: request.update,
+        sessionId: request.sessionId,
+        sessionNew: request.sessionNew,
+        timestamp: request.wallClock(),
+        idempotencyKey: request.idempotencyKey,
+        method: request.method,
+        target,
+        bodyHash: request.bodyHash,
+      },
+      request.secret,
+    );
+    this.to('sent');
+    this.startedAt = request.time.now();
+    this.report.sentAt = this.startedAt - started;
+    this.report.hedged = hedged;
+    this.report.outcome = 'stopped';
+    request.observer.copySent(request.requestId, this.report);
+    try {
+      this.live = true;
+      request.observer.copyStarted(this.upstream.id);
+      const { method, body, timeout } = request;
+      request.dispatchers.get(this.upstream.id)!.dispatch({ path: target, method, headers, body, headersTimeout: timeout, bodyTimeout: timeout }, this);
+      return null;
+    } catch (err) {
+      // undici refuses some requests synchronously (invalid header values):
+      // the request's fault, not the upstream's (outlier ejection ignores it).
+      this.wireDone();
+      this.to('done');
+      return LOCAL_REFUSAL + errorName(err);
+    }
   }
 
   /** Ends the copy's exchange: closes its connection (now, or as soon as undici hands over the controller). */
@@ -191,6 +267,12 @@ export class Copy implements Dispatcher.DispatchHandler {
       default:
     }
   }
+}
+
+/** The target a copy asks its upstream: its prefix, then the path (which may be only `?query`, or empty, under an Express mount). */
+function upstreamTarget(prefix: string, path: string): string {
+  const target = prefix + path;
+  return target.startsWith('/') ? target : `/${target}`;
 }
 
 export function errorName(err: unknown): string {

@@ -13,6 +13,9 @@
 // costs its connection, and for an update its cancel hook. The grace is half
 // the time the race took so far, within bounds.
 
+import { H } from '../../wire/protocol.js';
+import type { Copy } from './copy.js';
+
 type Headers = Record<string, string | string[] | undefined>;
 
 export class LoserPolicy {
@@ -32,6 +35,68 @@ export class LoserPolicy {
   /** How long the losers still out may take to answer, when the race was decided `elapsed` ms after it started. */
   grace(elapsed: number): number {
     return Math.min(this.graceMax, Math.max(this.graceMin, elapsed / 2));
+  }
+
+  /** A copy whose answer is not wanted: drained if small, else aborted. */
+  drainOrAbort(copy: Copy): void {
+    if (this.drains(copy.headers)) copy.to('draining');
+    else copy.abort();
+  }
+
+  /** Stops a copy that lost, wherever it stands, and says so in its report. */
+  stop(copy: Copy): void {
+    switch (copy.state) {
+      case 'sent':
+      case 'lingering':
+        copy.report.outcome = 'stopped';
+        copy.abort();
+        break;
+      case 'collecting':
+        copy.report.outcome = 'rejected';
+        copy.chunks = [];
+        this.drainOrAbort(copy);
+        break;
+      case 'buffering':
+        // Answering, but another answer was chosen first.
+        copy.chunks = [];
+        if (this.drains(copy.headers)) {
+          copy.report.outcome = 'drained';
+          copy.to('draining');
+        } else copy.abort();
+        break;
+      case 'holding':
+      case 'streaming':
+        copy.abort();
+        break;
+      default:
+    }
+  }
+
+  /**
+   * A loser answered within its grace: it stopped by itself. Drained
+   * (keeping the connection) if small; an update's copy says it lost the commit.
+   */
+  answeredInGrace(copy: Copy, headers: Headers): void {
+    if (copy.report.error === 'timeout') copy.report.error = null; // it did answer
+    const lost = headers[H.commit] === 'lost';
+    if (this.drains(headers)) {
+      copy.to('draining');
+      copy.report.outcome = lost ? 'lost' : 'drained';
+    } else {
+      this.stop(copy);
+      if (lost) copy.report.outcome = 'lost';
+    }
+  }
+
+  /** A loser answered after the race was decided, without a grace: drained if small, else stopped. */
+  answeredLate(copy: Copy, headers: Headers): void {
+    if (this.drains(headers)) {
+      copy.report.outcome = 'drained';
+      copy.to('draining');
+    } else {
+      copy.report.outcome = 'stopped';
+      copy.abort();
+    }
   }
 }
 

@@ -1,0 +1,84 @@
+import { codes, RedundantProxyError } from '../../errors.js';
+import { sendError } from '../respond.js';
+import { answerNoUsable, passThrough } from './answer.js';
+import type { RaceCore } from './input.js';
+
+// How a race ends without an adopted answer: every copy failed (an
+// upstream's own error answer passes through, else a 502), or the timeout
+// came (504, a select function's last say, or for an update the answer held
+// back once the store says nothing can commit any more). An update asks the
+// store first: the client must hear that an update was applied if it was.
+
+/** Every copy failed or was unusable. */
+export function answerFailure(race: RaceCore): void {
+  if (race.input.beforeFailure) return consultStore(race, false, () => answerFailureNow(race));
+  answerFailureNow(race);
+}
+
+function answerFailureNow(race: RaceCore): void {
+  const { res, requestId } = race.input;
+  const { fallback } = race;
+  if (fallback && !res.headersSent && !res.destroyed) {
+    passThrough(res, fallback, requestId);
+    race.passedThrough = true;
+  } else answerNoUsable(res, race.copies, requestId, race.input.maxAnswerSize);
+  race.finish('failed');
+}
+
+/**
+ * An update ends without an answer: ask the store first. If a copy
+ * committed and its answer was lost on the way, the client must hear that
+ * the update was applied, not that it failed.
+ */
+function consultStore(race: RaceCore, adopting: boolean, otherwise: () => void): void {
+  const { input } = race;
+  const ask = input.beforeFailure!;
+  input.beforeFailure = undefined; // once
+  race.hedging.stop();
+  const { held } = race.strategy;
+  for (const copy of race.copies) if (!held.includes(copy)) race.stopAndCancel(copy);
+  race.lingerSettled();
+  ask(adopting).then(
+    (err) => {
+      if (race.finished) return;
+      if (!err) return otherwise();
+      const unknown = err.code === codes.OUTCOME_UNKNOWN;
+      sendError(input.res, err, input.requestId, unknown ? { 'retry-after': '1' } : undefined);
+      race.finish(unknown ? 'outcome-unknown' : 'answer-lost');
+    },
+    () => !race.finished && otherwise(),
+  );
+}
+
+/** The request's timeout. */
+export function timedOut(race: RaceCore): void {
+  // Decided already: the adopted body is complete and only waits for `beforeEnd`.
+  if (race.finished || race.ending) return;
+  const { res, requestId, timeout } = race.input;
+  // Copies still waiting for their answer, or for the rest of an answer
+  // being compared, ran out of time: say so (outlier ejection counts them
+  // as failures; copies stopped earlier, and a winner still streaming, not).
+  // A copy sent late in the request (a hedge) says little: only one out
+  // for half the timeout or more is marked.
+  const now = race.input.time.now();
+  for (const copy of race.copies) {
+    if ((copy.state === 'sent' || copy.state === 'buffering') && now - copy.startedAt >= timeout / 2) copy.report.error = 'timeout';
+    // A winner still streaming: a long body (a download, a stream), not a failure.
+    else if (copy.state === 'streaming') copy.report.error = 'body-timeout';
+  }
+  // A select function waiting for more answers gets its last say.
+  if (!race.winner && !res.headersSent) {
+    const decision = race.strategy.lastSay();
+    if (decision) return race.decided(decision);
+  }
+  const answerTimeout = () => {
+    if (res.headersSent) res.destroy();
+    else sendError(res, new RedundantProxyError(codes.TIMEOUT, `no acceptable answer within ${timeout} ms`, { status: 504 }), requestId);
+    race.finish('timeout');
+  };
+  if (race.input.beforeFailure && !res.headersSent) {
+    // The copies still out never committed: an answer that did not commit may now be adopted.
+    const { held } = race.strategy;
+    consultStore(race, held.length > 0, () => (held[0] ? race.adopt(held[0]) : answerTimeout()));
+  } else answerTimeout();
+}
