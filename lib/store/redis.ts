@@ -17,7 +17,8 @@ import type {
   StoredAnswer,
 } from './types.js';
 import { checkMillis, closedError, detach, notHolder, sessionJson, superseded, type Waiter } from './common.js';
-import { field, MAX_TIMER_MS, number, parseOptions, string, type Schema } from '../schema.js';
+import { field, MAX_TIMER_MS, number, object, parseOptions, string, type Schema } from '../schema.js';
+import { RECORD_BATCH, RecordBatcher, type BatchSettings } from './redis-batch.js';
 
 // The session management server of the method on Redis or Redis Cluster.
 //
@@ -112,6 +113,16 @@ export interface RedisSessionStoreOptions {
    * @default 2000
    */
   commandTimeout?: number;
+  /**
+   * How the request log's writes (a copy received, an adoption, a copy
+   * stopped) are batched: the records made in one turn of the event loop, or
+   * within `maxDelay` ms, go to Redis in one script call (on Cluster one
+   * call per record, since a script may touch one slot only). Nobody waits
+   * for them on a read's critical path; `getRequest()` from another process
+   * may trail by one batch.
+   * @default { maxRecords: 128, maxDelay: 0, maxPending: 10000 }
+   */
+  batch?: Partial<BatchSettings>;
 }
 
 /** The parts of ioredis the store uses; `Redis` and `Cluster` both have them. */
@@ -164,6 +175,11 @@ const OPTIONS: Schema<Required<RedisSessionStoreOptions>> = {
   // A Node timer waits at most 2^31 - 1 ms.
   pollInterval: number({ integer: true, unit: 'milliseconds', min: 1, max: MAX_TIMER_MS, default: 250 }),
   commandTimeout: number({ integer: true, unit: 'milliseconds', min: 1, max: MAX_TIMER_MS, default: 2000 }),
+  batch: object<BatchSettings>({
+    maxRecords: number({ integer: true, min: 1, max: 10_000, default: 128 }),
+    maxDelay: number({ integer: true, unit: 'milliseconds', min: 0, max: 1000, default: 0 }),
+    maxPending: number({ integer: true, min: 1, default: 10_000 }),
+  }) as Schema<Required<RedisSessionStoreOptions>>['batch'],
 };
 
 /**
@@ -192,13 +208,15 @@ export class RedisSessionStore implements SessionStore {
   readonly #commandTimeout: number;
   /** Waiting claims, by the channel of their request. */
   readonly #queues = new Map<string, Queue>();
+  /** The request log's writes, batched. */
+  readonly #records: RecordBatcher;
   #subscriber: Subscriber | undefined;
   /** Sharded pub/sub (Redis 7+) or classic; found out at the first subscription. */
   #sharded: boolean | undefined;
   #closed = false;
 
   constructor(options: RedisSessionStoreOptions) {
-    const { client, prefix, ttl, sessionTtl, pollInterval, commandTimeout } = parseOptions(OPTIONS, options);
+    const { client, prefix, ttl, sessionTtl, pollInterval, commandTimeout, batch } = parseOptions(OPTIONS, options);
     this.#source = client;
     this.#client = client as unknown as Client;
     this.#cluster = (client as { isCluster?: boolean }).isCluster === true;
@@ -207,15 +225,17 @@ export class RedisSessionStore implements SessionStore {
     this.#sessionTtl = sessionTtl;
     this.#pollInterval = pollInterval;
     this.#commandTimeout = commandTimeout;
+    this.#records = new RecordBatcher((keys, args) => this.#guard('writing the request log', this.#eval(RECORD_BATCH, keys, args)), batch as BatchSettings, ttl, this.#cluster);
   }
 
   async recordCopy(input: RecordCopyInput): Promise<{ duplicate: boolean }> {
     this.#assertOpen();
     // Step "receive and record" (docs/design.md): the application server received this copy.
     const copy = JSON.stringify({ duplicateId: input.duplicateId, upstreamId: input.upstreamId, index: input.index, of: input.of });
-    const reply = await this.#run('recordCopy', RECORD_COPY, [this.#requestKey(input.requestId)], [
-      input.requestId, input.sessionId, input.update ? '1' : '0', input.duplicateId, copy, this.#ttl,
-    ]);
+    const reply = await this.#records.add({
+      key: this.#requestKey(input.requestId),
+      args: ['c', input.requestId, input.sessionId, input.update ? '1' : '0', input.duplicateId, copy],
+    });
     return { duplicate: reply === 1 };
   }
 
@@ -234,8 +254,8 @@ export class RedisSessionStore implements SessionStore {
     // Step "record the adoption": which copies produced the adopted answer; the first one
     // recorded stands. The session half promotes the winner's candidate.
     const adopted = JSON.stringify({ duplicateIds: input.duplicateIds, upstreamIds: input.upstreamIds });
-    const writes = [
-      this.#eval(RECORD_ADOPTION, [this.#requestKey(input.requestId)], [input.requestId, input.sessionId, input.update ? '1' : '0', adopted, this.#ttl]),
+    const writes: Promise<unknown>[] = [
+      this.#records.add({ key: this.#requestKey(input.requestId), args: ['a', input.requestId, input.sessionId, input.update ? '1' : '0', adopted, ''] }),
     ];
     if (input.sessionId !== '') {
       writes.push(this.#eval(ADOPT_CANDIDATE, this.#sessionKeys(input.sessionId, input.requestId), [
@@ -243,12 +263,12 @@ export class RedisSessionStore implements SessionStore {
       ]));
     }
     // Sent together: one round trip on one Redis, two nodes in parallel on Cluster.
-    await this.#guard('recordAdoption', Promise.all(writes));
+    await this.#guard('recordAdoption', Promise.all(writes).then(() => undefined));
   }
 
   async recordCancelled(requestId: string, duplicateId: string): Promise<void> {
     this.#assertOpen();
-    await this.#run('recordCancelled', RECORD_CANCELLED, [this.#requestKey(requestId)], [requestId, duplicateId, this.#ttl]);
+    await this.#records.add({ key: this.#requestKey(requestId), args: ['x', requestId, '', '1', duplicateId, ''] });
   }
 
   async getRequest(requestId: string): Promise<RequestRecord | undefined> {
@@ -332,7 +352,13 @@ export class RedisSessionStore implements SessionStore {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
+    // What was recorded before close() still goes out (each write bounded by commandTimeout).
+    const flushed = this.#records.flush();
     for (const queue of [...this.#queues.values()]) this.#rejectAll(queue, () => closedError());
+    await Promise.all([flushed, this.#closeSubscriber()]);
+  }
+
+  async #closeSubscriber(): Promise<void> {
     const subscriber = this.#subscriber;
     this.#subscriber = undefined;
     if (!subscriber) return;
@@ -695,29 +721,7 @@ function script(body: string): Script {
   return { lua, sha: createHash('sha1').update(lua).digest('hex') };
 }
 
-// KEYS: request. ARGV: requestId, sessionId, update, duplicateId, copy JSON, ttl.
-// Copies are fields `c:<duplicateId>` = '<arrival n>|<receivedAt>|<JSON>'.
-const RECORD_COPY = script(`
-local key = KEYS[1]
-local field = 'c:' .. ARGV[4]
-if redis.call('HEXISTS', key, field) == 1 then return 1 end
-ensure(key, ARGV[1], ARGV[2], ARGV[3])
-local n = redis.call('HINCRBY', key, 'nc', 1)
-redis.call('HSET', key, field, n .. '|' .. num(now_ms()) .. '|' .. ARGV[5])
-touch(key, ARGV[6])
-return 0
-`);
 
-// KEYS: request. ARGV: requestId, sessionId, update, adoption JSON, ttl.
-const RECORD_ADOPTION = script(`
-local key = KEYS[1]
-ensure(key, ARGV[1], ARGV[2], ARGV[3])
-if redis.call('HEXISTS', key, 'adopted') == 0 then
-  redis.call('HSET', key, 'adopted', num(now_ms()) .. '|' .. ARGV[4])
-end
-touch(key, ARGV[5])
-return 0
-`);
 
 // KEYS: session, adoption marker, candidates. ARGV: sessionId, adopted copy, ttl, sessionTtl.
 const ADOPT_CANDIDATE = script(`
@@ -760,16 +764,6 @@ if #h > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
 return h
 `);
 
-// KEYS: request. ARGV: requestId, duplicateId, ttl. Fields `x:<duplicateId>` = order.
-const RECORD_CANCELLED = script(`
-local key = KEYS[1]
-ensure(key, ARGV[1], '', '1')
-local field = 'x:' .. ARGV[2]
-if redis.call('HEXISTS', key, field) == 1 then return 0 end
-redis.call('HSET', key, field, redis.call('HINCRBY', key, 'nx', 1))
-touch(key, ARGV[3])
-return 0
-`);
 
 // KEYS: fence counter. The Cluster path: a token first, then CLAIM with it.
 const NEXT_FENCE = script(`

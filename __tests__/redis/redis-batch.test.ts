@@ -1,0 +1,181 @@
+import { randomUUID } from 'node:crypto';
+import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
+import { Redis } from 'ioredis';
+import { codes, isRedundantProxyError } from '../../lib/errors.js';
+import { RecordBatcher, type BatchedRecord } from '../../lib/store/redis-batch.js';
+import { RedisSessionStore, type RedisSessionStoreOptions } from '../../lib/store/redis.js';
+import { startRedisServer, type RedisServer } from '../helpers/redis-server.js';
+import { closeAfterEach } from '../helpers/cleanup.js';
+import { VirtualTime } from '../helpers/virtual-time.js';
+
+// The request log's writes go to Redis in batches: one script call for the
+// records of one turn of the event loop, bounded, flushed on close; each
+// record's promise settles with its batch.
+
+let server: RedisServer;
+let admin: Redis;
+const opened = closeAfterEach();
+
+beforeAll(async () => {
+  server = await startRedisServer();
+  admin = new Redis({ host: server.host, port: server.port, lazyConnect: true, maxRetriesPerRequest: 1, enableOfflineQueue: false });
+  await admin.connect();
+});
+
+afterAll(async () => {
+  await admin.quit();
+  await server.stop();
+});
+
+/** A client whose script calls are counted, and can be held until the test lets them go. */
+async function countedClient() {
+  const client = new Redis({ host: server.host, port: server.port, lazyConnect: true, maxRetriesPerRequest: 1, enableOfflineQueue: false });
+  await client.connect();
+  const calls: Array<{ keys: number }> = [];
+  let gate: Promise<void> | null = null;
+  const evalsha = client.evalsha.bind(client) as (...a: unknown[]) => Promise<unknown>;
+  (client as unknown as { evalsha: unknown }).evalsha = async (...args: unknown[]) => {
+    calls.push({ keys: Number(args[1]) });
+    if (gate) await gate;
+    return evalsha(...args);
+  };
+  return {
+    client,
+    calls,
+    hold() {
+      let release!: () => void;
+      gate = new Promise<void>((r) => (release = r));
+      return () => {
+        gate = null;
+        release();
+      };
+    },
+  };
+}
+
+async function open(options: Partial<RedisSessionStoreOptions> = {}) {
+  const counted = await countedClient();
+  const store = new RedisSessionStore({ client: counted.client, prefix: `rp-batch:${randomUUID()}:`, ...options });
+  opened.push({ close: () => counted.client.quit() }, store);
+  return { store, ...counted };
+}
+
+const copy = (requestId: string, duplicateId: string, index = 1) => ({ requestId, duplicateId, upstreamId: `up-${duplicateId}`, index, of: 3, update: false, sessionId: 's1' });
+
+describe('RedisSessionStore: the request log in batches', () => {
+  it('writes the records of one turn of the event loop in one script call, each with its own reply', async () => {
+    const { store, calls } = await open();
+    const rid = randomUUID();
+    const replies = await Promise.all([
+      store.recordCopy(copy(rid, 'a', 1)),
+      store.recordCopy(copy(rid, 'b', 2)),
+      store.recordCopy(copy(rid, 'a', 1)), // the same copy again, in the same batch
+      store.recordAdoption({ requestId: rid, sessionId: '', update: false, duplicateIds: ['b'], upstreamIds: ['up-b'] }),
+      store.recordCancelled(rid, 'a'),
+    ]);
+    expect(calls).toEqual([{ keys: 5 }]);
+    expect(replies.slice(0, 3)).toEqual([{ duplicate: false }, { duplicate: false }, { duplicate: true }]);
+    const record = await store.getRequest(rid);
+    expect(record).toMatchObject({ requestId: rid, sessionId: 's1', update: false, adopted: { duplicateIds: ['b'], upstreamIds: ['up-b'] }, cancelled: ['a'] });
+    expect(record!.copies.map((c) => c.duplicateId)).toEqual(['a', 'b']);
+  });
+
+  it('sends a full batch at once, and splits a turn into batches of maxRecords', async () => {
+    const { store, calls } = await open({ batch: { maxRecords: 4 } });
+    await Promise.all(Array.from({ length: 10 }, (_, i) => store.recordCopy(copy(`r-${i}`, 'a'))));
+    expect(calls.map((c) => c.keys)).toEqual([4, 4, 2]);
+    for (let i = 0; i < 10; i++) expect((await store.getRequest(`r-${i}`))!.copies).toHaveLength(1);
+  });
+
+  it('gives every record its own key and the TTL, and keeps a longer TTL a lease set', async () => {
+    const ttl = 60_000;
+    const prefix = `rp-batch-ttl:${randomUUID()}:`;
+    const { store: other } = await open({ ttl, prefix });
+    await other.recordCopy(copy('fresh', 'a'));
+    const fresh = await admin.pttl(`${prefix}{r:fresh}`);
+    expect(fresh).toBeGreaterThan(ttl - 5_000);
+    expect(fresh).toBeLessThanOrEqual(ttl);
+    // A lease longer than the ttl keeps the record that long: a later record must not shorten it.
+    await other.claim('leased', 'a', { leaseMs: 10 * ttl });
+    await other.recordCopy({ ...copy('leased', 'b'), update: true });
+    expect(await admin.pttl(`${prefix}{r:leased}`)).toBeGreaterThan(5 * ttl);
+  });
+
+  it('fails every record of a batch Redis did not write with RP_ERR_STORE_UNAVAILABLE, and writes the next batch', async () => {
+    const { store, client } = await open();
+    const real = client.evalsha.bind(client);
+    let fail = true;
+    (client as unknown as { evalsha: unknown }).evalsha = (...args: unknown[]) =>
+      fail ? Promise.reject(new Error('connection lost')) : (real as (...a: unknown[]) => Promise<unknown>)(...args);
+    const results = await Promise.allSettled([store.recordCopy(copy('x1', 'a')), store.recordAdoption({ requestId: 'x1', sessionId: '', update: false, duplicateIds: ['a'], upstreamIds: ['up-a'] })]);
+    for (const r of results) {
+      expect(r.status).toBe('rejected');
+      const err = (r as PromiseRejectedResult).reason;
+      expect(isRedundantProxyError(err) && err.code).toBe(codes.STORE_UNAVAILABLE);
+      expect(String(err.message)).toMatch(/connection lost/);
+    }
+    fail = false;
+    await expect(store.recordCopy(copy('x2', 'a'))).resolves.toEqual({ duplicate: false });
+  });
+
+  it('refuses a record at once when maxPending records are queued or on their way', async () => {
+    const { store, hold, calls } = await open({ batch: { maxPending: 3 } });
+    const release = hold();
+    const first = [store.recordCopy(copy('p1', 'a')), store.recordCopy(copy('p2', 'a')), store.recordCopy(copy('p3', 'a'))];
+    while (calls.length === 0) await new Promise((r) => setImmediate(r));
+    // Three on their way: a fourth is refused without waiting.
+    const err = await store.recordCopy(copy('p4', 'a')).then(
+      () => null,
+      (e: unknown) => e,
+    );
+    expect(isRedundantProxyError(err) && err.code).toBe(codes.STORE_UNAVAILABLE);
+    expect(String((err as Error).message)).toMatch(/3 records waiting/);
+    release();
+    await Promise.all(first);
+    await expect(store.recordCopy(copy('p5', 'a'))).resolves.toEqual({ duplicate: false });
+  });
+
+  it('writes what was recorded before close() before it resolves', async () => {
+    const prefix = `rp-batch-close:${randomUUID()}:`;
+    const { store } = await open({ prefix, batch: { maxDelay: 1000 } });
+    const recorded = store.recordCopy(copy('closing', 'a'));
+    await store.close();
+    await expect(recorded).resolves.toEqual({ duplicate: false });
+    expect(await admin.hexists(`${prefix}{r:closing}`, 'c:a')).toBe(1);
+  });
+});
+
+describe('RecordBatcher', () => {
+  const record = (n: number): BatchedRecord => ({ key: `k${n}`, args: ['c', `r${n}`, '', '0', 'a', '{}'] });
+
+  it('waits maxDelay ms for more records, then sends them together', async () => {
+    const time = new VirtualTime();
+    const sent: string[][] = [];
+    const batcher = new RecordBatcher(async (keys) => (sent.push(keys), keys.map(() => 0)), { maxRecords: 100, maxDelay: 5, maxPending: 100 }, 1000, false, time);
+    const done = [batcher.add(record(1))];
+    await time.advance(4);
+    done.push(batcher.add(record(2)));
+    await time.advance(0);
+    expect(sent).toEqual([]);
+    await time.advance(1);
+    expect(sent).toEqual([['k1', 'k2']]);
+    await expect(Promise.all(done)).resolves.toEqual([0, 0]);
+  });
+
+  it('sends one call per record when told (Redis Cluster: one slot per script)', async () => {
+    const time = new VirtualTime();
+    const sent: string[][] = [];
+    const batcher = new RecordBatcher(async (keys, args) => (sent.push([...keys, args[0]!]), keys.map(() => 1)), { maxRecords: 100, maxDelay: 0, maxPending: 100 }, 1234, true, time);
+    const done = Promise.all([batcher.add(record(1)), batcher.add(record(2))]);
+    await time.advance(0);
+    expect(sent).toEqual([['k1', '1234'], ['k2', '1234']]);
+    await expect(done).resolves.toEqual([1, 1]);
+  });
+
+  it('passes the ttl and six arguments per record, in order', async () => {
+    let got: string[] = [];
+    const batcher = new RecordBatcher(async (keys, args) => ((got = args), keys.map(() => 0)), { maxRecords: 2, maxDelay: 0, maxPending: 100 }, 77, false);
+    await Promise.all([batcher.add(record(1)), batcher.add(record(2))]);
+    expect(got).toEqual(['77', 'c', 'r1', '', '0', 'a', '{}', 'c', 'r2', '', '0', 'a', '{}']);
+  });
+});

@@ -1,0 +1,178 @@
+import { createHash } from 'node:crypto';
+import { RedundantProxyError, codes } from '../errors.js';
+import { REAL_TIME, type Scheduler, type TimerHandle, unref } from '../time.js';
+
+// The request log's writes on Redis, in batches. Every copy a worker receives
+// and every adoption the proxy makes is one record in the request's hash;
+// none of them is awaited on a read's critical path, and at a few thousand
+// requests a second one script call each is what Redis spends most of its
+// time on (the call, its reply and the system calls around them, more than
+// the writes). So records made in the same turn of the event loop (or within
+// `maxDelay` ms) go to Redis together: one script call for the lot on a
+// single Redis. On Cluster the keys of different requests live in different
+// slots, which one script may not touch, so each record is its own call
+// there (the same lean script, one record long).
+//
+// A record's promise settles when its batch did: callers that wait (an
+// update waits for its copy's record before it may claim) see it written; a
+// reader in another process sees it at most one batch later (`maxDelay`,
+// 0 = the end of the current turn). A failed batch fails each of its
+// records with RP_ERR_STORE_UNAVAILABLE; the callers report it as they did
+// one failed call. At most `maxPending` records are queued or on their way;
+// beyond that a record fails at once instead of piling up while Redis is slow.
+
+/** One record: its request key and its six arguments (see RECORD_BATCH). */
+export interface BatchedRecord {
+  key: string;
+  args: [kind: 'c' | 'a' | 'x', requestId: string, sessionId: string, update: '0' | '1', a: string, b: string];
+}
+
+export interface BatchSettings {
+  /** Records per script call at most; a full batch goes at once. */
+  maxRecords: number;
+  /** Milliseconds a record may wait for others; 0 = until the end of the current turn of the event loop. */
+  maxDelay: number;
+  /** Records queued or sent and not answered yet, at most; beyond that a record fails at once. */
+  maxPending: number;
+}
+
+/** Sends one script call: the request keys and `[ttl, ...six args per record]`. Resolves with one reply per record. */
+export type SendBatch = (keys: string[], args: string[]) => Promise<unknown>;
+
+interface Pending {
+  record: BatchedRecord;
+  resolve: (reply: number) => void;
+  reject: (err: unknown) => void;
+}
+
+export class RecordBatcher {
+  readonly #send: SendBatch;
+  readonly #settings: BatchSettings;
+  readonly #perRecord: boolean;
+  readonly #ttl: string;
+  readonly #time: Scheduler;
+  #queue: Pending[] = [];
+  #timer: TimerHandle | undefined;
+  #scheduled = false;
+  readonly #inFlight = new Set<Promise<void>>();
+  /** Records sent and not answered yet. */
+  #sending = 0;
+
+  /** `perRecord`: one call per record (Cluster: the records of one call must share a slot). */
+  constructor(send: SendBatch, settings: BatchSettings, ttl: number, perRecord: boolean, time: Scheduler = REAL_TIME) {
+    this.#send = send;
+    this.#settings = settings;
+    this.#perRecord = perRecord;
+    this.#ttl = String(ttl);
+    this.#time = time;
+  }
+
+  /** Queues a record; resolves with its reply (a copy: 1 when it was recorded before) once its batch is written. */
+  add(record: BatchedRecord): Promise<number> {
+    const waiting = this.#queue.length + this.#sending;
+    if (waiting >= this.#settings.maxPending) {
+      return Promise.reject(
+        new RedundantProxyError(codes.STORE_UNAVAILABLE, `the session store (Redis) has ${waiting} records waiting to be written; this one is dropped`, { status: 503 }),
+      );
+    }
+    return new Promise<number>((resolve, reject) => {
+      this.#queue.push({ record, resolve, reject });
+      if (this.#queue.length >= this.#settings.maxRecords) this.flush();
+      else this.#schedule();
+    });
+  }
+
+  /** Sends every queued record now. Resolves once every batch sent so far has settled. */
+  flush(): Promise<void> {
+    if (this.#timer !== undefined) this.#time.clearTimeout(this.#timer);
+    this.#timer = undefined;
+    this.#scheduled = false;
+    while (this.#queue.length > 0) {
+      const batch = this.#queue.splice(0, this.#perRecord ? 1 : this.#settings.maxRecords);
+      const sent = this.#write(batch);
+      this.#inFlight.add(sent);
+      void sent.finally(() => this.#inFlight.delete(sent));
+    }
+    return Promise.all([...this.#inFlight]).then(() => undefined);
+  }
+
+  /** Records queued or on their way. */
+  get pending(): number {
+    return this.#queue.length + this.#sending;
+  }
+
+  #schedule(): void {
+    if (this.#scheduled) return;
+    this.#scheduled = true;
+    if (this.#settings.maxDelay > 0) {
+      this.#timer = this.#time.setTimeout(() => void this.flush(), this.#settings.maxDelay);
+      unref(this.#timer);
+    } else {
+      this.#time.setImmediate(() => {
+        if (this.#scheduled) void this.flush();
+      });
+    }
+  }
+
+  async #write(batch: Pending[]): Promise<void> {
+    const keys: string[] = [];
+    const args: string[] = [this.#ttl];
+    for (const p of batch) {
+      keys.push(p.record.key);
+      args.push(...p.record.args);
+    }
+    let replies: unknown;
+    this.#sending += batch.length;
+    try {
+      replies = await this.#send(keys, args);
+    } catch (err) {
+      for (const p of batch) p.reject(err);
+      return;
+    } finally {
+      this.#sending -= batch.length;
+    }
+    const list = replies as number[];
+    for (const [i, p] of batch.entries()) p.resolve(Number(list[i] ?? 0));
+  }
+}
+
+// KEYS: one request key per record (several may be the same).
+// ARGV: ttl, then six per record: kind, requestId, sessionId, update, a, b:
+//   'c' a copy received: a = duplicateId, b = the copy's JSON. Reply 1 when that copy was recorded before.
+//   'a' an adoption: a = the adoption's JSON (the first one recorded stands).
+//   'x' a copy stopped: a = duplicateId.
+// The request hash: requestId, sessionId, update, state ('none' until a claim)
+// set by the first write; `c:<duplicateId>` = '<arrival n>|<receivedAt>|<JSON>',
+// `adopted` = '<at>|<JSON>', `x:<duplicateId>` = order. A key lives at least
+// ttl after each write (a lease may have set a longer one: kept).
+const LUA = `
+local t = redis.call('TIME')
+local now = string.format('%.0f', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
+local ttl = tonumber(ARGV[1])
+local out = {}
+local touched = {}
+for i = 1, #KEYS do
+  local key = KEYS[i]
+  local o = 2 + (i - 1) * 6
+  local kind, a, b = ARGV[o], ARGV[o + 4], ARGV[o + 5]
+  local fresh = redis.call('HSETNX', key, 'requestId', ARGV[o + 1]) == 1
+  if fresh then redis.call('HSET', key, 'sessionId', ARGV[o + 2], 'update', ARGV[o + 3], 'state', 'none') end
+  local reply = 0
+  if kind == 'c' then
+    local n = redis.call('HINCRBY', key, 'nc', 1)
+    if redis.call('HSETNX', key, 'c:' .. a, n .. '|' .. now .. '|' .. b) == 0 then reply = 1 end
+  elseif kind == 'a' then
+    redis.call('HSETNX', key, 'adopted', now .. '|' .. a)
+  elseif kind == 'x' then
+    redis.call('HSETNX', key, 'x:' .. a, redis.call('HINCRBY', key, 'nx', 1))
+  end
+  if not touched[key] then
+    touched[key] = true
+    if fresh or redis.call('PTTL', key) < ttl then redis.call('PEXPIRE', key, ttl) end
+  end
+  out[i] = reply
+end
+return out
+`;
+
+export const RECORD_BATCH = { lua: LUA, sha: createHash('sha1').update(LUA).digest('hex') };
