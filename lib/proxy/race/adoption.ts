@@ -223,7 +223,7 @@ export class Quorum<C> extends Comparing<C> {
     this.#groupOf.set(copy, group);
   }
 
-  decide(pending: number): Decision<C> | null {
+  decide(pending: number, _outstanding?: number): Decision<C> | null {
     if (this.answers.length === 0) return null;
     let largest = 0;
     for (const group of this.#groups.values()) {
@@ -273,7 +273,7 @@ export class SelectFunction<C> extends Comparing<C> {
     return this.#shown;
   }
 
-  decide(pending: number): Decision<C> | null {
+  decide(pending: number, _outstanding?: number): Decision<C> | null {
     if (this.answers.length === 0) return null;
     return this.#ask(pending, false);
   }
