@@ -11,15 +11,47 @@ import type { Prepared, WorkerContext } from './prepare.js';
  * Holds the response's end until the session candidate is saved, so the
  * answer never outruns its state, and stamps the commit outcome on it
  * whichever handler (or error handler) ends the response.
+ *
+ * A head given with `writeHead()` is held too, until the answer ends or its
+ * first body byte goes (`write`, `flushHeaders`): Node renders a head the
+ * moment `writeHead()` is called, which would leave no room for the
+ * session's header on the common `writeHead(…); end(body)` of a node:http
+ * handler. A streamed answer's head goes with its first byte, as before.
  */
 export function holdEnd(w: WorkerContext, res: ServerResponse, p: Prepared): void {
-  const end = res.end;
+  const { end, write, writeHead, flushHeaders } = res;
+  let held: unknown[] | null = null;
+  /** Puts the real methods back, and gives Node the head that was held, if any. */
+  const release = () => {
+    res.writeHead = writeHead;
+    res.write = write;
+    res.flushHeaders = flushHeaders;
+    if (held) {
+      const args = held;
+      held = null;
+      (writeHead as (...a: unknown[]) => ServerResponse).apply(res, args);
+    }
+  };
+  res.writeHead = function (this: ServerResponse, ...args: unknown[]) {
+    // Node's own implicit head (from end or write) comes after release().
+    held = args;
+    return this;
+  } as ServerResponse['writeHead'];
+  res.write = function (this: ServerResponse, ...args: unknown[]) {
+    release();
+    return (write as (...a: unknown[]) => boolean).apply(res, args);
+  } as ServerResponse['write'];
+  res.flushHeaders = function (this: ServerResponse) {
+    release();
+    flushHeaders.call(res);
+  };
   res.end = function (this: ServerResponse, ...args: unknown[]) {
     res.end = end;
     p.gate.mark(res);
     finishSession(w, p).then((saved) => {
       p.gate.mark(res);
       if (saved && !res.headersSent) res.setHeader(H.sessionChanged, FLAG_ON);
+      release();
       (end as (...a: unknown[]) => void).apply(res, args);
     });
     return this;

@@ -1,0 +1,94 @@
+import http from 'node:http';
+import { afterAll, describe, expect, it } from '@jest/globals';
+import { MemorySessionStore, redundantProxy, redundantWorker } from '../../lib/index.js';
+import { testClient } from '../helpers/client.js';
+import { listen } from '../helpers/upstream.js';
+
+// A node:http handler that writes its answer with `res.writeHead(…)` and
+// `res.end(…)` (no `setHeader`) still announces its session change in the
+// answer's head: the worker holds the head until the candidate is saved.
+
+const client = testClient();
+const closers: Array<() => Promise<unknown>> = [];
+afterAll(async () => {
+  for (const close of closers.reverse()) await close();
+  await client.close();
+});
+
+type Handler = (req: http.IncomingMessage & { redundant?: import('../../lib/index.js').RedundantHandle }, res: http.ServerResponse) => void;
+
+async function setup(handler: Handler) {
+  const store = new MemorySessionStore();
+  const replicas = [];
+  for (const id of ['a', 'b']) {
+    const worker = redundantWorker({ id, store });
+    const server = await listen((req, res) => worker(req, res, (err) => (err ? worker.errorHandler(err, req, res, () => res.destroy()) : handler(req as Parameters<Handler>[0], res))));
+    closers.push(server.close);
+    replicas.push({ id, url: server.url });
+  }
+  const proxy = redundantProxy({ upstreams: replicas, store });
+  const gateway = await listen(proxy.handler);
+  closers.push(gateway.close, () => proxy.close());
+  return { url: gateway.url, store };
+}
+
+const cookieOf = (res: { headers: Record<string, string | string[] | undefined> }) => [res.headers['set-cookie']].flat().find(Boolean)?.split(';')[0];
+
+describe('node:http handlers that use writeHead', () => {
+  it('announce a session change made before writeHead: the client gets its cookie, and the next request sees the change', async () => {
+    const { url } = await setup((req, res) => {
+      const data = req.redundant!.session.data as { visits?: number };
+      data.visits = (data.visits ?? 0) + 1;
+      const body = JSON.stringify({ visits: data.visits });
+      res.writeHead(200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) });
+      res.end(body);
+    });
+    const first = await client.send(`${url}/count`);
+    expect(first.json()).toEqual({ visits: 1 });
+    expect(first.headers['x-redundant-session-changed']).toBeUndefined(); // the proxy takes its own headers off
+    const cookie = cookieOf(first);
+    expect(cookie).toMatch(/^rp_session=/);
+    const second = await client.send(`${url}/count`, { headers: { cookie: cookie! } });
+    expect(second.json()).toEqual({ visits: 2 });
+  });
+
+  it('keep the status, the message and headers given both ways, as writeHead would', async () => {
+    const { url } = await setup((req, res) => {
+      (req.redundant!.session.data as { seen?: boolean }).seen = true;
+      res.setHeader('x-set-before', 'one');
+      res.writeHead(201, 'Made', [['x-raw', 'two']].flat());
+      res.end('done');
+    });
+    const res = await client.send(`${url}/make`);
+    expect(res.status).toBe(201);
+    expect(res.headers['x-set-before']).toBe('one');
+    expect(res.headers['x-raw']).toBe('two');
+    expect(res.text).toBe('done');
+    expect(cookieOf(res)).toMatch(/^rp_session=/);
+  });
+
+  it('stream as before when they write the body in parts after writeHead', async () => {
+    const { url } = await setup((_req, res) => {
+      res.writeHead(200, { 'content-type': 'text/plain' });
+      res.write('a');
+      setImmediate(() => {
+        res.write('b');
+        res.end('c');
+      });
+    });
+    const res = await client.send(`${url}/stream`);
+    expect(res.status).toBe(200);
+    expect(res.text).toBe('abc');
+  });
+
+  it('answer headers flushed early (flushHeaders) as before', async () => {
+    const { url } = await setup((_req, res) => {
+      res.writeHead(202, { 'content-type': 'text/plain' });
+      res.flushHeaders();
+      setImmediate(() => res.end('later'));
+    });
+    const res = await client.send(`${url}/flush`);
+    expect(res.status).toBe(202);
+    expect(res.text).toBe('later');
+  });
+});
