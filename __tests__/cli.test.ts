@@ -232,6 +232,27 @@ describe('npx redundant-proxy (in-memory store)', () => {
     }
   });
 
+  it('logs a request cut off at shutdown (past --shutdown-timeout), with no status, and exits 1', async () => {
+    const a = await startUpstream(after(5000, 200, { late: true }));
+    const p = run(['--upstream', `one=${a.url}`, '--port', '0', '--shutdown-timeout', '200']);
+    const own = testClient();
+    try {
+      const { url } = await p.started();
+      const pending = own.send(`${url}/slow`).catch((err: unknown) => err);
+      await eventually(() => a.seen.length === 1);
+      p.child.kill('SIGTERM');
+      expect(await p.exited).toBe(1);
+      await pending;
+      expect(p.lines()).toEqual([
+        expect.objectContaining({ requestId: expect.any(String), method: 'GET', path: '/slow', status: null, servedBy: null, copies: 1, outcome: 'cut-off' }),
+      ]);
+    } finally {
+      await own.close();
+      if (p.child.exitCode === null) p.child.kill('SIGKILL');
+      await a.close();
+    }
+  });
+
   it('--quorum K answers with what K upstreams answered alike', async () => {
     const ups = [await startUpstream(after(1, 200, { v: 'odd one' })), await startUpstream(after(20, 200, { v: 'agreed' })), await startUpstream(after(40, 200, { v: 'agreed' }))];
     const p = run([...ups.flatMap((u) => ['--upstream', u.url]), '--port', '0', '--quorum', '2', '--no-ejection']);

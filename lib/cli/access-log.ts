@@ -26,7 +26,7 @@ export interface AccessLogLine {
   copies: number;
   /** Milliseconds from the request's arrival to its response's end. */
   durationMs: number;
-  /** The race's outcome (`won`, `failed`, `timeout`, …), or `replayed` / `refused` for a request answered without a race. */
+  /** The race's outcome (`won`, `failed`, `timeout`, …), or `replayed` / `refused` for a request answered without a race, or `cut-off` for one still in flight when the gateway stopped. */
   outcome: string;
 }
 
@@ -43,6 +43,12 @@ interface Pending {
   report?: RaceReport;
   /** When the response closed, to give up on a race:end that never comes. */
   closedAt?: number;
+  /** Copies sent so far (`copy:sent`), for a line written before its race reported. */
+  copiesSent: number;
+  /** When the request arrived (monotonic), for a line written before its response closed. */
+  start: number;
+  /** The status sent so far, or null (for a line written before its response closed). */
+  sent: () => number | null;
 }
 
 export interface AccessLogOptions {
@@ -68,6 +74,8 @@ export class AccessLog {
   readonly #current = new AsyncLocalStorage<Pending>();
   /** Raced requests by request id, until their line is written. */
   readonly #raced = new Map<string, Pending>();
+  /** Requests whose response has not closed yet: written by `close()` if it never does (cut off at shutdown). */
+  readonly #open = new Set<Pending>();
   readonly #detach: Array<{ dispose(): void }>;
 
   constructor(proxy: RedundantProxy, options: AccessLogOptions) {
@@ -75,13 +83,21 @@ export class AccessLog {
     this.#now = options.now ?? (() => performance.now());
     this.#wall = options.wallClock ?? Date.now;
     this.#maxWait = options.maxWait ?? 60_000;
-    this.#detach = [proxy.on('race:start', (e) => this.#started(e)), proxy.on('race:end', (r) => this.#ended(r))];
+    this.#detach = [
+      proxy.on('race:start', (e) => this.#started(e)),
+      proxy.on('copy:sent', (e) => {
+        const p = this.#raced.get(e.requestId);
+        if (p) p.copiesSent++;
+      }),
+      proxy.on('race:end', (r) => this.#ended(r)),
+    ];
   }
 
   /** Runs `handle` (the proxy's handler) for a request, logging it. */
   handle(req: IncomingMessage, res: ServerResponse, handle: () => void): void {
     const start = this.#now();
-    const p: Pending = { time: new Date(this.#wall()).toISOString(), method: req.method ?? '', path: req.url ?? '' };
+    const p: Pending = { time: new Date(this.#wall()).toISOString(), method: req.method ?? '', path: req.url ?? '', copiesSent: 0, start, sent: () => (res.headersSent ? res.statusCode : null) };
+    this.#open.add(p);
     // The proxy writes its head in one writeHead call (nothing in getHeader):
     // keep what it wrote, for the request id and replay mark of an answer without a race.
     const writeHead = res.writeHead;
@@ -91,6 +107,7 @@ export class AccessLog {
       return (writeHead as (...a: unknown[]) => ServerResponse).apply(this, args);
     } as ServerResponse['writeHead'];
     res.once('close', () => {
+      if (!this.#open.delete(p)) return; // already written by close()
       p.durationMs = round(this.#now() - start);
       p.status = res.headersSent ? res.statusCode : null;
       p.closedAt = this.#now();
@@ -119,7 +136,29 @@ export class AccessLog {
     for (const p of this.#raced.values()) if (p.durationMs !== undefined) this.#flush(p);
   }
 
+  /**
+   * Writes every line still owed, and stops listening: a request whose
+   * response has not closed (the gateway is cutting it off) is written with
+   * the status sent so far (null: none) and outcome `cut-off`.
+   */
   close(): void {
+    for (const p of this.#open) {
+      this.#open.delete(p);
+      p.durationMs = round(this.#now() - p.start);
+      p.status = p.sent();
+      if (p.requestId !== undefined) this.#raced.delete(p.requestId);
+      this.#emit({
+        time: p.time,
+        requestId: p.requestId ?? null,
+        method: p.method,
+        path: p.path,
+        status: p.status,
+        servedBy: p.report?.servedBy ?? null,
+        copies: p.report ? p.report.copies.filter((c) => c.sentAt !== null).length : p.copiesSent,
+        durationMs: p.durationMs,
+        outcome: 'cut-off',
+      });
+    }
     this.flush();
     for (const d of this.#detach) d.dispose();
   }
