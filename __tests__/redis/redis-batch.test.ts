@@ -135,6 +135,18 @@ describe('RedisSessionStore: the request log in batches', () => {
     await expect(store.recordCopy(copy('p5', 'a'))).resolves.toEqual({ duplicate: false });
   });
 
+  it("skips the session's side of an adoption whose copy changed nothing, and keeps it otherwise", async () => {
+    const { store, calls } = await open();
+    await store.saveCandidate('s9', 'r9', 'a', { cart: 1 });
+    calls.length = 0;
+    await store.recordAdoption({ requestId: 'r9', sessionId: 's9', update: false, duplicateIds: ['a'], upstreamIds: ['up-a'], sessionChanged: false });
+    expect(calls).toEqual([{ keys: 1 }]); // the request log's batch only
+    expect(await store.getSession('s9')).toBeUndefined();
+    calls.length = 0;
+    await store.recordAdoption({ requestId: 'r10', sessionId: 's9', update: false, duplicateIds: ['a'], upstreamIds: ['up-a'] });
+    expect(calls).toHaveLength(2);
+  });
+
   it('writes what was recorded before close() before it resolves', async () => {
     const prefix = `rp-batch-close:${randomUUID()}:`;
     const { store } = await open({ prefix, batch: { maxDelay: 1000 } });

@@ -257,7 +257,8 @@ export class RedisSessionStore implements SessionStore {
     const writes: Promise<unknown>[] = [
       this.#records.add({ key: this.#requestKey(input.requestId), args: ['a', input.requestId, input.sessionId, input.update ? '1' : '0', adopted, ''] }),
     ];
-    if (input.sessionId !== '') {
+    // Nothing to promote when the adopted copy changed nothing: one script less per read.
+    if (input.sessionId !== '' && input.sessionChanged !== false) {
       writes.push(this.#eval(ADOPT_CANDIDATE, this.#sessionKeys(input.sessionId, input.requestId), [
         input.sessionId, input.duplicateIds[0] ?? '', this.#ttl, this.#sessionTtl,
       ]));

@@ -59,6 +59,13 @@ export interface RecordAdoptionInput {
   update: boolean;
   duplicateIds: string[];
   upstreamIds: string[];
+  /**
+   * `false` when the adopted copy said it saved no session change (or the
+   * client cannot come back to the session: it was minted for this request
+   * and the answer set no cookie). There is then nothing to promote, and a
+   * store may skip the session's side of the adoption. Absent: unknown.
+   */
+  sessionChanged?: boolean;
 }
 
 export interface ClaimOptions {

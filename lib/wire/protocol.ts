@@ -41,7 +41,11 @@ export const ANSWER_HEADERS = {
   commit: 'x-redundant-commit',
   /** The fencing token of the copy's commit (`won` or `applied`). */
   fence: 'x-redundant-fence',
-  /** `1` when the copy saved a session candidate: the proxy records the adoption before answering. */
+  /**
+   * `1` when the copy saved a session candidate: the proxy records the
+   * adoption before answering. `0` when it saved none (nothing to promote).
+   * Absent when the head left before the handler ended (a streamed answer).
+   */
   sessionChanged: 'x-redundant-session-changed',
   /**
    * The worker refused the copy before its handler ran, with this code

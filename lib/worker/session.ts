@@ -1,7 +1,7 @@
 import type { ServerResponse } from 'node:http';
 import { codes } from '../errors.js';
 import { withTimeout } from '../timeout.js';
-import { COMMIT, FLAG_ON, H } from '../wire/protocol.js';
+import { COMMIT, FLAG_OFF, FLAG_ON, H } from '../wire/protocol.js';
 import type { Prepared, WorkerContext } from './prepare.js';
 
 // After the handler: the copy's session change saved as its candidate (only
@@ -50,7 +50,9 @@ export function holdEnd(w: WorkerContext, res: ServerResponse, p: Prepared): voi
     p.gate.mark(res);
     finishSession(w, p).then((saved) => {
       p.gate.mark(res);
-      if (saved && !res.headersSent) res.setHeader(H.sessionChanged, FLAG_ON);
+      // Said either way while the head can still take it: `0` tells the proxy
+      // there is nothing to promote (a streamed head says neither).
+      if (!res.headersSent && p.handle.session.id) res.setHeader(H.sessionChanged, saved ? FLAG_ON : FLAG_OFF);
       release();
       (end as (...a: unknown[]) => void).apply(res, args);
     });
