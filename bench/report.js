@@ -312,6 +312,14 @@ export function markdown(r) {
       for (const [kind, c] of Object.entries(cells)) L.push(`- ${variant}, ${kind}: ${Object.entries(c.storeCallsPerRequest).map(([m, v]) => `${m} ${f2(v)}`).join(', ')}`);
     }
     L.push('');
+    const sat = f.saturation;
+    if (sat) {
+      L.push(`At the limit (a measured point for the capacity model): the store traffic of raced reads (three copies recorded by three`);
+      L.push(`stores, one adoption by a fourth, nothing to promote), made directly on the stores by one process, 64 at a time, for ${f1(sat.seconds)} s:`);
+      L.push(`${int(sat.readsPerSecond)} reads/s with Redis at ${(sat.redisCoreShare * 100).toFixed(0)}% of one core, ${f1(sat.redisCpuMicrosPerRead)} µs of Redis CPU per read${sat.failed ? ` (${sat.failed} failed)` : ''}.`);
+      L.push('Batches grow with the load, so Redis spends less per read at the limit than at the light load of the table above.');
+      L.push('');
+    }
     const sp = f.spread;
     if (sp) {
       const pct = (x) => `${(x * 100).toFixed(1)}%`;

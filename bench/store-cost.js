@@ -44,8 +44,8 @@ const DEFAULT_DIST = fileURLToPath(new URL('../dist/', import.meta.url));
 const UPSTREAM_IDS = ['a', 'b', 'c', 'd', 'e'];
 
 export const STORE_COST_CONFIG = {
-  quick: { copies: [3], count: 150, concurrency: 8, delayMs: 20, latencyRequests: 9, spreadRequests: 4000, spreadSeconds: 30 },
-  full: { copies: [2, 3, 5], count: 600, concurrency: 8, delayMs: 20, latencyRequests: 25, spreadRequests: 100_000, spreadSeconds: 240 },
+  quick: { copies: [3], count: 150, concurrency: 8, delayMs: 20, latencyRequests: 9, spreadRequests: 4000, spreadSeconds: 30, saturationSeconds: 3 },
+  full: { copies: [2, 3, 5], count: 600, concurrency: 8, delayMs: 20, latencyRequests: 25, spreadRequests: 100_000, spreadSeconds: 240, saturationSeconds: 8 },
 };
 
 export const KINDS = [
@@ -95,6 +95,7 @@ export async function scenarioStoreCost({ quick = false, dist = process.env.RP_B
     const secret = randomBytes(24).toString('hex');
     const results = { memory: {}, redis: {}, cluster: {} };
     let spread = null;
+    let saturation = null;
     for (const variant of ['memory', 'redis', 'cluster']) {
       const backend = backends[variant];
       const node = forkChild(SELF, ['--child', JSON.stringify({ variant, secret, ...backend.child })], { name: `store-cost ${variant}`, dist, children });
@@ -139,6 +140,7 @@ export async function scenarioStoreCost({ quick = false, dist = process.env.RP_B
           results[variant][copies] = cells;
         }
         if (variant === 'cluster') spread = await clusterSpread(Pool, origin, node, backend.admins, cfg, log);
+        if (variant === 'redis') saturation = await saturate(node, backend.admins[0], cfg, log);
       } finally {
         await stopChild(node.child);
       }
@@ -156,6 +158,7 @@ export async function scenarioStoreCost({ quick = false, dist = process.env.RP_B
       machine: { nproc: os.cpus().length, loadavgAtStart, loadavgAtEnd: os.loadavg(), node: process.version },
       results,
       spread,
+      saturation,
       durationSec: (performance.now() - started) / 1000,
     };
   } finally {
@@ -197,6 +200,33 @@ function redisCost(before, after, n) {
     redisCommandsPerRequest: round((total(after, (x) => x.cmd.total) - total(before, (x) => x.cmd.total)) / n, 1),
     redisCpuMicrosPerRequest: round((total(after, (x) => x.cpu) - total(before, (x) => x.cpu)) / n, 1),
   };
+}
+
+/**
+ * A measured point for the capacity model: the store traffic of raced reads
+ * (three copies recorded by three stores, one adoption by a fourth), made by
+ * the child as fast as Redis takes it, for a few seconds: reads per second,
+ * the share of one core Redis used, and its CPU per read. Redis is the
+ * limit when its share nears 1; the model predicts reads/s = share × 1e6 ÷
+ * (CPU µs per read).
+ */
+async function saturate(node, admin, cfg, log) {
+  const cpu0 = await redisCpuInfo(admin);
+  const t0 = performance.now();
+  const { reads, failed } = (await node.ask('saturate', { seconds: cfg.saturationSeconds })).result;
+  const seconds = (performance.now() - t0) / 1000;
+  const cpuMicros = (await redisCpuInfo(admin)) - cpu0;
+  const out = {
+    reads,
+    failed,
+    seconds: round(seconds, 2),
+    readsPerSecond: round(reads / seconds, 0),
+    redisCoreShare: round(cpuMicros / (seconds * 1e6), 3),
+    redisCpuMicrosPerRead: round(cpuMicros / reads, 1),
+  };
+  out.predictedReadsPerSecondAtShare = round((out.redisCoreShare * 1e6) / out.redisCpuMicrosPerRead, 0);
+  log(`   saturation (store traffic of raced reads, copies 3, direct store calls): ${out.readsPerSecond} reads/s, Redis at ${(out.redisCoreShare * 100).toFixed(0)}% of a core, ${out.redisCpuMicrosPerRead} µs per read${failed ? `, ${failed} failed` : ''}`);
+  return out;
 }
 
 /**
@@ -462,6 +492,31 @@ async function childMain(config) {
     handler = proxy.handler;
   }
 
+  /** Reads' store traffic only, 64 at a time, for `seconds`: copies recorded by the three first replicas' stores, the adoption by the gateway's. */
+  async function saturateStores(seconds) {
+    const roles = [await storeFor('sat-a'), await storeFor('sat-b'), await storeFor('sat-c'), await storeFor('sat-gw')];
+    const deadline = performance.now() + seconds * 1000;
+    let reads = 0;
+    let failed = 0;
+    let n = 0;
+    await Promise.all(
+      Array.from({ length: 64 }, async () => {
+        while (performance.now() < deadline) {
+          const requestId = `sat-${process.pid}-${n++}`;
+          const sessionId = `s-${requestId}`;
+          try {
+            await Promise.all([0, 1, 2].map((i) => roles[i].recordCopy({ requestId, duplicateId: `${requestId}.${i}`, upstreamId: UPSTREAM_IDS[i], index: i + 1, of: 3, update: false, sessionId })));
+            await roles[3].recordAdoption({ requestId, sessionId, update: false, duplicateIds: [`${requestId}.0`], upstreamIds: ['a'], sessionChanged: false });
+            reads++;
+          } catch {
+            failed++;
+          }
+        }
+      }),
+    );
+    return { reads, failed };
+  }
+
   let closing = false;
   async function close() {
     if (closing) return;
@@ -486,6 +541,9 @@ async function childMain(config) {
       case 'delay':
         delay.ms = msg.data.ms;
         reply();
+        break;
+      case 'saturate':
+        saturateStores(msg.data.seconds).then((result) => reply({ result }), (err) => reply({ error: String(err) }));
         break;
       case 'reset':
         for (const k of Object.keys(storeCalls)) delete storeCalls[k];
