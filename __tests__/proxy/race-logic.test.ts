@@ -198,6 +198,32 @@ describe('an update’s losers after a commit (scripted upstreams)', () => {
   });
 });
 
+describe('an update’s adopted answer waiting for its bookkeeping when the timeout comes (found by the race’s properties)', () => {
+  it('an answer held and stopped at the adoption is not adopted by the timeout afterwards', async () => {
+    // Copy 1's 400 is adopted once copy 2's 422 is in (neither committed); its head waits for the adoption's bookkeeping, which never ends.
+    const { report, status, sent, errors } = await race([{ at: 5, status: 400 }, { at: 6, status: 422 }], {
+      timeout: 50,
+      beforeHead: () => new Promise(() => undefined),
+      beforeFailure: async () => undefined,
+    });
+    expect(errors).toEqual([]);
+    expect([report.outcome, status, JSON.parse(sent).code]).toEqual(['timeout', 504, codes.TIMEOUT]);
+    expect(report.copies.map((c) => c.outcome)).toEqual(['won', 'stopped']);
+  });
+
+  it('bookkeeping that ends while the store is being asked does not send the stopped answer’s head', async () => {
+    const vt = new VirtualTime();
+    const { report, status, sent, errors } = await race([{ at: 5, status: 200 }], {
+      timeout: 50,
+      // The adoption is recorded at 70 ms; the store, asked at the 50 ms timeout, answers at 100.
+      beforeHead: () => new Promise((resolve) => vt.setTimeout(() => resolve({}), 70)),
+      beforeFailure: () => new Promise((resolve) => vt.setTimeout(() => resolve(undefined), 100)),
+    }, vt);
+    expect(errors).toEqual([]);
+    expect([report.outcome, status, JSON.parse(sent).code]).toEqual(['timeout', 504, codes.TIMEOUT]);
+  });
+});
+
 describe('timeouts (scripted upstreams)', () => {
   it('only copies still waiting for their answer at the timeout are marked `timeout`; losers stopped earlier are not', async () => {
     // u0 answers first but its body never ends; u1 lost and was stopped long before the timeout; u2 never answers.

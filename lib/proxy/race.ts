@@ -10,7 +10,7 @@ import { AnswerTail } from './race/tail.js';
 import { Copy, type CopyHost } from './race/copy.js';
 import { answerFailure, timedOut } from './race/ending.js';
 import { HedgeScheduler, type HedgeHost } from './race/hedging.js';
-import type { RaceCore, RaceInput } from './race/input.js';
+import { guard, type RaceCore, type RaceInput } from './race/input.js';
 import { LOSERS } from './race/losers.js';
 
 export type { CapturedAnswer, CopyOutcome, CopyReport, RaceObserver, RaceOutcome, RaceReport } from './report.js';
@@ -323,8 +323,13 @@ export class Race implements CopyHost, HedgeHost, Judge<Copy>, RaceCore {
     this.strategy.drop(copy);
     this.hedging.stop();
     for (const other of this.copies) {
-      // A copy still out gets a short grace (lingerLosers); anything else stops now.
-      if (other !== copy && other.state !== 'sent') LOSERS.stop(other);
+      // A copy still out gets a short grace (lingerLosers); anything else
+      // stops now, and an answer held is held no more (the timeout must not
+      // adopt it after it was stopped).
+      if (other !== copy && other.state !== 'sent') {
+        LOSERS.stop(other);
+        this.strategy.drop(other);
+      }
     }
     this.fallback = null;
     this.#lingerLosers();
@@ -334,9 +339,12 @@ export class Race implements CopyHost, HedgeHost, Judge<Copy>, RaceCore {
         copy.to('holding');
         copy.pause();
       }
-      extra.then(
-        (more) => release(this, copy, more),
-        () => release(this, copy, undefined),
+      guard(
+        this,
+        extra.then(
+          (more) => release(this, copy, more),
+          () => release(this, copy, undefined),
+        ),
       );
       return;
     }

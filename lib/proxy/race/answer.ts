@@ -5,7 +5,7 @@ import { H } from '../../wire/protocol.js';
 import { forwardResponseHeaders } from '../headers.js';
 import { sendError } from '../respond.js';
 import type { Copy } from './copy.js';
-import type { RaceCore } from './input.js';
+import { guard, type RaceCore } from './input.js';
 
 // What the race writes to its client: the adopted answer's head, an
 // upstream's error answer passed through, the race's own error answers, and
@@ -51,6 +51,8 @@ export function release(race: RaceCore, copy: Copy, extra: Extra): void {
     sendError(res, new RedundantProxyError(codes.UPSTREAMS_FAILED, 'the adopted answer broke before it could be sent', { status: 502 }), requestId);
     return race.finish('failed');
   }
+  // Stopped while its head waited: the timeout came and asks the store; it answers.
+  if (copy.state === 'done') return;
   const { tail } = race;
   const out = writeHead(res, copy, requestId, extra);
   if (out) tail?.head(copy.report.status!, out);
@@ -104,7 +106,7 @@ export function winnerEnded(race: RaceCore): void {
   };
   if (!race.input.beforeEnd) return end();
   race.ending = true;
-  race.input.beforeEnd(captured).then(end, end);
+  guard(race, race.input.beforeEnd(captured).then(end, end));
 }
 
 /** Passes an upstream's own error answer through, whole, when no copy answered acceptably. */

@@ -1,7 +1,7 @@
 import { codes, RedundantProxyError } from '../../errors.js';
 import { sendError } from '../respond.js';
 import { answerNoUsable, passThrough } from './answer.js';
-import type { RaceCore } from './input.js';
+import { guard, type RaceCore } from './input.js';
 
 // How a race ends without an adopted answer: every copy failed (an
 // upstream's own error answer passes through, else a 502), or the timeout
@@ -38,7 +38,7 @@ function consultStore(race: RaceCore, adopting: boolean, otherwise: () => void):
   const { held } = race.strategy;
   for (const copy of race.copies) if (!held.includes(copy)) race.stopAndCancel(copy);
   race.lingerSettled();
-  ask(adopting).then(
+  guard(race, ask(adopting).then(
     (err) => {
       if (race.finished) return;
       if (!err) return otherwise();
@@ -47,7 +47,7 @@ function consultStore(race: RaceCore, adopting: boolean, otherwise: () => void):
       race.finish(unknown ? 'outcome-unknown' : 'answer-lost');
     },
     () => !race.finished && otherwise(),
-  );
+  ));
 }
 
 /** The request's timeout. */

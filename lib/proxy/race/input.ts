@@ -73,3 +73,12 @@ export interface RaceCore {
   lingerSettled(): void;
   finish(outcome: RaceOutcome): void;
 }
+
+/**
+ * A step the race ran after waiting for the proxy (the adoption recorded,
+ * the key completed, the store's word) threw: reported as an internal error,
+ * never left as an unhandled rejection (which would end the process).
+ */
+export function guard(race: RaceCore, step: Promise<unknown>): void {
+  step.catch((error: unknown) => race.input.observer.error(race.input.requestId, 'internal', error));
+}
