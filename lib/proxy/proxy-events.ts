@@ -1,0 +1,58 @@
+import type { UpstreamEjectedEvent, UpstreamRestoredEvent } from './ejection.js';
+import type { CopyReport, RaceReport } from './report.js';
+
+// The events of `proxy.on(name, listener)`.
+
+export interface RaceStartEvent {
+  requestId: string;
+  method: string;
+  path: string;
+  update: boolean;
+  /** Upstream ids in the order copies will be sent. */
+  upstreams: string[];
+}
+
+export interface CopySentEvent {
+  requestId: string;
+  copy: CopyReport;
+}
+
+export interface ProxyErrorEvent {
+  requestId: string | null;
+  /**
+   * Where it happened: `accept` (the option threw), `select` (the select
+   * function threw or returned something it was not given; the client got
+   * `502` `RP_ERR_NO_SELECTION`), `store` (bookkeeping failed or was too
+   * slow; the answer went out anyway), `onCancel` (the hook threw or ran past
+   * `cancelTimeout`), `upstream` (a replica's worker refuses the proxy's
+   * copies: its secret or id does not match; said once per upstream until it
+   * answers again), `internal`.
+   */
+  source: 'accept' | 'select' | 'store' | 'onCancel' | 'upstream' | 'internal';
+  error: unknown;
+}
+
+export interface CopyCancelledEvent {
+  requestId: string;
+  duplicateId: string;
+  upstream: string;
+  committedBy: string;
+}
+
+/** Events of `.on(name, listener)`. */
+export interface ProxyEvents {
+  /** A request passed its checks and its copies are about to leave. */
+  'race:start': RaceStartEvent;
+  /** One copy left for its upstream. */
+  'copy:sent': CopySentEvent;
+  /** A race ended: every copy's upstream, timing and outcome. */
+  'race:end': RaceReport;
+  /** An update's copy was stopped because another copy committed; `onCancel` ran and the store recorded it. */
+  'copy:cancelled': CopyCancelledEvent;
+  /** An upstream failed too often in a row (the `ejection` option): it receives no copies for `duration` ms. */
+  'upstream:ejected': UpstreamEjectedEvent;
+  /** An ejected upstream's time is over: it receives copies again, on probation. */
+  'upstream:restored': UpstreamRestoredEvent;
+  /** Something failed that did not fail the request. Never thrown. */
+  error: ProxyErrorEvent;
+}
