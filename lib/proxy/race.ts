@@ -55,21 +55,7 @@ export class Race implements CopyHost, HedgeHost, Judge<Copy>, RaceCore {
 
   constructor(readonly input: RaceInput) {
     this.started = input.time.now();
-    const { requestId, attempt = 1 } = input;
-    this.copies = input.targets.map(
-      (u, i) =>
-        new Copy(this, u, {
-          index: i + 1,
-          upstream: u.id,
-          duplicateId: attempt > 1 ? `${requestId}.${attempt}-${i + 1}` : `${requestId}.${i + 1}`,
-          outcome: 'not-sent',
-          sentAt: null,
-          latency: null,
-          status: null,
-          error: null,
-          hedged: false,
-        }),
-    );
+    this.copies = input.targets.map((u, i) => Copy.planned(this, u, i + 1, input.requestId, input.attempt ?? 1));
     this.strategy = adoptionFor<Copy>(input.update, input.select, this.copies.length);
     this.hedging = new HedgeScheduler(this, input.time, input.hedgeDelay, input.budget, this.strategy.burst);
     this.maxAnswerSize = input.maxAnswerSize;

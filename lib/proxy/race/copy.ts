@@ -93,6 +93,12 @@ export class Copy implements Dispatcher.DispatchHandler {
     readonly report: CopyReport,
   ) {}
 
+  /** Copy `index` (from 1) of a request, planned and not sent; its duplicate id stays unique across the attempts of an Idempotency-Key. */
+  static planned(host: CopyHost, upstream: Upstream, index: number, requestId: string, attempt: number): Copy {
+    const duplicateId = attempt > 1 ? `${requestId}.${attempt}-${index}` : `${requestId}.${index}`;
+    return new Copy(host, upstream, { index, upstream: upstream.id, duplicateId, outcome: 'not-sent', sentAt: null, latency: null, status: null, error: null, hedged: false });
+  }
+
   get state(): CopyState {
     return this.#state;
   }
