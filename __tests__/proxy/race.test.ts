@@ -70,9 +70,21 @@ describe.each(frameworks)('race (%s)', (kind) => {
   });
 
   it('answers 504 with a JSON code when nothing acceptable arrives within timeout, and stops the copies', async () => {
-    const { ups, gw } = await setup(kind, [after(5000), after(5000)], { timeout: 150 });
-    const res = await client.send(`${gw.url}/`);
+    // On a virtual clock: the timeout comes when the test moves the clock, not before.
+    const vt = new VirtualTime();
+    const { ups, gw, reports } = await setup(kind, [after(60_000), after(60_000)], withScheduler({ timeout: 30_000 }, vt));
+    let answered = false;
+    const pending = client.send(`${gw.url}/`).finally(() => (answered = true));
+    await eventually(() => ups[0]!.seen.length === 1 && ups[1]!.seen.length === 1);
+    await vt.advance(29_999);
+    expect([answered, reports.length]).toEqual([false, 0]);
+    await vt.advance(1);
+    const res = await pending;
     expect(res.status).toBe(504);
+    expect((await eventually(() => reports[0])).copies.map((c) => [c.outcome, c.error])).toEqual([
+      ['stopped', 'timeout'],
+      ['stopped', 'timeout'],
+    ]);
     expect(res.json()).toMatchObject({ code: 'RP_ERR_TIMEOUT' });
     expect(await ups[0]!.seen[0]!.stopped).toBe(true);
     expect(await ups[1]!.seen[0]!.stopped).toBe(true);
