@@ -1,3 +1,5 @@
+import { once } from 'node:events';
+import http from 'node:http';
 import { afterAll, describe, expect, it } from '@jest/globals';
 import { redundantProxy, type ProxyOptions, type RaceReport, type UpstreamEjectedEvent } from '../../lib/index.js';
 import { Ejector } from '../../lib/proxy/ejection.js';
@@ -6,6 +8,8 @@ import { testClient } from '../helpers/client.js';
 import { mountGateway } from '../helpers/gateway.js';
 import { eventually } from '../helpers/replica.js';
 import { after, deadPort, startUpstream } from '../helpers/upstream.js';
+import { withScheduler } from '../../lib/time.js';
+import { VirtualTime } from '../helpers/virtual-time.js';
 
 // Outlier ejection on real upstreams: a replica that is down, or answers 5xx,
 // stops receiving copies; its time out runs on the proxy's injected clock.
@@ -91,24 +95,36 @@ describe('outlier ejection', () => {
   });
 
   it('a copy still waiting at the timeout is a failure; a loser stopped long before it is not, though the winner’s body outlived the timeout', async () => {
+    // On a virtual clock: the timeout comes when the test moves the clock, after what it waits for.
     const hang = await startUpstream(() => undefined); // never answers
     const trickle = await startUpstream((_req, res) => {
       res.writeHead(200, { 'content-type': 'text/plain' });
       res.write('first bytes, and never the rest');
     });
-    const slow = await startUpstream(after(500));
+    const slow = await startUpstream(after(60_000));
     open.push(hang, trickle, slow);
-    const timedOut = await setup([hang.url, `${hang.url}/x`], { timeout: 100, ejection: { consecutiveFailures: 1 } });
-    expect((await client.send(`${timedOut.gw.url}/`)).status).toBe(504);
+    const vt = new VirtualTime();
+    const timedOut = await setup([hang.url, `${hang.url}/x`], withScheduler({ timeout: 30_000, ejection: { consecutiveFailures: 1 } }, vt));
+    const answer = client.send(`${timedOut.gw.url}/`);
+    await eventually(() => hang.seen.length === 2);
+    await vt.advance(30_000);
+    expect((await answer).status).toBe(504);
     await eventually(() => timedOut.reports[0]);
     expect(timedOut.reports[0]!.copies.map((c) => [c.outcome, c.error])).toEqual([
       ['stopped', 'timeout'],
       ['stopped', 'timeout'],
     ]);
     expect(timedOut.log).toEqual(['ejected u0']); // one of two: the 50% cap
-    const outlived = await setup([trickle.url, slow.url], { timeout: 200, ejection: { consecutiveFailures: 1 } });
-    await client.send(`${outlived.gw.url}/`).catch(() => undefined); // the body is cut off at the timeout
+    const vt2 = new VirtualTime();
+    const outlived = await setup([trickle.url, slow.url], withScheduler({ timeout: 30_000, ejection: { consecutiveFailures: 1 } }, vt2));
+    // The winner's head is at the client before the clock moves.
+    const req = http.get(`${outlived.gw.url}/`);
+    const [head] = (await once(req, 'response')) as [http.IncomingMessage];
+    head.on('error', () => undefined);
+    head.resume();
+    await vt2.advance(30_000); // the losers' grace, then the timeout: the body is cut off
     const r = await eventually(() => outlived.reports[0]);
+    req.destroy();
     expect(r.outcome).toBe('timeout');
     expect(r.copies.map((c) => [c.upstream, c.outcome, c.error])).toEqual([
       ['u0', 'won', 'body-timeout'],
