@@ -128,6 +128,10 @@ export interface HarnessConfig {
   store: 'nothing' | 'committed' | 'claimed';
   /** The client reads slowly: every write fills its socket until it drains. */
   slowClient: boolean;
+  /** Hedges the budget allows (Infinity: no limit). */
+  hedges: number;
+  /** `accept` throws on a 404 (it then counts as not acceptable, and is reported). */
+  acceptThrows: boolean;
 }
 
 export class Harness {
@@ -153,6 +157,7 @@ export class Harness {
 
   constructor(readonly config: HarnessConfig) {
     this.exchanges = Array.from({ length: config.copies }, (_, i) => new Exchange(i));
+    this.#hedges = config.hedges;
     const targets = this.exchanges.map((_, i) => ({ id: `u${i}`, label: `u${i}`, origin: 'http://127.0.0.1', prefix: '', url: 'http://127.0.0.1' }));
     const dispatchers = new Map<string, Dispatcher>(
       this.exchanges.map((ex, i) => [
@@ -180,9 +185,12 @@ export class Harness {
       targets: targets as never,
       dispatchers,
       hedgeDelay: config.hedgeDelay,
-      budget: { take: () => true },
+      budget: { take: () => this.#hedges-- > 0 },
       timeout: config.timeout,
-      accept: (r) => r.status < 500,
+      accept: (r) => {
+        if (config.acceptThrows && r.status === 404) throw new Error('accept threw');
+        return r.status < 500;
+      },
       select: config.select,
       maxAnswerSize: config.maxAnswerSize,
       secret: undefined,
@@ -216,6 +224,8 @@ export class Harness {
       capture: config.beforeEnd ? 1024 : 0,
     });
   }
+
+  #hedges: number;
 
   #later<T>(value: T): Promise<T> {
     return new Promise((resolve) => this.hooks.push(() => resolve(value)));

@@ -67,6 +67,8 @@ const config: fc.Arbitrary<HarnessConfig> = fc
     beforeEnd: fc.boolean(),
     store: fc.constantFrom('nothing' as const, 'committed' as const, 'claimed' as const),
     slowClient: fc.boolean(),
+    hedges: fc.constantFrom(0, 1, Infinity),
+    acceptThrows: fc.boolean(),
   })
   .map(({ select, k, ...rest }) => ({
     ...rest,
@@ -180,6 +182,10 @@ function check(h: Harness, stuck: string | null): string | null {
     if (c.copy.index === won[0]?.index) return 'the winner was cancelled';
     if (report.copies[c.copy.index - 1]!.outcome !== 'cancelled') return `copy ${c.copy.index} cancelled but reported ${report.copies[c.copy.index - 1]!.outcome}`;
   }
+  // Hedges: none past the budget. Copies that replace failed ones leave outside it, so only hedged ones count.
+  const hedged = report.copies.filter((c) => c.hedged).length;
+  if (hedged > cfg.hedges) return `${hedged} hedges sent with a budget of ${cfg.hedges}`;
+  if (hedged > 0 && cfg.hedgeDelay === 0) return 'a hedge without a hedge delay';
   const threw = h.errors.find((e) => e.source === 'internal' && !(e.error instanceof RedundantProxyError));
   if (threw) return `a step the race waited for threw: ${String(threw.error)}`;
   const secondCommits = h.errors.filter((e) => e.source === 'internal').length;
