@@ -83,14 +83,21 @@ export const TARGETS = [
     name: 'proxy',
     file: 'lib/proxy/proxy.ts',
     blocks: [
-      // The Idempotency of the proxy, the key taken before the race, the
-      // request id it runs under, the race's hooks for it, and its end.
+      // The Idempotency of the proxy, the key taken before the race (stage
+      // idempotency, and the request id it runs under), the race's hooks for
+      // it, and its end (stage record).
       [/^  const idempotency = opts\.idempotency$/, /^    : null;$/],
-      [/^  async function decideUpdate\(/],
-      [/^    let keyed: KeyedAttempt \| null = null;$/, /^    if \(keyed\) requestId = keyed\.requestId;$/],
+      [/^  async function takeKey\(/],
       [/^      beforeFailure: update \?/, /^      attempt: keyed\?\.attempt/],
-      [/^    if \(report\.adopted && !recorded/, /^    if \(keyed\) \{$|^    if \(keyed\) void /],
+      [/^  function record\(/],
     ],
+    tests: ['updates/no-commit.test.ts', 'updates/exactly-once.test.ts'],
+  },
+  {
+    name: 'bookkeeping',
+    file: 'lib/proxy/bookkeeping.ts',
+    // An update's last word before it fails or adopts at the timeout (the seal).
+    blocks: [[/^  async decideUpdate\(/]],
     tests: ['updates/no-commit.test.ts', 'updates/exactly-once.test.ts'],
   },
 ];
