@@ -1,5 +1,6 @@
 import { spawn } from 'node:child_process';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
@@ -301,7 +302,11 @@ describe('npx redundant-proxy: wrong arguments', () => {
   /** Exit code 2, one line naming the problem, then the usage; never the secret. */
   async function refused(args: string[], message: RegExp, env: Record<string, string> = {}) {
     const p = run(args, env);
-    expect(await p.exited).toBe(2);
+    // A gateway that started instead of refusing is stopped, so the test fails rather than hangs.
+    const started = setTimeout(() => p.child.kill('SIGKILL'), 10_000);
+    const code = await p.exited;
+    clearTimeout(started);
+    expect(code).toBe(2);
     const [first, blank, usage] = p.err().split('\n');
     expect(first).toMatch(message);
     expect(blank).toBe('');
@@ -322,6 +327,10 @@ describe('npx redundant-proxy: wrong arguments', () => {
     [['--upstream', 'http://127.0.0.1:1', '--redis', 'http://127.0.0.1:6379'], /^redundant-proxy: --redis must be a redis:\/\/ or rediss:\/\/ URL/],
     [['--upstream', 'http://127.0.0.1:1', '--bogus'], /^redundant-proxy: Unknown option '--bogus'$/],
     [['--upstream', 'http://127.0.0.1:1', 'stray'], /^redundant-proxy: Unexpected argument 'stray'$/],
+    [['--upstream', 'http://127.0.0.1:1', '--port', '-1'], /^redundant-proxy: Option '--port' argument is ambiguous$/],
+    [['--upstream', 'http://127.0.0.1:1', '--port', '0x50'], /^redundant-proxy: --port must be an integer from 0 to 65535, got "0x50"$/],
+    [['--upstream', 'http://127.0.0.1:1', '--copies', '1e0'], /^redundant-proxy: --copies must be an integer from 1 to \d+, got "1e0"$/],
+    [['--upstream', 'http://127.0.0.1:1', '--port', '18081', '--metrics-port', '18081'], /^redundant-proxy: --metrics-port must differ from --port \(both 18081\)$/],
   ])('%j', async (args, message) => {
     await refused(args, message);
   });
@@ -340,6 +349,22 @@ describe('npx redundant-proxy: wrong arguments', () => {
     expect(await p.exited).toBe(1);
     expect(p.err()).toMatch(/^redundant-proxy: cannot connect to --redis redis:\/\/:\*\*\*@127\.0\.0\.1:1: .*ECONNREFUSED/m);
     expect(p.err()).not.toContain('hunter2');
+  });
+
+  it('exits 1 naming the port it cannot listen on, without saying it listens', async () => {
+    const busy = net.createServer();
+    await new Promise<void>((r) => busy.listen(0, '127.0.0.1', r));
+    const port = (busy.address() as net.AddressInfo).port;
+    try {
+      const p = run(['--upstream', 'http://127.0.0.1:1', '--port', '0', '--metrics-port', String(port)]);
+      expect(await p.exited).toBe(1);
+      expect(p.err()).toBe(`redundant-proxy: cannot listen on --metrics-port ${port} (host 127.0.0.1): address already in use\n`);
+      const q = run(['--upstream', 'http://127.0.0.1:1', '--port', String(port)]);
+      expect(await q.exited).toBe(1);
+      expect(q.err()).toBe(`redundant-proxy: cannot listen on --port ${port} (host 127.0.0.1): address already in use\n`);
+    } finally {
+      await new Promise((r) => busy.close(r));
+    }
   });
 
   it('--help prints the usage on stdout and exits 0', async () => {

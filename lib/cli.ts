@@ -62,11 +62,14 @@ function redisStore(config: CliConfig): { client: Redis; store: SessionStore; co
   };
 }
 
-function listen(server: http.Server, port: number, host: string): Promise<number> {
+/** Binds `server`; a failure names the option whose port it was (`cannot listen on --port 8080: address already in use`). */
+function listen(server: http.Server, port: number, host: string, option: string): Promise<number> {
   return new Promise((resolve, reject) => {
-    server.once('error', reject);
+    const failed = (err: NodeJS.ErrnoException) =>
+      reject(new Error(`cannot listen on ${option} ${port} (host ${host}): ${err.code === 'EADDRINUSE' ? 'address already in use' : (err.code ?? err.message)}`));
+    server.once('error', failed);
     server.listen(port, host, () => {
-      server.off('error', reject);
+      server.off('error', failed);
       const address = server.address();
       resolve(typeof address === 'object' && address ? address.port : port);
     });
@@ -116,10 +119,12 @@ async function main(argv: string[]): Promise<void> {
   });
   const metricsServer = registry ? http.createServer((req, res) => void serveMetrics(registry, req, res)) : undefined;
   try {
-    const port = await listen(server, config.port, config.host);
+    // Both bound before either is announced: "listening" means the gateway runs.
+    const port = await listen(server, config.port, config.host, '--port');
+    const metricsPort = metricsServer ? await listen(metricsServer, config.metricsPort!, config.host, '--metrics-port') : undefined;
     const names = config.upstreams.map((u) => (typeof u === 'string' ? u : `${u.id}=${u.url}`)).join(', ');
     say(`listening on http://${config.host}:${port} → ${names}${redis ? ` (sessions in Redis at ${withoutPassword(config.redis!)})` : ''}`);
-    if (metricsServer) say(`metrics on http://${config.host}:${await listen(metricsServer, config.metricsPort!, config.host)}/metrics`);
+    if (metricsPort !== undefined) say(`metrics on http://${config.host}:${metricsPort}/metrics`);
   } catch (err) {
     server.close();
     metricsServer?.close();

@@ -91,7 +91,8 @@ export function parseCli(argv: string[]): CliConfig | undefined {
     }));
   } catch (err) {
     // node:util's first sentence names the problem; the rest is a hint about `--` and positionals.
-    throw new UsageError((err as Error).message.split('. ')[0]!);
+    // Its first sentence may end a line ("… is ambiguous.\nDid you forget …"): one line is kept either way.
+    throw new UsageError((err as Error).message.split(/\.(?:\s|$)/)[0]!);
   }
   if (values.help) return undefined;
   if (!values.upstream?.length) throw new UsageError('at least one --upstream is required');
@@ -99,6 +100,7 @@ export function parseCli(argv: string[]): CliConfig | undefined {
   if (accessLog !== 'on' && accessLog !== 'off') throw new UsageError(`--access-log must be on or off, got "${accessLog}"`);
   const port = integer('port', values.port, 0, 65535) ?? 8080;
   const metricsPort = integer('metrics-port', values['metrics-port'], 0, 65535);
+  if (metricsPort !== undefined && metricsPort !== 0 && metricsPort === port) throw new UsageError(`--metrics-port must differ from --port (both ${port})`);
   if (values.redis !== undefined) checkRedisUrl(values.redis);
   if (values['secret-file'] === '') throw new UsageError('--secret-file must be a path');
   const hedge = values['hedge-delay'];
@@ -143,6 +145,8 @@ function number(name: string, value: string | undefined): number | undefined {
 }
 
 function integer(name: string, value: string | undefined, min: number, max: number): number | undefined {
+  // Decimal digits only: Number() would also take "0x50" (80) and "1e3" (1000).
+  if (value !== undefined && !/^\s*\d+\s*$/.test(value) && Number.isInteger(Number(value))) throw new UsageError(`--${name} must be an integer from ${min} to ${max}, got "${value}"`);
   const n = number(name, value);
   if (n !== undefined && (!Number.isInteger(n) || n < min || n > max)) throw new UsageError(`--${name} must be an integer from ${min} to ${max}, got "${value}"`);
   return n;
