@@ -83,7 +83,11 @@ async function startRedis() {
 // ─── PostgreSQL: the accounts and the ledger of transfers, in a schema of its own ───
 
 async function createTables() {
-  started.admin = new pg.Pool({ ...PG, max: 2 });
+  // application_name: `pg_stat_activity` shows which run a connection is.
+  started.admin = new pg.Pool({ ...PG, max: 2, application_name: `rp-bank ${schema}` });
+  // An idle connection that PostgreSQL closes (a restart, an administrator) is an 'error' on the pool:
+  // without a listener it would end this process before it dropped its schema.
+  started.admin.on('error', (err) => console.error(`PostgreSQL: ${err.message}`));
   await started.admin.query(`CREATE SCHEMA ${schema}`);
   started.schema = schema;
   await started.admin.query(`SET search_path TO ${schema}`);
@@ -152,9 +156,25 @@ async function startGateway(redisUrl, upstreams) {
 
 // ─── Stopping: gateway first, then replicas, then the stores ───
 
+/** Thrown by boot() once stop() has begun: starting goes no further. */
+class Stopped extends Error {}
+/** The starting step in flight (settled), which stop() lets finish so that it knows what to undo. */
+let booting = Promise.resolve();
+function boot(step) {
+  if (stopping) throw new Stopped('stopped while starting');
+  const p = step();
+  booting = p.then(
+    () => {},
+    () => {},
+  );
+  return p;
+}
+
 let stopping;
 function stop(code) {
   stopping ??= (async () => {
+    // A step half done (a schema being created, a replica being forked) would be missed by what follows.
+    await booting;
     const step = async (what, fn) => {
       try {
         await fn();
@@ -196,10 +216,24 @@ function stop(code) {
 // Whatever happens, never leave a redis-server behind (it is in a process group of its own).
 process.on('exit', () => started.redisServer?.exitCode === null && started.redisServer.kill('SIGKILL'));
 process.on('SIGINT', () => {
+  if (stopping) {
+    // A step that hangs (PostgreSQL not answering) must not keep a second Ctrl-C from working.
+    console.error('stopping now (the schema and Redis may be left behind)');
+    process.exit(1);
+  }
   say('\nstopping…');
   void stop(0);
 });
 process.on('SIGTERM', () => void stop(0));
+// Whatever fails later, still undo what was started.
+process.on('uncaughtException', (err) => {
+  console.error(`bank example: ${err.stack ?? err}`);
+  void stop(1);
+});
+process.on('unhandledRejection', (err) => {
+  console.error(`bank example: ${err?.stack ?? err}`);
+  void stop(1);
+});
 
 // ─── The scripted check (--self-test) ───
 
@@ -259,11 +293,11 @@ async function check(url, proxy) {
 // ─── Main ───
 
 try {
-  const redisUrl = await startRedis();
-  await createTables();
+  const redisUrl = await boot(startRedis);
+  await boot(createTables);
   const upstreams = [];
-  for (const id of ['a', 'b', 'c']) upstreams.push(await startReplica(id, redisUrl));
-  const { proxy, url } = await startGateway(redisUrl, upstreams);
+  for (const id of ['a', 'b', 'c']) upstreams.push(await boot(() => startReplica(id, redisUrl)));
+  const { proxy, url } = await boot(() => startGateway(redisUrl, upstreams));
   say(`bank gateway on ${url}, racing replicas ${upstreams.map((u) => `${u.id} (${u.url})`).join(', ')}`);
   say(`sessions in ${redisUrl} (prefix ${PREFIX}), ledger in PostgreSQL database ${PG.database}, schema ${schema}`);
   if (selfTest) {
@@ -285,6 +319,6 @@ Ctrl-C stops everything (and drops schema ${schema}).
 `);
   }
 } catch (err) {
-  console.error(selfTest ? `self-test FAILED: ${err.message}` : `bank example: ${err.message}`);
+  if (!(err instanceof Stopped)) console.error(selfTest ? `self-test FAILED: ${err.message}` : `bank example: ${err.message}`);
   await stop(1);
 }
