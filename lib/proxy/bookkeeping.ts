@@ -2,6 +2,7 @@ import { codes, isSupersededError, RedundantProxyError } from '../errors.js';
 import type { Emitter } from '../events.js';
 import type { Scheduler, TimerHandle } from '../time.js';
 import { TimeoutGroup, withTimeout } from '../timeout.js';
+import { warnOnce } from '../warn.js';
 import { sealId } from '../wire/protocol.js';
 import type { CancelInfo, ResolvedOptions } from './options.js';
 import type { ProxyEvents } from './proxy-events.js';
@@ -18,7 +19,7 @@ export class Bookkeeping {
   readonly background = new Set<Promise<void>>();
   /** Bounds the off-path bookkeeping writes (one timer for all of them). */
   readonly #offPath: TimeoutGroup;
-  #warned = false;
+  readonly #warn = warnOnce();
 
   constructor(
     readonly opts: ResolvedOptions,
@@ -61,10 +62,7 @@ export class Bookkeeping {
   reportStoreError(requestId: string | null, error: unknown): void {
     const { events } = this;
     if (events.has('error')) events.emit('error', { requestId, source: 'store', error });
-    else if (!this.#warned) {
-      this.#warned = true;
-      console.warn("redundant-proxy: session store bookkeeping failed (further failures are silent without an 'error' listener):", error);
-    }
+    else this.#warn("redundant-proxy: session store bookkeeping failed (further failures are silent without an 'error' listener):", error);
   }
 
   /** Step "first committed wins": a copy stopped after another committed: its cancel hook runs (bounded), then the store records it. */

@@ -1,5 +1,5 @@
 import type { IncomingHttpHeaders, IncomingMessage } from 'node:http';
-import { PREFIX } from '../wire/protocol.js';
+import { CLIENT_HEADERS, PREFIX } from '../wire/protocol.js';
 
 // RFC 9110 §7.6.1: connection-specific fields a proxy must not forward, plus
 // the ones Node or undici manage themselves (host, content-length, expect).
@@ -14,8 +14,8 @@ const HOP_BY_HOP = new Set([
   'proxy-authenticate',
   'proxy-authorization',
 ]);
-const REQUEST_MANAGED = new Set(['host', 'content-length', 'expect', 'x-request-id']);
-const RESPONSE_MANAGED = new Set(['x-request-id']);
+const REQUEST_MANAGED = new Set(['host', 'content-length', 'expect', CLIENT_HEADERS.requestId]);
+const RESPONSE_MANAGED = new Set([CLIENT_HEADERS.requestId]);
 
 /**
  * Names listed in a `Connection` header, lowercased, less the ones removed
@@ -85,7 +85,7 @@ export function forwardRequestHeaders(req: IncomingMessage, requestId: string, t
   // A front load balancer may already have set these: keep its view.
   if (!proto) out.push('x-forwarded-proto', (req.socket as { encrypted?: boolean } | undefined)?.encrypted ? 'https' : 'http');
   if (!host && from.host) out.push('x-forwarded-host', from.host);
-  out.push('x-request-id', requestId);
+  out.push(CLIENT_HEADERS.requestId, requestId);
   return out;
 }
 

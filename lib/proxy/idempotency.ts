@@ -3,7 +3,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import { codes, isRedundantProxyError, RedundantProxyError } from '../errors.js';
 import type { IdempotencyState, SessionStore, StoredAnswer } from '../store/types.js';
 import { withTimeout } from '../timeout.js';
-import { sealId } from '../wire/protocol.js';
+import { CLIENT_HEADERS, sealId } from '../wire/protocol.js';
 import type { CapturedAnswer, RaceReport } from './race.js';
 import { sendError } from './respond.js';
 
@@ -123,7 +123,7 @@ export class Idempotency {
    */
   async begin(req: IncomingMessage, res: ServerResponse, ctx: BeginContext): Promise<KeyedAttempt | 'answered' | null> {
     const cfg = this.config;
-    const raw = firstHeader(req.headers['idempotency-key']);
+    const raw = firstHeader(req.headers[CLIENT_HEADERS.idempotencyKey]);
     if (raw === undefined) return null;
     // A structured-field string ("...") or a bare token.
     const value = raw.length >= 2 && raw.startsWith('"') && raw.endsWith('"') ? raw.slice(1, -1) : raw;
@@ -169,7 +169,7 @@ export class Idempotency {
         case 'completed': {
           const { status, headers, body } = state.answer;
           const bytes = Buffer.from(body, 'base64');
-          res.writeHead(status, { ...headers, 'content-length': String(bytes.length), 'idempotent-replayed': 'true' });
+          res.writeHead(status, { ...headers, 'content-length': String(bytes.length), [CLIENT_HEADERS.replayed]: 'true' });
           res.end(bytes);
           return 'answered';
         }
@@ -257,7 +257,7 @@ export class Idempotency {
 export function lostAnswer(requestId: string, message: string): StoredAnswer {
   return {
     status: 502,
-    headers: { 'content-type': 'application/json; charset=utf-8', 'x-request-id': requestId },
+    headers: { 'content-type': 'application/json; charset=utf-8', [CLIENT_HEADERS.requestId]: requestId },
     body: Buffer.from(JSON.stringify({ code: codes.ANSWER_LOST, message, requestId })).toString('base64'),
   };
 }

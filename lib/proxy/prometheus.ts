@@ -1,5 +1,6 @@
 import { createRequire } from 'node:module';
 import { InvalidOptionError } from '../errors.js';
+import { custom, field, optional, parseOptions, refuse, string, type Schema } from '../schema.js';
 import { COPY_OUTCOMES, RACE_OUTCOMES, type RaceReport } from './report.js';
 
 // Prometheus metrics in a prom-client registry the user owns, so they are
@@ -109,32 +110,32 @@ function loadPromClient(): PromClient {
   }
 }
 
+const SCHEMA: Schema<PrometheusOptions> = {
+  registry: field<PrometheusRegistry>('must be a prom-client Registry', (r) => {
+    const o = r as PrometheusRegistry | null;
+    return typeof o === 'object' && o !== null && typeof o.getSingleMetric === 'function' && typeof o.registerMetric === 'function';
+  }),
+  prefix: optional(string('must be a metric name prefix ([a-zA-Z_:][a-zA-Z0-9_:]*)', (p) => p === '' || NAME.test(p))),
+  labels: optional(
+    custom<Record<string, string>>('must be an object of label names to string values', (labels, name) => {
+      if (typeof labels !== 'object' || labels === null || Array.isArray(labels)) refuse(name, 'must be an object of label names to string values', labels);
+      for (const [label, value] of Object.entries(labels)) {
+        if (!LABEL.test(label) || label.startsWith('__') || RESERVED.has(label) || typeof value !== 'string') {
+          refuse(`${name}.${label}`, `must be a label name (not ${[...RESERVED].join(', ')}) with a string value`, value);
+        }
+      }
+      return labels as Record<string, string>;
+    }),
+  ),
+  buckets: optional(
+    field<number[]>('must be increasing numbers of seconds > 0', (b) => Array.isArray(b) && b.length > 0 && b.every((x, i) => Number.isFinite(x) && x > 0 && (i === 0 || x > b[i - 1]))),
+  ),
+};
+
 export function checkPrometheusOptions(o: unknown): PrometheusOptions | undefined {
   if (o === undefined) return undefined;
   if (typeof o !== 'object' || o === null) throw new InvalidOptionError('prometheus', 'must be { registry, prefix?, labels?, buckets? }', o);
-  const known = ['registry', 'prefix', 'labels', 'buckets'];
-  for (const key of Object.keys(o)) {
-    if (!known.includes(key)) throw new InvalidOptionError(`prometheus.${key}`, `is not an option (known: ${known.join(', ')})`, (o as Record<string, unknown>)[key]);
-  }
-  const { registry, prefix, labels, buckets } = o as PrometheusOptions;
-  if (typeof registry !== 'object' || registry === null || typeof registry.getSingleMetric !== 'function' || typeof registry.registerMetric !== 'function') {
-    throw new InvalidOptionError('prometheus.registry', 'must be a prom-client Registry', registry);
-  }
-  if (prefix !== undefined && (typeof prefix !== 'string' || (prefix !== '' && !NAME.test(prefix)))) {
-    throw new InvalidOptionError('prometheus.prefix', 'must be a metric name prefix ([a-zA-Z_:][a-zA-Z0-9_:]*)', prefix);
-  }
-  if (labels !== undefined) {
-    if (typeof labels !== 'object' || labels === null) throw new InvalidOptionError('prometheus.labels', 'must be an object of label names to string values', labels);
-    for (const [name, value] of Object.entries(labels)) {
-      if (!LABEL.test(name) || name.startsWith('__') || RESERVED.has(name) || typeof value !== 'string') {
-        throw new InvalidOptionError(`prometheus.labels.${name}`, `must be a label name (not ${[...RESERVED].join(', ')}) with a string value`, value);
-      }
-    }
-  }
-  if (buckets !== undefined && (!Array.isArray(buckets) || buckets.length === 0 || !buckets.every((b, i) => Number.isFinite(b) && b > 0 && (i === 0 || b > buckets[i - 1]!)))) {
-    throw new InvalidOptionError('prometheus.buckets', 'must be increasing numbers of seconds > 0', buckets);
-  }
-  return o as PrometheusOptions;
+  return parseOptions(SCHEMA, o, 'prometheus');
 }
 
 /**

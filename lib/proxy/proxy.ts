@@ -2,9 +2,11 @@ import { createHash, randomUUID } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { Pool, type Dispatcher } from 'undici';
 import { codes, RedundantProxyError, type ErrorCode } from '../errors.js';
+import type { RecordAdoptionInput } from '../store/types.js';
 import { Emitter, type Disposable } from '../events.js';
+import { detectFramework } from '../framework.js';
 import { realScheduler, REAL_TIME, schedulerOf } from '../time.js';
-import { H } from '../wire/protocol.js';
+import { FLAG_OFF, FLAG_ON, H } from '../wire/protocol.js';
 import { ClientSessions, requestTarget, type ClientSession } from './admit.js';
 import { BodyBudget, readBody, type BodyShare, type ParsedBodyHints } from './body.js';
 import { Bookkeeping } from './bookkeeping.js';
@@ -61,6 +63,8 @@ interface Passage extends RacePlan {
   keyed: KeyedAttempt | null;
   /** The adoption was recorded before the answer's head went out (read-your-writes). */
   recorded: boolean;
+  /** False when the adopted copy saved no session change, or its session was minted here and got no cookie: nothing to promote. */
+  sessionChanged: boolean | undefined;
 }
 
 /**
@@ -180,7 +184,7 @@ export function redundantProxy(options: ProxyOptions): RedundantProxy {
     }
     const update = opts.isUpdate(req);
     const session = await sessions.find(req);
-    return { requestId, method: req.method ?? 'GET', path, body, update, session, targets: [], keyed: null, recorded: false, epoch: 0, route: '', hedgeDelay: 0 };
+    return { requestId, method: req.method ?? 'GET', path, body, update, session, targets: [], keyed: null, recorded: false, sessionChanged: undefined, epoch: 0, route: '', hedgeDelay: 0 };
   }
 
   /** Stage "plan": the upstreams the copies go to; false when none may take one (answered). */
@@ -261,7 +265,14 @@ export function redundantProxy(options: ProxyOptions): RedundantProxy {
    */
   function recordBeforeHead(req: IncomingMessage, p: Passage, copy: CopyReport, headers: Record<string, string | string[] | undefined>) {
     const { session } = p;
-    if (!session.id || headers[H.sessionChanged] !== '1') return undefined;
+    const said = headers[H.sessionChanged];
+    if (said !== FLAG_ON) {
+      // `0`: nothing saved. Unsaid (a streamed head) on a session minted for
+      // this request: the client gets no cookie, so nobody can come back to it.
+      if (said === FLAG_OFF || session.isNew) p.sessionChanged = false;
+      return undefined;
+    }
+    if (!session.id) return undefined;
     p.recorded = true;
     const extra = session.isNew ? sessions.headers(req, session.id) : {};
     return books.bookkeep(opts.store.recordAdoption(adoptionOf(p, copy.duplicateId, copy.upstream)), p.requestId, true).then(() => extra);
@@ -308,15 +319,10 @@ export function redundantProxy(options: ProxyOptions): RedundantProxy {
   }
 
   const proxy = function redundantProxyMiddleware(a: IncomingMessage | KoaLikeContext, b?: unknown): Promise<void> {
-    if (b !== null && typeof b === 'object' && typeof (b as ServerResponse).writeHead === 'function') {
-      // Express / Connect: (req, res, next). The proxy answers and never calls next.
-      const req = a as IncomingMessage & ParsedBodyHints;
-      return safe(req, b as ServerResponse, req);
-    }
-    const ctx = a as KoaLikeContext;
-    if (!ctx || typeof ctx !== 'object' || !ctx.req || !ctx.res) {
-      throw new TypeError('redundant-proxy: call the middleware as Koa (ctx, next), Express (req, res, next), or use .handler(req, res)');
-    }
+    const call = detectFramework<KoaLikeContext>(a, b, undefined, ', or use .handler(req, res)');
+    // Express / Connect: (req, res, next). The proxy answers and never calls next.
+    if (call.kind === 'node') return safe(call.req, call.res, call.req as ParsedBodyHints);
+    const { ctx } = call;
     // The proxy writes the response itself, streaming the winner's body.
     ctx.respond = false;
     return safe(ctx.req, ctx.res, (ctx.request ?? {}) as ParsedBodyHints);
@@ -341,8 +347,10 @@ export function redundantProxy(options: ProxyOptions): RedundantProxy {
 }
 
 /** What the store is told of an adoption: which copy's answer was adopted for which original request id. */
-function adoptionOf(p: Passage, duplicateId: string, upstreamId: string) {
-  return { requestId: p.requestId, sessionId: p.session.id, update: p.update, duplicateIds: [duplicateId], upstreamIds: [upstreamId] };
+function adoptionOf(p: Passage, duplicateId: string, upstreamId: string): RecordAdoptionInput {
+  const adoption: RecordAdoptionInput = { requestId: p.requestId, sessionId: p.session.id, update: p.update, duplicateIds: [duplicateId], upstreamIds: [upstreamId] };
+  if (p.sessionChanged === false) adoption.sessionChanged = false;
+  return adoption;
 }
 
 const EMPTY = Buffer.alloc(0);

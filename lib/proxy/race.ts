@@ -1,7 +1,7 @@
 import type { Dispatcher } from 'undici';
 import { codes, RedundantProxyError } from '../errors.js';
 import type { TimerHandle } from '../time.js';
-import { H } from '../wire/protocol.js';
+import { COMMIT, H } from '../wire/protocol.js';
 import { detachedResponse, sendError } from './respond.js';
 import type { CapturedAnswer, RaceOutcome, RaceReport } from './report.js';
 import { adoptionFor, type AdoptionStrategy, type Decision, type HeadVerdict, type Judge } from './race/adoption.js';
@@ -150,7 +150,7 @@ export class Race implements CopyHost, HedgeHost, Judge<Copy>, RaceCore {
     copy.report.latency = input.time.now() - copy.startedAt;
     if (headers[H.worker] === '1') input.observer.workerSeen(copy.upstream.id);
     // Another copy committed already: the store's arbitration failed.
-    if (this.committed && headers[H.commit] === 'won') this.#secondCommit(copy);
+    if (this.committed && headers[H.commit] === COMMIT.won) this.#secondCommit(copy);
     if (copy.state === 'lingering') {
       LOSERS.answeredInGrace(copy, headers);
       return this.lingerSettled();

@@ -1,23 +1,14 @@
 import { EventEmitter } from 'node:events';
 import type { ServerResponse } from 'node:http';
 import type { RedundantProxyError } from '../errors.js';
+import { writeJsonAnswer } from '../json-error.js';
+import { CLIENT_HEADERS } from '../wire/protocol.js';
 
 /** Answers with the error's status and a JSON body carrying its stable `code`. */
 export function sendError(res: ServerResponse, err: RedundantProxyError, requestId: string | null, extraHeaders?: Record<string, string>): void {
-  if (res.headersSent || res.destroyed) {
-    res.destroy();
-    return;
-  }
-  const body = JSON.stringify(requestId ? { ...err.toJSON(), requestId } : err.toJSON());
-  const headers: Record<string, string> = {
-    'content-type': 'application/json; charset=utf-8',
-    'content-length': String(Buffer.byteLength(body)),
-    'cache-control': 'no-store',
-    ...extraHeaders,
-  };
-  if (requestId) headers['x-request-id'] = requestId;
-  res.writeHead(err.status, headers);
-  res.end(body);
+  const headers: Record<string, string> = { 'cache-control': 'no-store', ...extraHeaders };
+  if (requestId) headers[CLIENT_HEADERS.requestId] = requestId;
+  writeJsonAnswer(res, { status: err.status, body: requestId ? { ...err.toJSON(), requestId } : err.toJSON(), headers });
 }
 
 /**

@@ -4,6 +4,7 @@ import type { Duplex } from 'node:stream';
 import { STATUS_CODES } from 'node:http';
 import { codes, RedundantProxyError } from '../errors.js';
 import { REAL_TIME, type Scheduler, unref } from '../time.js';
+import { CLIENT_HEADERS, H, PREFIX } from '../wire/protocol.js';
 import { forwardRequestHeaders } from './headers.js';
 
 // WebSocket (and any other `Upgrade`) passthrough. An upgraded connection is
@@ -71,7 +72,7 @@ export function writeSocketError(socket: Duplex, err: RedundantProxyError, reque
     'cache-control: no-store',
     'connection: close',
   ];
-  if (requestId) head.push(`x-request-id: ${requestId}`);
+  if (requestId) head.push(`${CLIENT_HEADERS.requestId}: ${requestId}`);
   socket.end(`${head.join('\r\n')}\r\n\r\n${body}`);
 }
 
@@ -168,7 +169,7 @@ export function tunnel(req: IncomingMessage, socket: Duplex, head: Buffer, targe
     socket.on('error', () => upstream.destroy());
     upstream.on('close', () => socket.destroy());
     socket.on('close', () => upstream.destroy());
-    socket.write(rawHead(res.statusCode ?? 101, res.statusMessage, res.rawHeaders, ['x-request-id', options.requestId, 'x-redundant-served-by', target.id]));
+    socket.write(rawHead(res.statusCode ?? 101, res.statusMessage, res.rawHeaders, [CLIENT_HEADERS.requestId, options.requestId, H.servedBy, target.id]));
     if (upstreamHead.length > 0) socket.write(upstreamHead);
     for (const chunk of early) upstream.write(chunk);
     upstream.pipe(socket);
@@ -186,7 +187,7 @@ export function tunnel(req: IncomingMessage, socket: Duplex, head: Buffer, targe
     for (let i = 0; i < res.rawHeaders.length; i += 2) {
       const name = res.rawHeaders[i]!.toLowerCase();
       // The body is sent as it comes and the connection closes after it.
-      if (name === 'connection' || name === 'keep-alive' || name === 'transfer-encoding' || name === 'x-request-id' || name.startsWith('x-redundant-')) continue;
+      if (name === 'connection' || name === 'keep-alive' || name === 'transfer-encoding' || name === CLIENT_HEADERS.requestId || name.startsWith(PREFIX)) continue;
       rawHeaders.push(res.rawHeaders[i]!, res.rawHeaders[i + 1]!);
     }
     if (socket.destroyed) {
@@ -194,7 +195,7 @@ export function tunnel(req: IncomingMessage, socket: Duplex, head: Buffer, targe
       return;
     }
     socket.on('error', () => res.destroy());
-    socket.write(rawHead(res.statusCode ?? 502, res.statusMessage, rawHeaders, ['connection', 'close', 'x-request-id', options.requestId, 'x-redundant-served-by', target.id]));
+    socket.write(rawHead(res.statusCode ?? 502, res.statusMessage, rawHeaders, ['connection', 'close', CLIENT_HEADERS.requestId, options.requestId, H.servedBy, target.id]));
     res.on('error', () => socket.destroy());
     res.pipe(socket);
   });

@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import { codes } from '../../errors.js';
-import { H } from '../../wire/protocol.js';
+import { COMMIT, H } from '../../wire/protocol.js';
 import type { ResolvedSelect, SelectAnswer } from '../options.js';
 
 // Step "choose" (docs/design.md): which answer the race adopts. One small
@@ -127,10 +127,10 @@ export class UpdateArbitration<C> implements AdoptionStrategy<C> {
 
   head(copy: C, status: number, headers: Headers, judge: Judge<C>): HeadVerdict {
     const commit = headers[H.commit];
-    if (commit === 'lost') return 'lost';
-    if (commit === 'won' || commit === 'applied') {
+    if (commit === COMMIT.lost) return 'lost';
+    if (commit === COMMIT.won || commit === COMMIT.applied) {
       this.committed = true;
-      return commit === 'won' ? 'adopt' : 'applied';
+      return commit === COMMIT.won ? 'adopt' : 'applied';
     }
     if (!judge.acceptable(copy, status, headers)) return 'reject';
     if (this.copies <= 1) return 'adopt';

@@ -1,7 +1,7 @@
 import type { ServerResponse } from 'node:http';
 import type { Dispatcher } from 'undici';
 import { codes, RedundantProxyError } from '../../errors.js';
-import { H } from '../../wire/protocol.js';
+import { CLIENT_HEADERS, H } from '../../wire/protocol.js';
 import { forwardResponseHeaders } from '../headers.js';
 import { sendError } from '../respond.js';
 import type { Copy } from './copy.js';
@@ -36,7 +36,7 @@ export function writeHead(res: ServerResponse, copy: Copy, requestId: string, ex
       out[name] = prior === undefined ? extra[name]! : ([] as string[]).concat(prior, extra[name]!);
     }
   }
-  out['x-request-id'] = requestId;
+  out[CLIENT_HEADERS.requestId] = requestId;
   out[H.servedBy] = copy.upstream.label;
   res.writeHead(status, out);
   return out;
@@ -112,7 +112,7 @@ export function winnerEnded(race: RaceCore): void {
 /** Passes an upstream's own error answer through, whole, when no copy answered acceptably. */
 export function passThrough(res: ServerResponse, fallback: Copy, requestId: string): void {
   const out = forwardResponseHeaders(fallback.headers);
-  out['x-request-id'] = requestId;
+  out[CLIENT_HEADERS.requestId] = requestId;
   out[H.servedBy] = fallback.upstream.label;
   const body = Buffer.concat(fallback.chunks, fallback.size);
   out['content-length'] = String(body.length);

@@ -13,7 +13,7 @@
 // costs its connection, and for an update its cancel hook. The grace is half
 // the time the race took so far, within bounds.
 
-import { H } from '../../wire/protocol.js';
+import { COMMIT, H } from '../../wire/protocol.js';
 import type { Copy } from './copy.js';
 
 type Headers = Record<string, string | string[] | undefined>;
@@ -78,7 +78,7 @@ export class LoserPolicy {
    */
   answeredInGrace(copy: Copy, headers: Headers): void {
     if (copy.report.error === 'timeout') copy.report.error = null; // it did answer
-    const lost = headers[H.commit] === 'lost';
+    const lost = headers[H.commit] === COMMIT.lost;
     if (this.drains(headers)) {
       copy.to('draining');
       copy.report.outcome = lost ? 'lost' : 'drained';
