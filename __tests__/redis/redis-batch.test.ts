@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
 import { Redis } from 'ioredis';
 import { codes, isRedundantProxyError } from '../../lib/errors.js';
-import { RecordBatcher, type BatchedRecord } from '../../lib/store/redis-batch.js';
+import { RecordBatcher, type BatchedRecord } from '../../lib/store/redis/batch.js';
 import { RedisSessionStore, type RedisSessionStoreOptions } from '../../lib/store/redis.js';
 import { startRedisServer, type RedisServer } from '../helpers/redis-server.js';
 import { closeAfterEach } from '../helpers/cleanup.js';

@@ -13,13 +13,13 @@
 // use at once, which says nothing). run.mjs runs each mutant against the
 // Redis store's tests.
 
-export const LUA_SOURCE = 'lib/store/redis.ts';
+export const LUA_SOURCE = 'lib/store/redis/scripts.ts';
 
 /** The scripts in scope, and the helpers of PRELUDE that the claim uses. */
 export const SCRIPTS = ['CLAIM', 'CONFIRM', 'RELEASE', 'BEGIN_IDEMPOTENT', 'COMPLETE_IDEMPOTENT', 'PRELUDE'];
 const PRELUDE_FUNCTIONS = ['next_fence', 'touch'];
 
-/** Every mutant of the scripts in `source` (the text of lib/store/redis.ts), each with the whole mutated text. */
+/** Every mutant of the scripts in `source` (the text of lib/store/redis/scripts.ts), each with the whole mutated text. */
 export function luaMutants(source) {
   const lines = source.split('\n');
   const out = [];
@@ -39,7 +39,7 @@ function scriptLines(lines) {
   for (const name of SCRIPTS) {
     const start = name === 'PRELUDE'
       ? lines.findIndex((l) => l === 'const PRELUDE = `')
-      : lines.findIndex((l) => l === `const ${name} = script(\``);
+      : lines.findIndex((l) => l === `export const ${name} = script(\``);
     if (start === -1) throw new Error(`${LUA_SOURCE}: script ${name} not found`);
     const end = lines.findIndex((l, i) => i > start && /^`\)?;$/.test(l));
     let fn;

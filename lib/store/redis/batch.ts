@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
-import { RedundantProxyError, codes } from '../errors.js';
-import { REAL_TIME, type Scheduler, type TimerHandle, unref } from '../time.js';
+import { RedundantProxyError, codes } from '../../errors.js';
+import { REAL_TIME, type Scheduler, type TimerHandle, unref } from '../../time.js';
 
 // The request log's writes on Redis, in batches. Every copy a worker receives
 // and every adoption the proxy makes is one record in the request's hash;
