@@ -58,10 +58,15 @@ export const TARGETS = [
     blocks: [
       [/^  async claim\(/], [/^  async confirm\(/], [/^  async release\(/], [/^  async beginIdempotent\(/], [/^  async completeIdempotent\(/],
       [/^  #grant\(/], [/^  #wait\(/], [/^  #settle\(/], [/^  #schedule\(/], [/^  #rejectWaiters\(/], [/^  #removeWaiter\(/],
-      // The bounded key index.
-      [/^function keyBytes\(/], [/^function answerBytes\(/], [/^class IdempotencyKeys /],
     ],
     tests: ['store/memory-more.test.ts', 'worker/commit-gate-more.test.ts', 'worker/commit-gate.test.ts', 'store/memory.test.ts'],
+  },
+  {
+    // The memory store's bounded key index.
+    name: 'memory-keys',
+    file: 'lib/store/memory/idempotency-keys.ts',
+    blocks: [[/^export function keyBytes\(/], [/^export function answerBytes\(/], [/^export class IdempotencyKeys /]],
+    tests: ['store/memory-more.test.ts', 'store/memory.test.ts'],
   },
   {
     name: 'redis',

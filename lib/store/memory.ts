@@ -1,5 +1,5 @@
 import { LRUCache } from 'lru-cache';
-import { InvalidOptionError, RedundantProxyError, codes } from '../errors.js';
+import { InvalidOptionError } from '../errors.js';
 import type {
   ClaimGrant,
   ClaimOptions,
@@ -12,60 +12,11 @@ import type {
   SessionStore,
 } from './types.js';
 import { checkMillis, closedError, detach, notHolder, sessionJson, superseded, type Waiter } from './common.js';
-import { field, number, parseOptions, type Schema } from '../schema.js';
+import { parseOptions } from '../schema.js';
+import { answerBytes, IdempotencyKeys, keyBytes, storeFull, type Held } from './memory/idempotency-keys.js';
+import { OPTIONS, type IdempotencyUsage, type MemorySessionStoreOptions } from './memory/options.js';
 
-export interface MemorySessionStoreOptions {
-  /**
-   * Most requests the store remembers; the least recently used is forgotten
-   * first. Sessions and saved candidates are capped at the same number each.
-   * Idempotency keys are not: see `maxIdempotencyKeys`.
-   * A forgotten request also loses its commit state, so keep `max` above
-   * (requests per second × seconds of your longest race).
-   * @default 10000
-   */
-  max?: number;
-  /**
-   * Milliseconds a request record lives after it was last written, and a
-   * session after it was last read or promoted.
-   * @default 600000 (10 minutes)
-   */
-  ttl?: number;
-  /**
-   * Most `Idempotency-Key`s held at once. A key is kept for its whole TTL
-   * and never pushed out for a newer one (a retry must find it); when this
-   * many keys are live, `beginIdempotent` refuses a *new* key with
-   * `RP_ERR_STORE_FULL` (503) until some expire. Retries and completions of
-   * keys already held keep working.
-   * @default 100000
-   */
-  maxIdempotencyKeys?: number;
-  /**
-   * Most bytes the idempotency keys may take, answers included (each key
-   * counts its key, fingerprint and request id lengths, 128 bytes of
-   * overhead, and its answer's body length plus its headers' JSON length).
-   * A new key that would go over is refused like one over
-   * `maxIdempotencyKeys`; an answer that would go over makes
-   * `completeIdempotent` reject with `RP_ERR_STORE_FULL`, and the key stays
-   * held by its attempt, which may complete it with a smaller answer.
-   * @default 67108864 (64 MiB)
-   */
-  maxIdempotencyBytes?: number;
-  /**
-   * The clock, in milliseconds since the epoch. It stamps records, judges
-   * TTLs, commit leases and idempotency locks. Inject one to test expiry
-   * without sleeping.
-   * @default Date.now
-   */
-  now?: () => number;
-}
-
-/** How much of its idempotency bounds a `MemorySessionStore` uses (`idempotencyUsage`). */
-export interface IdempotencyUsage {
-  /** Keys held now, each within its TTL. At most `maxIdempotencyKeys`. */
-  keys: number;
-  /** Bytes they count, as `maxIdempotencyBytes` counts them. */
-  bytes: number;
-}
+export type { IdempotencyUsage, MemorySessionStoreOptions } from './memory/options.js';
 
 /** A request as the store keeps it: the public record plus what only the store needs. */
 interface Entry {
@@ -79,13 +30,6 @@ interface Candidate {
   data: Record<string, unknown>;
 }
 
-const OPTIONS: Schema<Required<MemorySessionStoreOptions>> = {
-  max: number({ integer: true, min: 1, default: 10_000 }),
-  ttl: number({ integer: true, unit: 'milliseconds', min: 1, default: 10 * 60_000 }),
-  maxIdempotencyKeys: number({ integer: true, min: 1, default: 100_000 }),
-  maxIdempotencyBytes: number({ integer: true, unit: 'bytes', min: 1, default: 64 * 1024 * 1024 }),
-  now: field<() => number>('must be a function returning milliseconds', (v) => typeof v === 'function', { default: () => Date.now }),
-};
 
 /**
  * The session store of one process: requests, sessions and candidates in a
@@ -464,162 +408,4 @@ export class MemorySessionStore implements SessionStore {
  */
 function jsonCopy(data: Record<string, unknown>): Record<string, unknown> {
   return JSON.parse(sessionJson(data)) as Record<string, unknown>;
-}
-
-// --- idempotency keys -------------------------------------------------------
-
-/** An idempotency key as the memory store holds it. */
-interface Held {
-  key: string;
-  /** 'pending': completed without a final answer; the next begin resumes it. */
-  state: 'in-flight' | 'pending' | 'completed';
-  fingerprint: string;
-  /** The first attempt's request id; every later attempt runs under it. */
-  requestId: string;
-  attempt: number;
-  /** While 'in-flight': the attempt holds the key until then. */
-  lockUntil: number;
-  answer: StoredAnswer | undefined;
-  /** Forgotten at this time by the store's clock, not before. */
-  until: number;
-  /** What it counts against `maxIdempotencyBytes`. */
-  bytes: number;
-  /** Its index in the expiry heap. */
-  at: number;
-}
-
-/** Counted for each key besides its strings: the entry object, the map slot, the heap slot. */
-const ENTRY_OVERHEAD = 128;
-
-/** What a key counts against `maxIdempotencyBytes` before it holds an answer. */
-function keyBytes(key: string, fingerprint: string, requestId: string): number {
-  return key.length + fingerprint.length + requestId.length + ENTRY_OVERHEAD;
-}
-
-function answerBytes(answer: StoredAnswer): number {
-  return answer.body.length + (JSON.stringify(answer.headers) ?? '').length;
-}
-
-function storeFull(message: string): RedundantProxyError {
-  return new RedundantProxyError(codes.STORE_FULL, `the session store is full: ${message}`, { status: 503 });
-}
-
-/**
- * The idempotency keys of a memory store: a map, plus a binary min-heap of
- * the same entries by expiry (each entry knows its index, so a changed
- * expiry moves in O(log n)). Expired keys are swept from the top of the heap
- * before each operation, each once, so a full store answers a refusal in
- * O(log n) amortised, never by scanning. A live key is never evicted: over
- * a bound, a new key or a larger answer is refused instead (`storeFull`).
- */
-class IdempotencyKeys {
-  readonly #byKey = new Map<string, Held>();
-  readonly #heap: Held[] = [];
-  readonly #maxKeys: number;
-  readonly #maxBytes: number;
-  #bytes = 0;
-
-  constructor(maxKeys: number, maxBytes: number) {
-    this.#maxKeys = maxKeys;
-    this.#maxBytes = maxBytes;
-  }
-
-  get size(): number {
-    return this.#byKey.size;
-  }
-
-  get bytes(): number {
-    return this.#bytes;
-  }
-
-  get(key: string): Held | undefined {
-    return this.#byKey.get(key);
-  }
-
-  /** Drops every key whose expiry is `now` or earlier. */
-  sweep(now: number): void {
-    const heap = this.#heap;
-    while (heap.length > 0 && heap[0]!.until <= now) {
-      const gone = heap[0]!;
-      const last = heap.pop()!;
-      if (last !== gone) {
-        heap[0] = last;
-        this.#down(0);
-      }
-      this.#byKey.delete(gone.key);
-      this.#bytes -= gone.bytes;
-    }
-  }
-
-  /** Holds a new key, in flight until `lockUntil`, kept until `until`; or throws `RP_ERR_STORE_FULL` (sweep first). */
-  add(key: string, fingerprint: string, requestId: string, lockUntil: number, until: number): void {
-    const bytes = keyBytes(key, fingerprint, requestId);
-    if (this.#byKey.size >= this.#maxKeys) {
-      throw storeFull(`it holds ${this.#byKey.size} idempotency keys, all within their TTL (maxIdempotencyKeys ${this.#maxKeys}); no new key until one expires`);
-    }
-    if (this.#bytes + bytes > this.#maxBytes) {
-      throw storeFull(`a new idempotency key would take its keys to ${this.#bytes + bytes} bytes, over maxIdempotencyBytes (${this.#maxBytes}); no new key until some expire`);
-    }
-    // Every field written here, in one shape: a spread is several times slower.
-    const held: Held = { key, state: 'in-flight', fingerprint, requestId, attempt: 1, lockUntil, answer: undefined, until, bytes, at: this.#heap.length };
-    this.#byKey.set(key, held);
-    this.#heap.push(held);
-    this.#bytes += bytes;
-    this.#up(held.at);
-  }
-
-  /** Gives a held key a new size, or throws `RP_ERR_STORE_FULL` and leaves it as it was. */
-  resize(held: Held, bytes: number): void {
-    const total = this.#bytes - held.bytes + bytes;
-    if (total > this.#maxBytes) {
-      throw storeFull(`an answer of ${bytes - keyBytes(held.key, held.fingerprint, held.requestId)} bytes would take the idempotency keys to ${total} bytes, over maxIdempotencyBytes (${this.#maxBytes}); the key stays held, complete it with a smaller answer`);
-    }
-    this.#bytes = total;
-    held.bytes = bytes;
-  }
-
-  /** Moves a held key's expiry, earlier or later. */
-  expireAt(held: Held, until: number): void {
-    const earlier = until < held.until;
-    held.until = until;
-    if (earlier) this.#up(held.at);
-    else this.#down(held.at);
-  }
-
-  clear(): void {
-    this.#byKey.clear();
-    this.#heap.length = 0;
-    this.#bytes = 0;
-  }
-
-  #up(at: number): void {
-    const heap = this.#heap;
-    const item = heap[at]!;
-    while (at > 0) {
-      const parent = (at - 1) >> 1;
-      if (heap[parent]!.until <= item.until) break;
-      heap[at] = heap[parent]!;
-      heap[at]!.at = at;
-      at = parent;
-    }
-    heap[at] = item;
-    item.at = at;
-  }
-
-  #down(at: number): void {
-    const heap = this.#heap;
-    const item = heap[at]!;
-    const n = heap.length;
-    for (;;) {
-      let child = 2 * at + 1;
-      if (child >= n) break;
-      if (child + 1 < n && heap[child + 1]!.until < heap[child]!.until) child += 1;
-      if (heap[child]!.until >= item.until) break;
-      heap[at] = heap[child]!;
-      heap[at]!.at = at;
-      at = child;
-    }
-    heap[at] = item;
-    item.at = at;
-  }
 }
