@@ -23,6 +23,8 @@ export const codes = {
   BAD_TARGET: 'RP_ERR_BAD_TARGET',
   /** No copy produced an acceptable response and none produced any response (502). */
   UPSTREAMS_FAILED: 'RP_ERR_UPSTREAMS_FAILED',
+  /** A copy's connection to an upstream set to `http2: true` was refused: the upstream chose HTTP/1.1 in the TLS handshake (the copy fails). */
+  UPSTREAM_NOT_H2: 'RP_ERR_UPSTREAM_NOT_H2',
   /** `select: { quorum: k }`: the acceptable answers disagreed and no `k` of them can agree any more (502). */
   NO_QUORUM: 'RP_ERR_NO_QUORUM',
   /** A `select` function chose none of the answers, threw, or returned something it was not given (502). */

@@ -5,6 +5,7 @@ import type { SessionStore } from '../store/types.js';
 import { PREFIX } from '../wire/protocol.js';
 import type { CancelInfo, EjectionOptions, ProxyOptions, ResolvedOptions, ResolvedSelect, ResolvedSession, SelectFunction, Upstream, UpstreamResponse, UpstreamSpec } from './options.js';
 import { checkPrometheusOptions, type PrometheusOptions } from './prometheus.js';
+import { parseHttp2, parseTls, settleTransport } from './tls.js';
 
 // The proxy's options checked at construction, through the one option
 // checker (lib/schema.ts): a bad or unknown option throws an
@@ -54,6 +55,8 @@ const SESSION: Schema<Omit<ResolvedSession, 'cookie' | 'header'> & { cookie: str
 /** The proxy's options as the schema resolves them, before they are put together. */
 interface Parsed {
   upstreams: Upstream[];
+  tls: ReturnType<typeof parseTls>;
+  http2: boolean | undefined;
   store: SessionStore | undefined;
   copies: number;
   hedge: { delay: number | 'adaptive'; maxExtraLoad: number };
@@ -81,6 +84,8 @@ interface Parsed {
 
 const PROXY: Schema<Parsed> = {
   upstreams: custom('must be a non-empty array of URLs or { id, url }', (v) => resolveUpstreams(v)),
+  tls: custom('must be { ca?, cert?, key?, rejectUnauthorized?, servername? }', (v, name) => parseTls(v, name)),
+  http2: custom('must be true or false', (v, name) => parseHttp2(v, name)),
   store: optional(field<SessionStore>('must implement SessionStore', (s) => typeof s === 'object' && s !== null && typeof (s as SessionStore).recordCopy === 'function' && typeof (s as SessionStore).recordAdoption === 'function')),
   copies: number({
     integer: true,
@@ -114,7 +119,7 @@ const PROXY: Schema<Parsed> = {
 export function resolveOptions(options: ProxyOptions): ResolvedOptions {
   const o = parseOptions(PROXY, options);
   return {
-    upstreams: o.upstreams,
+    upstreams: settleTransport(o.upstreams, o.tls, o.http2),
     onCancel: o.onCancel,
     cancelTimeout: o.cancelTimeout,
     idempotency: o.idempotency,
@@ -185,6 +190,7 @@ function resolveUpstreams(list: unknown): Upstream[] {
     id ??= parsed.host;
     if (seen.has(id)) refuse(name, `repeats the upstream id "${id}"`, url);
     seen.add(id);
-    return { id, label: explicit ? id : `upstream-${i + 1}`, origin: parsed.origin, prefix: parsed.pathname.replace(/\/+$/, '') };
+    const own = typeof entry === 'string' ? {} : { tls: parseTls((entry as UpstreamSpec).tls, `${name}.tls`), http2: parseHttp2((entry as UpstreamSpec).http2, `${name}.http2`) };
+    return { id, label: explicit ? id : `upstream-${i + 1}`, origin: parsed.origin, prefix: parsed.pathname.replace(/\/+$/, ''), ...own };
   });
 }

@@ -12,6 +12,51 @@ export interface UpstreamSpec {
   id: string;
   /** `http://` or `https://` origin, optionally with a path prefix prepended to every request path. */
   url: string;
+  /**
+   * TLS settings for this `https:` upstream, taken field by field over the
+   * proxy's `tls` (a field given here wins). Refused on an `http:` upstream.
+   * @example { servername: 'b.internal', ca: readFileSync('ca.pem') }
+   */
+  tls?: UpstreamTlsOptions;
+  /**
+   * Speak HTTP/2 to this `https:` upstream; overrides the proxy's `http2`.
+   * Refused on an `http:` upstream (see the proxy's `http2`).
+   * @default the proxy's `http2`
+   */
+  http2?: boolean;
+}
+
+/**
+ * How the proxy's connections to `https:` upstreams are secured; passed to
+ * `tls.connect()` through undici's `connect` options. PEM strings or Buffers
+ * (an array for several). Checked at construction: a CA that holds no
+ * certificate, a `cert` without its `key`, a `key` that does not match its
+ * `cert` are refused; errors never show their content.
+ */
+export interface UpstreamTlsOptions {
+  /**
+   * The certificate authorities that the upstreams' certificates must chain
+   * to, instead of Node's built-in list.
+   * @default Node's built-in CA list
+   */
+  ca?: string | Buffer | ReadonlyArray<string | Buffer>;
+  /** The client certificate (chain) shown to upstreams that ask for one (mutual TLS). Needs `key`. */
+  cert?: string | Buffer | ReadonlyArray<string | Buffer>;
+  /** The client certificate's private key, unencrypted PEM. Needs `cert`. */
+  key?: string | Buffer | ReadonlyArray<string | Buffer>;
+  /**
+   * Refuse an upstream whose certificate does not chain to a trusted CA or
+   * does not name the host. `false` only for tests: anyone on the path can
+   * then pose as the upstream.
+   * @default true
+   */
+  rejectUnauthorized?: boolean;
+  /**
+   * The host name sent in SNI and that the upstream's certificate must name,
+   * when it is not the URL's host (an IP address, say).
+   * @default the URL's host name (none for an IP address)
+   */
+  servername?: string;
 }
 
 /** What `accept()` is shown of an upstream's response (its head only; the body is not read). */
@@ -147,6 +192,26 @@ export interface ProxyOptions {
    * @example ['http://10.0.0.1:3000', { id: 'b', url: 'http://10.0.0.2:3000' }]
    */
   upstreams: ReadonlyArray<string | UpstreamSpec>;
+  /**
+   * TLS settings for every `https:` upstream (CA, client certificate and
+   * key, `rejectUnauthorized`, `servername`); an upstream's own `tls` wins
+   * field by field. Refused when no upstream is `https:`.
+   * @default Node's defaults: the built-in CA list, no client certificate
+   * @example { ca: readFileSync('internal-ca.pem'), cert: readFileSync('gw.pem'), key: readFileSync('gw-key.pem') }
+   */
+  tls?: UpstreamTlsOptions;
+  /**
+   * Speak HTTP/2 to every `https:` upstream (undici's `allowH2`): one TLS
+   * connection per upstream carries many requests at once, and a copy that
+   * loses a race is stopped by resetting its stream while the connection
+   * stays open. The upstream must choose `h2` in the TLS handshake (ALPN);
+   * a connection on which it chose HTTP/1.1 fails with
+   * `RP_ERR_UPSTREAM_NOT_H2`. Cleartext HTTP/2 (h2c) is not offered: an
+   * `http:` upstream that asks for it is refused. Per upstream: its `http2`.
+   * Refused when no upstream is `https:`.
+   * @default false
+   */
+  http2?: boolean;
   /**
    * Where copies, adoptions and sessions are recorded. Give the workers the
    * same store. A store you pass is yours to close; the default one is closed
@@ -352,6 +417,19 @@ export interface Upstream {
   origin: string;
   /** Path prefix from the upstream URL, without a trailing slash ('' for none). */
   prefix: string;
+  /** TLS settings for its connections (the proxy's and its own, merged); none for `http:` or Node's defaults. */
+  tls?: UpstreamTls;
+  /** HTTP/2 over TLS to it. */
+  http2?: boolean;
+}
+
+/** TLS settings as checked: what `tls.connect()` (and `https.request()`) take. */
+export interface UpstreamTls {
+  ca?: string | Buffer | Array<string | Buffer>;
+  cert?: string | Buffer | Array<string | Buffer>;
+  key?: string | Buffer | Array<string | Buffer>;
+  rejectUnauthorized?: boolean;
+  servername?: string;
 }
 
 export type ResolvedSelect = { kind: 'first' } | { kind: 'quorum'; quorum: number } | { kind: 'custom'; choose: SelectFunction };

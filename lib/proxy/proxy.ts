@@ -1,6 +1,6 @@
 import { createHash, randomUUID } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { Pool, type Dispatcher } from 'undici';
+import type { Dispatcher } from 'undici';
 import { codes, RedundantProxyError, type ErrorCode } from '../errors.js';
 import type { RecordAdoptionInput } from '../store/types.js';
 import { Emitter, type Disposable } from '../events.js';
@@ -22,6 +22,7 @@ import { PrometheusMetrics } from './prometheus.js';
 import type { ProxyEvents } from './proxy-events.js';
 import { Race, type CopyReport, type RaceObserver, type RaceReport } from './race.js';
 import { sendError } from './respond.js';
+import { upstreamPool } from './tls.js';
 
 export type { CopyCancelledEvent, CopySentEvent, ProxyErrorEvent, ProxyEvents, RaceStartEvent } from './proxy-events.js';
 export { requestTarget } from './admit.js';
@@ -108,7 +109,7 @@ export function redundantProxy(options: ProxyOptions): RedundantProxy {
     : null;
   const dispatchers = new Map<string, Dispatcher>();
   for (const u of opts.upstreams) {
-    dispatchers.set(u.id, new Pool(u.origin, { connections: opts.connections, keepAliveTimeout: 10_000, pipelining: 1 }));
+    dispatchers.set(u.id, upstreamPool(u, opts.connections));
   }
   const bodyBudget = new BodyBudget(opts.maxBufferedBytes);
   const inFlight = new Set<Promise<RaceReport>>();
