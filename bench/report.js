@@ -5,6 +5,7 @@
 
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
+import { capacity, plan } from './capacity.js';
 import { FAST, SLOW } from './model.js';
 
 const docs = new URL('../docs/', import.meta.url);
@@ -313,11 +314,16 @@ export function markdown(r) {
     }
     L.push('');
     const sat = f.saturation;
-    if (sat) {
-      L.push(`At the limit (a measured point for the capacity model): the store traffic of raced reads (three copies recorded by three`);
-      L.push(`stores, one adoption by a fourth, nothing to promote), made directly on the stores by one process, 64 at a time, for ${f1(sat.seconds)} s:`);
-      L.push(`${int(sat.readsPerSecond)} reads/s with Redis at ${(sat.redisCoreShare * 100).toFixed(0)}% of one core, ${f1(sat.redisCpuMicrosPerRead)} µs of Redis CPU per read${sat.failed ? ` (${sat.failed} failed)` : ''}.`);
-      L.push('Batches grow with the load, so Redis spends less per read at the limit than at the light load of the table above.');
+    if (sat?.read) {
+      L.push('At the limit (measured points for the capacity model): the store traffic of raced reads (three copies recorded by three stores,');
+      L.push('one adoption by a fourth) and of committed updates (three copies recorded, three claims of which one confirms, the adoption),');
+      L.push('made directly on the stores by one process, 64 requests at a time:');
+      L.push('');
+      L.push('| kind | requests/s | Redis share of one core | Redis CPU µs / request |');
+      L.push('| --- | ---: | ---: | ---: |');
+      for (const [kind, x] of Object.entries(sat)) L.push(`| ${kind} | ${int(x.requestsPerSecond)} | ${(x.redisCoreShare * 100).toFixed(0)}% | ${f1(x.redisCpuMicrosPerRequest)}${x.failed ? ` (${x.failed} failed)` : ''} |`);
+      L.push('');
+      L.push('Batches and commands per system call grow with the load, so Redis spends less per request at the limit than at the light load of the table above.');
       L.push('');
     }
     const sp = f.spread;
@@ -332,6 +338,35 @@ export function markdown(r) {
       L.push(`| largest deviation from the mean | ${pct(sp.keys.maxDeviation)} | ${pct(sp.commands.maxDeviation)} | ${pct(sp.cpu.maxDeviation)} |`);
       L.push('');
       L.push(`${int(sp.requestTagsChecked)} request hash tags found on the shards, ${sp.requestTagsOnMoreThanOneShard} of them on more than one shard (every script touches one slot; Redis would refuse one that did not).`);
+      L.push('');
+    }
+  }
+
+  const model = capacity(r);
+  if (model && model.rows.length) {
+    L.push('### Capacity, from this run (the model of docs/operations.md)');
+    L.push('');
+    L.push(`Redis CPU per request at load for a mix of ${model.mix.map((m) => `${(m.share * 100).toFixed(0)}% ${m.kind}`).join(', ')}: the light-load figures of`);
+    L.push(`the table above times the factor measured at the limit (reads ×${f2(model.factor.read)}, updates ×${f2(model.factor.update)}; the kinds with a session as their base kind);`);
+    L.push(`cores planned at ${(model.target * 100).toFixed(0)}%. Gateway CPU per request from scenario c (node:http; copies 5 extrapolated).`);
+    L.push('');
+    L.push('| copies | Redis µs / request of the mix | requests/s per Redis core | gateway µs / request | requests/s per gateway core |');
+    L.push('| ---: | ---: | ---: | ---: | ---: |');
+    for (const row of model.rows) {
+      L.push(`| ${row.copies} | ${f1(row.mixMicros)} | ${int(row.mixPerRedisCore)} | ${row.gatewayMicros == null ? '–' : `${int(row.gatewayMicros)}${row.gatewayExtrapolated ? ' (extrapolated)' : ''}`} | ${row.perGatewayCore == null ? '–' : int(row.perGatewayCore)} |`);
+    }
+    L.push('');
+    if (model.check) {
+      const k = model.check;
+      L.push(`Checked against the measured point: at the limit Redis carried ${int(k.measuredReadsPerSecond)} reads/s at ${(k.redisCoreShare * 100).toFixed(0)}% of a core`);
+      L.push(`(${f1(k.redisMicrosPerReadAtLimit)} µs a read); the light-load figure predicts ${int(k.predictedFromLightLoad)} reads/s for that share, so the model is`);
+      L.push(`${k.predictedFromLightLoad <= k.measuredReadsPerSecond ? 'conservative by' : 'optimistic by'} ${f2(Math.max(k.measuredReadsPerSecond, k.predictedFromLightLoad) / Math.min(k.measuredReadsPerSecond, k.predictedFromLightLoad))}× (batches grow with the load).`);
+      L.push('');
+    }
+    const p = plan(model);
+    if (p) {
+      L.push(`The plan of docs/operations.md with these figures: ${int(p.rate)} requests/s of the mix over ${p.gateways} gateways at copies ${p.copies}: ${f1(p.redisCores)} Redis cores`);
+      L.push(`(${p.shards} Cluster shards at ${(model.target * 100).toFixed(0)}%), ${int(p.perGateway)} requests/s and ${p.gatewayCores == null ? '–' : f1(p.gatewayCores)} cores per gateway, ${int(p.copiesPerSecond)} copies/s on the replicas.`);
       L.push('');
     }
   }

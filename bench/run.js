@@ -478,11 +478,15 @@ function targets(results) {
   }
   const f = results.scenarios.f?.results;
   const cell = (variant, kind) => f?.[variant]?.[3]?.[kind];
+  const sat = results.scenarios.f?.saturation;
+  if (sat?.read && sat?.update) {
+    // Per request at load: the store traffic alone, as fast as Redis takes it.
+    const read = sat.read.redisCpuMicrosPerRequest;
+    const update = sat.update.redisCpuMicrosPerRequest;
+    t.push({ id: 'f:redis-cpu-read', scenario: 'f', target: 'copies: 3, Redis CPU per raced read ≤ 40 µs (at load)', value: read, display: `${read.toFixed(0)} µs`, met: read <= 40 });
+    t.push({ id: 'f:redis-cpu-update', scenario: 'f', target: 'copies: 3, Redis CPU per committed update ≤ 150 µs (at load)', value: update, display: `${update.toFixed(0)} µs`, met: update <= 150 });
+  }
   if (cell('redis', 'read')) {
-    const read = cell('redis', 'read').redisCpuMicrosPerRequest;
-    const update = cell('redis', 'update').redisCpuMicrosPerRequest;
-    t.push({ id: 'f:redis-cpu-read', scenario: 'f', target: 'copies: 3, Redis CPU per raced read ≤ 40 µs', value: read, display: `${read.toFixed(0)} µs`, met: read <= 40 });
-    t.push({ id: 'f:redis-cpu-update', scenario: 'f', target: 'copies: 3, Redis CPU per committed update ≤ 150 µs', value: update, display: `${update.toFixed(0)} µs`, met: update <= 150 });
     const trips = cell('redis', 'read').criticalPathRoundTrips;
     t.push({ id: 'f:read-round-trips', scenario: 'f', target: 'a read without session or update: ≤ 1 store round trip on the critical path', value: trips, display: `${trips.toFixed(1)}`, met: trips <= 1.3 });
   }
@@ -492,6 +496,13 @@ function targets(results) {
     t.push({ id: 'f:cluster-keys', scenario: 'f', target: `Redis Cluster, 3 masters: keys per shard within ±10% over ${spread.requests.toLocaleString('en-US')} requests${results.quick ? ' (--quick; a full run makes 100,000)' : ''}`, value: dev, display: `±${(dev * 100).toFixed(1)}%`, met: dev <= 0.1 && spread.requestTagsOnMoreThanOneShard === 0 });
   }
   const d = results.scenarios.d;
+  if (d?.results?.['redis-reads']?.redisCpuMicrosPerRequest != null) {
+    // The issue's own measure: through HTTP, autocannon, scenario d.
+    const read = d.results['redis-reads'].redisCpuMicrosPerRequest;
+    const update = d.results['redis-updates'].redisCpuMicrosPerRequest;
+    t.push({ id: 'd:redis-cpu-read', scenario: 'd', target: 'copies: 3, Redis CPU per raced read ≤ 40 µs (scenario d, through HTTP)', value: read, display: `${read.toFixed(0)} µs`, met: read <= 40 });
+    t.push({ id: 'd:redis-cpu-update', scenario: 'd', target: 'copies: 3, Redis CPU per committed update ≤ 150 µs (scenario d, through HTTP)', value: update, display: `${update.toFixed(0)} µs`, met: update <= 150 });
+  }
   if (d?.ratios) {
     const ratio = d.ratios['redis/memory reads req/s'];
     t.push({ id: 'd:redis-reads', scenario: 'd', target: 'Redis ÷ memory throughput ≥ 0.9× for reads', value: ratio, display: `${ratio.toFixed(2)}×`, met: ratio >= 0.9 });

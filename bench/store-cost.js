@@ -203,29 +203,31 @@ function redisCost(before, after, n) {
 }
 
 /**
- * A measured point for the capacity model: the store traffic of raced reads
- * (three copies recorded by three stores, one adoption by a fourth), made by
- * the child as fast as Redis takes it, for a few seconds: reads per second,
- * the share of one core Redis used, and its CPU per read. Redis is the
- * limit when its share nears 1; the model predicts reads/s = share × 1e6 ÷
- * (CPU µs per read).
+ * Measured points for the capacity model: the store traffic of raced reads
+ * and of committed updates, made by the child as fast as Redis takes it, for
+ * a few seconds each: requests per second, the share of one core Redis used,
+ * and its CPU per request under that load (batches are larger there than at
+ * the light load of the cells).
  */
 async function saturate(node, admin, cfg, log) {
-  const cpu0 = await redisCpuInfo(admin);
-  const t0 = performance.now();
-  const { reads, failed } = (await node.ask('saturate', { seconds: cfg.saturationSeconds })).result;
-  const seconds = (performance.now() - t0) / 1000;
-  const cpuMicros = (await redisCpuInfo(admin)) - cpu0;
-  const out = {
-    reads,
-    failed,
-    seconds: round(seconds, 2),
-    readsPerSecond: round(reads / seconds, 0),
-    redisCoreShare: round(cpuMicros / (seconds * 1e6), 3),
-    redisCpuMicrosPerRead: round(cpuMicros / reads, 1),
-  };
-  out.predictedReadsPerSecondAtShare = round((out.redisCoreShare * 1e6) / out.redisCpuMicrosPerRead, 0);
-  log(`   saturation (store traffic of raced reads, copies 3, direct store calls): ${out.readsPerSecond} reads/s, Redis at ${(out.redisCoreShare * 100).toFixed(0)}% of a core, ${out.redisCpuMicrosPerRead} µs per read${failed ? `, ${failed} failed` : ''}`);
+  const out = {};
+  for (const kind of ['read', 'update']) {
+    const cpu0 = await redisCpuInfo(admin);
+    const t0 = performance.now();
+    const { requests, failed } = (await node.ask('saturate', { kind, seconds: cfg.saturationSeconds })).result;
+    const seconds = (performance.now() - t0) / 1000;
+    const cpuMicros = (await redisCpuInfo(admin)) - cpu0;
+    const point = {
+      requests,
+      failed,
+      seconds: round(seconds, 2),
+      requestsPerSecond: round(requests / seconds, 0),
+      redisCoreShare: round(cpuMicros / (seconds * 1e6), 3),
+      redisCpuMicrosPerRequest: round(cpuMicros / requests, 1),
+    };
+    out[kind] = point;
+    log(`   saturation, ${kind}s' store traffic (copies 3, direct store calls, 64 at a time): ${point.requestsPerSecond} ${kind}s/s, Redis at ${(point.redisCoreShare * 100).toFixed(0)}% of a core, ${point.redisCpuMicrosPerRequest} µs per ${kind}${failed ? `, ${failed} failed` : ''}`);
+  }
   return out;
 }
 
@@ -492,29 +494,51 @@ async function childMain(config) {
     handler = proxy.handler;
   }
 
-  /** Reads' store traffic only, 64 at a time, for `seconds`: copies recorded by the three first replicas' stores, the adoption by the gateway's. */
-  async function saturateStores(seconds) {
-    const roles = [await storeFor('sat-a'), await storeFor('sat-b'), await storeFor('sat-c'), await storeFor('sat-gw')];
+  /**
+   * One kind's store traffic only, 64 at a time, for `seconds`, as three
+   * replicas' stores and the gateway's make it: a read records three copies
+   * and one adoption; an update records three copies (awaited, as a worker
+   * does), claims from all three (one is granted and confirms, the others
+   * wait and learn they lost) and records the adoption.
+   */
+  async function saturateStores(kind, seconds) {
+    const roles = [await storeFor(`sat-a-${kind}`), await storeFor(`sat-b-${kind}`), await storeFor(`sat-c-${kind}`), await storeFor(`sat-gw-${kind}`)];
+    const update = kind === 'update';
     const deadline = performance.now() + seconds * 1000;
-    let reads = 0;
+    let done = 0;
     let failed = 0;
     let n = 0;
+    const one = async (requestId) => {
+      const sessionId = `s-${requestId}`;
+      const dup = (i) => `${requestId}.${i}`;
+      await Promise.all([0, 1, 2].map((i) => roles[i].recordCopy({ requestId, duplicateId: dup(i), upstreamId: UPSTREAM_IDS[i], index: i + 1, of: 3, update, sessionId })));
+      if (update) {
+        await Promise.all(
+          [0, 1, 2].map(async (i) => {
+            try {
+              const grant = await roles[i].claim(requestId, dup(i), { leaseMs: 10_000 });
+              await roles[i].confirm(requestId, dup(i), grant.fence);
+            } catch (err) {
+              if (!lib.isSupersededError(err)) throw err;
+            }
+          }),
+        );
+      }
+      await roles[3].recordAdoption({ requestId, sessionId, update, duplicateIds: [dup(0)], upstreamIds: ['a'], sessionChanged: false });
+    };
     await Promise.all(
       Array.from({ length: 64 }, async () => {
         while (performance.now() < deadline) {
-          const requestId = `sat-${process.pid}-${n++}`;
-          const sessionId = `s-${requestId}`;
           try {
-            await Promise.all([0, 1, 2].map((i) => roles[i].recordCopy({ requestId, duplicateId: `${requestId}.${i}`, upstreamId: UPSTREAM_IDS[i], index: i + 1, of: 3, update: false, sessionId })));
-            await roles[3].recordAdoption({ requestId, sessionId, update: false, duplicateIds: [`${requestId}.0`], upstreamIds: ['a'], sessionChanged: false });
-            reads++;
+            await one(`sat-${kind}-${process.pid}-${n++}`);
+            done++;
           } catch {
             failed++;
           }
         }
       }),
     );
-    return { reads, failed };
+    return { requests: done, failed };
   }
 
   let closing = false;
@@ -543,7 +567,7 @@ async function childMain(config) {
         reply();
         break;
       case 'saturate':
-        saturateStores(msg.data.seconds).then((result) => reply({ result }), (err) => reply({ error: String(err) }));
+        saturateStores(msg.data.kind, msg.data.seconds).then((result) => reply({ result }), (err) => reply({ error: String(err) }));
         break;
       case 'reset':
         for (const k of Object.keys(storeCalls)) delete storeCalls[k];
