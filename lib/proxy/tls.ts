@@ -128,6 +128,9 @@ export function upstreamPool(u: Upstream, connections: number): Pool {
   const connect = buildConnector({ ...u.tls, allowH2: true });
   return new Pool(u.origin, {
     ...common,
+    // Each connection carries up to H2_STREAMS copies: fewer connections
+    // hold as many copies in flight (`maxInFlight` is at most `connections`).
+    connections: Math.ceil(connections / H2_STREAMS),
     allowH2: true,
     maxConcurrentStreams: H2_STREAMS,
     pipelining: H2_STREAMS,
