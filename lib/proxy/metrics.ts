@@ -16,6 +16,8 @@ export interface UpstreamMetrics {
   ejected: boolean;
   /** Times it was ejected. */
   ejections: number;
+  /** It passes its active health checks (the `healthCheck` option); absent without them. */
+  healthy?: boolean;
 }
 
 export interface ProxyMetrics {
@@ -62,12 +64,13 @@ export class Metrics {
     }
   }
 
-  snapshot(workers: ReadonlySet<string>, ejector: Ejector | null): ProxyMetrics {
+  snapshot(workers: ReadonlySet<string>, ejector: Ejector | null, health: { isHealthy(id: string): boolean } | null = null): ProxyMetrics {
     const n = this.#requests;
     const window = this.#latency.subarray(0, Math.min(n, LATENCY_WINDOW));
     const upstreams: Record<string, UpstreamMetrics> = {};
     for (const [id, u] of this.#upstreams) {
       upstreams[id] = { worker: workers.has(id), sent: u.sent, won: u.outcomes.won, winRate: u.sent ? u.outcomes.won / u.sent : 0, outcomes: { ...u.outcomes }, ejected: ejector?.isEjected(id) ?? false, ejections: ejector?.ejections(id) ?? 0 };
+      if (health) upstreams[id]!.healthy = health.isHealthy(id);
     }
     return {
       requests: n,

@@ -3,7 +3,8 @@ import { boolean, custom, field, func, MAX_TIMER_MS, number, object, objectOrFal
 import { MemorySessionStore } from '../store/memory.js';
 import type { SessionStore } from '../store/types.js';
 import { PREFIX } from '../wire/protocol.js';
-import type { CancelInfo, EjectionOptions, ProxyOptions, ResolvedOptions, ResolvedSelect, ResolvedSession, SelectFunction, Upstream, UpstreamResponse, UpstreamSpec } from './options.js';
+import type { CancelInfo, EjectionOptions, HealthCheckOptions, ProxyOptions, RetryOptions, ResolvedOptions, ResolvedSelect, ResolvedSession, SelectFunction, Upstream, UpstreamResponse, UpstreamSpec } from './options.js';
+import { passesByDefault } from './health.js';
 import { checkPrometheusOptions, type PrometheusOptions } from './prometheus.js';
 import { parseHttp2, parseTls, settleTransport } from './tls.js';
 
@@ -34,6 +35,25 @@ const EJECTION: Schema<Required<EjectionOptions>> = {
   maxEjectedPercent: number({ min: 0, max: 100, default: 50 }),
 };
 
+const RETRY: Schema<Required<RetryOptions>> = {
+  attempts: number({ integer: true, min: 1, max: 10, default: 2 }),
+  backoff: timerMillis(25),
+  maxBackoff: number({ unit: 'milliseconds', min: { label: 'backoff', value: (r) => r.backoff as number }, max: MAX_TIMER_MS, default: (r) => Math.max(1000, r.backoff as number) }),
+};
+
+const HEALTH_CHECK: Schema<Required<HealthCheckOptions>> = {
+  path: string('must be a path starting with /', (s) => /^\/[\x21-\x7e]*$/.test(s), '/'),
+  interval: timerMillis(5000),
+  timeout: timerMillis(2000),
+  unhealthyThreshold: number({ integer: true, min: 1, default: 3 }),
+  healthyThreshold: number({ integer: true, min: 1, default: 2 }),
+  expect: func(passesByDefault),
+};
+
+// Off unless given: absent is false here (an objectOrFalse alone would fill in every default).
+const RETRY_FIELD = objectOrFalse(RETRY);
+const HEALTH_CHECK_FIELD = objectOrFalse(HEALTH_CHECK);
+
 type ResolvedIdempotency = Exclude<ResolvedOptions['idempotency'], false>;
 const IDEMPOTENCY: Schema<ResolvedIdempotency> = {
   scope: optional(func<(req: IncomingMessage) => string | undefined>()),
@@ -61,6 +81,9 @@ interface Parsed {
   copies: number;
   hedge: { delay: number | 'adaptive'; maxExtraLoad: number };
   timeout: number;
+  perTryTimeout: number | undefined;
+  retry: Required<RetryOptions> | false;
+  healthCheck: Required<HealthCheckOptions> | false;
   accept: (response: UpstreamResponse) => boolean;
   select: ResolvedSelect;
   isUpdate: (req: IncomingMessage) => boolean;
@@ -95,6 +118,9 @@ const PROXY: Schema<Parsed> = {
   }),
   hedge: object(HEDGE),
   timeout: millis(30_000),
+  perTryTimeout: optional(refine(timerMillis(0), (r) => `must be a number of milliseconds > 0 and below timeout (${r.timeout as number})`, (v, r) => v < (r.timeout as number))),
+  retry: custom('must be retry options or false', (v, name) => (v === undefined ? false : RETRY_FIELD.resolve(v, name, {}))),
+  healthCheck: custom('must be health check options or false', (v, name) => (v === undefined ? false : HEALTH_CHECK_FIELD.resolve(v, name, {}))),
   accept: func(defaultAccept),
   select: custom("must be 'first', { quorum: k } or a function", (v, name, r) => resolveSelect(v, name, r.copies as number)),
   isUpdate: func(defaultIsUpdate),
@@ -133,6 +159,9 @@ export function resolveOptions(options: ProxyOptions): ResolvedOptions {
     hedgeDelay: o.hedge.delay,
     maxExtraLoad: o.hedge.maxExtraLoad,
     timeout: o.timeout,
+    perTryTimeout: o.perTryTimeout ?? 0,
+    retry: o.retry,
+    healthCheck: o.healthCheck,
     accept: o.accept,
     select: o.select,
     isUpdate: o.isUpdate,

@@ -157,6 +157,32 @@ export interface EjectionOptions {
   maxEjectedPercent?: number;
 }
 
+/** Retrying a copy whose connection failed before its request was sent. */
+export interface RetryOptions {
+  /** Retries per copy (besides its first try). @default 2 */
+  attempts?: number;
+  /** Milliseconds before the first retry; each further one waits twice as long. @default 25 */
+  backoff?: number;
+  /** Longest wait before a retry, in ms. @default 1000 */
+  maxBackoff?: number;
+}
+
+/** Active health checks of every upstream. */
+export interface HealthCheckOptions {
+  /** Path (and query) asked with GET, after the upstream URL's own path. @default '/' */
+  path?: string;
+  /** Milliseconds between the end of one probe of an upstream and the start of the next. @default 5000 */
+  interval?: number;
+  /** A probe without an answer within this many ms failed. @default 2000 */
+  timeout?: number;
+  /** Failed probes in a row that make an upstream unhealthy. @default 3 */
+  unhealthyThreshold?: number;
+  /** Passed probes in a row that make an unhealthy upstream healthy again. @default 2 */
+  healthyThreshold?: number;
+  /** Which statuses pass. @default 200–399 */
+  expect?: (status: number) => boolean;
+}
+
 export interface IdempotencyOptions {
   /**
    * Who a key belongs to, so one client can never replay another's answer.
@@ -232,6 +258,39 @@ export interface ProxyOptions {
    * @default 30000
    */
   timeout?: number;
+  /**
+   * Milliseconds a copy may wait for its answer's head (Envoy's
+   * `per_try_timeout`): a copy with no head by then is given up (stopped,
+   * reported `failed` with error `'per-try-timeout'`, counted against its
+   * upstream) and, within the hedge budget, replaced by a copy to an
+   * upstream this request has not tried (an update's only to an upstream
+   * that runs the worker). Below `timeout`; off when absent. An update that
+   * gave a copy up seals itself before it adopts an answer that did not
+   * commit (docs/operations.md, "Failure handling").
+   * @default undefined (off)
+   * @example 2000
+   */
+  perTryTimeout?: number;
+  /**
+   * Retries a copy whose connection failed before the request was sent
+   * (connection refused, reset on accept, no address): to the same upstream,
+   * after a backoff, within the request's `timeout`. Never a copy whose
+   * request went out: its failure is the copy's, as without retries.
+   * `false` turns it off.
+   * @default false
+   * @example { attempts: 2, backoff: 25 }
+   */
+  retry?: RetryOptions | false;
+  /**
+   * Active health checks: each upstream is asked `path` every `interval` ms
+   * through the proxy's own connection pools; one that fails
+   * `unhealthyThreshold` probes in a row receives no copies until it passes
+   * `healthyThreshold` in a row (unless every upstream is unhealthy: then
+   * health is not looked at). `false` turns it off.
+   * @default false
+   * @example { path: '/healthz', interval: 5000 }
+   */
+  healthCheck?: HealthCheckOptions | false;
   /**
    * Whether a response may win the race, judged on its status and headers.
    * @default status < 500
@@ -450,6 +509,10 @@ export interface ResolvedOptions {
   hedgeDelay: number | 'adaptive';
   maxExtraLoad: number;
   timeout: number;
+  /** 0: off. */
+  perTryTimeout: number;
+  retry: Required<RetryOptions> | false;
+  healthCheck: Required<HealthCheckOptions> | false;
   accept: (response: UpstreamResponse) => boolean;
   select: ResolvedSelect;
   isUpdate: (req: IncomingMessage) => boolean;

@@ -75,6 +75,8 @@ interface Shared {
   duration: Observable;
   ejected: Settable;
   ejections: Labelled;
+  /** 1 while the upstream passes its active health checks (proxies with `healthCheck` only). */
+  healthy: Settable;
   /** The metrics by name (without the prefix), to register them again after a `registry.clear()`. */
   byName: Map<string, unknown>;
   /**
@@ -85,9 +87,11 @@ interface Shared {
   claims: Map<string, { count: number; labels: Record<string, string>; upstreams: Map<string, number> }>;
   /** Each proxy fills its series of the ejected gauge when the registry is read. */
   fillers: Set<(gauge: Settable) => void>;
+  /** Each proxy with health checks fills its series of the healthy gauge when the registry is read. */
+  healthFillers: Set<(gauge: Settable) => void>;
 }
 const sharedByRegistry = new WeakMap<object, Map<string, Shared>>();
-const NAMES = ['requests_total', 'copies_total', 'hedged_copies_total', 'race_duration_seconds', 'upstream_ejected', 'upstream_ejections_total'];
+const NAMES = ['requests_total', 'copies_total', 'hedged_copies_total', 'race_duration_seconds', 'upstream_ejected', 'upstream_ejections_total', 'upstream_healthy'];
 
 /**
  * Refuses a prefix under which something else registered one of our names
@@ -149,11 +153,12 @@ export class PrometheusMetrics {
   readonly #copy = new Map<string, Map<string, Record<string, string>>>();
   readonly #upstream = new Map<string, Record<string, string>>();
   readonly #fill: (gauge: Settable) => void;
+  readonly #fillHealth: ((gauge: Settable) => void) | null;
   readonly #raceLabels: (outcome: string) => Record<string, string>;
   readonly #copyLabels: (upstream: string, outcome: string) => Record<string, string>;
   #closed = false;
 
-  constructor(options: PrometheusOptions, upstreamIds: readonly string[], isEjected: (id: string) => boolean) {
+  constructor(options: PrometheusOptions, upstreamIds: readonly string[], isEjected: (id: string) => boolean, isHealthy: ((id: string) => boolean) | null = null) {
     const labels = { ...options.labels };
     const labelNames = Object.keys(labels).sort();
     const buckets = options.buckets ?? DEFAULT_BUCKETS;
@@ -185,6 +190,12 @@ export class PrometheusMetrics {
       for (const [id, l] of this.#upstream) gauge.set(l, isEjected(id) ? 1 : 0);
     };
     shared.fillers.add(this.#fill);
+    this.#fillHealth = isHealthy
+      ? (gauge) => {
+          for (const [id, l] of this.#upstream) gauge.set(l, isHealthy(id) ? 1 : 0);
+        }
+      : null;
+    if (this.#fillHealth) shared.healthFillers.add(this.#fillHealth);
   }
 
   record(r: RaceReport): void {
@@ -213,6 +224,7 @@ export class PrometheusMetrics {
     this.#closed = true;
     const s = this.#shared;
     s.fillers.delete(this.#fill);
+    if (this.#fillHealth) s.healthFillers.delete(this.#fillHealth);
     const claim = s.claims.get(this.#claim)!;
     const withLabels = (more: Record<string, string>) => Object.assign({}, claim.labels, more);
     for (const upstream of this.#upstream.keys()) {
@@ -226,6 +238,7 @@ export class PrometheusMetrics {
       s.hedged.remove(withLabels({ upstream }));
       s.ejected.remove(withLabels({ upstream }));
       s.ejections.remove(withLabels({ upstream }));
+      s.healthy.remove(withLabels({ upstream }));
     }
     if (--claim.count > 0) return;
     s.claims.delete(this.#claim);
@@ -265,12 +278,14 @@ function sharedFor(options: PrometheusOptions, labelNames: string[], buckets: nu
     return metric as T;
   };
   const fillers = new Set<(gauge: Settable) => void>();
+  const healthFillers = new Set<(gauge: Settable) => void>();
   const shared: Shared = {
     labelNames,
     buckets,
     byName,
     claims: new Map(),
     fillers,
+    healthFillers,
     requests: make(client.Counter, 'requests_total', 'Requests raced, by outcome.', ['outcome']),
     copies: make(client.Counter, 'copies_total', 'Copies of requests, by upstream and outcome (not-sent: held back by hedging).', ['upstream', 'outcome']),
     hedged: make(client.Counter, 'hedged_copies_total', 'Copies sent because a hedge delay ran out.', ['upstream']),
@@ -281,6 +296,11 @@ function sharedFor(options: PrometheusOptions, labelNames: string[], buckets: nu
       },
     }),
     ejections: make(client.Counter, 'upstream_ejections_total', 'Times the upstream was ejected for failing.', ['upstream']),
+    healthy: make(client.Gauge, 'upstream_healthy', '1 while the upstream passes its active health checks, 0 while it fails them (proxies with healthCheck only).', ['upstream'], {
+      collect(this: Settable) {
+        for (const fill of healthFillers) fill(this);
+      },
+    }),
   };
   byPrefix.set(prefix, shared);
   return shared;

@@ -39,6 +39,17 @@ export interface CopyCancelledEvent {
   committedBy: string;
 }
 
+/** An upstream's active health checks changed their verdict (the `healthCheck` option). */
+export interface UpstreamHealthEvent {
+  upstream: string;
+  /** The probes in a row that decided it. */
+  inARow: number;
+  /** The last probe's status, when it got one. */
+  status?: number;
+  /** Why the last probe failed, when it did. */
+  error?: string;
+}
+
 /** Events of `.on(name, listener)`. */
 export interface ProxyEvents {
   /** A request passed its checks and its copies are about to leave. */
@@ -53,6 +64,10 @@ export interface ProxyEvents {
   'upstream:ejected': UpstreamEjectedEvent;
   /** An ejected upstream's time is over: it receives copies again, on probation. */
   'upstream:restored': UpstreamRestoredEvent;
+  /** An upstream failed `healthCheck.unhealthyThreshold` probes in a row: it receives no copies until it passes again. */
+  'upstream:unhealthy': UpstreamHealthEvent;
+  /** An unhealthy upstream passed `healthCheck.healthyThreshold` probes in a row: it receives copies again. */
+  'upstream:healthy': UpstreamHealthEvent;
   /** Something failed that did not fail the request. Never thrown. */
   error: ProxyErrorEvent;
 }

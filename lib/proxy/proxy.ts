@@ -5,18 +5,19 @@ import { codes, RedundantProxyError, type ErrorCode } from '../errors.js';
 import type { RecordAdoptionInput } from '../store/types.js';
 import { Emitter, type Disposable } from '../events.js';
 import { detectFramework } from '../framework.js';
-import { realScheduler, REAL_TIME, schedulerOf } from '../time.js';
+import { realScheduler, REAL_TIME, schedulerOf, type Scheduler } from '../time.js';
 import { FLAG_OFF, FLAG_ON, H } from '../wire/protocol.js';
 import { ClientSessions, requestTarget, type ClientSession } from './admit.js';
 import { BodyBudget, readBody, type BodyShare, type ParsedBodyHints } from './body.js';
 import { Bookkeeping } from './bookkeeping.js';
 import { Ejector } from './ejection.js';
 import { forwardRequestHeaders } from './headers.js';
+import { HealthChecker } from './health.js';
 import { AdaptiveDelay, HedgeBudget, hedgeQuantile } from './hedge.js';
 import { Idempotency, type KeyedAttempt } from './idempotency.js';
 import { Metrics, type ProxyMetrics } from './metrics.js';
 import { publish, reportObservers, type RacePlan } from './observers.js';
-import { resolveOptions, type ProxyOptions, type Upstream } from './options.js';
+import { resolveOptions, type ProxyOptions, type ResolvedOptions, type Upstream } from './options.js';
 import { Planner } from './planner.js';
 import { PrometheusMetrics } from './prometheus.js';
 import type { ProxyEvents } from './proxy-events.js';
@@ -105,15 +106,18 @@ export function redundantProxy(options: ProxyOptions): RedundantProxy {
         opts.prometheus,
         opts.upstreams.map((u) => u.id),
         (id) => ejector?.isEjected(id) ?? false,
+        opts.healthCheck ? (id) => health?.isHealthy(id) ?? true : null,
       )
     : null;
   const dispatchers = new Map<string, Dispatcher>();
   for (const u of opts.upstreams) {
     dispatchers.set(u.id, upstreamPool(u, opts.connections));
   }
+  // Active health checks, through the upstreams' own pools (so a probe finds what a copy would).
+  const health = opts.healthCheck ? startHealthChecks(opts, dispatchers, time, events) : null;
   const bodyBudget = new BodyBudget(opts.maxBufferedBytes);
   const inFlight = new Set<Promise<RaceReport>>();
-  const planner = new Planner(opts.upstreams, opts.copies, opts.maxInFlight, ejector);
+  const planner = new Planner(opts.upstreams, opts.copies, opts.maxInFlight, ejector, health, opts.select.kind === 'quorum' ? opts.select.quorum : 1);
   const books = new Bookkeeping(opts, time, events);
   const sessions = new ClientSessions(opts, time, (requestId, error) => books.reportStoreError(requestId, error));
   const observers = reportObservers({ metrics, prometheus: prom, ejector, adaptive, events });
@@ -238,6 +242,9 @@ export function redundantProxy(options: ProxyOptions): RedundantProxy {
       hedgeDelay: p.hedgeDelay,
       budget,
       timeout: opts.timeout,
+      perTryTimeout: opts.perTryTimeout,
+      retry: opts.retry,
+      spare: opts.perTryTimeout ? (tried) => planner.spare(tried, update) : undefined,
       accept: opts.accept,
       select: opts.select,
       maxAnswerSize: opts.maxBodySize,
@@ -331,10 +338,11 @@ export function redundantProxy(options: ProxyOptions): RedundantProxy {
 
   proxy.handler = (req, res) => safe(req, res, req as ParsedBodyHints);
   proxy.on = (name, listener) => events.on(name, listener);
-  proxy.metrics = () => metrics.snapshot(planner.workers, ejector);
+  proxy.metrics = () => metrics.snapshot(planner.workers, ejector, health);
   proxy.close = async () => {
     if (closed) return;
     closed = true;
+    health?.close();
     await Promise.allSettled(inFlight);
     // Completions that the store refuses now are left to their keys' locks.
     idempotency?.close();
@@ -345,6 +353,28 @@ export function redundantProxy(options: ProxyOptions): RedundantProxy {
     events.clear();
   };
   return proxy;
+}
+
+/** The `healthCheck` option: a checker probing each upstream through its pool, its verdicts as events. */
+function startHealthChecks(opts: ResolvedOptions, dispatchers: Map<string, Dispatcher>, time: Scheduler, events: Emitter<ProxyEvents>): HealthChecker {
+  const settings = opts.healthCheck as Exclude<ResolvedOptions['healthCheck'], false>;
+  const byId = new Map(opts.upstreams.map((u) => [u.id, u]));
+  const checker = new HealthChecker(
+    opts.upstreams.map((u) => u.id),
+    settings,
+    async (id, path, signal) => {
+      const { statusCode, body } = await dispatchers.get(id)!.request({ path: byId.get(id)!.prefix + path, method: 'GET', signal, headersTimeout: settings.timeout, bodyTimeout: settings.timeout });
+      await body.dump();
+      return statusCode;
+    },
+    (change) => {
+      const { upstreamId: upstream, inARow, status, error } = change;
+      events.emit(change.healthy ? 'upstream:healthy' : 'upstream:unhealthy', { upstream, inARow, status, error });
+    },
+    time,
+  );
+  checker.start();
+  return checker;
 }
 
 /** What the store is told of an adoption: which copy's answer was adopted for which original request id. */

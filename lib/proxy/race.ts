@@ -4,11 +4,12 @@ import type { TimerHandle } from '../time.js';
 import { COMMIT, H } from '../wire/protocol.js';
 import { detachedResponse, sendError } from './respond.js';
 import type { CapturedAnswer, RaceOutcome, RaceReport } from './report.js';
+import type { Upstream } from './options.js';
 import { adoptionFor, type AdoptionStrategy, type Decision, type HeadVerdict, type Judge } from './race/adoption.js';
 import { isBodyless, release, stream, winnerEnded } from './race/answer.js';
 import { AnswerTail } from './race/tail.js';
-import { Copy, type CopyHost } from './race/copy.js';
-import { answerFailure, timedOut } from './race/ending.js';
+import { Copy, PER_TRY_TIMEOUT, type CopyHost } from './race/copy.js';
+import { answerFailure, sealThenAdopt, timedOut } from './race/ending.js';
 import { HedgeScheduler, type HedgeHost } from './race/hedging.js';
 import { guard, type RaceCore, type RaceInput } from './race/input.js';
 import { LOSERS } from './race/losers.js';
@@ -50,6 +51,10 @@ export class Race implements CopyHost, HedgeHost, Judge<Copy>, RaceCore {
   /** Set when the client left a race that goes on without it: what it was sent. */
   #clientGone: { status: number | null } | null = null;
   #finishedAt = 0;
+  /** An update gave a copy up at its per-try timeout: that copy may have claimed before its stop reached it. */
+  #gaveUp = false;
+  /** Such an update seals itself before adopting an answer that did not commit: decisions wait for the seal. */
+  #sealing = false;
   #resolved = false;
   #resolve!: (r: RaceReport) => void;
 
@@ -175,7 +180,7 @@ export class Race implements CopyHost, HedgeHost, Judge<Copy>, RaceCore {
   #apply(copy: Copy, verdict: HeadVerdict, status: number, headers: Headers): void {
     switch (verdict) {
       case 'adopt':
-        return this.adopt(copy);
+        return this.#adoptOrSeal(copy);
       case 'lost':
         // Lost the arbitration: never adopted, not even as a fallback.
         copy.report.outcome = 'lost';
@@ -266,6 +271,51 @@ export class Race implements CopyHost, HedgeHost, Judge<Copy>, RaceCore {
     this.finish('broken');
   }
 
+  /**
+   * The `perTryTimeout` option: a copy still waiting for its head is given
+   * up (stopped, which closes its connection; reported failed, so outlier
+   * ejection counts it) and, within the hedge budget, replaced by the next
+   * planned copy or one to an upstream this race has not tried.
+   */
+  tryTimedOut(copy: Copy): void {
+    if (this.isDecided() || this.#sealing || copy.state !== 'sent') return;
+    LOSERS.stop(copy);
+    if (this.input.update) this.#gaveUp = true;
+    this.#replace();
+    this.failed(copy, PER_TRY_TIMEOUT);
+  }
+
+  /** A copy given up is replaced, within the hedge budget: the next planned copy, or one to a spare upstream. */
+  #replace(): void {
+    const { input } = this;
+    let spare: Upstream | null = null;
+    if (this.unsent() === 0) {
+      spare = input.spare?.(this.copies.map((c) => c.upstream.id)) ?? null;
+      if (!spare) return;
+    }
+    if (!this.hedging.budget.take()) return;
+    if (spare) this.copies.push(Copy.planned(this, spare, this.copies.length + 1, input.requestId, input.attempt ?? 1));
+    this.sendNext(false);
+  }
+
+  /**
+   * Adopts an answer, unless it did not commit and this update gave a copy
+   * up: that copy may hold the claim (or have committed) although it was
+   * stopped, so the request is sealed first, as at the timeout
+   * (race/ending.ts): the seal makes sure no copy commits after the client
+   * was told it did not, or finds the commit and says so.
+   */
+  #adoptOrSeal(copy: Copy): void {
+    if (!this.#gaveUp || this.committed || !this.input.beforeFailure) return this.adopt(copy);
+    if (this.#sealing) return;
+    this.#sealing = true;
+    if (copy.state === 'sent') {
+      copy.to('holding');
+      copy.pause();
+    }
+    sealThenAdopt(this, copy);
+  }
+
   wireEnded(copy: Copy): void {
     this.input.observer.copyEnded(copy.upstream.id);
   }
@@ -275,7 +325,7 @@ export class Race implements CopyHost, HedgeHost, Judge<Copy>, RaceCore {
   /** A copy settled (answered, failed, or was judged): decide, send the next, or fail. */
   settle(): void {
     this.settled++;
-    if (this.winner || this.finished) return;
+    if (this.winner || this.finished || this.#sealing) return;
     const decision = this.strategy.decide(this.copies.length - this.settled, this.next - this.settled);
     if (decision) return this.decided(decision);
     if (this.settled < this.next) return;
@@ -295,7 +345,7 @@ export class Race implements CopyHost, HedgeHost, Judge<Copy>, RaceCore {
       other.to('done');
       other.chunks = [];
     }
-    if (chosen) return this.adopt(chosen);
+    if (chosen) return this.input.update ? this.#adoptOrSeal(chosen) : this.adopt(chosen);
     if ('fail' in decision) {
       if (decision.error !== undefined) this.input.observer.error(this.input.requestId, 'select', decision.error);
       sendError(this.input.res, new RedundantProxyError(decision.fail, decision.message, { status: 502 }), this.input.requestId);

@@ -52,6 +52,8 @@ export interface CopyReport {
   error: string | null;
   /** True when the copy was held back by hedging and then sent. */
   hedged: boolean;
+  /** Times it was sent again after its connection failed before the request went out (the `retry` option); absent when never. */
+  retries?: number;
 }
 
 export type RaceOutcome =

@@ -1,8 +1,8 @@
 import type { Dispatcher } from 'undici';
-import type { Scheduler } from '../../time.js';
+import type { Scheduler, TimerHandle } from '../../time.js';
 import { appendCopyHeaders } from '../../wire/protocol.js';
 import { transition, type CopyState } from '../lifecycle.js';
-import type { Upstream } from '../options.js';
+import type { RetryOptions, Upstream } from '../options.js';
 import { LOCAL_REFUSAL, type CopyReport, type RaceObserver } from '../report.js';
 
 // One copy of a request, as undici's dispatch handler: the seam between the
@@ -12,6 +12,9 @@ import { LOCAL_REFUSAL, type CopyReport, type RaceObserver } from '../report.js'
 // hold, drain, stop) the race decides.
 
 type Headers = Record<string, string | string[] | undefined>;
+
+/** A copy's `error` when its per-try timeout gave it up (the `perTryTimeout` option). */
+export const PER_TRY_TIMEOUT = 'per-try-timeout';
 
 /** An unacceptable answer is kept (up to this size) to be passed through when no copy produced an acceptable one. */
 export const FALLBACK_LIMIT = 1024 * 1024;
@@ -40,6 +43,10 @@ export interface CopyRequest {
   idempotencyKey?: string;
   /** SHA-256 of `body`, base64url, for the copies' signatures (only with a `secret`). */
   bodyHash?: string;
+  /** Ms a copy may wait for its head before it is given up (the `perTryTimeout` option); 0 or absent: off. */
+  perTryTimeout?: number;
+  /** Retries of a copy whose connection failed before its request was sent (the `retry` option); absent: none. */
+  retry?: Required<RetryOptions> | false;
 }
 
 /** The race, as its copies see it. */
@@ -66,6 +73,8 @@ export interface CopyHost {
   winnerBroken(): void;
   /** The exchange with the upstream is over (for the count of copies in flight). */
   wireEnded(copy: Copy): void;
+  /** A copy still waiting for its head at its per-try timeout. */
+  tryTimedOut(copy: Copy): void;
 }
 
 export class Copy implements Dispatcher.DispatchHandler {
@@ -86,6 +95,13 @@ export class Copy implements Dispatcher.DispatchHandler {
   tooLarge = false;
   /** Under select: when its head or the last chunk of its body came (clock ms). */
   lastDataAt = 0;
+  /** undici started this dispatch of the copy on a connection: its request may have gone out. */
+  #onWire = false;
+  /** How the copy was dispatched, kept to dispatch it again after a connection failure. */
+  #wire: { request: CopyRequest; options: Dispatcher.DispatchOptions; deadline: number } | null = null;
+  /** The per-try timeout, and the wait before a retry. */
+  #tryTimer: TimerHandle | null = null;
+  #retryTimer: TimerHandle | null = null;
 
   constructor(
     readonly host: CopyHost,
@@ -141,24 +157,86 @@ export class Copy implements Dispatcher.DispatchHandler {
     this.report.hedged = hedged;
     this.report.outcome = 'stopped';
     request.observer.copySent(request.requestId, this.report);
+    const { method, body, timeout } = request;
+    const options: Dispatcher.DispatchOptions = { path: target, method, headers, body, headersTimeout: timeout, bodyTimeout: timeout };
+    this.#wire = { request, options, deadline: started + timeout };
+    if (request.perTryTimeout) {
+      // One per-try timeout for the copy, its retries included: it bounds
+      // the wait for its head, however its connection was come by.
+      this.#tryTimer = request.time.setTimeout(() => {
+        this.#tryTimer = null;
+        if (this.#state !== 'sent') return;
+        this.#clearRetry();
+        this.host.tryTimedOut(this);
+      }, request.perTryTimeout);
+    }
+    return this.#dispatch();
+  }
+
+  /** Hands the copy to its upstream's pool; returns why undici refused it at once (then it is done), or null. */
+  #dispatch(): string | null {
+    const { request, options } = this.#wire!;
     try {
       this.live = true;
+      this.#onWire = false;
       request.observer.copyStarted(this.upstream.id);
-      const { method, body, timeout } = request;
-      request.dispatchers.get(this.upstream.id)!.dispatch({ path: target, method, headers, body, headersTimeout: timeout, bodyTimeout: timeout }, this);
+      request.dispatchers.get(this.upstream.id)!.dispatch(options, this);
       return null;
     } catch (err) {
       // undici refuses some requests synchronously (invalid header values):
       // the request's fault, not the upstream's (outlier ejection ignores it).
       this.wireDone();
       this.to('done');
+      this.#clearTimers();
       return LOCAL_REFUSAL + errorName(err);
     }
+  }
+
+  /**
+   * The `retry` option: the copy's connection failed before undici started
+   * its request on it (refused, reset on accept, no address), so no byte of
+   * it reached the upstream and no worker can have run it. It is sent again
+   * to the same upstream (the race's other copies already cover the others;
+   * its duplicate id and signature stay valid, since the upstream never saw
+   * them) after a backoff that doubles, while the request's timeout leaves
+   * room. True when a retry is scheduled.
+   */
+  #retryLater(): boolean {
+    const wire = this.#wire;
+    const retry = wire?.request.retry;
+    if (!wire || !retry || this.#onWire) return false;
+    const done = this.report.retries ?? 0;
+    if (done >= retry.attempts) return false;
+    const wait = Math.min(retry.maxBackoff, retry.backoff * 2 ** done);
+    const { time } = wire.request;
+    if (time.now() + wait >= wire.deadline) return false;
+    this.report.retries = done + 1;
+    this.#retryTimer = time.setTimeout(() => {
+      this.#retryTimer = null;
+      if (this.#state !== 'sent') return;
+      const refused = this.#dispatch();
+      if (refused !== null) this.host.failed(this, refused);
+    }, wait);
+    return true;
+  }
+
+  #clearRetry(): void {
+    if (this.#retryTimer === null) return;
+    this.#wire!.request.time.clearTimeout(this.#retryTimer);
+    this.#retryTimer = null;
+  }
+
+  #clearTimers(): void {
+    this.#clearRetry();
+    if (this.#tryTimer === null) return;
+    this.#wire!.request.time.clearTimeout(this.#tryTimer);
+    this.#tryTimer = null;
   }
 
   /** Ends the copy's exchange: closes its connection (now, or as soon as undici hands over the controller). */
   abort(): void {
     this.to('done');
+    this.#clearTimers();
     if (this.controller) this.controller.abort(new Error('stopped by redundant-proxy'));
     else this.abortWanted = true;
   }
@@ -189,6 +267,7 @@ export class Copy implements Dispatcher.DispatchHandler {
 
   onRequestStart(controller: Dispatcher.DispatchController): void {
     this.controller = controller;
+    this.#onWire = true;
     if (this.abortWanted) controller.abort(new Error('stopped by redundant-proxy'));
   }
 
@@ -198,6 +277,7 @@ export class Copy implements Dispatcher.DispatchHandler {
     if (status < 200) return;
     if (this.#state !== 'sent' && this.#state !== 'lingering') return;
     this.controller = controller;
+    this.#clearTimers();
     this.headers = headers;
     this.host.head(this, status, headers);
   }
@@ -248,6 +328,8 @@ export class Copy implements Dispatcher.DispatchHandler {
   onResponseError(_controller: Dispatcher.DispatchController, err: Error): void {
     this.wireDone();
     const state = this.#state;
+    if (state === 'sent' && this.#retryLater()) return;
+    this.#clearTimers();
     this.to('done');
     const error = errorName(err);
     switch (state) {

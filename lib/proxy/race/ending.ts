@@ -1,6 +1,7 @@
 import { codes, RedundantProxyError } from '../../errors.js';
 import { sendError } from '../respond.js';
 import { answerNoUsable, passThrough } from './answer.js';
+import type { Copy } from './copy.js';
 import { guard, type RaceCore } from './input.js';
 
 // How a race ends without an adopted answer: every copy failed (an
@@ -30,13 +31,13 @@ function answerFailureNow(race: RaceCore): void {
  * committed and its answer was lost on the way, the client must hear that
  * the update was applied, not that it failed.
  */
-function consultStore(race: RaceCore, adopting: boolean, otherwise: () => void): void {
+function consultStore(race: RaceCore, adopting: boolean, otherwise: () => void, keep?: Copy): void {
   const { input } = race;
   const ask = input.beforeFailure!;
   input.beforeFailure = undefined; // once
   race.hedging.stop();
   const { held } = race.strategy;
-  for (const copy of race.copies) if (!held.includes(copy)) race.stopAndCancel(copy);
+  for (const copy of race.copies) if (!held.includes(copy) && copy !== keep) race.stopAndCancel(copy);
   race.lingerSettled();
   guard(race, ask(adopting).then(
     (err) => {
@@ -48,6 +49,25 @@ function consultStore(race: RaceCore, adopting: boolean, otherwise: () => void):
     },
     () => !race.finished && otherwise(),
   ));
+}
+
+/**
+ * An update that gave a copy up at its per-try timeout (`perTryTimeout`)
+ * adopts `copy`, an answer that did not commit, only once sealed: the copy
+ * given up may have claimed before its stop reached its worker. Every other
+ * copy still out is stopped, as at the timeout.
+ */
+export function sealThenAdopt(race: RaceCore, copy: Copy): void {
+  consultStore(
+    race,
+    true,
+    () => {
+      const usable = copy.state === 'holding' && !copy.broken ? copy : race.strategy.held[0];
+      if (usable) race.adopt(usable);
+      else answerFailureNow(race);
+    },
+    copy,
+  );
 }
 
 /** The request's timeout. */

@@ -49,6 +49,12 @@ export interface RaceInput extends CopyRequest {
   attempt?: number;
   /** Bytes of the adopted answer's body to keep for `captured` (idempotency); 0 keeps nothing. */
   capture: number;
+  /**
+   * A copy given up at its per-try timeout is replaced by one to this
+   * upstream when every planned copy is out: one not in `tried`, not
+   * ejected or unhealthy (an update's: one that runs the worker); null when none.
+   */
+  spare?: (tried: readonly string[]) => Upstream | null;
 }
 
 /** The race, as its helpers see it. */
