@@ -5,11 +5,12 @@ import type { Metrics } from './metrics.js';
 import type { PrometheusMetrics } from './prometheus.js';
 import type { ProxyEvents } from './proxy-events.js';
 import type { RaceReport } from './report.js';
+import type { RaceTrace } from './tracing.js';
 
 // Stage "record" hands each finished race's report to whoever learns from it:
-// proxy.metrics(), Prometheus, outlier ejection, the adaptive hedge delay and
-// the `race:end` event. Each subscribes once, when the proxy is made; the
-// proxy only publishes.
+// proxy.metrics(), Prometheus, outlier ejection, the adaptive hedge delay, the
+// race's spans and the `race:end` event. Each subscribes once, when the proxy
+// is made; the proxy only publishes.
 
 /** What a race's observers are told besides its report: how it was planned. */
 export interface RacePlan {
@@ -19,6 +20,8 @@ export interface RacePlan {
   route: string;
   /** The hedge delay the race ran with. */
   hedgeDelay: number;
+  /** The race's spans, when tracing is on (lib/proxy/tracing.ts): they end with its report. */
+  trace: RaceTrace | null;
 }
 
 export interface ReportObserver {
@@ -38,6 +41,7 @@ export function reportObservers(parts: {
   if (prometheus) observers.push({ raceEnded: (report) => prometheus.record(report) });
   if (ejector) observers.push({ raceEnded: (report, plan) => ejector.record(report, plan.epoch) });
   if (adaptive) observers.push({ raceEnded: (report, plan) => adaptive.learn(plan.route, report, plan.hedgeDelay) });
+  observers.push({ raceEnded: (report, plan) => plan.trace?.end(report) });
   observers.push({ raceEnded: (report) => events.emit('race:end', report) });
   return observers;
 }

@@ -70,7 +70,12 @@ export interface CommitGateInput {
   mayClaim?: () => Promise<void>;
   /** The commit stands although the store did not record it as this copy's (see `Claim.confirm`). */
   onLateConfirm?: (fence: number, reason: 'lease-lost' | 'store-unavailable', error: unknown) => void;
+  /** Told each step of the arbitration, with the fence once granted (the copy's span events, lib/worker/tracing.ts). */
+  onStep?: (step: CommitStep, fence: number | undefined) => void;
 }
+
+/** A step of one copy's commit arbitration: asked, granted, confirmed, found applied, released, lost. */
+export type CommitStep = 'claim' | 'claimed' | 'confirmed' | 'applied' | 'released' | 'lost';
 
 // A confirm that fails for a store error is retried: the commit is already in
 // the database, and a confirm that never lands lets the lease run out and
@@ -92,12 +97,14 @@ export function commitGate(input: CommitGateInput): CommitGate {
 
   const lose = (err: unknown): never => {
     outcome = COMMIT.lost;
+    input.onStep?.('lost', fence);
     mark(res);
     throw err;
   };
 
   async function acquire(): Promise<Claim> {
     let grant;
+    input.onStep?.('claim', undefined);
     try {
       grant = await store.claim(requestId, duplicateId, { leaseMs, signal });
     } catch (err) {
@@ -114,6 +121,7 @@ export function commitGate(input: CommitGateInput): CommitGate {
     }
     fence = grant.fence;
     const token = grant.fence;
+    input.onStep?.('claimed', token);
     let settled = false;
     /** Records the commit in the store; `as` is what the answer will say. */
     async function settle(as: typeof COMMIT.won | typeof COMMIT.applied): Promise<void> {
@@ -151,6 +159,7 @@ export function commitGate(input: CommitGateInput): CommitGate {
       }
       settled = true;
       outcome = as;
+      input.onStep?.(as === COMMIT.won ? 'confirmed' : 'applied', token);
       mark(res);
     }
     return {
@@ -160,6 +169,7 @@ export function commitGate(input: CommitGateInput): CommitGate {
       async release() {
         if (settled) return;
         settled = true;
+        input.onStep?.('released', token);
         await store.release(requestId, duplicateId, token);
       },
     };

@@ -65,7 +65,8 @@ export async function koaWorker(w: WorkerContext, ctx: KoaWorkerContext, next: (
   ctx.state.redundant = p.handle;
   holdEnd(w, ctx.res, p);
   try {
-    await next();
+    // The handler runs in the copy's span's context (lib/worker/tracing.ts).
+    await (p.trace ? p.trace.run(next) : next());
   } catch (err) {
     const answer = answerFor(err, p);
     if (answer === 'stopped') return;
@@ -88,7 +89,8 @@ export function expressWorker(w: WorkerContext): { middleware: (req: IncomingMes
         req.redundant = p.handle;
         preparedFor.set(req, p);
         holdEnd(w, res, p);
-        next();
+        if (p.trace) p.trace.run(next);
+        else next();
       },
       (err) => {
         if (!(err instanceof RedundantProxyError)) return next(err);

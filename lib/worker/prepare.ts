@@ -8,6 +8,7 @@ import { withTimeout } from '../timeout.js';
 import { readCopyHeaders, type CopyClaims } from '../wire/protocol.js';
 import { checkBody, type BodyCheck } from './body-check.js';
 import { commitGate, type CommitGate } from './commit.js';
+import { CopyTrace } from './tracing.js';
 import type { RedundantHandle, WorkerErrorEvent, WorkerEvents } from './types.js';
 
 // Before the handler runs: the copy's headers verified, the copy recorded
@@ -45,6 +46,8 @@ export interface Prepared {
   recorded: Promise<boolean | Error>;
   /** A signed copy's body check; undefined without a secret or for a direct request. */
   body: BodyCheck | undefined;
+  /** The copy's span, when tracing is on (lib/worker/tracing.ts); null for a direct request. */
+  trace: CopyTrace | null;
 }
 
 type RefusalCode = (typeof codes)[keyof typeof codes];
@@ -58,8 +61,8 @@ export function refusal(w: WorkerContext, code: RefusalCode, reason: string): Re
 }
 
 /** The commit gate of one copy; a confirm that lands late becomes a `lateConfirm` event. */
-function commitGateFor(w: WorkerContext, requestId: string, duplicateId: string, signal: AbortSignal, res: ServerResponse, body?: BodyCheck): CommitGate {
-  return commitGate({
+function commitGateFor(w: WorkerContext, requestId: string, duplicateId: string, signal: AbortSignal, res: ServerResponse, body?: BodyCheck, trace?: CopyTrace | null): CommitGate {
+  const gate = commitGate({
     store: w.store,
     requestId,
     duplicateId,
@@ -70,7 +73,10 @@ function commitGateFor(w: WorkerContext, requestId: string, duplicateId: string,
     // A signed copy claims only once its body arrived whole and matched the signature.
     mayClaim: body && (() => body.verified()),
     onLateConfirm: (fence, reason, error) => w.events.emit('lateConfirm', { requestId, duplicateId, fence, reason, error }),
+    onStep: trace?.span.isRecording() ? (step, fence) => trace.step(step, fence) : undefined,
   });
+  if (trace) trace.gate = gate;
+  return gate;
 }
 
 /**
@@ -83,7 +89,7 @@ function commitGateFor(w: WorkerContext, requestId: string, duplicateId: string,
 export async function prepare(w: WorkerContext, req: IncomingMessage, res: ServerResponse, target: string): Promise<Prepared> {
   const { id, store, secret, maxSkew, storeTimeout, now, seen } = w;
   const refuse = (code: RefusalCode, reason: string) => refusal(w, code, reason);
-  const gateFor = (requestId: string, duplicateId: string, signal: AbortSignal, r: ServerResponse, body?: BodyCheck) => commitGateFor(w, requestId, duplicateId, signal, r, body);
+  const gateFor = (requestId: string, duplicateId: string, signal: AbortSignal, r: ServerResponse, body?: BodyCheck, trace?: CopyTrace | null) => commitGateFor(w, requestId, duplicateId, signal, r, body, trace);
   const controller = new AbortController();
   res.once('close', () => {
     if (!res.writableFinished) controller.abort(new RedundantProxyError(codes.CLOSED, 'the copy was stopped or the connection closed'));
@@ -108,9 +114,10 @@ export async function prepare(w: WorkerContext, req: IncomingMessage, res: Serve
       { requestId, duplicateId: requestId, upstreamId: id, copy: { index: 1, of: 1 }, update: !READ_METHODS.has(req.method ?? 'GET'), direct: true, idempotencyKey: null, signal: controller.signal, session: { id: '', data: {} } },
       gate,
     );
-    return { handle, gate, sessionBefore: undefined, recorded: Promise.resolve(false), body: undefined };
+    return { handle, gate, sessionBefore: undefined, recorded: Promise.resolve(false), body: undefined, trace: null };
   }
   const c: CopyClaims = read.claims;
+  const trace = CopyTrace.start(req, res, c);
   if (secret !== undefined && c.upstreamId !== id) throw refuse(codes.WRONG_UPSTREAM, `it is addressed to upstream "${c.upstreamId}", this worker is "${id}"`);
   if (seen) {
     if (seen.has(c.duplicateId)) throw refuse(codes.REPLAYED_COPY, 'this copy was already received');
@@ -156,7 +163,7 @@ export async function prepare(w: WorkerContext, req: IncomingMessage, res: Serve
     }
     if (duplicate && secret !== undefined) throw refuse(codes.REPLAYED_COPY, 'this copy was already received');
   }
-  const gate = gateFor(c.requestId, c.duplicateId, controller.signal, res, body);
+  const gate = gateFor(c.requestId, c.duplicateId, controller.signal, res, body, trace);
   const handle = makeHandle(
     { requestId: c.requestId, duplicateId: c.duplicateId, upstreamId: c.upstreamId, copy: { index: c.index, of: c.of }, update: c.update, direct: false, idempotencyKey: c.idempotencyKey ?? null, signal: controller.signal, session: { id: c.sessionId, data: {} } },
     gate,
@@ -175,7 +182,7 @@ export async function prepare(w: WorkerContext, req: IncomingMessage, res: Serve
   }
   // The body may have ended, forged, while the copy was recorded: the handler must not run then.
   if (body?.failed) throw body.failed;
-  return { handle, gate, sessionBefore, recorded, body };
+  return { handle, gate, sessionBefore, recorded, body, trace };
 }
 
 function makeHandle(fields: Omit<RedundantHandle, 'claim' | 'commitOnce'>, gate: CommitGate): RedundantHandle {

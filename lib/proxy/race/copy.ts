@@ -4,6 +4,7 @@ import { appendCopyHeaders } from '../../wire/protocol.js';
 import { transition, type CopyState } from '../lifecycle.js';
 import type { RetryOptions, Upstream } from '../options.js';
 import { LOCAL_REFUSAL, type CopyReport, type RaceObserver } from '../report.js';
+import type { RaceTrace } from '../tracing.js';
 
 // One copy of a request, as undici's dispatch handler: the seam between the
 // race and the wire. It turns undici's callbacks into the race's events
@@ -47,6 +48,8 @@ export interface CopyRequest {
   perTryTimeout?: number;
   /** Retries of a copy whose connection failed before its request was sent (the `retry` option); absent: none. */
   retry?: Required<RetryOptions> | false;
+  /** The race's trace, when tracing is on: each copy's span and trace context (lib/proxy/tracing.ts). */
+  trace?: RaceTrace | null;
 }
 
 /** The race, as its copies see it. */
@@ -132,6 +135,7 @@ export class Copy implements Dispatcher.DispatchHandler {
   send(request: CopyRequest, of: number, started: number, hedged: boolean): string | null {
     const target = upstreamTarget(this.upstream.prefix, request.path);
     const headers = request.headers.slice();
+    request.trace?.copySent(this.report, this.upstream, of, hedged, headers);
     appendCopyHeaders(
       headers,
       {
