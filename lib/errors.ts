@@ -70,6 +70,13 @@ export const codes = {
   BAD_IDEMPOTENCY_KEY: 'RP_ERR_BAD_IDEMPOTENCY_KEY',
   /** The session store failed or did not answer in time. */
   STORE_UNAVAILABLE: 'RP_ERR_STORE_UNAVAILABLE',
+  /**
+   * A hook of the gateway's (`rewriteCopy`, `rewriteAnswer`) threw, rejected,
+   * or gave back what cannot be sent (an `x-redundant-*` header, a bad path,
+   * status or header value): the request is answered `500` and the hook's
+   * error goes to the proxy's `error` event (source `hook`).
+   */
+  HOOK_FAILED: 'RP_ERR_HOOK_FAILED',
   /** The proxy or store was closed. */
   CLOSED: 'RP_ERR_CLOSED',
   /** Unexpected failure inside the proxy (500). */

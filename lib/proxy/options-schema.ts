@@ -3,7 +3,7 @@ import { boolean, custom, field, func, MAX_TIMER_MS, number, object, objectOrFal
 import { MemorySessionStore } from '../store/memory.js';
 import type { SessionStore } from '../store/types.js';
 import { PREFIX } from '../wire/protocol.js';
-import type { CancelInfo, EjectionOptions, HealthCheckOptions, ProxyOptions, RetryOptions, ResolvedOptions, ResolvedSelect, ResolvedSession, SelectFunction, Upstream, UpstreamResponse, UpstreamSpec } from './options.js';
+import type { AdoptedAnswer, CancelInfo, EjectionOptions, OutgoingCopy, HealthCheckOptions, ProxyOptions, RetryOptions, ResolvedOptions, ResolvedSelect, ResolvedSession, SelectFunction, Upstream, UpstreamResponse, UpstreamSpec } from './options.js';
 import { passesByDefault } from './health.js';
 import { checkPrometheusOptions, type PrometheusOptions } from './prometheus.js';
 import { parseHttp2, parseTls, settleTransport } from './tls.js';
@@ -102,6 +102,9 @@ interface Parsed {
   idempotency: ResolvedIdempotency | false;
   ejection: Required<EjectionOptions> | false;
   prometheus: PrometheusOptions | undefined;
+  rewriteCopy: ((copy: OutgoingCopy) => void) | undefined;
+  rewriteAnswer: ((answer: AdoptedAnswer) => void | Promise<void>) | undefined;
+  tunnelGrace: number;
   now: () => number;
 }
 
@@ -139,6 +142,9 @@ const PROXY: Schema<Parsed> = {
   idempotency: objectOrFalse(IDEMPOTENCY),
   ejection: objectOrFalse(EJECTION),
   prometheus: custom('must be prometheus options', (v) => checkPrometheusOptions(v)),
+  rewriteCopy: optional(func<(copy: OutgoingCopy) => void>()),
+  rewriteAnswer: optional(func<(answer: AdoptedAnswer) => void | Promise<void>>()),
+  tunnelGrace: number({ unit: 'milliseconds', min: 0, max: MAX_TIMER_MS, default: 0 }),
   now: func(() => performance.now()),
 };
 
@@ -173,6 +179,9 @@ export function resolveOptions(options: ProxyOptions): ResolvedOptions {
     maxBufferedBytes: o.maxBufferedBytes,
     connections: o.connections,
     maxInFlight: o.maxInFlight,
+    rewriteCopy: o.rewriteCopy,
+    rewriteAnswer: o.rewriteAnswer,
+    tunnelGrace: o.tunnelGrace,
     now: o.now,
   };
 }

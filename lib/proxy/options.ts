@@ -211,6 +211,69 @@ export interface IdempotencyOptions {
   wait?: number;
 }
 
+/** Which copy a hook is shown. */
+export interface CopyInfo {
+  /** The copy's place among the request's copies, from 1. */
+  index: number;
+  /** How many copies the request planned. */
+  of: number;
+  /** The copy's own id (`x-redundant-duplicate-id`). */
+  duplicateId: string;
+  /** The id of the upstream it goes to (or came from). */
+  upstream: string;
+  /** It left after a hedge delay, not at once. */
+  hedged: boolean;
+}
+
+/**
+ * One copy on its way out, as `rewriteCopy` is shown it. `path` and
+ * `headers` may be changed; the method and the body may not: the body was
+ * read once and is shared by every copy, and with a `secret` each copy's
+ * signature covers its method and its body's hash.
+ */
+export interface OutgoingCopy {
+  /** The request id the proxy minted (`x-request-id`). */
+  readonly requestId: string;
+  readonly copy: Readonly<CopyInfo>;
+  /** The client's request, as it reached the gateway (read it; its body is already read). */
+  readonly req: IncomingMessage;
+  readonly method: string;
+  /**
+   * The request target this copy asks its upstream, in origin-form
+   * (`/path?query`), the upstream's path prefix included. It is what gets
+   * signed, so a changed path still passes the worker's signature check.
+   */
+  path: string;
+  /**
+   * The copy's headers, names lowercased (a repeated header as an array):
+   * the client's end-to-end headers, X-Forwarded-* and `x-request-id`. The
+   * protocol's `x-redundant-*` headers are added after the hook, signed; the
+   * hook may not set any, nor the body's framing (`content-length`,
+   * `transfer-encoding`) or hop-by-hop headers.
+   */
+  headers: Record<string, string | string[]>;
+}
+
+/**
+ * The adopted answer's head, as `rewriteAnswer` is shown it before it goes
+ * to the client. `status` and `headers` may be changed; the body streams on
+ * as the upstream sends it.
+ */
+export interface AdoptedAnswer {
+  readonly requestId: string;
+  /** The copy whose answer was adopted. */
+  readonly copy: Readonly<CopyInfo>;
+  readonly req: IncomingMessage;
+  /** The status the client gets: a final one, 200 to 599. */
+  status: number;
+  /**
+   * The headers the client gets, names lowercased: the upstream's, less
+   * hop-by-hop and `x-redundant-*` ones, with the session cookie the proxy
+   * adds. `x-request-id` and `x-redundant-served-by` are set after the hook.
+   */
+  headers: Record<string, string | string[]>;
+}
+
 export interface ProxyOptions {
   /**
    * The replicas of the application server, as URLs or `{ id, url }`.
@@ -428,6 +491,36 @@ export interface ProxyOptions {
    * @example { registry: promClient.register, labels: { route: 'orders' } }
    */
   prometheus?: PrometheusOptions;
+  /**
+   * Changes each copy on its way out: its `path` and `headers` (not its
+   * method or body). Runs for every copy as it leaves, hedges too, before
+   * the copy is signed. It must be synchronous: a copy leaves when its hedge
+   * delay says, and waits for nothing. A hook that throws, or sets an
+   * `x-redundant-*` header, fails the request: `500` `RP_ERR_HOOK_FAILED`,
+   * and an `error` event (source `hook`).
+   * @example
+   * rewriteCopy: (c) => { c.headers.authorization = `Bearer ${token}`; c.path = c.path.replace(/^\/api/, ''); }
+   */
+  rewriteCopy?: (copy: OutgoingCopy) => void;
+  /**
+   * Changes the adopted answer's head before it goes to the client: its
+   * `status` and `headers` (e.g. a `Location` or a `Set-Cookie` domain).
+   * May be async: the answer waits for it, within the request's `timeout`.
+   * Not called for an upstream's 5xx passed through when no copy answered
+   * acceptably, nor for the proxy's own error answers. A hook that throws
+   * or rejects: `500` `RP_ERR_HOOK_FAILED` (for an update that committed:
+   * `502` `RP_ERR_ANSWER_LOST`), and an `error` event (source `hook`).
+   * @example
+   * rewriteAnswer: (a) => { if (typeof a.headers.location === 'string') a.headers.location = a.headers.location.replace('http://app:3000', 'https://example.com'); }
+   */
+  rewriteAnswer?: (answer: AdoptedAnswer) => void | Promise<void>;
+  /**
+   * Milliseconds that `close()` lets the WebSocket (and other `Upgrade`)
+   * tunnels of `proxy.upgrade` go on before it ends them (their sockets
+   * closed; a tunnel that ends by itself earlier is not waited for).
+   * @default 0: ended once the requests in flight are done
+   */
+  tunnelGrace?: number;
   /** Clock, for tests. @default performance.now */
   now?: () => number;
 }
@@ -524,5 +617,8 @@ export interface ResolvedOptions {
   maxBufferedBytes: number;
   connections: number;
   maxInFlight: number;
+  rewriteCopy: ((copy: OutgoingCopy) => void) | undefined;
+  rewriteAnswer: ((answer: AdoptedAnswer) => void | Promise<void>) | undefined;
+  tunnelGrace: number;
   now: () => number;
 }

@@ -26,9 +26,12 @@ export interface ProxyErrorEvent {
    * slow; the answer went out anyway), `onCancel` (the hook threw or ran past
    * `cancelTimeout`), `upstream` (a replica's worker refuses the proxy's
    * copies: its secret or id does not match; said once per upstream until it
-   * answers again), `internal`.
+   * answers again), `hook` (`rewriteCopy` or `rewriteAnswer` threw, rejected
+   * or gave back what cannot be sent; the client got `500`
+   * `RP_ERR_HOOK_FAILED`, or `502` `RP_ERR_ANSWER_LOST` for an update that
+   * committed), `internal`.
    */
-  source: 'accept' | 'select' | 'store' | 'onCancel' | 'upstream' | 'internal';
+  source: 'accept' | 'select' | 'store' | 'onCancel' | 'upstream' | 'hook' | 'internal';
   error: unknown;
 }
 

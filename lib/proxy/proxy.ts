@@ -23,7 +23,6 @@ import { PrometheusMetrics } from './prometheus.js';
 import type { ProxyEvents } from './proxy-events.js';
 import { Race, type CopyReport, type RaceObserver, type RaceReport } from './race.js';
 import { sendError } from './respond.js';
-import { RaceTrace } from './tracing.js';
 import { upstreamPool } from './tls.js';
 
 export type { CopyCancelledEvent, CopySentEvent, ProxyErrorEvent, ProxyEvents, RaceStartEvent } from './proxy-events.js';
@@ -190,7 +189,7 @@ export function redundantProxy(options: ProxyOptions): RedundantProxy {
     }
     const update = opts.isUpdate(req);
     const session = await sessions.find(req);
-    return { requestId, method: req.method ?? 'GET', path, body, update, session, targets: [], keyed: null, recorded: false, sessionChanged: undefined, epoch: 0, route: '', hedgeDelay: 0, trace: null };
+    return { requestId, method: req.method ?? 'GET', path, body, update, session, targets: [], keyed: null, recorded: false, sessionChanged: undefined, epoch: 0, route: '', hedgeDelay: 0 };
   }
 
   /** Stage "plan": the upstreams the copies go to; false when none may take one (answered). */
@@ -229,8 +228,6 @@ export function redundantProxy(options: ProxyOptions): RedundantProxy {
     budget.deposit();
     p.route = adaptive ? `${method} ${path.split('?', 1)[0]}` : '';
     p.hedgeDelay = adaptive ? adaptive.delay(p.route) : (opts.hedgeDelay as number);
-    const headers = forwardRequestHeaders(req, requestId, opts.trustForwarded);
-    p.trace = RaceTrace.start(req, { requestId, method, path, update, planned: p.targets.length }, headers);
     const running: Race = new Race({
       requestId,
       method,
@@ -238,8 +235,7 @@ export function redundantProxy(options: ProxyOptions): RedundantProxy {
       update,
       sessionId: session.id,
       sessionNew: session.isNew,
-      headers,
-      trace: p.trace,
+      headers: forwardRequestHeaders(req, requestId, opts.trustForwarded),
       body: p.body,
       targets: p.targets,
       dispatchers,
@@ -257,6 +253,9 @@ export function redundantProxy(options: ProxyOptions): RedundantProxy {
       wallClock: Date.now,
       res,
       observer,
+      client: req,
+      rewriteCopy: opts.rewriteCopy,
+      rewriteAnswer: opts.rewriteAnswer,
       beforeHead: opts.session ? (copy, headers) => recordBeforeHead(req, p, copy, headers) : undefined,
       beforeFailure: update ? (adopting) => books.decideUpdate(requestId, adopting) : undefined,
       capture: keyed && opts.idempotency ? opts.idempotency.maxAnswerSize : 0,

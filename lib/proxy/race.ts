@@ -11,6 +11,7 @@ import { AnswerTail } from './race/tail.js';
 import { Copy, PER_TRY_TIMEOUT, type CopyHost } from './race/copy.js';
 import { answerFailure, sealThenAdopt, timedOut } from './race/ending.js';
 import { HedgeScheduler, type HedgeHost } from './race/hedging.js';
+import { hookFailed } from './race/hooks.js';
 import { guard, type RaceCore, type RaceInput } from './race/input.js';
 import { LOSERS } from './race/losers.js';
 
@@ -135,7 +136,10 @@ export class Race implements CopyHost, HedgeHost, Judge<Copy>, RaceCore {
   sendNext(hedged: boolean): void {
     const copy = this.copies[this.next++]!;
     const refused = copy.send(this.input, this.copies.length, this.started, hedged);
-    if (refused !== null) this.failed(copy, refused);
+    if (refused === null) return;
+    if (typeof refused === 'string') this.failed(copy, refused);
+    // The gateway's rewriteCopy hook failed: the request fails with it (race/hooks.ts).
+    else hookFailed(this, 'rewriteCopy', refused);
   }
 
   // ---- the copies' events (race/copy.ts) ----
@@ -318,7 +322,6 @@ export class Race implements CopyHost, HedgeHost, Judge<Copy>, RaceCore {
 
   wireEnded(copy: Copy): void {
     this.input.observer.copyEnded(copy.upstream.id);
-    this.input.trace?.copyEnded(copy.report.index);
   }
 
   // ---- choosing (step "choose") ----

@@ -131,8 +131,8 @@ export interface RaceObserver {
   refused(upstreamId: string, code: string): void;
   /** A copy was stopped because another copy of the update committed. */
   cancelled(requestId: string, copy: CopyReport, committed: CopyReport): void;
-  /** Something went wrong that does not fail the request: `accept` threw, the select function failed, or the store's arbitration did. */
-  error(requestId: string | null, source: 'accept' | 'select' | 'internal', error: unknown): void;
+  /** Something went wrong: `accept` threw, the select function failed, the store's arbitration did (none of them fails the request), or a hook failed (which does). */
+  error(requestId: string | null, source: 'accept' | 'select' | 'hook' | 'internal', error: unknown): void;
 }
 
 /** An observer that is told nothing. */

@@ -5,6 +5,7 @@ import { CLIENT_HEADERS, H } from '../../wire/protocol.js';
 import { forwardResponseHeaders } from '../headers.js';
 import { sendError } from '../respond.js';
 import type { Copy } from './copy.js';
+import { rewriteAnswer } from './hooks.js';
 import { guard, type RaceCore } from './input.js';
 
 // What the race writes to its client: the adopted answer's head, an
@@ -19,16 +20,9 @@ export function isBodyless(method: string, status: number | null): boolean {
   return method === 'HEAD' || status === 204 || status === 304;
 }
 
-/** Writes the adopted copy's head, with `extra` headers added; returns the headers written. */
-export function writeHead(res: ServerResponse, copy: Copy, requestId: string, extra: Extra): Record<string, string | string[]> | null {
-  if (res.destroyed) return null;
-  const status = copy.report.status!;
+/** The adopted copy's head as the client gets it: the upstream's headers that pass, with `extra` headers added. */
+function answerHeaders(copy: Copy, extra: Extra): Record<string, string | string[]> {
   const out = forwardResponseHeaders(copy.headers);
-  if (status === 204 || status === 304) {
-    // No body follows: a length would only mislead the client's parser.
-    delete out['content-length'];
-    delete out['transfer-encoding'];
-  }
   if (extra) {
     for (const name in extra) {
       const prior = out[name];
@@ -36,27 +30,52 @@ export function writeHead(res: ServerResponse, copy: Copy, requestId: string, ex
       out[name] = prior === undefined ? extra[name]! : ([] as string[]).concat(prior, extra[name]!);
     }
   }
+  return out;
+}
+
+/** Writes the adopted answer's head; returns the headers written. */
+export function writeHead(res: ServerResponse, copy: Copy, requestId: string, status: number, out: Record<string, string | string[]>): Record<string, string | string[]> | null {
+  if (res.destroyed) return null;
+  if (status === 204 || status === 304) {
+    // No body follows: a length would only mislead the client's parser.
+    delete out['content-length'];
+    delete out['transfer-encoding'];
+  }
   out[CLIENT_HEADERS.requestId] = requestId;
   out[H.servedBy] = copy.upstream.label;
   res.writeHead(status, out);
   return out;
 }
 
-/** The adopted copy may go: its head, and whatever body arrived while it was held. */
-export function release(race: RaceCore, copy: Copy, extra: Extra): void {
-  if (race.finished) return; // timed out or the client left while holding
-  const { res, requestId } = race.input;
+/** Whether the adopted copy may still go out; answers 502 for one whose body broke while it was held. */
+function stillWanted(race: RaceCore, copy: Copy): boolean {
+  if (race.finished) return false; // timed out or the client left while holding
   if (copy.broken) {
     copy.chunks = [];
-    sendError(res, new RedundantProxyError(codes.UPSTREAMS_FAILED, 'the adopted answer broke before it could be sent', { status: 502 }), requestId);
-    return race.finish('failed');
+    sendError(race.input.res, new RedundantProxyError(codes.UPSTREAMS_FAILED, 'the adopted answer broke before it could be sent', { status: 502 }), race.input.requestId);
+    race.finish('failed');
+    return false;
   }
   // Stopped while its head waited: the timeout came and asks the store; it answers.
-  if (copy.state === 'done') return;
+  return copy.state !== 'done';
+}
+
+/** The adopted copy may go: its head (through the `rewriteAnswer` hook, when set), and whatever body arrived while it was held. */
+export function release(race: RaceCore, copy: Copy, extra: Extra): void {
+  if (!stillWanted(race, copy)) return;
+  const out = answerHeaders(copy, extra);
+  if (race.input.rewriteAnswer !== undefined) {
+    return rewriteAnswer(race, copy, out, (status, headers) => flow(race, copy, status, headers), () => stillWanted(race, copy));
+  }
+  flow(race, copy, copy.report.status!, out);
+}
+
+/** The adopted answer's head goes out with `status` and `out`, then its body flows. */
+function flow(race: RaceCore, copy: Copy, status: number, out: Record<string, string | string[]>): void {
   const { tail } = race;
-  const out = writeHead(res, copy, requestId, extra);
-  if (out) tail?.head(copy.report.status!, out);
-  if (isBodyless(race.input.method, copy.report.status)) {
+  const written = writeHead(race.input.res, copy, race.input.requestId, status, out);
+  if (written) tail?.head(status, written);
+  if (isBodyless(race.input.method, status)) {
     // Nothing follows the head, whatever its framing headers say: a 304
     // may state the length of the body it does not carry (undici then
     // reports a length mismatch on the connection, which is no concern of
@@ -69,6 +88,7 @@ export function release(race: RaceCore, copy: Copy, extra: Extra): void {
     }
     return winnerEnded(race);
   }
+  const { res } = race.input;
   for (const chunk of copy.chunks) {
     const piece = tail ? tail.pass(chunk) : chunk;
     if (piece) res.write(piece);

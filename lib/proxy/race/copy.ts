@@ -1,10 +1,12 @@
+import type { IncomingMessage } from 'node:http';
 import type { Dispatcher } from 'undici';
 import type { Scheduler, TimerHandle } from '../../time.js';
+import { RedundantProxyError } from '../../errors.js';
 import { appendCopyHeaders } from '../../wire/protocol.js';
 import { transition, type CopyState } from '../lifecycle.js';
-import type { RetryOptions, Upstream } from '../options.js';
+import type { OutgoingCopy, RetryOptions, Upstream } from '../options.js';
 import { LOCAL_REFUSAL, type CopyReport, type RaceObserver } from '../report.js';
-import type { RaceTrace } from '../tracing.js';
+import { rewriteCopy } from './hooks.js';
 
 // One copy of a request, as undici's dispatch handler: the seam between the
 // race and the wire. It turns undici's callbacks into the race's events
@@ -48,8 +50,10 @@ export interface CopyRequest {
   perTryTimeout?: number;
   /** Retries of a copy whose connection failed before its request was sent (the `retry` option); absent: none. */
   retry?: Required<RetryOptions> | false;
-  /** The race's trace, when tracing is on: each copy's span and trace context (lib/proxy/tracing.ts). */
-  trace?: RaceTrace | null;
+  /** The `rewriteCopy` option: each copy's path and headers changed as it leaves. */
+  rewriteCopy?: (copy: OutgoingCopy) => void;
+  /** The client's request, shown to the hooks. */
+  client?: IncomingMessage;
 }
 
 /** The race, as its copies see it. */
@@ -130,12 +134,21 @@ export class Copy implements Dispatcher.DispatchHandler {
   /**
    * Step "duplicate" and "send": the copy, with its own duplicate id and
    * signed headers, leaves for its upstream. Returns why undici refused it
-   * at once (then it is done), or null.
+   * at once, or the failure of the `rewriteCopy` hook (then it is done), or null.
    */
-  send(request: CopyRequest, of: number, started: number, hedged: boolean): string | null {
-    const target = upstreamTarget(this.upstream.prefix, request.path);
-    const headers = request.headers.slice();
-    request.trace?.copySent(this.report, this.upstream, of, hedged, headers);
+  send(request: CopyRequest, of: number, started: number, hedged: boolean): string | RedundantProxyError | null {
+    let target = upstreamTarget(this.upstream.prefix, request.path);
+    let headers = request.headers.slice();
+    if (request.rewriteCopy !== undefined) {
+      // The gateway's hook, before signing: the signature covers the target it leaves.
+      const rewritten = rewriteCopy(request, this, of, hedged, target, headers);
+      if (rewritten instanceof RedundantProxyError) {
+        this.report.error = 'rewriteCopy failed';
+        this.to('done');
+        return rewritten;
+      }
+      ({ target, headers } = rewritten);
+    }
     appendCopyHeaders(
       headers,
       {

@@ -1,6 +1,6 @@
 import type { ServerResponse } from 'node:http';
 import type { RedundantProxyError } from '../../errors.js';
-import type { ResolvedSelect, Upstream, UpstreamResponse } from '../options.js';
+import type { AdoptedAnswer, ResolvedSelect, Upstream, UpstreamResponse } from '../options.js';
 import type { CapturedAnswer, CopyReport, RaceOutcome } from '../report.js';
 import type { AdoptionStrategy, Decision } from './adoption.js';
 import type { AnswerTail } from './tail.js';
@@ -55,6 +55,8 @@ export interface RaceInput extends CopyRequest {
    * ejected or unhealthy (an update's: one that runs the worker); null when none.
    */
   spare?: (tried: readonly string[]) => Upstream | null;
+  /** The `rewriteAnswer` option: the adopted answer's head changed before it goes out (race/hooks.ts). */
+  rewriteAnswer?: (answer: AdoptedAnswer) => void | Promise<void>;
 }
 
 /** The race, as its helpers see it. */
