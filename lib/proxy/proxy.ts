@@ -24,6 +24,7 @@ import type { ProxyEvents } from './proxy-events.js';
 import { Race, type CopyReport, type RaceObserver, type RaceReport } from './race.js';
 import { sendError } from './respond.js';
 import { upstreamPool } from './tls.js';
+import { RaceTrace } from './tracing.js';
 
 export type { CopyCancelledEvent, CopySentEvent, ProxyErrorEvent, ProxyEvents, RaceStartEvent } from './proxy-events.js';
 export { requestTarget } from './admit.js';
@@ -189,7 +190,7 @@ export function redundantProxy(options: ProxyOptions): RedundantProxy {
     }
     const update = opts.isUpdate(req);
     const session = await sessions.find(req);
-    return { requestId, method: req.method ?? 'GET', path, body, update, session, targets: [], keyed: null, recorded: false, sessionChanged: undefined, epoch: 0, route: '', hedgeDelay: 0 };
+    return { requestId, method: req.method ?? 'GET', path, body, update, session, targets: [], keyed: null, recorded: false, sessionChanged: undefined, epoch: 0, route: '', hedgeDelay: 0, trace: null };
   }
 
   /** Stage "plan": the upstreams the copies go to; false when none may take one (answered). */
@@ -228,6 +229,8 @@ export function redundantProxy(options: ProxyOptions): RedundantProxy {
     budget.deposit();
     p.route = adaptive ? `${method} ${path.split('?', 1)[0]}` : '';
     p.hedgeDelay = adaptive ? adaptive.delay(p.route) : (opts.hedgeDelay as number);
+    const headers = forwardRequestHeaders(req, requestId, opts.trustForwarded);
+    p.trace = RaceTrace.start(req, { requestId, method, path, update, planned: p.targets.length }, headers);
     const running: Race = new Race({
       requestId,
       method,
@@ -235,7 +238,8 @@ export function redundantProxy(options: ProxyOptions): RedundantProxy {
       update,
       sessionId: session.id,
       sessionNew: session.isNew,
-      headers: forwardRequestHeaders(req, requestId, opts.trustForwarded),
+      headers,
+      trace: p.trace,
       body: p.body,
       targets: p.targets,
       dispatchers,

@@ -322,6 +322,7 @@ export class Race implements CopyHost, HedgeHost, Judge<Copy>, RaceCore {
 
   wireEnded(copy: Copy): void {
     this.input.observer.copyEnded(copy.upstream.id);
+    this.input.trace?.copyEnded(copy.report.index);
   }
 
   // ---- choosing (step "choose") ----

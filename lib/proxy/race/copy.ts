@@ -7,6 +7,7 @@ import { transition, type CopyState } from '../lifecycle.js';
 import type { OutgoingCopy, RetryOptions, Upstream } from '../options.js';
 import { LOCAL_REFUSAL, type CopyReport, type RaceObserver } from '../report.js';
 import { rewriteCopy } from './hooks.js';
+import type { RaceTrace } from '../tracing.js';
 
 // One copy of a request, as undici's dispatch handler: the seam between the
 // race and the wire. It turns undici's callbacks into the race's events
@@ -54,6 +55,8 @@ export interface CopyRequest {
   rewriteCopy?: (copy: OutgoingCopy) => void;
   /** The client's request, shown to the hooks. */
   client?: IncomingMessage;
+  /** The race's trace, when tracing is on: each copy's span and trace context (lib/proxy/tracing.ts). */
+  trace?: RaceTrace | null;
 }
 
 /** The race, as its copies see it. */
@@ -149,6 +152,7 @@ export class Copy implements Dispatcher.DispatchHandler {
       }
       ({ target, headers } = rewritten);
     }
+    request.trace?.copySent(this.report, this.upstream, of, hedged, headers);
     appendCopyHeaders(
       headers,
       {
