@@ -129,7 +129,7 @@ describe('RedisSessionStore: the request log in batches', () => {
       (e: unknown) => e,
     );
     expect(isRedundantProxyError(err) && err.code).toBe(codes.STORE_UNAVAILABLE);
-    expect(String((err as Error).message)).toMatch(/3 records waiting/);
+    expect(String((err as Error).message)).toMatch(/3 calls waiting/);
     release();
     await Promise.all(first);
     await expect(store.recordCopy(copy('p5', 'a'))).resolves.toEqual({ duplicate: false });
@@ -145,6 +145,20 @@ describe('RedisSessionStore: the request log in batches', () => {
     calls.length = 0;
     await store.recordAdoption({ requestId: 'r10', sessionId: 's9', update: false, duplicateIds: ['a'], upstreamIds: ['up-a'] });
     expect(calls).toHaveLength(2);
+  });
+
+  it('reads the sessions asked for in one turn with one script call, each with its own answer', async () => {
+    const { store, calls } = await open();
+    await store.saveCandidate('sa', 'ra', 'a', { n: 1 });
+    await store.recordAdoption({ requestId: 'ra', sessionId: 'sa', update: false, duplicateIds: ['a'], upstreamIds: ['up-a'] });
+    await store.saveCandidate('sb', 'rb', 'a', { n: 2 });
+    await store.recordAdoption({ requestId: 'rb', sessionId: 'sb', update: false, duplicateIds: ['a'], upstreamIds: ['up-a'] });
+    calls.length = 0;
+    const [a, b, none] = await Promise.all([store.getSession('sa'), store.getSession('sb'), store.getSession('nobody')]);
+    expect(calls).toEqual([{ keys: 3 }]);
+    expect(a).toMatchObject({ sessionId: 'sa', data: { n: 1 }, version: 1 });
+    expect(b).toMatchObject({ sessionId: 'sb', data: { n: 2 }, version: 1 });
+    expect(none).toBeUndefined();
   });
 
   it('writes what was recorded before close() before it resolves', async () => {

@@ -15,12 +15,12 @@ import type {
 } from './types.js';
 import { checkMillis, closedError, detach, notHolder, sessionJson, superseded, type Waiter } from './common.js';
 import { parseOptions } from '../schema.js';
-import { RECORD_BATCH, RecordBatcher, type BatchSettings } from './redis/batch.js';
+import { Batcher, GET_SESSIONS, RECORD_BATCH, RecordBatcher, type BatchSettings } from './redis/batch.js';
 import { RedisKeys } from './redis/keys.js';
 import { PubSub } from './redis/pubsub.js';
 import { OPTIONS, type RedisSessionStoreOptions } from './redis/options.js';
 import { millis, pairs, toRequestRecord } from './redis/records.js';
-import { ADOPT_CANDIDATE, BEGIN_IDEMPOTENT, CLAIM, COMPLETE_IDEMPOTENT, CONFIRM, GET_SESSION, NEXT_FENCE, RELEASE, SAVE_CANDIDATE, type Script } from './redis/scripts.js';
+import { ADOPT_CANDIDATE, BEGIN_IDEMPOTENT, CLAIM, COMPLETE_IDEMPOTENT, CONFIRM, NEXT_FENCE, RELEASE, SAVE_CANDIDATE, type Script } from './redis/scripts.js';
 
 export type { RedisSessionStoreOptions } from './redis/options.js';
 
@@ -82,6 +82,8 @@ export class RedisSessionStore implements SessionStore {
   readonly #queues = new Map<string, Queue>();
   /** The request log's writes, batched. */
   readonly #records: RecordBatcher;
+  /** Session reads, batched the same way (each on a copy's critical path: sent at the end of the turn, not later). */
+  readonly #sessionReads: Batcher<string[]>;
   #closed = false;
 
   constructor(options: RedisSessionStoreOptions) {
@@ -98,6 +100,7 @@ export class RedisSessionStore implements SessionStore {
     this.#pollInterval = pollInterval;
     this.#commandTimeout = commandTimeout;
     this.#records = new RecordBatcher((keys, args) => this.#guard('writing the request log', this.#eval(RECORD_BATCH, keys, args)), batch as BatchSettings, ttl, this.#cluster);
+    this.#sessionReads = new Batcher<string[]>((keys, args) => this.#guard('getSession', this.#eval(GET_SESSIONS, keys, args)), { ...(batch as BatchSettings), maxDelay: 0 }, sessionTtl, this.#cluster);
   }
 
   async recordCopy(input: RecordCopyInput): Promise<{ duplicate: boolean }> {
@@ -152,8 +155,7 @@ export class RedisSessionStore implements SessionStore {
 
   async getSession(sessionId: string): Promise<SessionRecord | undefined> {
     this.#assertOpen();
-    const reply = await this.#run('getSession', GET_SESSION, [this.#keys.session(sessionId)], [this.#sessionTtl]);
-    const hash = pairs(reply);
+    const hash = pairs(await this.#sessionReads.add({ key: this.#keys.session(sessionId), args: [] }));
     if (hash.data === undefined) return undefined;
     return { sessionId, data: JSON.parse(hash.data) as Record<string, unknown>, version: Number(hash.version), updatedAt: Number(hash.updatedAt) };
   }
@@ -226,7 +228,7 @@ export class RedisSessionStore implements SessionStore {
     if (this.#closed) return;
     this.#closed = true;
     // What was recorded before close() still goes out (each write bounded by commandTimeout).
-    const flushed = this.#records.flush();
+    const flushed = Promise.all([this.#records.flush(), this.#sessionReads.flush()]);
     for (const queue of [...this.#queues.values()]) this.#rejectAll(queue, () => closedError());
     await Promise.all([flushed, this.#pubsub.close()]);
   }

@@ -27,6 +27,12 @@ export interface BatchedRecord {
   args: [kind: 'c' | 'a' | 'x', requestId: string, sessionId: string, update: '0' | '1', a: string, b: string];
 }
 
+/** One item of a batch: its key, and its own arguments after the batch's shared one. */
+export interface BatchItem {
+  key: string;
+  args: readonly string[];
+}
+
 export interface BatchSettings {
   /** Records per script call at most; a full batch goes at once. */
   maxRecords: number;
@@ -36,46 +42,54 @@ export interface BatchSettings {
   maxPending: number;
 }
 
-/** Sends one script call: the request keys and `[ttl, ...six args per record]`. Resolves with one reply per record. */
+/** Sends one script call: the keys and `[shared, ...each item's args]`. Resolves with one reply per item. */
 export type SendBatch = (keys: string[], args: string[]) => Promise<unknown>;
 
-interface Pending {
-  record: BatchedRecord;
-  resolve: (reply: number) => void;
+interface Pending<R> {
+  record: BatchItem;
+  resolve: (reply: R) => void;
   reject: (err: unknown) => void;
 }
 
-export class RecordBatcher {
+/**
+ * Items made in one turn of the event loop (or within `maxDelay`), sent as
+ * one script call; each item's promise settles with its own reply. The
+ * request log's records use it, and so do session reads (GET_SESSIONS).
+ */
+export class Batcher<R = unknown> {
   readonly #send: SendBatch;
   readonly #settings: BatchSettings;
   readonly #perRecord: boolean;
   readonly #ttl: string;
   readonly #time: Scheduler;
-  #queue: Pending[] = [];
+  #queue: Pending<R>[] = [];
   #timer: TimerHandle | undefined;
   #scheduled = false;
   readonly #inFlight = new Set<Promise<void>>();
   /** Records sent and not answered yet. */
   #sending = 0;
 
-  /** `perRecord`: one call per record (Cluster: the records of one call must share a slot). */
-  constructor(send: SendBatch, settings: BatchSettings, ttl: number, perRecord: boolean, time: Scheduler = REAL_TIME) {
+  /**
+   * `shared`: the first argument of every call (a TTL). `perRecord`: one call
+   * per item (Cluster: the keys of one call must share a slot).
+   */
+  constructor(send: SendBatch, settings: BatchSettings, shared: number, perRecord: boolean, time: Scheduler = REAL_TIME) {
     this.#send = send;
     this.#settings = settings;
     this.#perRecord = perRecord;
-    this.#ttl = String(ttl);
+    this.#ttl = String(shared);
     this.#time = time;
   }
 
-  /** Queues a record; resolves with its reply (a copy: 1 when it was recorded before) once its batch is written. */
-  add(record: BatchedRecord): Promise<number> {
+  /** Queues an item; resolves with its reply (a copy's record: 1 when it was recorded before) once its batch is done. */
+  add(record: BatchItem): Promise<R> {
     const waiting = this.#queue.length + this.#sending;
     if (waiting >= this.#settings.maxPending) {
       return Promise.reject(
-        new RedundantProxyError(codes.STORE_UNAVAILABLE, `the session store (Redis) has ${waiting} records waiting to be written; this one is dropped`, { status: 503 }),
+        new RedundantProxyError(codes.STORE_UNAVAILABLE, `the session store (Redis) has ${waiting} calls waiting to be sent or answered; this one is refused`, { status: 503 }),
       );
     }
-    return new Promise<number>((resolve, reject) => {
+    return new Promise<R>((resolve, reject) => {
       this.#queue.push({ record, resolve, reject });
       if (this.#queue.length >= this.#settings.maxRecords) this.flush();
       else this.#schedule();
@@ -114,7 +128,7 @@ export class RecordBatcher {
     }
   }
 
-  async #write(batch: Pending[]): Promise<void> {
+  async #write(batch: Pending<R>[]): Promise<void> {
     const keys: string[] = [];
     const args: string[] = [this.#ttl];
     for (const p of batch) {
@@ -131,8 +145,8 @@ export class RecordBatcher {
     } finally {
       this.#sending -= batch.length;
     }
-    const list = replies as number[];
-    for (const [i, p] of batch.entries()) p.resolve(Number(list[i] ?? 0));
+    const list = replies as R[];
+    for (const [i, p] of batch.entries()) p.resolve(list[i] as R);
   }
 }
 
@@ -176,3 +190,21 @@ return out
 `;
 
 export const RECORD_BATCH = { lua: LUA, sha: createHash('sha1').update(LUA).digest('hex') };
+
+/** The request log's batches: replies are numbers (a copy: 1 when recorded before). */
+export const RecordBatcher = Batcher<number>;
+export type RecordBatcher = Batcher<number>;
+
+// KEYS: one session key per read. ARGV: sessionTtl. Each reply is the
+// session's hash (empty when it is unknown); reading a session keeps it alive.
+const SESSIONS_LUA = `
+local out = {}
+for i = 1, #KEYS do
+  local h = redis.call('HGETALL', KEYS[i])
+  if #h > 0 then redis.call('PEXPIRE', KEYS[i], ARGV[1]) end
+  out[i] = h
+end
+return out
+`;
+
+export const GET_SESSIONS = { lua: SESSIONS_LUA, sha: createHash('sha1').update(SESSIONS_LUA).digest('hex') };

@@ -118,14 +118,6 @@ redis.call('PEXPIRE', KEYS[3], ARGV[4])
 return 0
 `);
 
-// KEYS: session. ARGV: sessionTtl. Reading a session keeps it alive.
-export const GET_SESSION = script(`
-local h = redis.call('HGETALL', KEYS[1])
-if #h > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
-return h
-`);
-
-
 // KEYS: fence counter. The Cluster path: a token first, then CLAIM with it.
 export const NEXT_FENCE = script(`
 return next_fence(KEYS[1])
