@@ -1,6 +1,6 @@
 import './augment.js';
 export { redundantProxy } from './proxy/proxy.js';
-export type { RedundantProxy, ProxyEvents, RaceStartEvent, CopySentEvent, CopyCancelledEvent, ProxyErrorEvent, KoaLikeContext } from './proxy/proxy.js';
+export type { RedundantProxy, ProxyEvents, RaceStartEvent, CopySentEvent, CopyCancelledEvent, ProxyErrorEvent, KoaLikeContext, UpgradeEvent, UpgradeEndEvent } from './proxy/proxy.js';
 export type { ProxyOptions, UpstreamSpec, UpstreamResponse, HedgeOptions, SessionOptions, CancelInfo, IdempotencyOptions, SelectOption, SelectFunction, SelectAnswer, SelectState, EjectionOptions, OutgoingCopy, AdoptedAnswer, CopyInfo } from './proxy/options.js';
 export type { UpstreamEjectedEvent, UpstreamRestoredEvent } from './proxy/ejection.js';
 export type { PrometheusOptions, PrometheusRegistry } from './proxy/prometheus.js';
@@ -10,7 +10,7 @@ export type { Claim } from './worker/commit.js';
 export { MemorySessionStore } from './store/memory.js';
 export type { MemorySessionStoreOptions } from './store/memory.js';
 export type { RaceReport, CopyReport, RaceOutcome, CopyOutcome } from './proxy/race.js';
-export type { ProxyMetrics, UpstreamMetrics } from './proxy/metrics.js';
+export type { ProxyMetrics, UpstreamMetrics, UpgradeMetrics } from './proxy/metrics.js';
 export type { Disposable } from './events.js';
 export {
   RedundantProxyError,

@@ -20,6 +20,18 @@ export interface UpstreamMetrics {
   healthy?: boolean;
 }
 
+/** The WebSocket (and other `Upgrade`) tunnels of `proxy.upgrade`. */
+export interface UpgradeMetrics {
+  /** Upgrades an upstream switched protocols for. */
+  upgraded: number;
+  /** Upgrades an upstream answered without switching. */
+  refused: number;
+  /** Upgrades with no upstream, or whose upstream failed or did not answer. */
+  failed: number;
+  /** Tunnels open now. */
+  open: number;
+}
+
 export interface ProxyMetrics {
   requests: number;
   outcomes: Record<RaceOutcome, number>;
@@ -31,12 +43,15 @@ export interface ProxyMetrics {
   /** Race durations over the last 2048 requests, in ms. */
   latency: { p50: number; p95: number; p99: number };
   upstreams: Record<string, UpstreamMetrics>;
+  upgrades: UpgradeMetrics;
 }
 
 const zeroOutcomes = (): Record<RaceOutcome, number> => Object.fromEntries(RACE_OUTCOMES.map((o) => [o, 0])) as Record<RaceOutcome, number>;
 const zeroCopy = (): Record<CopyOutcome, number> => Object.fromEntries(COPY_OUTCOMES.map((o) => [o, 0])) as Record<CopyOutcome, number>;
 
 export class Metrics {
+  /** Counted by the proxy's upgrade entry. */
+  readonly upgrades: UpgradeMetrics = { upgraded: 0, refused: 0, failed: 0, open: 0 };
   #requests = 0;
   #copies = 0;
   #hedged = 0;
@@ -82,6 +97,7 @@ export class Metrics {
         ? { p50: percentile(window, 0.5), p95: percentile(window, 0.95), p99: percentile(window, 0.99) }
         : { p50: 0, p95: 0, p99: 0 },
       upstreams,
+      upgrades: { ...this.upgrades },
     };
   }
 }

@@ -53,6 +53,34 @@ export interface UpstreamHealthEvent {
   error?: string;
 }
 
+/** A WebSocket (or other `Upgrade`) handed to `proxy.upgrade`, once it is known how it went. */
+export interface UpgradeEvent {
+  requestId: string;
+  /** The request target; null when it was refused before it was read (closing, or not a path). */
+  path: string | null;
+  /** The upstream's id; null when none was asked (the proxy is closing, every upstream ejected or busy). */
+  upstream: string | null;
+  /**
+   * `upgraded`: the upstream switched protocols and the tunnel is open;
+   * `refused`: the upstream answered without switching (its answer went to
+   * the client); `failed`: no upstream, or it could not be reached or did
+   * not answer in time (the client got a JSON error).
+   */
+  outcome: 'upgraded' | 'refused' | 'failed';
+  /** What the client got: 101, the upstream's status, or the error's. */
+  status: number;
+  /** Why it failed. */
+  error?: unknown;
+}
+
+/** An upgraded tunnel ended (either side closed it, or `close()` did). */
+export interface UpgradeEndEvent {
+  requestId: string;
+  upstream: string;
+  /** Milliseconds from the upgrade request to the tunnel's end. */
+  duration: number;
+}
+
 /** Events of `.on(name, listener)`. */
 export interface ProxyEvents {
   /** A request passed its checks and its copies are about to leave. */
@@ -71,6 +99,10 @@ export interface ProxyEvents {
   'upstream:unhealthy': UpstreamHealthEvent;
   /** An unhealthy upstream passed `healthCheck.healthyThreshold` probes in a row: it receives copies again. */
   'upstream:healthy': UpstreamHealthEvent;
+  /** A WebSocket (or other `Upgrade`) was tunnelled to an upstream, refused by it, or failed. */
+  upgrade: UpgradeEvent;
+  /** An upgraded tunnel ended. */
+  'upgrade:end': UpgradeEndEvent;
   /** Something failed that did not fail the request. Never thrown. */
   error: ProxyErrorEvent;
 }

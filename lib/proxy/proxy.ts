@@ -1,5 +1,6 @@
 import { createHash, randomUUID } from 'node:crypto';
-import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { IncomingMessage, Server, ServerResponse } from 'node:http';
+import type { Duplex } from 'node:stream';
 import type { Dispatcher } from 'undici';
 import { codes, RedundantProxyError, type ErrorCode } from '../errors.js';
 import type { RecordAdoptionInput } from '../store/types.js';
@@ -23,10 +24,11 @@ import { PrometheusMetrics } from './prometheus.js';
 import type { ProxyEvents } from './proxy-events.js';
 import { Race, type CopyReport, type RaceObserver, type RaceReport } from './race.js';
 import { sendError } from './respond.js';
+import { tunnel, writeSocketError, type UpgradeOutcome } from './upgrade.js';
 import { upstreamPool } from './tls.js';
 import { RaceTrace } from './tracing.js';
 
-export type { CopyCancelledEvent, CopySentEvent, ProxyErrorEvent, ProxyEvents, RaceStartEvent } from './proxy-events.js';
+export type { CopyCancelledEvent, CopySentEvent, ProxyErrorEvent, ProxyEvents, RaceStartEvent, UpgradeEvent, UpgradeEndEvent } from './proxy-events.js';
 export { requestTarget } from './admit.js';
 
 /** Koa middleware, Express middleware, and a bare `node:http` handler in one. */
@@ -39,7 +41,20 @@ export interface RedundantProxy {
   handler(req: IncomingMessage, res: ServerResponse): Promise<void>;
   on<K extends keyof ProxyEvents>(name: K, listener: (event: ProxyEvents[K]) => void): Disposable;
   metrics(): ProxyMetrics;
-  /** Refuses new requests (503), waits for the ones in flight, then closes the upstream connection pools. */
+  /**
+   * The `upgrade` event's listener of the node:http server under Koa,
+   * Express or `proxy.handler`: a WebSocket (or any `Upgrade`) goes to one
+   * upstream, chosen as a read's first copy would be, and the two sockets
+   * are piped together. Nothing is raced. `server.on('upgrade', proxy.upgrade)`.
+   */
+  upgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void;
+  /** Listens to the `upgrade` event of `server` with `proxy.upgrade`; dispose to stop. */
+  attach(server: Server): Disposable;
+  /**
+   * Refuses new requests and upgrades (503), waits for the requests in
+   * flight, ends the upgraded tunnels (after `tunnelGrace`), then closes the
+   * upstream connection pools.
+   */
   close(): Promise<void>;
 }
 
@@ -343,14 +358,87 @@ export function redundantProxy(options: ProxyOptions): RedundantProxy {
     return safe(ctx.req, ctx.res, (ctx.request ?? {}) as ParsedBodyHints);
   } as RedundantProxy;
 
+  /** The client sockets of the upgrades in progress or tunnelled: `close()` ends them. */
+  const tunnels = new Set<Duplex>();
+
+  /** An upgrade that got no upstream: said on the raw socket, and reported. */
+  function refuseUpgrade(socket: Duplex, requestId: string, path: string | null, error: RedundantProxyError): void {
+    writeSocketError(socket, error, requestId);
+    metrics.upgrades.failed++;
+    if (events.has('upgrade')) events.emit('upgrade', { requestId, path, upstream: null, outcome: 'failed', status: error.status, error });
+  }
+
+  /**
+   * A WebSocket (or any `Upgrade`): ONE upstream, as a read's first copy
+   * would go (rotation, skipping ejected and busy ones), a fresh request id,
+   * the client's `x-redundant-*` removed by the tunnel (lib/proxy/upgrade.ts).
+   */
+  function upgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
+    const requestId = randomUUID();
+    try {
+      if (closed) return refuseUpgrade(socket, requestId, null, new RedundantProxyError(codes.CLOSED, 'the proxy is closing', { status: 503 }));
+      const path = requestTarget(req);
+      if (typeof path !== 'string') return refuseUpgrade(socket, requestId, null, new RedundantProxyError(codes.BAD_TARGET, path.reason, { status: 400 }));
+      const targets = planner.plan(false);
+      if (targets === 'busy') return refuseUpgrade(socket, requestId, path, new RedundantProxyError(codes.UPSTREAM_BUSY, `every upstream has ${opts.maxInFlight} copies in flight (maxInFlight); retry later`, { status: 503 }));
+      const upstream = targets[0];
+      if (!upstream) return refuseUpgrade(socket, requestId, path, new RedundantProxyError(codes.NO_UPSTREAM, 'every upstream is ejected for failing; none may receive the request now', { status: 503 }));
+      const started = time.now();
+      let upgraded = false;
+      tunnels.add(socket);
+      socket.once('close', () => {
+        tunnels.delete(socket);
+        if (!upgraded) return;
+        metrics.upgrades.open--;
+        if (events.has('upgrade:end')) events.emit('upgrade:end', { requestId, upstream: upstream.id, duration: time.now() - started });
+      });
+      const onDone = (outcome: UpgradeOutcome) => {
+        upgraded = outcome.kind === 'upgraded' && !socket.destroyed;
+        if (upgraded) metrics.upgrades.open++;
+        metrics.upgrades[outcome.kind]++;
+        if (!events.has('upgrade')) return;
+        const status = outcome.kind === 'upgraded' ? 101 : outcome.kind === 'refused' ? outcome.status : outcome.error.status;
+        events.emit('upgrade', { requestId, path, upstream: upstream.id, outcome: outcome.kind, status, ...(outcome.kind === 'failed' ? { error: outcome.error } : {}) });
+      };
+      tunnel(req, socket, head, { id: upstream.id, label: upstream.label, url: new URL(upstream.origin + (upstream.prefix || '/')) }, { requestId, path, trustForwarded: opts.trustForwarded, timeout: opts.timeout, tls: upstream.tls, scheduler: time, onDone });
+    } catch (err) {
+      refuseUpgrade(socket, requestId, null, toInternal(err));
+    }
+  }
+
+  /** Ends the tunnels: at once, or once `tunnelGrace` passed (or they all ended by themselves). */
+  async function endTunnels(): Promise<void> {
+    if (tunnels.size === 0) return;
+    if (opts.tunnelGrace > 0) {
+      await new Promise<void>((resolve) => {
+        let left = tunnels.size;
+        const timer = time.setTimeout(resolve, opts.tunnelGrace);
+        const one = () => {
+          if (--left > 0) return;
+          time.clearTimeout(timer);
+          resolve();
+        };
+        for (const socket of tunnels) socket.once('close', one);
+      });
+    }
+    const ended = [...tunnels].map((socket) => new Promise((resolve) => socket.once('close', resolve)));
+    for (const socket of tunnels) socket.destroy();
+    await Promise.all(ended);
+  }
+
   proxy.handler = (req, res) => safe(req, res, req as ParsedBodyHints);
+  proxy.upgrade = upgrade;
+  proxy.attach = (server) => {
+    server.on('upgrade', upgrade);
+    return { dispose: () => void server.off('upgrade', upgrade) };
+  };
   proxy.on = (name, listener) => events.on(name, listener);
   proxy.metrics = () => metrics.snapshot(planner.workers, ejector, health);
   proxy.close = async () => {
     if (closed) return;
     closed = true;
     health?.close();
-    await Promise.allSettled(inFlight);
+    await Promise.all([Promise.allSettled(inFlight), endTunnels()]);
     // Completions that the store refuses now are left to their keys' locks.
     idempotency?.close();
     await books.close();

@@ -21,14 +21,18 @@ const MAX_EARLY_BYTES = 64 * 1024;
 
 /** Where one upgrade goes. */
 export interface UpgradeTarget {
-  /** The upstream's id, for errors and the `x-redundant-served-by` header of the answer. */
+  /** The upstream's id, for the outcome. */
   id: string;
+  /** What the client is told of it (`x-redundant-served-by`, error messages). @default id */
+  label?: string;
   /** The upstream's URL; its path is a prefix for the request's. */
   url: URL;
 }
 
 export interface UpgradeOptions {
   requestId: string;
+  /** The request target, checked (lib/proxy/admit.ts `requestTarget()`). @default req.url */
+  path?: string;
   /** Trust the client's X-Forwarded-* (a load balancer in front sets them). */
   trustForwarded: boolean;
   /** How long the upstream may take to answer the handshake, in ms. */
@@ -60,6 +64,9 @@ function targetPath(upstream: URL, url: string | undefined): string {
  * then ends it.
  */
 export function writeSocketError(socket: Duplex, err: RedundantProxyError, requestId: string | null): void {
+  // The server let go of the socket when it emitted `upgrade`: an error on it
+  // (the client resets) would otherwise have no listener and end the process.
+  socket.on('error', () => socket.destroy());
   if (socket.destroyed || !socket.writable) {
     socket.destroy();
     return;
@@ -93,6 +100,7 @@ function rawHead(status: number, message: string | undefined, rawHeaders: string
  */
 export function tunnel(req: IncomingMessage, socket: Duplex, head: Buffer, target: UpgradeTarget, options: UpgradeOptions): void {
   let settled = false;
+  const label = target.label ?? target.id;
   const done = (outcome: UpgradeOutcome) => {
     if (settled) return;
     settled = true;
@@ -108,7 +116,7 @@ export function tunnel(req: IncomingMessage, socket: Duplex, head: Buffer, targe
     hostname: target.url.hostname.replace(/^\[|\]$/g, ''),
     port: target.url.port || (secure ? 443 : 80),
     method: req.method,
-    path: targetPath(target.url, req.url),
+    path: targetPath(target.url, options.path ?? req.url),
     headers,
     agent: false,
     setHost: true,
@@ -121,7 +129,7 @@ export function tunnel(req: IncomingMessage, socket: Duplex, head: Buffer, targe
   };
   const time = options.scheduler ?? REAL_TIME;
   const timer = time.setTimeout(
-    () => fail(new RedundantProxyError(codes.TIMEOUT, `upstream ${target.id} did not answer the upgrade within ${options.timeout} ms`, { status: 504 })),
+    () => fail(new RedundantProxyError(codes.TIMEOUT, `upstream ${label} did not answer the upgrade within ${options.timeout} ms`, { status: 504 })),
     options.timeout,
   );
   unref(timer);
@@ -155,7 +163,7 @@ export function tunnel(req: IncomingMessage, socket: Duplex, head: Buffer, targe
   request.on('error', (err) => {
     clearTimer();
     if (settled) return;
-    fail(new RedundantProxyError(codes.UPSTREAMS_FAILED, `upstream ${target.id} failed the upgrade: ${err.message}`, { status: 502, cause: err }));
+    fail(new RedundantProxyError(codes.UPSTREAMS_FAILED, `upstream ${label} failed the upgrade: ${err.message}`, { status: 502, cause: err }));
   });
 
   request.on('upgrade', (res, upstream, upstreamHead) => {
@@ -169,7 +177,7 @@ export function tunnel(req: IncomingMessage, socket: Duplex, head: Buffer, targe
     socket.on('error', () => upstream.destroy());
     upstream.on('close', () => socket.destroy());
     socket.on('close', () => upstream.destroy());
-    socket.write(rawHead(res.statusCode ?? 101, res.statusMessage, res.rawHeaders, [CLIENT_HEADERS.requestId, options.requestId, H.servedBy, target.id]));
+    socket.write(rawHead(res.statusCode ?? 101, res.statusMessage, res.rawHeaders, [CLIENT_HEADERS.requestId, options.requestId, H.servedBy, label]));
     if (upstreamHead.length > 0) socket.write(upstreamHead);
     for (const chunk of early) upstream.write(chunk);
     upstream.pipe(socket);
@@ -195,7 +203,7 @@ export function tunnel(req: IncomingMessage, socket: Duplex, head: Buffer, targe
       return;
     }
     socket.on('error', () => res.destroy());
-    socket.write(rawHead(res.statusCode ?? 502, res.statusMessage, rawHeaders, ['connection', 'close', CLIENT_HEADERS.requestId, options.requestId, H.servedBy, target.id]));
+    socket.write(rawHead(res.statusCode ?? 502, res.statusMessage, rawHeaders, ['connection', 'close', CLIENT_HEADERS.requestId, options.requestId, H.servedBy, label]));
     res.on('error', () => socket.destroy());
     res.pipe(socket);
   });
