@@ -132,6 +132,10 @@ export interface HarnessConfig {
   hedges: number;
   /** `accept` throws on a 404 (it then counts as not acceptable, and is reported). */
   acceptThrows: boolean;
+  /** The `perTryTimeout` option, in ms; 0: off. */
+  perTryTimeout?: number;
+  /** The `retry` option: copies whose connection fails before their request starts are sent again. */
+  retry?: boolean;
 }
 
 export class Harness {
@@ -152,6 +156,10 @@ export class Harness {
   thrown: unknown[] = [];
   /** Copies dispatched after the race had adopted an answer. */
   sentAfterAdoption = 0;
+  /** Dispatches, retries included. */
+  dispatches = 0;
+  /** Copies dispatched again although their request had started (gone out). */
+  retriedAfterStart = 0;
   /** The proxy's steps the race waits for (the adoption's bookkeeping, the key's completion, the store's word), resolved by the test. */
   readonly hooks: Array<() => void> = [];
 
@@ -165,6 +173,12 @@ export class Harness {
         {
           dispatch: (_opts: unknown, handler: Dispatcher.DispatchHandler) => {
             if (this.race?.winner) this.sentAfterAdoption++;
+            this.dispatches++;
+            if (ex.dispatched) {
+              // A retry: the same copy on a new connection.
+              if (ex.started) this.retriedAfterStart++;
+              Object.assign(ex, { started: false, over: false, aborted: false, paused: false, answered: false });
+            }
             ex.dispatched = true;
             ex.handler = handler;
             return true;
@@ -222,6 +236,8 @@ export class Harness {
             )
         : undefined,
       capture: config.beforeEnd ? 1024 : 0,
+      perTryTimeout: config.perTryTimeout ?? 0,
+      retry: config.retry ? { attempts: 2, backoff: 5, maxBackoff: 20 } : false,
     });
   }
 
@@ -317,6 +333,16 @@ export class Harness {
     if (!ex.answered || ex.over || ex.aborted || ex.paused || ex.bodyLeft > 0) return false;
     ex.over = true;
     this.call(() => ex.handler!.onResponseEnd?.(ex.controller, {}));
+    return true;
+  }
+
+  /** The connection cannot be made: the copy fails before its request starts (nothing was sent). */
+  refuse(i: number): boolean {
+    const ex = this.exchanges[i]!;
+    if (!ex.dispatched || ex.started || ex.over) return false;
+    ex.over = true;
+    const err = Object.assign(new Error('connect ECONNREFUSED'), { code: 'ECONNREFUSED' });
+    this.call(() => ex.handler!.onResponseError?.(ex.controller, err));
     return true;
   }
 

@@ -24,7 +24,7 @@ const PATH = process.env.RACE_PATH;
 
 type Head = { status: number; commit: string | undefined; framing: 'length' | 'chunked' | 'large'; body: string; refused: boolean };
 type Event =
-  | { kind: 'start' | 'interim' | 'data' | 'end' | 'error'; copy: number }
+  | { kind: 'start' | 'interim' | 'data' | 'end' | 'error' | 'refuse'; copy: number }
   | ({ kind: 'head' | 'answer'; copy: number } & Head)
   | { kind: 'tick'; ms: number }
   | { kind: 'leave' | 'hook' | 'drain' };
@@ -47,6 +47,8 @@ const event: fc.Arbitrary<Event> = fc.oneof(
   { weight: 50, arbitrary: fc.record({ kind: fc.constant('data' as const), copy: copyIndex }) },
   { weight: 40, arbitrary: fc.record({ kind: fc.constant('end' as const), copy: copyIndex }) },
   { weight: 10, arbitrary: fc.record({ kind: fc.constant('error' as const), copy: copyIndex }) },
+  // The connection is refused before the request starts (a retry may send the copy again).
+  { weight: 8, arbitrary: fc.record({ kind: fc.constant('refuse' as const), copy: copyIndex }) },
   { weight: 40, arbitrary: fc.record({ kind: fc.constant('tick' as const), ms: fc.constantFrom(1, 1, 3, 7, 20, 20, 60, 300) }) },
   { weight: 3, arbitrary: fc.constant({ kind: 'leave' as const }) },
   // The proxy's step the race waits for is done (the adoption recorded, the key completed, the store's word).
@@ -69,6 +71,8 @@ const config: fc.Arbitrary<HarnessConfig> = fc
     slowClient: fc.boolean(),
     hedges: fc.constantFrom(0, 1, Infinity),
     acceptThrows: fc.boolean(),
+    perTryTimeout: fc.constantFrom(0, 0, 10, 30),
+    retry: fc.boolean(),
   })
   .map(({ select, k, ...rest }) => ({
     ...rest,
@@ -115,6 +119,9 @@ async function run(cfg: HarnessConfig, events: Event[]): Promise<string | null> 
       case 'error':
         h.error(e.copy % cfg.copies);
         break;
+      case 'refuse':
+        h.refuse(e.copy % cfg.copies);
+        break;
       case 'tick':
         h.tick(e.ms);
         break;
@@ -152,7 +159,11 @@ function check(h: Harness, stuck: string | null): string | null {
   if (report.copies.length !== cfg.copies) return 'a copy is missing from the report';
   const dispatched = h.exchanges.filter((ex) => ex.dispatched).length;
   const sent = report.copies.filter((c) => c.sentAt !== null).length;
-  if (sent !== dispatched || h.copiesStarted !== dispatched) return `${sent} copies reported sent, ${dispatched} dispatched, ${h.copiesStarted} counted`;
+  if (sent !== dispatched || h.copiesStarted !== h.dispatches) return `${sent} copies reported sent, ${dispatched} dispatched (${h.dispatches} times), ${h.copiesStarted} counted`;
+  // Retries: only of copies whose request never started, at most as many as allowed.
+  if (h.retriedAfterStart > 0) return `${h.retriedAfterStart} copies sent again after their request had gone out`;
+  if (h.dispatches - dispatched > (cfg.retry ? 2 * cfg.copies : 0)) return `${h.dispatches - dispatched} retries`;
+  for (const c of report.copies) if (c.error === 'per-try-timeout' && c.outcome !== 'failed') return `copy ${c.index} given up but reported ${c.outcome}`;
   for (const c of report.copies) {
     if (!COPY_OUTCOMES.includes(c.outcome)) return `unknown outcome ${c.outcome}`;
     if ((c.outcome === 'not-sent') !== (c.sentAt === null)) return `copy ${c.index} is ${c.outcome} with sentAt ${c.sentAt}`;

@@ -300,6 +300,8 @@ export class Race implements CopyHost, HedgeHost, Judge<Copy>, RaceCore {
     if (!this.hedging.budget.take()) return;
     if (spare) this.copies.push(Copy.planned(this, spare, this.copies.length + 1, input.requestId, input.attempt ?? 1));
     this.sendNext(false);
+    // The hedge armed for the copy just sent waits its delay again for the next one, or none is left to send.
+    if (this.hedging.armed) this.hedging.arm();
   }
 
   /**
