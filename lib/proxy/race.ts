@@ -52,7 +52,7 @@ export class Race implements CopyHost, HedgeHost, Judge<Copy>, RaceCore {
   /** Set when the client left a race that goes on without it: what it was sent. */
   #clientGone: { status: number | null } | null = null;
   #finishedAt = 0;
-  /** An update gave a copy up at its per-try timeout: that copy may have claimed before its stop reached it. */
+  /** An update gave a copy up at its per-try timeout, or a copy broke after its request went out: it may have claimed, or committed, unseen. */
   #gaveUp = false;
   /** Such an update seals itself before adopting an answer that did not commit: decisions wait for the seal. */
   #sealing = false;
@@ -248,6 +248,10 @@ export class Race implements CopyHost, HedgeHost, Judge<Copy>, RaceCore {
   failed(copy: Copy, error: string): void {
     if (copy.report.outcome !== 'rejected') copy.report.outcome = 'failed';
     copy.report.error = error;
+    // An update's copy that broke after its request went out may have
+    // claimed, or committed, without saying so: as for a copy given up, the
+    // request is sealed before an answer that did not commit is adopted.
+    if (this.input.update && copy.mayHaveRun) this.#gaveUp = true;
     this.settle();
   }
 

@@ -107,6 +107,11 @@ export class Copy implements Dispatcher.DispatchHandler {
   lastDataAt = 0;
   /** undici started this dispatch of the copy on a connection: its request may have gone out. */
   #onWire = false;
+
+  /** Its request may have reached the upstream (and an update's copy may have claimed, or committed). */
+  get mayHaveRun(): boolean {
+    return this.#onWire;
+  }
   /** How the copy was dispatched, kept to dispatch it again after a connection failure. */
   #wire: { request: CopyRequest; options: Dispatcher.DispatchOptions; deadline: number } | null = null;
   /** The per-try timeout, and the wait before a retry. */
