@@ -77,6 +77,12 @@ export const codes = {
    * error goes to the proxy's `error` event (source `hook`).
    */
   HOOK_FAILED: 'RP_ERR_HOOK_FAILED',
+  /**
+   * A WebSocket upgrade reached the proxy as a plain request: the server
+   * does not hand its upgrades to the proxy (`proxy.attach(server)`), so it
+   * cannot be passed through (501) rather than sent on as a plain GET.
+   */
+  UPGRADE_NOT_ATTACHED: 'RP_ERR_UPGRADE_NOT_ATTACHED',
   /** The proxy or store was closed. */
   CLOSED: 'RP_ERR_CLOSED',
   /** Unexpected failure inside the proxy (500). */

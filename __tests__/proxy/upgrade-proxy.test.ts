@@ -8,7 +8,7 @@ import { testClient } from '../helpers/client.js';
 import { closeAfterEach } from '../helpers/cleanup.js';
 import { frameworks, mountGateway, type Framework } from '../helpers/gateway.js';
 import { eventually } from '../helpers/replica.js';
-import { deadPort } from '../helpers/upstream.js';
+import { deadPort, listen as listenPlain, rawRequest } from '../helpers/upstream.js';
 import { VirtualTime } from '../helpers/virtual-time.js';
 
 // WebSocket passthrough wired into the proxy: `proxy.attach(server)` on the
@@ -205,5 +205,31 @@ describe('WebSocket passthrough, closing', () => {
     expect(answer).toMatch(/^HTTP\/1\.1 400 /);
     expect(answer).toMatch(/RP_ERR_BAD_TARGET/);
     expect(a.seen).toHaveLength(0);
+  });
+});
+
+describe('a WebSocket handshake that reaches the middleware as a plain request', () => {
+  it('is answered 501 RP_ERR_UPGRADE_NOT_ATTACHED, never sent on as a plain GET', async () => {
+    let asked = 0;
+    const upstream = await listenPlain((_req, res) => {
+      asked++;
+      res.end('plain');
+    });
+    const proxy = redundantProxy({ upstreams: [upstream.url] });
+    const gateway = await listenPlain(proxy.handler); // no proxy.attach(server)
+    try {
+      const res = await rawRequest(gateway.url, 'GET /chat HTTP/1.1\r\nHost: gw\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n');
+      expect(res.status).toBe(501);
+      expect(JSON.parse(res.body)).toMatchObject({ code: 'RP_ERR_UPGRADE_NOT_ATTACHED' });
+      expect(asked).toBe(0);
+      // An h2c offer is optional for a server: served as a plain request.
+      const h2c = await rawRequest(gateway.url, 'GET /x HTTP/1.1\r\nHost: gw\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n');
+      expect(h2c.status).toBe(200);
+      expect(h2c.body).toBe('plain');
+    } finally {
+      await proxy.close();
+      await gateway.close();
+      await upstream.close();
+    }
   });
 });

@@ -185,6 +185,11 @@ export function redundantProxy(options: ProxyOptions): RedundantProxy {
       sendError(res, new RedundantProxyError(codes.CLOSED, 'the proxy is closing', { status: 503 }), requestId);
       return null;
     }
+    if (isWebSocketUpgrade(req)) {
+      // Sent on as a plain GET it would get a plain answer: the client would never learn why.
+      sendError(res, new RedundantProxyError(codes.UPGRADE_NOT_ATTACHED, "a WebSocket upgrade reached the proxy as a plain request: hand the server's upgrades to it with proxy.attach(server)", { status: 501 }), requestId, { connection: 'close' });
+      return null;
+    }
     let body: Buffer | null;
     try {
       body = await readBody(req, opts.maxBodySize, hints, { share, totalMs: opts.bodyTimeout, idleMs: opts.bodyIdleTimeout });
@@ -473,6 +478,14 @@ function startHealthChecks(opts: ResolvedOptions, dispatchers: Map<string, Dispa
 }
 
 /** What the store is told of an adoption: which copy's answer was adopted for which original request id. */
+/** A WebSocket handshake (`Upgrade: websocket` named in `Connection`), which only `proxy.upgrade` can pass through. */
+function isWebSocketUpgrade(req: IncomingMessage): boolean {
+  const upgrade = req.headers.upgrade;
+  if (typeof upgrade !== 'string' || !/\bwebsocket\b/i.test(upgrade)) return false;
+  const connection = req.headers.connection;
+  return typeof connection === 'string' && /\bupgrade\b/i.test(connection);
+}
+
 function adoptionOf(p: Passage, duplicateId: string, upstreamId: string): RecordAdoptionInput {
   const adoption: RecordAdoptionInput = { requestId: p.requestId, sessionId: p.session.id, update: p.update, duplicateIds: [duplicateId], upstreamIds: [upstreamId] };
   if (p.sessionChanged === false) adoption.sessionChanged = false;
