@@ -1,6 +1,7 @@
 import { describe, expect, it } from '@jest/globals';
 import { HedgeBudget } from '../../lib/proxy/hedge.js';
 import { HedgeScheduler, type HedgeHost, type HedgeTokens } from '../../lib/proxy/race/hedging.js';
+import type { Upstream } from '../../lib/proxy/options.js';
 import type { Scheduler } from '../../lib/time.js';
 import { earlyTimers, VirtualTime } from '../helpers/virtual-time.js';
 
@@ -12,10 +13,21 @@ class Host implements HedgeHost {
   decided = false;
   finished = false;
   holding = false;
+  /** Upstreams not tried yet, offered as spares; those planned. */
+  spares: Upstream[] = [];
+  planned: string[] = [];
   constructor(
-    readonly copies: number,
+    public copies: number,
     readonly time: Scheduler,
   ) {}
+  spareUpstream(): Upstream | null {
+    return this.spares[0] ?? null;
+  }
+  planCopy(upstream: Upstream): void {
+    this.spares.shift();
+    this.planned.push(upstream.id);
+    this.copies++;
+  }
   unsent(): number {
     return this.copies - this.sent.length;
   }
@@ -188,5 +200,40 @@ describe('the hedge scheduler', () => {
     scheduler.start();
     expect(at(host)).toEqual([0, 0]);
     expect(vt.pending).toBe(1);
+  });
+});
+
+describe('replacing a copy given up at its per-try timeout', () => {
+  const spare = { id: 'spare' } as Upstream;
+
+  it('sends the next planned copy at once when one is left, taking a token', () => {
+    let tokens = 1;
+    const { host, scheduler } = setup(3, 0, { budget: { take: () => tokens-- > 0 } });
+    scheduler.replaceGivenUp();
+    expect(host.sent).toHaveLength(1);
+    expect(host.planned).toEqual([]);
+    scheduler.replaceGivenUp(); // no token left
+    expect(host.sent).toHaveLength(1);
+  });
+
+  it('plans a copy to a spare upstream when none is left, only if a token allows it', () => {
+    const { host, scheduler } = setup(0, 0, { budget: { take: () => false } });
+    host.spares = [spare];
+    scheduler.replaceGivenUp();
+    expect(host.planned).toEqual([]);
+    expect(host.sent).toHaveLength(0);
+    const ok = setup(0, 0);
+    ok.host.spares = [spare];
+    ok.scheduler.replaceGivenUp();
+    expect(ok.host.planned).toEqual(['spare']);
+    expect(ok.host.sent).toHaveLength(1);
+  });
+
+  it('takes no token when there is neither a planned copy nor a spare', () => {
+    let taken = 0;
+    const { host, scheduler } = setup(0, 0, { budget: { take: () => (taken++, true) } });
+    scheduler.replaceGivenUp();
+    expect(taken).toBe(0);
+    expect(host.sent).toHaveLength(0);
   });
 });

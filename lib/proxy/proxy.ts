@@ -6,14 +6,14 @@ import { codes, RedundantProxyError, type ErrorCode } from '../errors.js';
 import type { RecordAdoptionInput } from '../store/types.js';
 import { Emitter, type Disposable } from '../events.js';
 import { detectFramework } from '../framework.js';
-import { realScheduler, REAL_TIME, schedulerOf, type Scheduler } from '../time.js';
+import { realScheduler, REAL_TIME, schedulerOf } from '../time.js';
 import { FLAG_OFF, FLAG_ON, H } from '../wire/protocol.js';
 import { ClientSessions, requestTarget, type ClientSession } from './admit.js';
 import { BodyBudget, readBody, type BodyShare, type ParsedBodyHints } from './body.js';
 import { Bookkeeping } from './bookkeeping.js';
 import { Ejector } from './ejection.js';
 import { forwardRequestHeaders } from './headers.js';
-import { HealthChecker } from './health.js';
+import { startHealthChecks } from './health-checks.js';
 import { AdaptiveDelay, HedgeBudget, hedgeQuantile } from './hedge.js';
 import { Idempotency, type KeyedAttempt } from './idempotency.js';
 import { Metrics, type ProxyMetrics } from './metrics.js';
@@ -24,7 +24,7 @@ import { PrometheusMetrics } from './prometheus.js';
 import type { ProxyEvents } from './proxy-events.js';
 import { Race, type CopyReport, type RaceObserver, type RaceReport } from './race.js';
 import { sendError } from './respond.js';
-import { tunnel, writeSocketError, type UpgradeOutcome } from './upgrade.js';
+import { Upgrades } from './upgrades.js';
 import { upstreamPool } from './tls.js';
 import { RaceTrace } from './tracing.js';
 
@@ -363,79 +363,13 @@ export function redundantProxy(options: ProxyOptions): RedundantProxy {
     return safe(ctx.req, ctx.res, (ctx.request ?? {}) as ParsedBodyHints);
   } as RedundantProxy;
 
-  /** The client sockets of the upgrades in progress or tunnelled: `close()` ends them. */
-  const tunnels = new Set<Duplex>();
-
-  /** An upgrade that got no upstream: said on the raw socket, and reported. */
-  function refuseUpgrade(socket: Duplex, requestId: string, path: string | null, error: RedundantProxyError): void {
-    writeSocketError(socket, error, requestId);
-    metrics.upgrades.failed++;
-    if (events.has('upgrade')) events.emit('upgrade', { requestId, path, upstream: null, outcome: 'failed', status: error.status, error });
-  }
-
-  /**
-   * A WebSocket (or any `Upgrade`): ONE upstream, as a read's first copy
-   * would go (rotation, skipping ejected and busy ones), a fresh request id,
-   * the client's `x-redundant-*` removed by the tunnel (lib/proxy/upgrade.ts).
-   */
-  function upgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
-    const requestId = randomUUID();
-    try {
-      if (closed) return refuseUpgrade(socket, requestId, null, new RedundantProxyError(codes.CLOSED, 'the proxy is closing', { status: 503 }));
-      const path = requestTarget(req);
-      if (typeof path !== 'string') return refuseUpgrade(socket, requestId, null, new RedundantProxyError(codes.BAD_TARGET, path.reason, { status: 400 }));
-      const targets = planner.plan(false);
-      if (targets === 'busy') return refuseUpgrade(socket, requestId, path, new RedundantProxyError(codes.UPSTREAM_BUSY, `every upstream has ${opts.maxInFlight} copies in flight (maxInFlight); retry later`, { status: 503 }));
-      const upstream = targets[0];
-      if (!upstream) return refuseUpgrade(socket, requestId, path, new RedundantProxyError(codes.NO_UPSTREAM, 'every upstream is ejected for failing; none may receive the request now', { status: 503 }));
-      const started = time.now();
-      let upgraded = false;
-      tunnels.add(socket);
-      socket.once('close', () => {
-        tunnels.delete(socket);
-        if (!upgraded) return;
-        metrics.upgrades.open--;
-        if (events.has('upgrade:end')) events.emit('upgrade:end', { requestId, upstream: upstream.id, duration: time.now() - started });
-      });
-      const onDone = (outcome: UpgradeOutcome) => {
-        upgraded = outcome.kind === 'upgraded' && !socket.destroyed;
-        if (upgraded) metrics.upgrades.open++;
-        metrics.upgrades[outcome.kind]++;
-        if (!events.has('upgrade')) return;
-        const status = outcome.kind === 'upgraded' ? 101 : outcome.kind === 'refused' ? outcome.status : outcome.error.status;
-        events.emit('upgrade', { requestId, path, upstream: upstream.id, outcome: outcome.kind, status, ...(outcome.kind === 'failed' ? { error: outcome.error } : {}) });
-      };
-      tunnel(req, socket, head, { id: upstream.id, label: upstream.label, url: new URL(upstream.origin + (upstream.prefix || '/')) }, { requestId, path, trustForwarded: opts.trustForwarded, timeout: opts.timeout, tls: upstream.tls, scheduler: time, onDone });
-    } catch (err) {
-      refuseUpgrade(socket, requestId, null, toInternal(err));
-    }
-  }
-
-  /** Ends the tunnels: at once, or once `tunnelGrace` passed (or they all ended by themselves). */
-  async function endTunnels(): Promise<void> {
-    if (tunnels.size === 0) return;
-    if (opts.tunnelGrace > 0) {
-      await new Promise<void>((resolve) => {
-        let left = tunnels.size;
-        const timer = time.setTimeout(resolve, opts.tunnelGrace);
-        const one = () => {
-          if (--left > 0) return;
-          time.clearTimeout(timer);
-          resolve();
-        };
-        for (const socket of tunnels) socket.once('close', one);
-      });
-    }
-    const ended = [...tunnels].map((socket) => new Promise((resolve) => socket.once('close', resolve)));
-    for (const socket of tunnels) socket.destroy();
-    await Promise.all(ended);
-  }
+  const upgrades = new Upgrades({ opts, planner, metrics, events, time, isClosed: () => closed, toInternal });
 
   proxy.handler = (req, res) => safe(req, res, req as ParsedBodyHints);
-  proxy.upgrade = upgrade;
+  proxy.upgrade = upgrades.handle;
   proxy.attach = (server) => {
-    server.on('upgrade', upgrade);
-    return { dispose: () => void server.off('upgrade', upgrade) };
+    server.on('upgrade', upgrades.handle);
+    return { dispose: () => void server.off('upgrade', upgrades.handle) };
   };
   proxy.on = (name, listener) => events.on(name, listener);
   proxy.metrics = () => metrics.snapshot(planner.workers, ejector, health);
@@ -443,7 +377,7 @@ export function redundantProxy(options: ProxyOptions): RedundantProxy {
     if (closed) return;
     closed = true;
     health?.close();
-    await Promise.all([Promise.allSettled(inFlight), endTunnels()]);
+    await Promise.all([Promise.allSettled(inFlight), upgrades.end()]);
     // Completions that the store refuses now are left to their keys' locks.
     idempotency?.close();
     await books.close();
@@ -455,29 +389,6 @@ export function redundantProxy(options: ProxyOptions): RedundantProxy {
   return proxy;
 }
 
-/** The `healthCheck` option: a checker probing each upstream through its pool, its verdicts as events. */
-function startHealthChecks(opts: ResolvedOptions, dispatchers: Map<string, Dispatcher>, time: Scheduler, events: Emitter<ProxyEvents>): HealthChecker {
-  const settings = opts.healthCheck as Exclude<ResolvedOptions['healthCheck'], false>;
-  const byId = new Map(opts.upstreams.map((u) => [u.id, u]));
-  const checker = new HealthChecker(
-    opts.upstreams.map((u) => u.id),
-    settings,
-    async (id, path, signal) => {
-      const { statusCode, body } = await dispatchers.get(id)!.request({ path: byId.get(id)!.prefix + path, method: 'GET', signal, headersTimeout: settings.timeout, bodyTimeout: settings.timeout });
-      await body.dump();
-      return statusCode;
-    },
-    (change) => {
-      const { upstreamId: upstream, inARow, status, error } = change;
-      events.emit(change.healthy ? 'upstream:healthy' : 'upstream:unhealthy', { upstream, inARow, status, error });
-    },
-    time,
-  );
-  checker.start();
-  return checker;
-}
-
-/** What the store is told of an adoption: which copy's answer was adopted for which original request id. */
 /** A WebSocket handshake (`Upgrade: websocket` named in `Connection`), which only `proxy.upgrade` can pass through. */
 function isWebSocketUpgrade(req: IncomingMessage): boolean {
   const upgrade = req.headers.upgrade;
@@ -486,6 +397,7 @@ function isWebSocketUpgrade(req: IncomingMessage): boolean {
   return typeof connection === 'string' && /\bupgrade\b/i.test(connection);
 }
 
+/** What the store is told of an adoption: which copy's answer was adopted for which original request id. */
 function adoptionOf(p: Passage, duplicateId: string, upstreamId: string): RecordAdoptionInput {
   const adoption: RecordAdoptionInput = { requestId: p.requestId, sessionId: p.session.id, update: p.update, duplicateIds: [duplicateId], upstreamIds: [upstreamId] };
   if (p.sessionChanged === false) adoption.sessionChanged = false;

@@ -289,23 +289,16 @@ export class Race implements CopyHost, HedgeHost, Judge<Copy>, RaceCore {
     if (this.isDecided() || this.#sealing || copy.state !== 'sent') return;
     LOSERS.stop(copy);
     if (this.input.update) this.#gaveUp = true;
-    this.#replace();
+    this.hedging.replaceGivenUp();
     this.failed(copy, PER_TRY_TIMEOUT);
   }
 
-  /** A copy given up is replaced, within the hedge budget: the next planned copy, or one to a spare upstream. */
-  #replace(): void {
-    const { input } = this;
-    let spare: Upstream | null = null;
-    if (this.unsent() === 0) {
-      spare = input.spare?.(this.copies.map((c) => c.upstream.id)) ?? null;
-      if (!spare) return;
-    }
-    if (!this.hedging.budget.take()) return;
-    if (spare) this.copies.push(Copy.planned(this, spare, this.copies.length + 1, input.requestId, input.attempt ?? 1));
-    this.sendNext(false);
-    // The hedge armed for the copy just sent waits its delay again for the next one, or none is left to send.
-    if (this.hedging.armed) this.hedging.arm();
+  spareUpstream(): Upstream | null {
+    return this.input.spare?.(this.copies.map((c) => c.upstream.id)) ?? null;
+  }
+
+  planCopy(upstream: Upstream): void {
+    this.copies.push(Copy.planned(this, upstream, this.copies.length + 1, this.input.requestId, this.input.attempt ?? 1));
   }
 
   /**

@@ -1,3 +1,4 @@
+import type { Upstream } from '../options.js';
 import type { Scheduler, TimerHandle } from '../../time.js';
 
 // Step "send" (docs/design.md): what leaves when. With no delay every copy
@@ -21,6 +22,10 @@ export interface HedgeHost {
   isDecided(): boolean;
   /** Enough copies are still bringing answers in (a byte within the last `window` ms) that a hedge would only add load. */
   holdsHedges(window: number): boolean;
+  /** An upstream the race has not tried that may take one more copy (per-try timeout), or null. */
+  spareUpstream(): Upstream | null;
+  /** Plans one more copy, to `upstream`. */
+  planCopy(upstream: Upstream): void;
 }
 
 /** The hedge budget (lib/proxy/hedge.ts HedgeBudget): one token per hedge. */
@@ -60,6 +65,23 @@ export class HedgeScheduler {
     this.stop();
     this.host.sendNext(false);
     this.arm();
+  }
+
+  /**
+   * A copy given up at its per-try timeout is replaced, within the budget:
+   * by the next planned copy, or by one to a spare upstream. The hedge armed
+   * for the copy just sent waits its delay again for the next one.
+   */
+  replaceGivenUp(): void {
+    let spare: Upstream | null = null;
+    if (this.host.unsent() === 0) {
+      spare = this.host.spareUpstream();
+      if (!spare) return;
+    }
+    if (!this.budget.take()) return;
+    if (spare) this.host.planCopy(spare);
+    this.host.sendNext(false);
+    if (this.armed) this.arm();
   }
 
   /** No more hedges (the race is decided or over). */
