@@ -26,3 +26,36 @@ describe('documentation links', () => {
     expect(bad).toEqual([]);
   });
 });
+
+// docs/design.md hands the layout to a reader: one line per file of lib/.
+// A file added without its line (or a line left for a file gone) fails here.
+describe('the folder tree of docs/design.md', () => {
+  /** The tree's paths, rebuilt from its indentation (two spaces a level). */
+  function treePaths(): string[] {
+    const design = readFileSync(join(root, 'docs', 'design.md'), 'utf8');
+    const block = /## The files\s+```\n([\s\S]*?)```/.exec(design)?.[1] ?? '';
+    const stack: string[] = [];
+    const paths: string[] = [];
+    for (const line of block.split('\n')) {
+      const m = /^( *)(\S+)/.exec(line);
+      if (!m) continue;
+      const depth = m[1]!.length / 2;
+      stack.length = depth;
+      const name = m[2]!;
+      if (name.endsWith('/')) stack.push(name.slice(0, -1));
+      else paths.push([...stack, name].join('/'));
+    }
+    return paths;
+  }
+
+  function libFiles(dir = join(root, 'lib')): string[] {
+    return readdirSync(dir, { withFileTypes: true }).flatMap((e) => (e.isDirectory() ? libFiles(join(dir, e.name)) : e.name.endsWith('.ts') ? [relative(root, join(dir, e.name))] : []));
+  }
+
+  it('lists every file of lib/, and no file that is not there', () => {
+    const listed = treePaths().sort();
+    const files = libFiles().sort();
+    expect(files.filter((f) => !listed.includes(f))).toEqual([]);
+    expect(listed.filter((f) => !files.includes(f))).toEqual([]);
+  });
+});
