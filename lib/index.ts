@@ -1,7 +1,7 @@
 import './augment.js';
 export { redundantProxy } from './proxy/proxy.js';
-export type { RedundantProxy, ProxyEvents, RaceStartEvent, CopySentEvent, CopyCancelledEvent, ProxyErrorEvent, KoaLikeContext, UpgradeEvent, UpgradeEndEvent } from './proxy/proxy.js';
-export type { ProxyOptions, UpstreamSpec, UpstreamTlsOptions, UpstreamResponse, HedgeOptions, SessionOptions, CancelInfo, IdempotencyOptions, SelectOption, SelectFunction, SelectAnswer, SelectState, EjectionOptions, OutgoingCopy, AdoptedAnswer, CopyInfo } from './proxy/options.js';
+export type { RedundantProxy, ProxyEvents, RaceStartEvent, CopySentEvent, CopyCancelledEvent, ProxyErrorEvent, KoaLikeContext, UpgradeEvent, UpgradeEndEvent, UpstreamHealthEvent } from './proxy/proxy.js';
+export type { ProxyOptions, UpstreamSpec, UpstreamTlsOptions, UpstreamResponse, HedgeOptions, SessionOptions, CancelInfo, IdempotencyOptions, SelectOption, SelectFunction, SelectAnswer, SelectState, EjectionOptions, RetryOptions, HealthCheckOptions, OutgoingCopy, AdoptedAnswer, CopyInfo } from './proxy/options.js';
 export type { UpstreamEjectedEvent, UpstreamRestoredEvent } from './proxy/ejection.js';
 export type { PrometheusOptions, PrometheusRegistry } from './proxy/prometheus.js';
 export { redundantWorker } from './worker/worker.js';

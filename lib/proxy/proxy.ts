@@ -28,7 +28,7 @@ import { Upgrades } from './upgrades.js';
 import { upstreamPool } from './tls.js';
 import { RaceTrace } from './tracing.js';
 
-export type { CopyCancelledEvent, CopySentEvent, ProxyErrorEvent, ProxyEvents, RaceStartEvent, UpgradeEvent, UpgradeEndEvent } from './proxy-events.js';
+export type { CopyCancelledEvent, CopySentEvent, ProxyErrorEvent, ProxyEvents, RaceStartEvent, UpgradeEvent, UpgradeEndEvent, UpstreamHealthEvent } from './proxy-events.js';
 export { requestTarget } from './admit.js';
 
 /** Koa middleware, Express middleware, and a bare `node:http` handler in one. */
