@@ -13,6 +13,7 @@ import type {
 } from './types.js';
 import { checkMillis, closedError, detach, notHolder, sessionJson, superseded, type Waiter } from './common.js';
 import { parseOptions } from '../schema.js';
+import { REAL_TIME, schedulerOf, unref, type Scheduler, type TimerHandle } from '../time.js';
 import { answerBytes, IdempotencyKeys, keyBytes, storeFull, type Held } from './memory/idempotency-keys.js';
 import { OPTIONS, type IdempotencyUsage, type MemorySessionStoreOptions } from './memory/options.js';
 
@@ -50,7 +51,9 @@ export class MemorySessionStore implements SessionStore {
   /** Copies waiting for a claim another copy holds, first come first served. */
   readonly #waiters = new Map<string, Waiter[]>();
   /** One lease timer per request that has waiters. */
-  readonly #timers = new Map<string, NodeJS.Timeout>();
+  readonly #timers = new Map<string, TimerHandle>();
+  /** The timers' scheduler: real, unless a test gave one (withScheduler() in lib/time.ts). */
+  readonly #time: Scheduler;
   /** Idempotency keys, each kept until its own expiry by the injected clock, bounded in number and bytes. */
   readonly #idempotency: IdempotencyKeys;
   /** Fencing tokens: store-wide and only ever going up. */
@@ -58,8 +61,13 @@ export class MemorySessionStore implements SessionStore {
   #closed = false;
 
   constructor(options: MemorySessionStoreOptions = {}) {
-    const { max, ttl, maxIdempotencyKeys, maxIdempotencyBytes, now } = parseOptions(OPTIONS, options);
+    const given = typeof options === 'object' && options !== null ? schedulerOf(options) : undefined;
+    const parsed = parseOptions(OPTIONS, options);
+    const { max, ttl, maxIdempotencyKeys, maxIdempotencyBytes } = parsed;
+    // A scheduler given without a clock brings its own clock.
+    const now = given && options.now === undefined ? () => given.now() : parsed.now;
     this.#now = now;
+    this.#time = given ?? REAL_TIME;
 
     // lru-cache treats a start time of 0 as "no TTL", so an injected clock
     // that starts at 0 would make the first records immortal; measure from
@@ -276,7 +284,7 @@ export class MemorySessionStore implements SessionStore {
     for (const requestId of [...this.#waiters.keys()]) {
       this.#rejectWaiters(requestId, () => closedError());
     }
-    for (const timer of this.#timers.values()) clearTimeout(timer);
+    for (const timer of this.#timers.values()) this.#time.clearTimeout(timer);
     this.#timers.clear();
     this.#requests.clear();
     this.#sessions.clear();
@@ -360,23 +368,23 @@ export class MemorySessionStore implements SessionStore {
 
   /**
    * Wakes the waiters of a request when the holder's lease should have run
-   * out, in real time. The lease is judged by the store's clock when the
+   * out, on the store's scheduler. The lease is judged by the store's clock when the
    * timer fires, so an injected clock decides; while the lease still runs,
    * the timer is set again for what remains (at least 1 ms: no busy loop).
    */
   #schedule(requestId: string): void {
     const existing = this.#timers.get(requestId);
-    if (existing) clearTimeout(existing);
+    if (existing) this.#time.clearTimeout(existing);
     this.#timers.delete(requestId);
     if (!this.#waiters.has(requestId)) return;
     const commit = this.#requests.get(requestId)?.record.commit;
     const delay = commit?.state === 'claimed' ? Math.max(1, commit.leaseUntil - this.#now()) : 1;
-    const timer = setTimeout(() => {
+    const timer = this.#time.setTimeout(() => {
       this.#timers.delete(requestId);
       this.#settle(requestId);
     }, delay);
     // Waiting copies must not keep a process alive that is otherwise done.
-    timer.unref();
+    unref(timer);
     this.#timers.set(requestId, timer);
   }
 

@@ -1,0 +1,64 @@
+import { describe, expect, it } from '@jest/globals';
+import { isSupersededError } from '../../lib/errors.js';
+import { MemorySessionStore } from '../../lib/store/memory.js';
+import { withScheduler } from '../../lib/time.js';
+import { VirtualTime } from '../helpers/virtual-time.js';
+
+// The memory store's leases on an injected clock AND timer scheduler: a
+// waiting claim is granted when the holder's lease runs out on the virtual
+// clock, at that moment and not before, with no real time passing.
+
+describe('MemorySessionStore on a virtual scheduler', () => {
+  it('grants a waiting claim exactly when the holder’s lease runs out', async () => {
+    const time = new VirtualTime(1_000);
+    const store = new MemorySessionStore(withScheduler({}, time));
+    try {
+      const first = await store.claim('r', 'a', { leaseMs: 500 });
+      let granted: number | null = null;
+      const waiting = store.claim('r', 'b', { leaseMs: 500 }).then((g) => {
+        granted = time.now();
+        return g;
+      });
+      await time.advance(499);
+      expect(granted).toBeNull();
+      await time.advance(1);
+      const second = await waiting;
+      expect(granted).toBe(1_500);
+      expect(second.fence).toBeGreaterThan(first.fence);
+      expect(time.pending).toBe(0);
+    } finally {
+      await store.close();
+    }
+  });
+
+  it('turns a waiter away at once when the holder confirms, leaving no timer', async () => {
+    const time = new VirtualTime();
+    const store = new MemorySessionStore(withScheduler({}, time));
+    try {
+      const grant = await store.claim('r', 'a', { leaseMs: 10_000 });
+      const waiting = store.claim('r', 'b', { leaseMs: 10_000 }).then(
+        () => 'granted',
+        (err: unknown) => (isSupersededError(err) ? 'superseded' : String(err)),
+      );
+      expect(time.pending).toBe(1);
+      await store.confirm('r', 'a', grant.fence);
+      expect(await waiting).toBe('superseded');
+      expect(time.pending).toBe(0);
+    } finally {
+      await store.close();
+    }
+  });
+
+  it('keeps an explicit `now` over the scheduler’s clock', async () => {
+    const time = new VirtualTime(0);
+    let clock = 50_000;
+    const store = new MemorySessionStore(withScheduler({ now: () => clock }, time));
+    try {
+      const grant = await store.claim('r', 'a', { leaseMs: 100 });
+      expect(grant.leaseUntil).toBe(50_100);
+      clock += 1;
+    } finally {
+      await store.close();
+    }
+  });
+});
