@@ -114,7 +114,7 @@ describe('every public factory checks its options through it', () => {
   afterAll(() => store.close());
 
   it('redundantProxy, redundantWorker, MemorySessionStore and RedisSessionStore refuse an unknown key, listing the known ones', () => {
-    expect(refusal(() => redundantProxy({ upstreams: ['http://127.0.0.1:1'], copys: 1 } as ProxyOptions)).message).toMatch(/`copys` is not an option \(known: upstreams, store, copies, hedge,/);
+    expect(refusal(() => redundantProxy({ upstreams: ['http://127.0.0.1:1'], copys: 1 } as ProxyOptions)).message).toMatch(/`copys` is not an option \(known: upstreams, tls, http2, store, copies, hedge,/);
     expect(refusal(() => redundantWorker({ id: 'a', store, leese: 5 } as WorkerOptions)).message).toMatch(/`leese` is not an option \(known: id, store, secret, maxSkew, storeTimeout, lease, now\)/);
     expect(refusal(() => new MemorySessionStore({ maxAge: 5 } as never)).message).toMatch(/`maxAge` is not an option \(known: max, ttl, maxIdempotencyKeys, maxIdempotencyBytes, now\)/);
     expect(refusal(() => new RedisSessionStore({ client: undefined } as unknown as RedisSessionStoreOptions)).option).toBe('client');
