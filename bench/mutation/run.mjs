@@ -77,7 +77,7 @@ export const TARGETS = [
     name: 'idempotency',
     file: 'lib/proxy/idempotency.ts',
     blocks: [[/^export class Idempotency /], [/^export function lostAnswer\(/]],
-    tests: ['proxy/idempotency.test.ts', 'updates/exactly-once.test.ts'],
+    tests: ['proxy/idempotency.test.ts', 'updates/race-failures.test.ts', 'updates/exactly-once.test.ts'],
   },
   {
     name: 'proxy',
@@ -91,7 +91,7 @@ export const TARGETS = [
       [/^      beforeFailure: update \?/, /^      attempt: keyed\?\.attempt/],
       [/^    if \(report\.adopted && !recorded/, /^    if \(keyed\) \{$|^    if \(keyed\) void /],
     ],
-    tests: ['updates/no-commit.test.ts', 'updates/exactly-once.test.ts'],
+    tests: ['updates/race-failures.test.ts', 'updates/no-commit.test.ts', 'updates/exactly-once.test.ts'],
   },
 ];
 

@@ -1,0 +1,193 @@
+import type { IncomingMessage } from 'node:http';
+import { afterAll, describe, expect, it } from '@jest/globals';
+import { MemorySessionStore, redundantProxy, type RaceReport, type RedundantHandle, type RedundantProxy, type SessionStore } from '../../lib/index.js';
+import { testClient } from '../helpers/client.js';
+import { mountGateway, type Gateway } from '../helpers/gateway.js';
+import { startReplica } from '../helpers/replica.js';
+import { deadPort } from '../helpers/upstream.js';
+import { closeAfterEach } from '../helpers/cleanup.js';
+import { sealId } from '../../lib/wire/protocol.js';
+
+// What the proxy tells the client of an update whose race ends without an
+// answer to adopt, from the store's commit record: a copy committed (its
+// answer was lost: 502 naming the upstream), a copy holds the claim (503
+// naming it), nobody claimed (the race's own failure). In-process replicas on
+// one MemorySessionStore, no database: the slow end-to-end story is in
+// exactly-once.test.ts.
+
+const client = testClient();
+const open = closeAfterEach();
+afterAll(() => client.close());
+
+type Handler = (handle: RedundantHandle, req: IncomingMessage) => Promise<{ status?: number; body: unknown }>;
+
+interface Fleet {
+  store: SessionStore;
+  proxy: RedundantProxy;
+  gw: Gateway;
+  reports: RaceReport[];
+}
+
+/** Replicas by id, each with its own handler for updates (reads answer 200), behind one proxy. */
+async function fleet(handlers: Record<string, Handler>, proxyOptions: Record<string, unknown> = {}, store: SessionStore = new MemorySessionStore()): Promise<Fleet> {
+  open.push(store);
+  const upstreams = [];
+  for (const [id, handler] of Object.entries(handlers)) {
+    const r = await startReplica('koa', { id, store }, (handle, req) => (req.method === 'GET' ? { body: { ok: true } } : handler(handle, req)));
+    open.push(r);
+    upstreams.push({ id, url: r.url });
+  }
+  const proxy = redundantProxy({ upstreams, store, timeout: 5_000, ...proxyOptions });
+  const gw = await mountGateway('koa', proxy);
+  open.push(gw, proxy);
+  const reports: RaceReport[] = [];
+  proxy.on('race:end', (r) => reports.push(r));
+  // Updates are copied only to upstreams that have shown they run the worker.
+  for (let i = 0; i < 50 && !Object.values(proxy.metrics().upstreams).every((u) => u.worker); i++) await client.send(`${gw.url}/health`);
+  expect(Object.values(proxy.metrics().upstreams).every((u) => u.worker)).toBe(true);
+  return { store, proxy, gw, reports };
+}
+
+const update = (gw: Gateway, headers: Record<string, string> = {}) => client.send(`${gw.url}/pay`, { method: 'POST', body: '{}', headers: { 'content-type': 'application/json', ...headers } });
+
+function signal(): { promise: Promise<void>; fire(): void } {
+  let fire!: () => void;
+  const promise = new Promise<void>((resolve) => (fire = resolve));
+  return { promise, fire };
+}
+
+describe('an update whose race ends without an answer to adopt', () => {
+  it('a copy committed and its connection died, the other lost: 502 RP_ERR_ANSWER_LOST naming the upstream that committed', async () => {
+    const committed = signal();
+    const f = await fleet({
+      a: async (handle) => {
+        // Asks only once b committed: refused, `lost` (never adopted).
+        await committed.promise;
+        await handle.commitOnce(async () => undefined);
+        return { body: 'never sent' };
+      },
+      b: async (handle, req) => {
+        await handle.commitOnce(async () => undefined);
+        committed.fire();
+        req.socket.destroy();
+        return { body: 'never sent' };
+      },
+    });
+    const res = await update(f.gw);
+    expect(res.status).toBe(502);
+    expect(res.json()).toMatchObject({ code: 'RP_ERR_ANSWER_LOST', requestId: res.headers['x-request-id'] });
+    expect(res.json().message).toContain('upstream "b"');
+    expect(f.reports.at(-1)!.outcome).toBe('answer-lost');
+  });
+
+  it('the proxy times out while a copy holds the claim: 503 RP_ERR_OUTCOME_UNKNOWN naming the upstream that holds it', async () => {
+    const claimed = signal();
+    const finish = signal();
+    const f = await fleet({
+      a: async (handle) => {
+        await handle.commitOnce(async () => {
+          claimed.fire();
+          await finish.promise;
+        });
+        return { body: 'too late' };
+      },
+      b: async (handle) => {
+        await claimed.promise;
+        // Waits for a's claim, past the proxy's timeout.
+        await handle.commitOnce(async () => undefined);
+        return { body: 'never adopted' };
+      },
+    }, { timeout: 300 });
+    const res = await update(f.gw);
+    finish.fire();
+    expect(res.status).toBe(503);
+    expect(res.json()).toMatchObject({ code: 'RP_ERR_OUTCOME_UNKNOWN' });
+    expect(res.json().message).toContain('upstream "a"');
+    expect(f.reports.at(-1)!.outcome).toBe('outcome-unknown');
+  });
+});
+
+describe('an update whose race ends without an answer to adopt, nobody having claimed', () => {
+  it('every copy failed: the race\'s own failure, not an outcome of the commit', async () => {
+    const f = await fleet({
+      a: async () => ({ status: 500, body: { broken: 'a' } }),
+      b: async () => ({ status: 500, body: { broken: 'b' } }),
+    });
+    const res = await update(f.gw);
+    // One of the copies' own answers, passed through.
+    expect(res.status).toBe(500);
+    expect([{ broken: 'a' }, { broken: 'b' }]).toContainEqual(res.json());
+    expect(f.reports.at(-1)!.outcome).toBe('failed');
+  });
+
+  it('at the timeout, the answer of a copy that did not claim is adopted once the request is sealed', async () => {
+    const finish = signal();
+    const f = await fleet({
+      a: async () => ({ status: 400, body: { invalid: 'a' } }),
+      b: async () => {
+        await finish.promise;
+        return { status: 400, body: { invalid: 'b' } };
+      },
+    }, { timeout: 300 });
+    const res = await update(f.gw);
+    finish.fire();
+    expect(res.status).toBe(400);
+    expect(res.json()).toEqual({ invalid: 'a' });
+    // Sealed: the proxy's own claim, confirmed, so that no copy still out can commit.
+    const requestId = String(res.headers['x-request-id']);
+    await expect(f.store.getRequest(requestId)).resolves.toMatchObject({ commit: { state: 'committed', holder: sealId(requestId) } });
+  });
+
+  it('no copy reached a worker (the only upstream is down): the race\'s own failure, although the store has no record of the request', async () => {
+    const store = new MemorySessionStore();
+    open.push(store);
+    const proxy = redundantProxy({ upstreams: [{ id: 'gone', url: `http://127.0.0.1:${await deadPort()}` }], store, timeout: 2_000 });
+    const gw = await mountGateway('koa', proxy);
+    open.push(gw, proxy);
+    const res = await update(gw);
+    expect(res.status).toBe(502);
+    expect(res.json()).toMatchObject({ code: 'RP_ERR_UPSTREAMS_FAILED' });
+    await expect(store.getRequest(String(res.headers['x-request-id']))).resolves.toBeUndefined();
+  });
+});
+
+describe('Idempotency-Key, as the proxy uses it', () => {
+  it('holds a key for the race\'s timeout plus four store calls: a gateway that dies leaves it to a retry after that', async () => {
+    const inner = new MemorySessionStore();
+    const locks: number[] = [];
+    const store = new Proxy(inner, {
+      get(target, name) {
+        if (name === 'beginIdempotent') {
+          return (...args: Parameters<SessionStore['beginIdempotent']>) => {
+            locks.push(args[3]);
+            return target.beginIdempotent(...args);
+          };
+        }
+        const value = Reflect.get(target, name) as unknown;
+        return typeof value === 'function' ? (value as (...a: unknown[]) => unknown).bind(target) : value;
+      },
+    }) as SessionStore;
+    const f = await fleet({ a: async () => ({ status: 201, body: { ok: true } }) }, { timeout: 700, storeTimeout: 50 }, store);
+    const res = await update(f.gw, { 'idempotency-key': 'k-lock' });
+    expect(res.status).toBe(201);
+    expect(locks).toEqual([700 + 4 * 50]);
+  });
+
+  it('applies only to updates: a read with a key runs every time, never replayed', async () => {
+    const f = await fleet({ a: async () => ({ body: { ok: true } }) });
+    const first = await client.send(`${f.gw.url}/read`, { headers: { 'idempotency-key': 'k-read' } });
+    const again = await client.send(`${f.gw.url}/read`, { headers: { 'idempotency-key': 'k-read' } });
+    expect([first.status, again.status]).toEqual([200, 200]);
+    expect(again.headers['idempotent-replayed']).toBeUndefined();
+    expect(again.headers['x-request-id']).not.toBe(first.headers['x-request-id']);
+  });
+
+  it('with idempotency off, an update with a key simply runs, every time', async () => {
+    const f = await fleet({ a: async () => ({ status: 201, body: { ok: true } }) }, { idempotency: false });
+    const first = await update(f.gw, { 'idempotency-key': 'k-off' });
+    const again = await update(f.gw, { 'idempotency-key': 'k-off' });
+    expect([first.status, again.status]).toEqual([201, 201]);
+    expect(again.headers['idempotent-replayed']).toBeUndefined();
+    expect(again.headers['x-request-id']).not.toBe(first.headers['x-request-id']);
+  });
+});
