@@ -173,6 +173,24 @@ describe('Idempotency-Key, as the proxy uses it', () => {
     expect(locks).toEqual([700 + 4 * 50]);
   });
 
+  it('a retry answered from the key (a replay, or 422 for another body) starts no race', async () => {
+    let updates = 0;
+    const f = await fleet({ a: async () => ({ status: 201, body: { n: ++updates } }) });
+    let races = 0;
+    f.proxy.on('race:start', () => void races++);
+    const first = await update(f.gw, { 'idempotency-key': 'k-replay' });
+    expect(first.status).toBe(201);
+    expect(races).toBe(1);
+    const again = await update(f.gw, { 'idempotency-key': 'k-replay' });
+    expect(again.status).toBe(201);
+    expect(again.headers['idempotent-replayed']).toBe('true');
+    const other = await client.send(`${f.gw.url}/pay`, { method: 'POST', body: '{"other":1}', headers: { 'content-type': 'application/json', 'idempotency-key': 'k-replay' } });
+    expect(other.status).toBe(422);
+    // A race starts in the same step as the key is looked at, before its answer can reach the client.
+    expect(races).toBe(1);
+    expect(updates).toBe(1);
+  });
+
   it('applies only to updates: a read with a key runs every time, never replayed', async () => {
     const f = await fleet({ a: async () => ({ body: { ok: true } }) });
     const first = await client.send(`${f.gw.url}/read`, { headers: { 'idempotency-key': 'k-read' } });
