@@ -300,6 +300,26 @@ describe('RedisSessionStore waiters: what a look can answer', () => {
     await expect(within(waiting, 'the waiter')).resolves.toEqual(grant);
   });
 
+  it('a waiter that gave up during a look answered "held" gives nothing back: the claim is its copy\'s, got another way', async () => {
+    const s = await setup();
+    const requestId = randomUUID();
+    const first = await s.holder.claim(requestId, 'a', lease);
+    const controller = new AbortController();
+    const waiting = (await subscribed(s, () => s.store.claim(requestId, 'b', { ...lease, signal: controller.signal }).catch((err: unknown) => err))).claim;
+    s.gate.hold('evalsha');
+    await s.holder.release(requestId, 'a', first.fence);
+    const look = await s.gate.next('evalsha');
+    const grant = await s.holder.claim(requestId, 'b', lease);
+    controller.abort(new Error('gone'));
+    await expect(waiting).resolves.toMatchObject({ message: 'gone' });
+    const before = s.gate.log.length;
+    await look.send();
+    await settled();
+    // No RELEASE: the claim is held by copy b through the other store.
+    expect(s.gate.log.slice(before).filter((c) => c.command === 'evalsha' || c.command === 'eval')).toEqual([]);
+    await expect(s.holder.getRequest(requestId)).resolves.toMatchObject({ commit: { state: 'claimed', holder: 'b', fence: grant.fence } });
+  });
+
   it('ignores a message for a channel whose queue is gone (its unsubscribe still on the way)', async () => {
     const s = await setup();
     const requestId = randomUUID();
