@@ -191,6 +191,26 @@ describe('Idempotency-Key, as the proxy uses it', () => {
     expect(updates).toBe(1);
   });
 
+  it('a retry that resumes a key runs under the first request id, with copy ids of its own (attempt 2)', async () => {
+    const seen: Array<{ requestId: string; duplicateId: string; key: string | null }> = [];
+    const f = await fleet({
+      a: async (handle) => {
+        seen.push({ requestId: handle.requestId, duplicateId: handle.duplicateId, key: handle.idempotencyKey });
+        // The first attempt fails without committing: the key is left for a retry to resume.
+        return seen.length === 1 ? { status: 500, body: { broken: true } } : { status: 201, body: { ok: true } };
+      },
+    });
+    const first = await update(f.gw, { 'idempotency-key': 'k-resume' });
+    expect(first.status).toBe(500);
+    const again = await update(f.gw, { 'idempotency-key': 'k-resume' });
+    expect(again.status).toBe(201);
+    expect(seen).toHaveLength(2);
+    expect(seen[1]!.requestId).toBe(seen[0]!.requestId);
+    expect(seen[1]!.duplicateId).not.toBe(seen[0]!.duplicateId);
+    expect(seen[1]!.duplicateId.startsWith(`${seen[0]!.requestId}.2-`)).toBe(true);
+    expect(seen[1]!.key).toBe(seen[0]!.key);
+  });
+
   it('applies only to updates: a read with a key runs every time, never replayed', async () => {
     const f = await fleet({ a: async () => ({ body: { ok: true } }) });
     const first = await client.send(`${f.gw.url}/read`, { headers: { 'idempotency-key': 'k-read' } });
