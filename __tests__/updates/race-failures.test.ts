@@ -3,7 +3,7 @@ import { afterAll, describe, expect, it } from '@jest/globals';
 import { MemorySessionStore, redundantProxy, type RaceReport, type RedundantHandle, type RedundantProxy, type SessionStore } from '../../lib/index.js';
 import { testClient } from '../helpers/client.js';
 import { mountGateway, type Gateway } from '../helpers/gateway.js';
-import { startReplica } from '../helpers/replica.js';
+import { eventually, startReplica } from '../helpers/replica.js';
 import { deadPort } from '../helpers/upstream.js';
 import { closeAfterEach } from '../helpers/cleanup.js';
 import { sealId } from '../../lib/wire/protocol.js';
@@ -209,6 +209,9 @@ describe('Idempotency-Key, as the proxy uses it', () => {
     expect(seen[1]!.duplicateId).not.toBe(seen[0]!.duplicateId);
     expect(seen[1]!.duplicateId.startsWith(`${seen[0]!.requestId}.2-`)).toBe(true);
     expect(seen[1]!.key).toBe(seen[0]!.key);
+    // The adoption that counts is the one of the attempt that ended the key (the first recorded stands).
+    const adopted = await eventually(async () => (await f.store.getRequest(seen[0]!.requestId))?.adopted);
+    expect(adopted.duplicateIds).toEqual([seen[1]!.duplicateId]);
   });
 
   it('applies only to updates: a read with a key runs every time, never replayed', async () => {
