@@ -144,9 +144,12 @@ describe('an update whose race ends without an answer to adopt, nobody having cl
     const proxy = redundantProxy({ upstreams: [{ id: 'gone', url: `http://127.0.0.1:${await deadPort()}` }], store, timeout: 2_000 });
     const gw = await mountGateway('koa', proxy);
     open.push(gw, proxy);
+    const ended = new Promise<RaceReport>((resolve) => proxy.on('race:end', resolve));
     const res = await update(gw);
     expect(res.status).toBe(502);
     expect(res.json()).toMatchObject({ code: 'RP_ERR_UPSTREAMS_FAILED' });
+    expect((await ended).adopted).toBeFalsy();
+    // No adoption is recorded for a race that adopted nothing (the memory store writes as it is called).
     await expect(store.getRequest(String(res.headers['x-request-id']))).resolves.toBeUndefined();
   });
 });
