@@ -138,6 +138,60 @@ describe('an update whose race ends without an answer to adopt, nobody having cl
     await expect(f.store.getRequest(requestId)).resolves.toMatchObject({ commit: { state: 'committed', holder: sealId(requestId) } });
   });
 
+  it('a copy commits while the proxy seals the request at the timeout: 502 RP_ERR_ANSWER_LOST naming it, the held answer not adopted', async () => {
+    const inner = new MemorySessionStore();
+    const looked = signal(); // the proxy read the commit record (nobody had claimed)
+    const claimed = signal(); // copy b claimed, after that read
+    const sealing = signal(); // the proxy asks for its seal, and has to wait for b
+    let watched: string | undefined;
+    let committer: string | undefined;
+    const store = new Proxy(inner, {
+      get(target, name) {
+        if (name === 'getRequest') {
+          return async (requestId: string) => {
+            const record = await target.getRequest(requestId);
+            if (requestId === watched) {
+              watched = undefined;
+              looked.fire();
+              await claimed.promise;
+            }
+            return record;
+          };
+        }
+        if (name === 'claim') {
+          return (requestId: string, duplicateId: string, options: Parameters<SessionStore['claim']>[2]) => {
+            const granting = target.claim(requestId, duplicateId, options);
+            if (duplicateId === sealId(requestId)) sealing.fire();
+            return granting;
+          };
+        }
+        const value = Reflect.get(target, name) as unknown;
+        return typeof value === 'function' ? (value as (...a: unknown[]) => unknown).bind(target) : value;
+      },
+    }) as SessionStore;
+    const f = await fleet({
+      a: async (handle) => {
+        watched = handle.requestId;
+        return { status: 400, body: { invalid: 'a' } };
+      },
+      b: async (handle) => {
+        committer = handle.duplicateId;
+        await looked.promise;
+        await handle.commitOnce(async () => {
+          claimed.fire();
+          await sealing.promise;
+        });
+        return { status: 201, body: 'too late' };
+      },
+    }, { timeout: 300 }, store);
+    const res = await update(f.gw);
+    expect(res.status).toBe(502);
+    expect(res.json()).toMatchObject({ code: 'RP_ERR_ANSWER_LOST' });
+    expect(res.json().message).toContain('upstream "b"');
+    const requestId = String(res.headers['x-request-id']);
+    await expect(f.store.getRequest(requestId)).resolves.toMatchObject({ commit: { state: 'committed', holder: committer } });
+  });
+
   it('no copy reached a worker (the only upstream is down): the race\'s own failure, although the store has no record of the request', async () => {
     const store = new MemorySessionStore();
     open.push(store);
