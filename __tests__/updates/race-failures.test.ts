@@ -138,7 +138,10 @@ describe('an update whose race ends without an answer to adopt, nobody having cl
     await expect(f.store.getRequest(requestId)).resolves.toMatchObject({ commit: { state: 'committed', holder: sealId(requestId) } });
   });
 
-  it('a copy commits while the proxy seals the request at the timeout: 502 RP_ERR_ANSWER_LOST naming it, the held answer not adopted', async () => {
+  it.each([
+    ['naming the upstream that committed', false, 'b'],
+    ['naming no upstream when the store answered nothing for the request', true, 'unknown'],
+  ])('a copy commits while the proxy seals the request at the timeout: 502 RP_ERR_ANSWER_LOST %s, the held answer not adopted', async (_, forgets, label) => {
     const inner = new MemorySessionStore();
     const looked = signal(); // the proxy read the commit record (nobody had claimed)
     const claimed = signal(); // copy b claimed, after that read
@@ -154,6 +157,8 @@ describe('an update whose race ends without an answer to adopt, nobody having cl
               watched = undefined;
               looked.fire();
               await claimed.promise;
+              // A store that forgot the request (past its TTL, say): the proxy still seals, and hears who committed from the refusal.
+              if (forgets) return undefined;
             }
             return record;
           };
@@ -187,9 +192,9 @@ describe('an update whose race ends without an answer to adopt, nobody having cl
     const res = await update(f.gw);
     expect(res.status).toBe(502);
     expect(res.json()).toMatchObject({ code: 'RP_ERR_ANSWER_LOST' });
-    expect(res.json().message).toContain('upstream "b"');
+    expect(res.json().message).toContain(`upstream "${label}"`);
     const requestId = String(res.headers['x-request-id']);
-    await expect(f.store.getRequest(requestId)).resolves.toMatchObject({ commit: { state: 'committed', holder: committer } });
+    await expect(inner.getRequest(requestId)).resolves.toMatchObject({ commit: { state: 'committed', holder: committer } });
   });
 
   it('no copy reached a worker (the only upstream is down): the race\'s own failure, although the store has no record of the request', async () => {
