@@ -56,6 +56,47 @@ function signal(): { promise: Promise<void>; fire(): void } {
   return { promise, fire };
 }
 
+/**
+ * A MemorySessionStore that lets a test act between the proxy's read of the
+ * commit record (when its race ends without an answer) and its seal: the
+ * read of the watched request waits for `claimed`, and `sealing` fires when
+ * the proxy asks for its seal. With `forgets`, that read answers nothing.
+ */
+function decisionStore(forgets = false) {
+  const inner = new MemorySessionStore();
+  const looked = signal(); // the proxy read the commit record
+  const claimed = signal(); // a copy claimed, after that read
+  const sealing = signal(); // the proxy asks for its seal
+  let watched: string | undefined;
+  const store = new Proxy(inner, {
+    get(target, name) {
+      if (name === 'getRequest') {
+        return async (requestId: string) => {
+          const record = await target.getRequest(requestId);
+          if (requestId === watched) {
+            watched = undefined;
+            looked.fire();
+            await claimed.promise;
+            // A store that forgot the request (past its TTL, say): the proxy still seals, and hears who committed from the refusal.
+            if (forgets) return undefined;
+          }
+          return record;
+        };
+      }
+      if (name === 'claim') {
+        return (requestId: string, duplicateId: string, options: Parameters<SessionStore['claim']>[2]) => {
+          const granting = target.claim(requestId, duplicateId, options);
+          if (duplicateId === sealId(requestId)) sealing.fire();
+          return granting;
+        };
+      }
+      const value = Reflect.get(target, name) as unknown;
+      return typeof value === 'function' ? (value as (...a: unknown[]) => unknown).bind(target) : value;
+    },
+  }) as SessionStore;
+  return { inner, store, looked, claimed, sealing, watch: (requestId: string) => void (watched = requestId) };
+}
+
 describe('an update whose race ends without an answer to adopt', () => {
   it('a copy committed and its connection died, the other lost: 502 RP_ERR_ANSWER_LOST naming the upstream that committed', async () => {
     const committed = signal();
@@ -142,41 +183,11 @@ describe('an update whose race ends without an answer to adopt, nobody having cl
     ['naming the upstream that committed', false, 'b'],
     ['naming no upstream when the store answered nothing for the request', true, 'unknown'],
   ])('a copy commits while the proxy seals the request at the timeout: 502 RP_ERR_ANSWER_LOST %s, the held answer not adopted', async (_, forgets, label) => {
-    const inner = new MemorySessionStore();
-    const looked = signal(); // the proxy read the commit record (nobody had claimed)
-    const claimed = signal(); // copy b claimed, after that read
-    const sealing = signal(); // the proxy asks for its seal, and has to wait for b
-    let watched: string | undefined;
+    const { inner, store, looked, claimed, sealing, watch } = decisionStore(forgets);
     let committer: string | undefined;
-    const store = new Proxy(inner, {
-      get(target, name) {
-        if (name === 'getRequest') {
-          return async (requestId: string) => {
-            const record = await target.getRequest(requestId);
-            if (requestId === watched) {
-              watched = undefined;
-              looked.fire();
-              await claimed.promise;
-              // A store that forgot the request (past its TTL, say): the proxy still seals, and hears who committed from the refusal.
-              if (forgets) return undefined;
-            }
-            return record;
-          };
-        }
-        if (name === 'claim') {
-          return (requestId: string, duplicateId: string, options: Parameters<SessionStore['claim']>[2]) => {
-            const granting = target.claim(requestId, duplicateId, options);
-            if (duplicateId === sealId(requestId)) sealing.fire();
-            return granting;
-          };
-        }
-        const value = Reflect.get(target, name) as unknown;
-        return typeof value === 'function' ? (value as (...a: unknown[]) => unknown).bind(target) : value;
-      },
-    }) as SessionStore;
     const f = await fleet({
       a: async (handle) => {
-        watched = handle.requestId;
+        watch(handle.requestId);
         return { status: 400, body: { invalid: 'a' } };
       },
       b: async (handle) => {
@@ -195,6 +206,68 @@ describe('an update whose race ends without an answer to adopt, nobody having cl
     expect(res.json().message).toContain(`upstream "${label}"`);
     const requestId = String(res.headers['x-request-id']);
     await expect(inner.getRequest(requestId)).resolves.toMatchObject({ commit: { state: 'committed', holder: committer } });
+  });
+
+  it('a copy that holds the claim past the seal\'s bound: 503 RP_ERR_OUTCOME_UNKNOWN naming nobody, the held answer not adopted', async () => {
+    const { store, looked, claimed, watch } = decisionStore();
+    const finish = signal();
+    const f = await fleet({
+      a: async (handle) => {
+        watch(handle.requestId);
+        return { status: 400, body: { invalid: 'a' } };
+      },
+      b: async (handle) => {
+        // Claims once the proxy read the record (nobody had claimed), and keeps the claim until the test ends.
+        await looked.promise;
+        await handle.commitOnce(async () => {
+          claimed.fire();
+          await finish.promise;
+        });
+        return { status: 201, body: 'too late' };
+      },
+    }, { timeout: 300, storeTimeout: 200 }, store);
+    const res = await update(f.gw);
+    finish.fire();
+    expect(res.status).toBe(503);
+    expect(res.headers['retry-after']).toBe('1');
+    expect(res.json()).toMatchObject({ code: 'RP_ERR_OUTCOME_UNKNOWN' });
+    expect(res.json().message).not.toContain('upstream "');
+    expect(f.reports.at(-1)!.outcome).toBe('outcome-unknown');
+  });
+
+  it('a retry of an update the proxy sealed is never told it was applied: the seal is not a copy\'s commit', async () => {
+    const finish = signal();
+    const calls = { a: 0, b: 0 };
+    const big = { invalid: 'x'.repeat(200) };
+    const f = await fleet({
+      // First attempt: a refuses at once, b answers only after the timeout; neither claims.
+      // Second attempt (the retry resumes the request id): both try to commit, and are refused.
+      a: async (handle) => {
+        if (calls.a++ === 0) return { status: 400, body: big };
+        await handle.commitOnce(async () => undefined);
+        return { status: 201, body: 'applied' };
+      },
+      b: async (handle) => {
+        if (calls.b++ === 0) {
+          await finish.promise;
+          return { status: 400, body: big };
+        }
+        await handle.commitOnce(async () => undefined);
+        return { status: 201, body: 'applied' };
+      },
+    }, { timeout: 300, idempotency: { maxAnswerSize: 10 } });
+    const headers = { 'idempotency-key': 'k-sealed' };
+    const first = await update(f.gw, headers);
+    finish.fire();
+    // Adopted at the timeout once sealed; too large to keep, so the key is left for the retry.
+    expect(first.status).toBe(400);
+    const requestId = String(first.headers['x-request-id']);
+    await expect(f.store.getRequest(requestId)).resolves.toMatchObject({ commit: { state: 'committed', holder: sealId(requestId) } });
+    const retry = await update(f.gw, headers);
+    expect(retry.headers['x-request-id']).toBe(requestId);
+    expect(retry.json().code).not.toBe('RP_ERR_ANSWER_LOST');
+    expect(retry.status).toBe(502);
+    expect(retry.json()).toMatchObject({ code: 'RP_ERR_UPSTREAMS_FAILED' });
   });
 
   it('no copy reached a worker (the only upstream is down): the race\'s own failure, although the store has no record of the request', async () => {
