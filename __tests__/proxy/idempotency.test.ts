@@ -472,6 +472,7 @@ describe('Idempotency.completeWon: what a won race keeps', () => {
       expect(res.answer!.status).toBe(502);
       expect(json(res)).toMatchObject({ code: codes.ANSWER_LOST, requestId: 'req-1' });
       expect(res.answer!.headers['x-request-id']).toBe('req-1');
+      expect(res.answer!.headers['content-type']).toBe('application/json; charset=utf-8');
     }
   });
 
@@ -501,6 +502,36 @@ describe('Idempotency.completeWon: what a won race keeps', () => {
       const { result, res } = await begin('k');
       if (committed) expect(json(res)).toMatchObject({ code: codes.ANSWER_LOST });
       else expect(result).toMatchObject({ requestId: 'req-1', attempt: 2 });
+    }
+  });
+
+  it('a completion that fails otherwise than "full" is not tried again at once with "applied, answer lost": the next try keeps the real answer', async () => {
+    jest.useFakeTimers({ now: 1_000_000 });
+    // Ours, but not STORE_FULL; and an error not of this library that carries the code (a foreign adapter's): neither says the store is full.
+    const failures = [
+      new RedundantProxyError(codes.STORE_UNAVAILABLE, 'down', { status: 503 }),
+      Object.assign(new Error('full, says an adapter'), { code: codes.STORE_FULL }),
+    ];
+    for (const failure of failures) {
+      const answers: unknown[] = [];
+      const { inner, store } = storeWith({
+        completeIdempotent: (...args: Parameters<SessionStore['completeIdempotent']>) => {
+          answers.push(args[2]);
+          return answers.length === 1 ? Promise.reject(failure) : inner.completeIdempotent(...args);
+        },
+      });
+      const { begin, idem, storeErrors } = setup({ wait: 0 }, store);
+      const attempt = started((await begin('k')).result);
+      await idem.completeWon(attempt, captured(201, 'created'), true);
+      expect(answers).toHaveLength(1);
+      expect(storeErrors).toEqual([failure]);
+      expect(attempt.done).toBe(false);
+      await jest.advanceTimersByTimeAsync(100);
+      expect(answers).toHaveLength(2);
+      expect(answers[1]).toMatchObject({ status: 201 });
+      expect(attempt.done).toBe(true);
+      const { res } = await begin('k');
+      expect(res.answer).toMatchObject({ status: 201, body: 'created' });
     }
   });
 

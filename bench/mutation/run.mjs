@@ -76,13 +76,13 @@ export const TARGETS = [
       [/^  async #attempt\(/], [/^  #giveBack\(/], [/^  #wait\(/], [/^  async #settle\(/], [/^  #schedule\(/], [/^  #rejectAll\(/], [/^  #drop\(/],
       [/^  #onMessage\(/],
     ],
-    tests: ['redis/redis-store.test.ts', 'redis/conformance.test.ts', 'redis/outage.test.ts', 'redis/cluster.test.ts'],
+    tests: ['redis/redis-waiters.test.ts', 'redis/redis-scripts.test.ts', 'redis/redis-store.test.ts', 'redis/conformance.test.ts', 'redis/outage.test.ts', 'redis/cluster.test.ts'],
   },
   {
     name: 'idempotency',
     file: 'lib/proxy/idempotency.ts',
     blocks: [[/^export class Idempotency /], [/^export function lostAnswer\(/]],
-    tests: ['proxy/idempotency.test.ts', 'updates/exactly-once.test.ts'],
+    tests: ['proxy/idempotency.test.ts', 'updates/race-failures.test.ts', 'updates/exactly-once.test.ts'],
   },
   {
     name: 'proxy',
@@ -96,7 +96,7 @@ export const TARGETS = [
       [/^      beforeFailure: update \?/, /^      attempt: keyed\?\.attempt/],
       [/^  function record\(/],
     ],
-    tests: ['updates/no-commit.test.ts', 'updates/exactly-once.test.ts'],
+    tests: ['updates/race-failures.test.ts', 'updates/no-commit.test.ts', 'updates/exactly-once.test.ts'],
   },
   {
     name: 'bookkeeping',
@@ -108,7 +108,7 @@ export const TARGETS = [
 ];
 
 /** The Lua scripts are mutated as text and run against the Redis store's tests. */
-const LUA_TESTS = ['redis/redis-store.test.ts', 'redis/conformance.test.ts', 'redis/outage.test.ts', 'redis/cluster.test.ts'];
+const LUA_TESTS = ['redis/redis-scripts.test.ts', 'redis/redis-waiters.test.ts', 'redis/redis-store.test.ts', 'redis/conformance.test.ts', 'redis/outage.test.ts', 'redis/cluster.test.ts'];
 
 function args() {
   const out = { files: [...TARGETS.map((t) => t.name), 'lua'], only: undefined, jobs: 3, list: false };

@@ -345,19 +345,16 @@ export class MemorySessionStore implements SessionStore {
 
   /**
    * Hands the claim to the first waiter when nobody holds it (released,
-   * lease expired by the store's clock, or the record was forgotten), and
-   * turns everyone away once the request is committed.
+   * lease expired by the store's clock, or the record was forgotten). A
+   * committed request has no waiters: `confirm` turns them all away in the
+   * step that commits, and a claim on a committed request never waits.
    */
   #settle(requestId: string): void {
     const list = this.#waiters.get(requestId);
     if (!list || list.length === 0) return;
     const entry = this.#ensure(requestId, '', true);
     const commit = entry.record.commit;
-    if (commit.state === 'committed') {
-      this.#rejectWaiters(requestId, () => superseded(requestId, commit.holder));
-      return;
-    }
-    if (commit.state === 'none' || this.#now() >= commit.leaseUntil) {
+    if (commit.state !== 'claimed' || this.#now() >= commit.leaseUntil) {
       const next = list.shift() as Waiter;
       if (list.length === 0) this.#waiters.delete(requestId);
       detach(next);

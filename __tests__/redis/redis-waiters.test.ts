@@ -1,0 +1,372 @@
+import { randomUUID } from 'node:crypto';
+import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
+import { Redis } from 'ioredis';
+import { codes, isSupersededError } from '../../lib/errors.js';
+import { RedisSessionStore, type RedisSessionStoreOptions } from '../../lib/store/redis.js';
+import { startRedisServer, type RedisServer } from '../helpers/redis-server.js';
+import { closeAfterEach } from '../helpers/cleanup.js';
+import { gate, settled, within, type Gate } from '../helpers/gated-redis.js';
+
+// The races of a Redis store's waiting claims, put in order by holding the
+// store's Redis calls (its scripts, its subscriptions) and letting them go:
+// a release or a confirm published before the subscription came through, a
+// waiter giving up in the middle of the queue or while a look is in flight,
+// the store closed during a look, a message for a queue already gone. No
+// pause decides an outcome; a bound only ends a test that would hang.
+
+let server: RedisServer;
+let admin: Redis;
+const opened = closeAfterEach();
+/** A poll this long never wakes a waiter within a test: only the store's other paths can. */
+const slowPoll = { pollInterval: 10_000 };
+const lease = { leaseMs: 30_000 };
+
+beforeAll(async () => {
+  server = await startRedisServer();
+  admin = await connect();
+  // Redis knows every claim script from now on, so a held EVALSHA is never followed by an EVAL.
+  const store = new RedisSessionStore({ client: admin, prefix: `rp-test:${randomUUID()}:` });
+  const id = randomUUID();
+  const grant = await store.claim(id, 'w', { leaseMs: 1_000 });
+  await store.release(id, 'w', grant.fence);
+  await store.confirm(id, 'w', (await store.claim(id, 'w', { leaseMs: 1_000 })).fence);
+  await store.close();
+});
+
+afterAll(async () => {
+  await admin.quit();
+  await server.stop();
+});
+
+async function connect(): Promise<Redis> {
+  const client = new Redis({ host: server.host, port: server.port, lazyConnect: true, maxRetriesPerRequest: 1, enableOfflineQueue: false });
+  await client.connect();
+  return client;
+}
+
+interface Setup {
+  prefix: string;
+  /** A store on a plain client of its own: the holder, in another process. */
+  holder: RedisSessionStore;
+  /** The store under test, on a gated client. */
+  store: RedisSessionStore;
+  gate: Gate;
+  channel(requestId: string): string;
+}
+
+/**
+ * Two stores on one prefix. With `warm`, the store under test has already
+ * waited once, so its pub/sub connection is open and ready and knows sharded
+ * pub/sub: a new wait subscribes on it without the look every queue takes
+ * when that connection becomes ready.
+ */
+async function setup(options: Partial<RedisSessionStoreOptions> = {}, warm = true): Promise<Setup> {
+  const prefix = `rp-test:${randomUUID()}:`;
+  const plain = await connect();
+  const holder = new RedisSessionStore({ client: plain, prefix });
+  const client = await connect();
+  const g = gate(client);
+  const store = new RedisSessionStore({ client: g.client, prefix, ...slowPoll, ...options });
+  opened.push({ close: () => plain.quit() }, holder, { close: () => client.quit() }, { close: () => g.sendAll() }, store);
+  const channel = (requestId: string) => `${prefix}{r:${requestId}}:commit`;
+  if (warm) {
+    const id = randomUUID();
+    const first = await holder.claim(id, 'a', lease);
+    g.hold('ssubscribe');
+    const waiting = store.claim(id, 'b', lease);
+    await (await g.next('ssubscribe')).send();
+    g.pass('ssubscribe');
+    await holder.release(id, 'a', first.fence);
+    await within(waiting, 'the warm-up claim');
+  }
+  return { prefix, holder, store, gate: g, channel };
+}
+
+/**
+ * Starts a claim that waits, and returns once the store is subscribed for it
+ * (its SSUBSCRIBE held, then sent) and the look it takes then has answered.
+ */
+async function subscribed<T>(s: Setup, claim: () => Promise<T>): Promise<{ claim: Promise<T> }> {
+  s.gate.hold('ssubscribe');
+  const before = s.gate.log.length;
+  const started = claim();
+  const call = await s.gate.next('ssubscribe');
+  expect(s.gate.log.slice(before).filter((c) => c.command === 'ssubscribe')).toHaveLength(1);
+  s.gate.hold('evalsha');
+  await call.send();
+  s.gate.pass('ssubscribe');
+  const look = await s.gate.next('evalsha');
+  s.gate.pass('evalsha');
+  await look.send();
+  await settled();
+  return { claim: started };
+}
+
+function unsubscribes(g: Gate, channel: string, from = 0): number {
+  return g.log.slice(from).filter((c) => c.command === 'sunsubscribe' && c.args[0] === channel).length;
+}
+
+describe('RedisSessionStore waiters: what happens before the subscription comes through', () => {
+  it('a release published before the subscription came through is not missed: the store looks once subscribed', async () => {
+    const s = await setup();
+    const requestId = randomUUID();
+    const first = await s.holder.claim(requestId, 'a', lease);
+    s.gate.hold('ssubscribe');
+    const waiting = s.store.claim(requestId, 'b', lease);
+    const subscription = await s.gate.next('ssubscribe');
+    // Published to nobody: the store is not subscribed yet.
+    await s.holder.release(requestId, 'a', first.fence);
+    await subscription.send();
+    const grant = await within(waiting, 'the claim after the subscription');
+    expect(grant.fence).toBeGreaterThan(first.fence);
+    await expect(s.holder.getRequest(requestId)).resolves.toMatchObject({ commit: { state: 'claimed', holder: 'b', fence: grant.fence } });
+  });
+
+  it('a confirm published before the subscription came through: the look once subscribed turns the waiters away, naming the committer', async () => {
+    const s = await setup();
+    const requestId = randomUUID();
+    const first = await s.holder.claim(requestId, 'a', lease);
+    s.gate.hold('ssubscribe');
+    const waiters = ['b', 'c'].map((d) => s.store.claim(requestId, d, lease).catch((err: unknown) => err));
+    const subscription = await s.gate.next('ssubscribe');
+    await s.holder.confirm(requestId, 'a', first.fence);
+    await subscription.send();
+    for (const outcome of await within(Promise.all(waiters), 'the refusals')) {
+      expect(isSupersededError(outcome)).toBe(true);
+      expect(outcome).toMatchObject({ code: codes.SUPERSEDED, committedBy: 'a' });
+    }
+  });
+
+  it('a waiter whose subscription has not come through still looks again at the poll', async () => {
+    const s = await setup({ pollInterval: 50 });
+    const requestId = randomUUID();
+    const first = await s.holder.claim(requestId, 'a', lease);
+    s.gate.hold('ssubscribe');
+    const waiting = s.store.claim(requestId, 'b', lease);
+    await s.gate.next('ssubscribe'); // held until the test ends
+    await s.holder.release(requestId, 'a', first.fence);
+    await expect(within(waiting, 'the claim by the poll')).resolves.toMatchObject({ fence: expect.any(Number) });
+  });
+
+  it('a queue dropped before the store\'s first subscription came through leaves the channel once it does', async () => {
+    // A fresh store: it does not know sharded from classic pub/sub until its first subscription answers.
+    const s = await setup({}, false);
+    const requestId = randomUUID();
+    await s.holder.claim(requestId, 'a', lease);
+    s.gate.hold('ssubscribe');
+    const controller = new AbortController();
+    const waiting = s.store.claim(requestId, 'b', { ...lease, signal: controller.signal }).catch((err: unknown) => err);
+    const subscription = await s.gate.next('ssubscribe');
+    controller.abort(new Error('gone'));
+    await expect(waiting).resolves.toMatchObject({ message: 'gone' });
+    expect(unsubscribes(s.gate, s.channel(requestId))).toBe(0);
+    await subscription.send();
+    await settled();
+    expect(unsubscribes(s.gate, s.channel(requestId))).toBe(1);
+  });
+
+  it('a subscription that comes through after its queue was dropped leaves a newer queue of the channel subscribed', async () => {
+    const s = await setup();
+    const requestId = randomUUID();
+    const channel = s.channel(requestId);
+    const first = await s.holder.claim(requestId, 'a', lease);
+    s.gate.hold('ssubscribe');
+    const controller = new AbortController();
+    const quitter = s.store.claim(requestId, 'b', { ...lease, signal: controller.signal }).catch((err: unknown) => err);
+    const old = await s.gate.next('ssubscribe');
+    controller.abort(new Error('gone'));
+    await expect(quitter).resolves.toMatchObject({ message: 'gone' });
+    const dropped = s.gate.log.length;
+    // Another copy waits: a new queue, subscribing again.
+    const waiting = s.store.claim(requestId, 'c', lease);
+    const renewed = await s.gate.next('ssubscribe');
+    await old.send();
+    await settled();
+    expect(unsubscribes(s.gate, channel, dropped)).toBe(0);
+    await renewed.send();
+    await settled();
+    expect(unsubscribes(s.gate, channel, dropped)).toBe(0);
+    await s.holder.release(requestId, 'a', first.fence);
+    await expect(within(waiting, 'the claim woken by pub/sub')).resolves.toMatchObject({ fence: expect.any(Number) });
+  });
+});
+
+describe('RedisSessionStore waiters giving up', () => {
+  it('passes over a waiter that gave up in the middle of the queue: the claim goes to the one behind it', async () => {
+    const s = await setup();
+    const requestId = randomUUID();
+    const first = await s.holder.claim(requestId, 'a', lease);
+    const controller = new AbortController();
+    const b = (await subscribed(s, () => s.store.claim(requestId, 'b', lease))).claim;
+    const c = s.store.claim(requestId, 'c', { ...lease, signal: controller.signal }).catch((err: unknown) => err);
+    const d = s.store.claim(requestId, 'd', lease);
+    await settled();
+    controller.abort(new Error('gone'));
+    await expect(c).resolves.toMatchObject({ message: 'gone' });
+    await s.holder.release(requestId, 'a', first.fence);
+    const granted = await within(b, 'the first in the queue');
+    await s.store.release(requestId, 'b', granted.fence);
+    const next = await within(d, 'the claim of the copy behind the one that gave up');
+    await expect(s.holder.getRequest(requestId)).resolves.toMatchObject({ commit: { state: 'claimed', holder: 'd', fence: next.fence } });
+  });
+
+  it('the last waiter giving up leaves the channel at once', async () => {
+    const s = await setup();
+    const requestId = randomUUID();
+    await s.holder.claim(requestId, 'a', lease);
+    const controller = new AbortController();
+    let outcome: unknown;
+    await subscribed(s, () => s.store.claim(requestId, 'b', { ...lease, signal: controller.signal }).catch((err: unknown) => (outcome = err)));
+    const before = s.gate.log.length;
+    controller.abort(new Error('gone'));
+    // In the abort itself, not at the next look.
+    expect(unsubscribes(s.gate, s.channel(requestId), before)).toBe(1);
+    await settled();
+    expect(outcome).toMatchObject({ message: 'gone' });
+  });
+
+  it('a waiter giving up while another waits keeps the channel, and the other is still woken by pub/sub', async () => {
+    const s = await setup();
+    const requestId = randomUUID();
+    const first = await s.holder.claim(requestId, 'a', lease);
+    const controller = new AbortController();
+    await subscribed(s, () => s.store.claim(requestId, 'b', { ...lease, signal: controller.signal }).catch((err: unknown) => err));
+    const waiting = s.store.claim(requestId, 'c', lease);
+    await settled();
+    const before = s.gate.log.length;
+    controller.abort(new Error('gone'));
+    expect(unsubscribes(s.gate, s.channel(requestId), before)).toBe(0);
+    await s.holder.release(requestId, 'a', first.fence);
+    await expect(within(waiting, 'the claim woken by pub/sub')).resolves.toMatchObject({ fence: expect.any(Number) });
+    await expect(s.holder.getRequest(requestId)).resolves.toMatchObject({ commit: { state: 'claimed', holder: 'c' } });
+  });
+
+  it('gives back a grant that a look in flight gets for a waiter that gave up meanwhile', async () => {
+    const s = await setup();
+    const requestId = randomUUID();
+    const first = await s.holder.claim(requestId, 'a', lease);
+    const controller = new AbortController();
+    let outcome: unknown;
+    await subscribed(s, () => s.store.claim(requestId, 'b', { ...lease, signal: controller.signal }).catch((err: unknown) => (outcome = err)));
+    s.gate.hold('evalsha');
+    await s.holder.release(requestId, 'a', first.fence);
+    // The release's message makes the store look: CLAIM for 'b', held here.
+    const look = await s.gate.next('evalsha');
+    expect(look.argv.slice(0, 2)).toEqual([requestId, 'b']);
+    controller.abort(new Error('gone'));
+    await settled();
+    expect(outcome).toMatchObject({ message: 'gone' });
+    await look.send();
+    const back = await s.gate.next('evalsha');
+    // RELEASE: duplicateId, fence.
+    expect(back.argv[0]).toBe('b');
+    await back.send();
+    await expect(s.holder.getRequest(requestId)).resolves.toMatchObject({ commit: { state: 'none' } });
+  });
+
+  it('a store closed while a waiter\'s look is in flight rejects the waiter and gives the grant back', async () => {
+    const s = await setup();
+    const requestId = randomUUID();
+    const first = await s.holder.claim(requestId, 'a', lease);
+    let outcome: unknown;
+    await subscribed(s, () => s.store.claim(requestId, 'b', lease).catch((err: unknown) => (outcome = err)));
+    s.gate.hold('evalsha');
+    await s.holder.release(requestId, 'a', first.fence);
+    const look = await s.gate.next('evalsha');
+    expect(look.argv.slice(0, 2)).toEqual([requestId, 'b']);
+    await s.store.close();
+    expect(outcome).toMatchObject({ code: codes.CLOSED });
+    await look.send();
+    const back = await s.gate.next('evalsha');
+    expect(back.argv[0]).toBe('b');
+    await back.send();
+    await expect(s.holder.getRequest(requestId)).resolves.toMatchObject({ commit: { state: 'none' } });
+  });
+});
+
+describe('RedisSessionStore waiters: what a look can answer', () => {
+  it('a waiter whose copy got the claim another way meanwhile resolves with that very grant (held)', async () => {
+    const s = await setup();
+    const requestId = randomUUID();
+    const first = await s.holder.claim(requestId, 'a', lease);
+    const waiting = (await subscribed(s, () => s.store.claim(requestId, 'b', lease))).claim;
+    s.gate.hold('evalsha');
+    await s.holder.release(requestId, 'a', first.fence);
+    const look = await s.gate.next('evalsha');
+    // The same copy, through another store (a retry in another process), gets the claim first.
+    const grant = await s.holder.claim(requestId, 'b', lease);
+    s.gate.pass('evalsha');
+    await look.send();
+    await expect(within(waiting, 'the waiter')).resolves.toEqual(grant);
+  });
+
+  it('a waiter that gave up during a look answered "held" gives nothing back: the claim is its copy\'s, got another way', async () => {
+    const s = await setup();
+    const requestId = randomUUID();
+    const first = await s.holder.claim(requestId, 'a', lease);
+    const controller = new AbortController();
+    const waiting = (await subscribed(s, () => s.store.claim(requestId, 'b', { ...lease, signal: controller.signal }).catch((err: unknown) => err))).claim;
+    s.gate.hold('evalsha');
+    await s.holder.release(requestId, 'a', first.fence);
+    const look = await s.gate.next('evalsha');
+    const grant = await s.holder.claim(requestId, 'b', lease);
+    controller.abort(new Error('gone'));
+    await expect(waiting).resolves.toMatchObject({ message: 'gone' });
+    const before = s.gate.log.length;
+    await look.send();
+    await settled();
+    // No RELEASE: the claim is held by copy b through the other store.
+    expect(s.gate.log.slice(before).filter((c) => c.command === 'evalsha' || c.command === 'eval')).toEqual([]);
+    await expect(s.holder.getRequest(requestId)).resolves.toMatchObject({ commit: { state: 'claimed', holder: 'b', fence: grant.fence } });
+  });
+
+  it('ignores a message for a channel whose queue is gone (its unsubscribe still on the way)', async () => {
+    const s = await setup();
+    const requestId = randomUUID();
+    const channel = s.channel(requestId);
+    await s.holder.claim(requestId, 'a', lease);
+    const controller = new AbortController();
+    await subscribed(s, () => s.store.claim(requestId, 'b', { ...lease, signal: controller.signal }).catch((err: unknown) => err));
+    s.gate.hold('sunsubscribe', 'evalsha');
+    const scripts = () => s.gate.log.filter((c) => c.command === 'evalsha' || c.command === 'eval').length;
+    const before = scripts();
+    controller.abort(new Error('gone'));
+    const leaving = await s.gate.next('sunsubscribe');
+    // The test's own listener, after the store's: both messages reached the store.
+    const seen: string[] = [];
+    const arrived = new Promise<void>((resolve) => {
+      s.gate.duplicated!.on('smessage', (ch: string, message: string) => {
+        if (ch === channel) seen.push(message);
+        if (seen.length === 2) resolve();
+      });
+    });
+    await admin.call('SPUBLISH', channel, 'released');
+    await admin.call('SPUBLISH', channel, 'committed|z');
+    await within(arrived, 'the messages');
+    await settled();
+    expect(seen).toEqual(['released', 'committed|z']);
+    // Nothing was asked of Redis for them.
+    expect(scripts()).toBe(before);
+    await leaving.send();
+  });
+});
+
+describe('RedisSessionStore claims on Cluster', () => {
+  it('fails a claim after five stale fencing tokens as the store unavailable: 503', async () => {
+    // A single Redis behind a client that says it is a Cluster: the store takes the Cluster path (a fence first, then the claim with it).
+    const client = await connect();
+    const asCluster = new Proxy(client, {
+      get(target, name) {
+        if (name === 'isCluster') return true;
+        const value = Reflect.get(target, name) as unknown;
+        return typeof value === 'function' ? (value as (...x: unknown[]) => unknown).bind(target) : value;
+      },
+    });
+    const prefix = `rp-test:${randomUUID()}:`;
+    const store = new RedisSessionStore({ client: asCluster as unknown as Redis, prefix });
+    opened.push({ close: () => client.quit() }, store);
+    const requestId = randomUUID();
+    await admin.hset(`${prefix}{r:${requestId}}`, 'requestId', requestId, 'state', 'none', 'lastFence', '9000000000000000');
+    await expect(store.claim(requestId, 'a', { leaseMs: 1_000 })).rejects.toMatchObject({ code: codes.STORE_UNAVAILABLE, status: 503 });
+  });
+});
