@@ -116,10 +116,14 @@ export class Bookkeeping {
       const id = record?.copies.find((c) => c.duplicateId === holder)?.upstreamId;
       return opts.upstreams.find((u) => u.id === id)?.label ?? 'unknown';
     };
-    if (commit?.state === 'committed' && commit.holder !== sealId(requestId)) return answerLost(upstreamOf(commit.holder));
+    const seal = sealId(requestId);
+    if (commit?.state === 'committed') {
+      // Sealed by an earlier attempt of this request (an Idempotency-Key's retry): nothing was applied, and nothing can be.
+      if (commit.holder === seal) return undefined;
+      return answerLost(upstreamOf(commit.holder));
+    }
     if (commit?.state === 'claimed') return outcomeUnknown(upstreamOf(commit.holder));
     if (!adopting) return undefined;
-    const seal = sealId(requestId);
     const controller = new AbortController();
     const timer = time.setTimeout(() => controller.abort(new RedundantProxyError(codes.TIMEOUT, 'sealing took too long')), opts.storeTimeout);
     try {
@@ -127,7 +131,8 @@ export class Bookkeeping {
       await withTimeout(opts.store.confirm(requestId, seal, grant.fence), opts.storeTimeout, 'confirm', time);
       return undefined;
     } catch (err) {
-      if (isSupersededError(err) && err.committedBy && err.committedBy !== seal) return answerLost(upstreamOf(err.committedBy));
+      if (isSupersededError(err) && err.committedBy === seal) return undefined; // sealed meanwhile, by this proxy
+      if (isSupersededError(err) && err.committedBy) return answerLost(upstreamOf(err.committedBy));
       // A copy claimed meanwhile (the seal had to wait), or the store failed.
       return outcomeUnknown(null);
     } finally {
