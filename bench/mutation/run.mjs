@@ -103,7 +103,7 @@ export const TARGETS = [
     file: 'lib/proxy/bookkeeping.ts',
     // An update's last word before it fails or adopts at the timeout (the seal).
     blocks: [[/^  async decideUpdate\(/]],
-    tests: ['updates/no-commit.test.ts', 'updates/exactly-once.test.ts'],
+    tests: ['proxy/seal.test.ts', 'updates/race-failures.test.ts', 'updates/broken-commit.test.ts', 'updates/no-commit.test.ts', 'updates/exactly-once.test.ts'],
   },
 ];
 
