@@ -20,7 +20,7 @@
 //   const r = await scenarioBookkeeping({ quick, dist: snapshotDir, log });
 
 import { spawn } from 'node:child_process';
-import { cannon, forkChild, runStandalone, stopChild } from './child.js';
+import { cannon, closer, forkChild, runStandalone, stopChild } from './child.js';
 import { median } from './model.js';
 import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
@@ -484,19 +484,7 @@ async function childMain(config) {
     return counted(real);
   }
 
-  let closing = false;
-  async function close() {
-    if (closing) return;
-    closing = true;
-    const t = setTimeout(() => process.exit(0), 5000);
-    if (proxy) await Promise.race([proxy.close(), sleep(2000)]);
-    for (const s of servers) s.closeAllConnections?.();
-    await Promise.allSettled(servers.map((s) => new Promise((r) => s.close(r))));
-    await Promise.allSettled(stores.map((s) => s.close()));
-    for (const c of clients) c.disconnect();
-    clearTimeout(t);
-    process.exit(0);
-  }
+  const close = closer(() => proxy, servers, stores, clients);
   process.on('disconnect', () => void close());
 
   const listen = (server) =>

@@ -98,3 +98,24 @@ export async function stopChild(child) {
   await child.exited;
   clearTimeout(t);
 }
+
+/**
+ * A child's way out: the proxy closed (at most 2 s), its servers, stores and
+ * Redis clients after it, then exit; at most 5 s in all. Once, however often called.
+ */
+export function closer(getProxy, servers, stores, clients) {
+  let closing = false;
+  return async function close() {
+    if (closing) return;
+    closing = true;
+    const t = setTimeout(() => process.exit(0), 5000);
+    const proxy = getProxy();
+    if (proxy) await Promise.race([proxy.close(), new Promise((r) => setTimeout(r, 2000))]);
+    for (const s of servers) s.closeAllConnections?.();
+    await Promise.allSettled(servers.map((s) => new Promise((r) => s.close(r))));
+    await Promise.allSettled(stores.map((s) => s.close()));
+    for (const c of clients) c.disconnect();
+    clearTimeout(t);
+    process.exit(0);
+  };
+}

@@ -36,7 +36,7 @@ import os from 'node:os';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { countedStore, redisCommands, redisCpuInfo, startRedis, startRedisCluster, stopRedis } from './bookkeeping.js';
-import { forkChild, runStandalone, stopChild } from './child.js';
+import { closer, forkChild, runStandalone, stopChild } from './child.js';
 import { median } from './model.js';
 
 const SELF = fileURLToPath(import.meta.url);
@@ -541,19 +541,7 @@ async function childMain(config) {
     return { requests: done, failed };
   }
 
-  let closing = false;
-  async function close() {
-    if (closing) return;
-    closing = true;
-    const t = setTimeout(() => process.exit(0), 5000);
-    if (proxy) await Promise.race([proxy.close(), sleep(2000)]);
-    for (const s of servers) s.closeAllConnections?.();
-    await Promise.allSettled(servers.map((s) => new Promise((r) => s.close(r))));
-    await Promise.allSettled(stores.map((s) => s.close()));
-    for (const c of clients) c.disconnect();
-    clearTimeout(t);
-    process.exit(0);
-  }
+  const close = closer(() => proxy, servers, stores, clients);
   process.on('disconnect', () => void close());
 
   process.on('message', (msg) => {

@@ -231,7 +231,12 @@ describe('RedisSessionStore waiters giving up', () => {
     const first = await s.holder.claim(requestId, 'a', lease);
     const controller = new AbortController();
     await subscribed(s, () => s.store.claim(requestId, 'b', { ...lease, signal: controller.signal }).catch((err: unknown) => err));
+    // c's first look answered (wait) before b gives up: c is in the queue then, whatever the machine's load.
+    s.gate.hold('evalsha');
     const waiting = s.store.claim(requestId, 'c', lease);
+    const look = await s.gate.next('evalsha');
+    s.gate.pass('evalsha');
+    await look.send();
     await settled();
     const before = s.gate.log.length;
     controller.abort(new Error('gone'));
