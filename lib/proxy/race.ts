@@ -3,7 +3,7 @@ import { codes, RedundantProxyError } from '../errors.js';
 import type { TimerHandle } from '../time.js';
 import { COMMIT, H } from '../wire/protocol.js';
 import { detachedResponse, sendError } from './respond.js';
-import type { CapturedAnswer, RaceOutcome, RaceReport } from './report.js';
+import { raceReport, type CapturedAnswer, type RaceOutcome, type RaceReport } from './report.js';
 import type { Upstream } from './options.js';
 import { adoptionFor, type AdoptionStrategy, type Decision, type HeadVerdict, type Judge } from './race/adoption.js';
 import { isBodyless, release, stream, winnerEnded } from './race/answer.js';
@@ -13,7 +13,7 @@ import { answerFailure, sealThenAdopt, timedOut } from './race/ending.js';
 import { HedgeScheduler, type HedgeHost } from './race/hedging.js';
 import { hookFailed } from './race/hooks.js';
 import { guard, type RaceCore, type RaceInput } from './race/input.js';
-import { LOSERS } from './race/losers.js';
+import { lingerLosers, LOSERS, secondCommit } from './race/losers.js';
 
 export type { CapturedAnswer, CopyOutcome, CopyReport, RaceObserver, RaceOutcome, RaceReport } from './report.js';
 export type { RaceInput } from './race/input.js';
@@ -159,7 +159,7 @@ export class Race implements CopyHost, HedgeHost, Judge<Copy>, RaceCore {
     copy.report.latency = input.time.now() - copy.startedAt;
     if (headers[H.worker] === '1') input.observer.workerSeen(copy.upstream.id);
     // Another copy committed already: the store's arbitration failed.
-    if (this.committed && headers[H.commit] === COMMIT.won) this.#secondCommit(copy);
+    if (this.committed && headers[H.commit] === COMMIT.won) secondCommit(this, copy);
     if (copy.state === 'lingering') {
       LOSERS.answeredInGrace(copy, headers);
       return this.lingerSettled();
@@ -372,7 +372,7 @@ export class Race implements CopyHost, HedgeHost, Judge<Copy>, RaceCore {
       }
     }
     this.fallback = null;
-    this.#lingerLosers();
+    lingerLosers(this);
     const extra = this.input.beforeHead?.(copy.report, copy.headers);
     if (extra instanceof Promise) {
       if (copy.state !== 'holding') {
@@ -415,35 +415,6 @@ export class Race implements CopyHost, HedgeHost, Judge<Copy>, RaceCore {
     this.input.observer.cancelled(this.input.requestId, copy.report, this.winner.report);
   }
 
-  /** Another copy answered `x-redundant-commit: won` after one committed: the store's arbitration failed. */
-  #secondCommit(copy: Copy): void {
-    const { requestId } = this.input;
-    const first = this.winner?.upstream.id ?? 'unknown';
-    const message = `request ${requestId}: upstream "${copy.upstream.id}" answered x-redundant-commit: won after upstream "${first}" had committed; the session store's commit arbitration failed (is every worker on the same store?)`;
-    this.input.observer.error(requestId, 'internal', new RedundantProxyError(codes.INTERNAL, message));
-  }
-
-  /** Gives the losers still out a short grace to answer, then aborts them. */
-  #lingerLosers(): void {
-    let any = false;
-    for (const c of this.copies) {
-      if (c.state !== 'sent' || c === this.winner) continue;
-      c.to('lingering');
-      any = true;
-    }
-    if (!any) return;
-    const { time } = this.input;
-    this.lingerTimer = time.setTimeout(() => {
-      this.lingerTimer = null;
-      // Timers run before the event loop reads sockets: give answers already
-      // waiting there one turn to arrive, rather than abort them (and their connection).
-      time.setImmediate(() => {
-        for (const c of this.copies) if (c.state === 'lingering') this.stopAndCancel(c);
-        this.lingerSettled();
-      });
-    }, LOSERS.grace(time.now() - this.started));
-  }
-
   /** A lingering loser answered, failed or was aborted: the report may be final now. */
   lingerSettled(): void {
     for (const c of this.copies) if (c.state === 'lingering') return;
@@ -483,22 +454,6 @@ export class Race implements CopyHost, HedgeHost, Judge<Copy>, RaceCore {
   #report(): void {
     if (this.#resolved) return;
     this.#resolved = true;
-    const { input } = this;
-    const adopted = this.winner ?? (this.passedThrough ? this.fallback : null);
-    const gone = this.#clientGone;
-    this.#resolve({
-      requestId: input.requestId,
-      method: input.method,
-      path: input.path,
-      update: input.update,
-      // Whatever the race came to after its client left, the client got none of it.
-      outcome: gone ? 'client-closed' : this.outcome,
-      status: gone ? gone.status : input.res.headersSent ? input.res.statusCode : null,
-      servedBy: adopted?.upstream.id ?? null,
-      adopted: adopted?.report.duplicateId ?? null,
-      committed: this.committed,
-      duration: this.#finishedAt - this.started,
-      copies: this.copies.map((c) => c.report),
-    });
+    this.#resolve(raceReport(this, this.#clientGone, this.#finishedAt - this.started));
   }
 }

@@ -1,3 +1,4 @@
+import type { RaceCore } from './race/input.js';
 // What a race reports: each copy's fate and the race's outcome. The race
 // writes it; metrics, Prometheus, ejection, adaptive hedging and the events
 // read it. Its own file, so that none of them imports the race.
@@ -145,3 +146,23 @@ export const UNOBSERVED: RaceObserver = {
   cancelled() {},
   error() {},
 };
+
+/** What a finished race reports; `clientGone`: what its client was sent before it left, if it left. */
+export function raceReport(race: RaceCore, clientGone: { status: number | null } | null, duration: number): RaceReport {
+  const { input } = race;
+  const adopted = race.winner ?? (race.passedThrough ? race.fallback : null);
+  return {
+    requestId: input.requestId,
+    method: input.method,
+    path: input.path,
+    update: input.update,
+    // Whatever the race came to after its client left, the client got none of it.
+    outcome: clientGone ? 'client-closed' : race.outcome,
+    status: clientGone ? clientGone.status : input.res.headersSent ? input.res.statusCode : null,
+    servedBy: adopted?.upstream.id ?? null,
+    adopted: adopted?.report.duplicateId ?? null,
+    committed: race.committed,
+    duration,
+    copies: race.copies.map((c) => c.report),
+  };
+}

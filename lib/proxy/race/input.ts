@@ -1,3 +1,4 @@
+import type { TimerHandle } from '../../time.js';
 import type { ServerResponse } from 'node:http';
 import type { RedundantProxyError } from '../../errors.js';
 import type { AdoptedAnswer, ResolvedSelect, Upstream, UpstreamResponse } from '../options.js';
@@ -69,6 +70,14 @@ export interface RaceCore {
   readonly fallback: Copy | null;
   passedThrough: boolean;
   readonly finished: boolean;
+  /** When the race started, on its clock. */
+  readonly started: number;
+  /** The losers' grace, while it runs. */
+  lingerTimer: TimerHandle | null;
+  /** What the race came to (meaningful once finished). */
+  readonly outcome: RaceOutcome;
+  /** A copy committed (answered `won` or `applied`). */
+  readonly committed: boolean;
   /** The body is complete and `beforeEnd` runs. */
   ending: boolean;
   /** The adopted answer kept, and its last chunk held back, for an Idempotency-Key; null without one. */

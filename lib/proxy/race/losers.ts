@@ -13,8 +13,10 @@
 // costs its connection, and for an update its cancel hook. The grace is half
 // the time the race took so far, within bounds.
 
+import { codes, RedundantProxyError } from '../../errors.js';
 import { COMMIT, H } from '../../wire/protocol.js';
 import type { Copy } from './copy.js';
+import type { RaceCore } from './input.js';
 
 type Headers = Record<string, string | string[] | undefined>;
 
@@ -102,3 +104,32 @@ export class LoserPolicy {
 
 /** The policy every race uses. */
 export const LOSERS = new LoserPolicy();
+
+/** Gives the losers still out a short grace to answer, then stops them (a loser after a commit is cancelled). */
+export function lingerLosers(race: RaceCore): void {
+  let any = false;
+  for (const c of race.copies) {
+    if (c.state !== 'sent' || c === race.winner) continue;
+    c.to('lingering');
+    any = true;
+  }
+  if (!any) return;
+  const { time } = race.input;
+  race.lingerTimer = time.setTimeout(() => {
+    race.lingerTimer = null;
+    // Timers run before the event loop reads sockets: give answers already
+    // waiting there one turn to arrive, rather than abort them (and their connection).
+    time.setImmediate(() => {
+      for (const c of race.copies) if (c.state === 'lingering') race.stopAndCancel(c);
+      race.lingerSettled();
+    });
+  }, LOSERS.grace(time.now() - race.started));
+}
+
+/** Another copy answered `x-redundant-commit: won` after one committed: the store's arbitration failed. */
+export function secondCommit(race: RaceCore, copy: Copy): void {
+  const { requestId } = race.input;
+  const first = race.winner?.upstream.id ?? 'unknown';
+  const message = `request ${requestId}: upstream "${copy.upstream.id}" answered x-redundant-commit: won after upstream "${first}" had committed; the session store's commit arbitration failed (is every worker on the same store?)`;
+  race.input.observer.error(requestId, 'internal', new RedundantProxyError(codes.INTERNAL, message));
+}
