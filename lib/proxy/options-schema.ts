@@ -5,7 +5,7 @@ import type { SessionStore } from '../store/types.js';
 import { PREFIX } from '../wire/protocol.js';
 import type { AdoptedAnswer, CancelInfo, EjectionOptions, OutgoingCopy, HealthCheckOptions, ProxyOptions, RetryOptions, ResolvedOptions, ResolvedSelect, ResolvedSession, SelectFunction, Upstream, UpstreamResponse, UpstreamSpec } from './options.js';
 import { passesByDefault } from './health.js';
-import { checkPrometheusOptions, type PrometheusOptions } from './prometheus.js';
+import { checkPrometheusOptions } from './prometheus.js';
 import { parseHttp2, parseTls, settleTransport } from './tls.js';
 
 // The proxy's options checked at construction, through the one option
@@ -72,41 +72,19 @@ const SESSION: Schema<Omit<ResolvedSession, 'cookie' | 'header'> & { cookie: str
   maxAge: optional(number({ integer: true, unit: 'seconds', min: 0 })),
 };
 
-/** The proxy's options as the schema resolves them, before they are put together. */
-interface Parsed {
-  upstreams: Upstream[];
+/**
+ * The proxy's options as the schema resolves them, before they are put
+ * together: the resolved options, less what is derived afterwards (the
+ * store, hedge and per-try timeout as the race reads them), plus the TLS
+ * settings that go into each upstream.
+ */
+type Parsed = Omit<ResolvedOptions, 'store' | 'ownsStore' | 'hedgeDelay' | 'maxExtraLoad' | 'perTryTimeout'> & {
   tls: ReturnType<typeof parseTls>;
   http2: boolean | undefined;
   store: SessionStore | undefined;
-  copies: number;
   hedge: { delay: number | 'adaptive'; maxExtraLoad: number };
-  timeout: number;
   perTryTimeout: number | undefined;
-  retry: Required<RetryOptions> | false;
-  healthCheck: Required<HealthCheckOptions> | false;
-  accept: (response: UpstreamResponse) => boolean;
-  select: ResolvedSelect;
-  isUpdate: (req: IncomingMessage) => boolean;
-  secret: string | Buffer | undefined;
-  maxBodySize: number;
-  bodyTimeout: number;
-  bodyIdleTimeout: number;
-  maxBufferedBytes: number;
-  connections: number;
-  maxInFlight: number;
-  trustForwarded: boolean;
-  session: ResolvedSession | false;
-  storeTimeout: number;
-  onCancel: ((info: CancelInfo) => void | Promise<void>) | undefined;
-  cancelTimeout: number;
-  idempotency: ResolvedIdempotency | false;
-  ejection: Required<EjectionOptions> | false;
-  prometheus: PrometheusOptions | undefined;
-  rewriteCopy: ((copy: OutgoingCopy) => void) | undefined;
-  rewriteAnswer: ((answer: AdoptedAnswer) => void | Promise<void>) | undefined;
-  tunnelGrace: number;
-  now: () => number;
-}
+};
 
 const PROXY: Schema<Parsed> = {
   upstreams: custom('must be a non-empty array of URLs or { id, url }', (v) => resolveUpstreams(v)),
