@@ -288,7 +288,6 @@ export class Race implements CopyHost, HedgeHost, Judge<Copy>, RaceCore {
   tryTimedOut(copy: Copy): void {
     if (this.isDecided() || this.#sealing || copy.state !== 'sent') return;
     LOSERS.stop(copy);
-    if (this.input.update) this.#gaveUp = true;
     this.hedging.replaceGivenUp();
     this.failed(copy, PER_TRY_TIMEOUT);
   }
@@ -410,7 +409,8 @@ export class Race implements CopyHost, HedgeHost, Judge<Copy>, RaceCore {
 
   /** After a commit, a loser stopped or broken while still processing: its work is cancelled (onCancel runs). */
   #cancelAfterCommit(copy: Copy): void {
-    if (!this.committed || !this.winner) return;
+    // A copy that never reached its upstream (queued, or waiting to retry) has no work to cancel.
+    if (!this.committed || !this.winner || !copy.mayHaveRun) return;
     copy.report.outcome = 'cancelled';
     this.input.observer.cancelled(this.input.requestId, copy.report, this.winner.report);
   }

@@ -146,7 +146,8 @@ export class Copy implements Dispatcher.DispatchHandler {
    */
   send(request: CopyRequest, of: number, started: number, hedged: boolean): string | RedundantProxyError | null {
     let target = upstreamTarget(this.upstream.prefix, request.path);
-    let headers = request.headers.slice();
+    // Each copy gets its own list (its signed headers go on the end); the hook builds a new one itself.
+    let headers = request.rewriteCopy === undefined ? request.headers.slice() : request.headers;
     if (request.rewriteCopy !== undefined) {
       // The gateway's hook, before signing: the signature covers the target it leaves.
       const rewritten = rewriteCopy(request, this, of, hedged, target, headers);

@@ -98,7 +98,8 @@ export class HedgeScheduler {
 
   arm(): void {
     this.stop();
-    if (this.host.unsent() === 0 || !Number.isFinite(this.delay)) return;
+    // A copy sent just now may have finished the race (a hook failed, undici refused it): no timer after that.
+    if (this.host.isDecided() || this.host.unsent() === 0 || !Number.isFinite(this.delay)) return;
     this.#armedAt = this.time.now();
     this.#checkedAt = -1;
     this.#timer = this.time.setTimeout((this.#fire ??= () => this.#onTimer()), this.delay);

@@ -110,6 +110,11 @@ export function lingerLosers(race: RaceCore): void {
   let any = false;
   for (const c of race.copies) {
     if (c.state !== 'sent' || c === race.winner) continue;
+    // Not on the wire yet (queued, or waiting to retry): nothing to wait for.
+    if (!c.mayHaveRun) {
+      race.stopAndCancel(c);
+      continue;
+    }
     c.to('lingering');
     any = true;
   }
