@@ -167,9 +167,12 @@ describe('WebSocket passthrough, closing', () => {
     ws.send('still');
     expect(await next(ws)).toBe('a:still');
     expect(closed).toBe(false);
+    const clientClosed = new Promise<void>((r) => ws.once('close', () => r()));
     await vt.advance(1);
     await closing;
-    expect(ws.readyState === WebSocket.CLOSED || ws.readyState === WebSocket.CLOSING).toBe(true);
+    // The client sees its tunnel end (a hang here fails the test by its timeout).
+    await clientClosed;
+    expect(ws.readyState).toBe(WebSocket.CLOSED);
   });
 
   it('close() does not wait out tunnelGrace once every tunnel ended', async () => {
@@ -195,11 +198,12 @@ describe('WebSocket passthrough, closing', () => {
   it('refuses a target that is not a path with 400 RP_ERR_BAD_TARGET', async () => {
     const a = await wsUpstream('a');
     const { port } = await gateway('node', [{ id: 'a', url: a.url }]);
-    const answer = await new Promise<string>((resolve) => {
+    const answer = await new Promise<string>((resolve, reject) => {
       const socket = net.connect(port, '127.0.0.1');
       let out = '';
       socket.on('data', (c) => (out += c));
       socket.on('close', () => resolve(out));
+      socket.on('error', reject);
       socket.write('GET /a/../b HTTP/1.1\r\nHost: gw\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n');
     });
     expect(answer).toMatch(/^HTTP\/1\.1 400 /);

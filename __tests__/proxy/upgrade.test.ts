@@ -227,8 +227,10 @@ describe('WebSocket passthrough: tunnel()', () => {
 
   it('drops the upstream handshake when the client leaves before it is answered', async () => {
     const silent = net.createServer();
+    const accepted: net.Socket[] = [];
     const upstreamClosed = new Promise<void>((resolve) =>
       silent.on('connection', (s) => {
+        accepted.push(s);
         s.resume();
         s.on('close', () => resolve());
       }),
@@ -236,10 +238,15 @@ describe('WebSocket passthrough: tunnel()', () => {
     let connected = false;
     silent.on('connection', () => (connected = true));
     const port = await listen(silent);
-    closers.push(() => closeServer(silent));
+    closers.push(() => {
+      for (const s of accepted) s.destroy();
+      return closeServer(silent);
+    });
     // Only the client's leaving can end the upstream connection within the test's time.
     const gw = await gateway({ id: 'a', url: new URL(`http://127.0.0.1:${port}`) }, { timeout: 600_000 });
     const client = net.connect(gw.port, '127.0.0.1');
+    client.on('error', () => undefined);
+    closers.push(() => void client.destroy());
     client.write('GET / HTTP/1.1\r\nHost: gw\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n');
     while (!connected) await new Promise((r) => setTimeout(r, 5));
     client.destroy();

@@ -109,14 +109,21 @@ interface RaceSpans {
   workers: ReadableSpan[];
 }
 
-/** The spans of one race, once the race's, its three copies' and their workers' have all ended. */
-async function raceSpans(): Promise<RaceSpans> {
+/**
+ * The spans of one race (its request id), once the race's, its three copies'
+ * and their workers' have all ended: the copies' and workers' are found by
+ * the race's trace, so a span a warm-up ended late cannot be taken for them.
+ */
+async function raceSpans(requestId: string): Promise<RaceSpans> {
   return eventually(() => {
     const spans = exporter.getFinishedSpans();
-    const race = spans.filter((s) => s.name === 'redundant-proxy race');
-    const copies = spans.filter((s) => s.name === 'redundant-proxy copy');
-    const workers = spans.filter((s) => s.name === 'redundant-proxy worker');
-    if (race.length !== 1 || copies.length !== 3 || workers.length !== 3) return undefined;
+    const race = spans.filter((s) => s.name === 'redundant-proxy race' && s.attributes['redundant_proxy.request_id'] === requestId);
+    if (race.length !== 1) return undefined;
+    const trace = race[0]!.spanContext().traceId;
+    const inTrace = spans.filter((s) => s.spanContext().traceId === trace);
+    const copies = inTrace.filter((s) => s.name === 'redundant-proxy copy');
+    const workers = inTrace.filter((s) => s.name === 'redundant-proxy worker');
+    if (copies.length !== 3 || workers.length !== 3) return undefined;
     const index = (s: ReadableSpan) => s.attributes['redundant_proxy.copy.index'] as number;
     return { race: race[0]!, copies: copies.sort((x, y) => index(x) - index(y)), workers: workers.sort((x, y) => index(x) - index(y)) };
   }, 5000);
@@ -141,7 +148,7 @@ describe('tracing', () => {
     const res = await client.send(`${gw.url}/items/7?secret=1`);
     expect(res.status).toBe(200);
     expect(res.json()).toEqual({ who: 'a' });
-    const { race, copies, workers } = await raceSpans();
+    const { race, copies, workers } = await raceSpans(String(res.headers['x-request-id']));
 
     expect(race.kind).toBe(api.SpanKind.INTERNAL);
     expect(race.parentSpanContext).toBeUndefined();
@@ -190,16 +197,22 @@ describe('tracing', () => {
   });
 
   it('an update: the committing copy’s worker span says won with its fence and shows its claim, the others lost', async () => {
+    // `a` claims first and holds the claim while the others ask for it: they wait for its grant, not for a time.
+    let aHolds!: () => void;
+    const held = new Promise<void>((r) => (aHolds = r));
     const { gw } = await fleet(async (h, who) => {
-      // `a` claims first and holds the claim while the others ask for it.
-      if (who !== 'a') await sleep(20);
-      await h.commitOnce(() => (who === 'a' ? sleep(100) : undefined));
+      if (who !== 'a') await held;
+      await h.commitOnce(() => {
+        if (who !== 'a') return undefined;
+        aHolds();
+        return sleep(100);
+      });
       return { who };
     });
     const res = await client.send(`${gw.url}/orders`, { method: 'POST', body: '{}', headers: { 'content-type': 'application/json' } });
     expect(res.status).toBe(200);
     expect(res.json()).toEqual({ who: 'a' });
-    const { race, copies, workers } = await raceSpans();
+    const { race, copies, workers } = await raceSpans(String(res.headers['x-request-id']));
     expect(race.attributes).toMatchObject({ 'redundant_proxy.update': true, 'redundant_proxy.committed': true, 'redundant_proxy.served_by': 'a', 'http.request.method': 'POST' });
     expect(byUpstream(copies, 'a').attributes).toMatchObject({ 'redundant_proxy.copy.outcome': 'adopted', 'redundant_proxy.copy.adopted': true });
 
@@ -224,7 +237,7 @@ describe('tracing', () => {
     const { gw, seen } = await fleet(async (_h, who) => ({ who }));
     const res = await client.send(`${gw.url}/items`, { headers: { traceparent: `00-${CLIENT_TRACE}-${CLIENT_SPAN}-01`, tracestate: 'vendor=x' } });
     expect(res.status).toBe(200);
-    const { race, copies } = await raceSpans();
+    const { race, copies } = await raceSpans(String(res.headers['x-request-id']));
     expect(traceId(race)).toBe(CLIENT_TRACE);
     expect(parentOf(race)).toBe(CLIENT_SPAN);
     for (const copy of copies) {
@@ -237,7 +250,7 @@ describe('tracing', () => {
     const { gw } = await fleet(async (_h, who) => ({ who }), { gateway: 'instrumented', replicas: 'instrumented' });
     const res = await client.send(`${gw.url}/items`, { headers: { traceparent: `00-${CLIENT_TRACE}-${CLIENT_SPAN}-01` } });
     expect(res.status).toBe(200);
-    const { race, copies, workers } = await raceSpans();
+    const { race, copies, workers } = await raceSpans(String(res.headers['x-request-id']));
     const servers = await eventually(() => {
       const spans = exporter.getFinishedSpans();
       const gateway = spans.find((s) => s.name === 'gateway');

@@ -3,6 +3,7 @@ import { afterAll, describe, expect, it } from '@jest/globals';
 import { MemorySessionStore, redundantProxy, redundantWorker, type RaceReport, type RedundantHandle } from '../../lib/index.js';
 import { testClient } from '../helpers/client.js';
 import { listen } from '../helpers/upstream.js';
+import { sealId } from '../../lib/wire/protocol.js';
 
 // An update's copy that committed and then broke (its connection reset before
 // any answer) said nothing of its commit. The other copies answered without
@@ -78,12 +79,15 @@ describe('an update whose committing copy broke without answering', () => {
   });
 
   it('is answered with the other copy’s answer when the broken copy never claimed', async () => {
-    const { url } = await setup({
+    const { url, store } = await setup({
       a: (_h, req) => void setImmediate(() => req.socket.destroy()),
       b: (_h, _req, res) => void setTimeout(() => ((res.statusCode = 400), res.end(JSON.stringify({ invalid: 'b' }))), 30),
     });
     const res = await client.send(`${url}/transfer`, { method: 'POST', body: '{}' });
     expect(res.status).toBe(400);
     expect(res.json()).toEqual({ invalid: 'b' });
+    // Adopted only once sealed: no copy can commit after the client was told nothing was.
+    const requestId = String(res.headers['x-request-id']);
+    expect((await store.getRequest(requestId))!.commit).toMatchObject({ state: 'committed', holder: sealId(requestId) });
   });
 });
