@@ -345,17 +345,17 @@ describe('RedisSessionStore waiters across connections', () => {
     const controller = new AbortController();
     const waiting = other.claim(requestId, 'b', { leaseMs: 30_000, signal: controller.signal });
     await sleep(100);
-    // Sharded pub/sub (Redis 7): one subscriber on the request's channel.
-    expect(await admin.call('PUBSUB', 'SHARDNUMSUB', `${prefix}{r:${requestId}}:commit`)).toEqual([`${prefix}{r:${requestId}}:commit`, 1]);
+    // The waiting store's inbox is registered in the request's record, and it listens there.
+    const token = (await admin.hget(`${prefix}{r:${requestId}}`, 'waiters'))?.trim();
+    expect(await admin.call('PUBSUB', 'NUMSUB', `${prefix}inbox:${token}`)).toEqual([`${prefix}inbox:${token}`, 1]);
+    // No channel of the request's own.
+    expect(await admin.call('PUBSUB', 'SHARDNUMSUB', `${prefix}{r:${requestId}}:commit`)).toEqual([`${prefix}{r:${requestId}}:commit`, 0]);
     const start = performance.now();
     await holder.release(requestId, 'a', first.fence);
     const grant = await waiting;
     expect(elapsed(start)).toBeLessThan(500);
     expect(grant.fence).toBeGreaterThan(first.fence);
     expect(getEventListeners(controller.signal, 'abort')).toHaveLength(0);
-    await sleep(50);
-    // Nobody waits any more: the store left the channel.
-    expect(await admin.call('PUBSUB', 'SHARDNUMSUB', `${prefix}{r:${requestId}}:commit`)).toEqual([`${prefix}{r:${requestId}}:commit`, 0]);
   });
 
   it('turns waiters on another connection away by pub/sub when the holder confirms', async () => {
@@ -407,10 +407,10 @@ describe('RedisSessionStore waiters across connections', () => {
     const first = await holder.claim(requestId, 'a', { leaseMs: 30_000 });
     const waiting = other.claim(requestId, 'b', { leaseMs: 30_000 });
     await sleep(100);
+    const inbox = `${prefix}inbox:${(await admin.hget(`${prefix}{r:${requestId}}`, 'waiters'))?.trim()}`;
     await admin.client('KILL', 'TYPE', 'pubsub');
-    const channel = `${prefix}{r:${requestId}}:commit`;
-    for (let n = 0; n < 100 && ((await admin.call('PUBSUB', 'SHARDNUMSUB', channel)) as [string, number])[1] === 0; n++) await sleep(20);
-    expect(await admin.call('PUBSUB', 'SHARDNUMSUB', channel)).toEqual([channel, 1]);
+    for (let n = 0; n < 100 && ((await admin.call('PUBSUB', 'NUMSUB', inbox)) as [string, number])[1] === 0; n++) await sleep(20);
+    expect(await admin.call('PUBSUB', 'NUMSUB', inbox)).toEqual([inbox, 1]);
     const start = performance.now();
     await holder.release(requestId, 'a', first.fence);
     await expect(waiting).resolves.toMatchObject({ fence: expect.any(Number) });

@@ -1,3 +1,4 @@
+import { randomUUID } from 'node:crypto';
 // Types only: the main entry of the package must load without ioredis.
 import type { Cluster, Redis } from 'ioredis';
 import { InvalidOptionError, RedundantProxyError, codes, isRedundantProxyError } from '../errors.js';
@@ -20,7 +21,7 @@ import { RedisKeys } from './redis/keys.js';
 import { PubSub } from './redis/pubsub.js';
 import { OPTIONS, type RedisSessionStoreOptions } from './redis/options.js';
 import { millis, pairs, toRequestRecord } from './redis/records.js';
-import { ADOPT_CANDIDATE, BEGIN_IDEMPOTENT, CLAIM, COMPLETE_IDEMPOTENT, CONFIRM, NEXT_FENCE, RELEASE, SAVE_CANDIDATE, type Script } from './redis/scripts.js';
+import { ADOPT_CANDIDATE, BEGIN_IDEMPOTENT, CLAIM, CLAIM_BATCH, COMPLETE_IDEMPOTENT, CONFIRM, CONFIRM_BATCH, NEXT_FENCE, RELEASE, SAVE_CANDIDATE, type Script } from './redis/scripts.js';
 
 export type { RedisSessionStoreOptions } from './redis/options.js';
 
@@ -45,7 +46,10 @@ type Attempt =
 /** The copies of this process waiting for one request's claim. */
 interface Queue {
   requestId: string;
+  /** The request's channel: the queue's name, and on Cluster what it listens to. */
   channel: string;
+  /** On Cluster: its subscription to the channel came through (its unsubscribe is then the drop's to send). */
+  subscribed: boolean;
   waiters: Waiter[];
   timer: NodeJS.Timeout | undefined;
   /** An attempt is in flight; `again` asks for another one after it. */
@@ -78,12 +82,32 @@ export class RedisSessionStore implements SessionStore {
   readonly #sessionTtl: number;
   readonly #pollInterval: number;
   readonly #commandTimeout: number;
+  /**
+   * On a single Redis, where this store hears the outcome of the claims it
+   * waits for: its own channel (`<prefix>inbox:<token>`), subscribed once.
+   * A copy told to wait registers the token in the request's record, and the
+   * confirm or release publishes there. Undefined on Cluster (a script may
+   * publish in its own slot only): there each waited-for request has its own
+   * sharded channel.
+   */
+  readonly #inbox: { token: string; channel: string } | undefined;
+  /** The inbox subscription, once asked for. */
+  #listening: Promise<void> | undefined;
+  /** The inbox subscription came through: claims register the token from now on. */
+  #listened = false;
   /** Waiting claims, by the channel of their request. */
   readonly #queues = new Map<string, Queue>();
   /** The request log's writes, batched. */
   readonly #records: RecordBatcher;
   /** Session reads, batched the same way (each on a copy's critical path: sent at the end of the turn, not later). */
   readonly #sessionReads: Batcher<string[]>;
+  /**
+   * Claims and confirms on a single Redis, batched the same way (on the
+   * commit's path: sent at the end of the turn). Undefined on Cluster, where
+   * each is its own call (a claim there takes its token first).
+   */
+  readonly #claims: Batcher<unknown> | undefined;
+  readonly #confirms: Batcher<unknown> | undefined;
   #closed = false;
 
   constructor(options: RedisSessionStoreOptions) {
@@ -92,15 +116,28 @@ export class RedisSessionStore implements SessionStore {
     this.#cluster = (client as { isCluster?: boolean }).isCluster === true;
     // Waiters look again after a reconnect: messages published meanwhile are lost.
     this.#pubsub = new PubSub(client, this.#cluster, (channel, message) => this.#onMessage(channel, message), () => {
+      // Before the inbox first listened, its subscription's answer makes the queues look.
+      if (this.#inbox && !this.#listened) return;
       for (const q of this.#queues.values()) void this.#settle(q);
     });
     this.#keys = new RedisKeys(prefix);
+    if (!this.#cluster) {
+      const token = randomUUID();
+      this.#inbox = { token, channel: this.#keys.inbox(token) };
+    }
     this.#ttl = ttl;
     this.#sessionTtl = sessionTtl;
     this.#pollInterval = pollInterval;
     this.#commandTimeout = commandTimeout;
     this.#records = new RecordBatcher((keys, args) => this.#guard('writing the request log', this.#eval(RECORD_BATCH, keys, args)), batch as BatchSettings, ttl, this.#cluster);
-    this.#sessionReads = new Batcher<string[]>((keys, args) => this.#guard('getSession', this.#eval(GET_SESSIONS, keys, args)), { ...(batch as BatchSettings), maxDelay: 0 }, sessionTtl, this.#cluster);
+    const now = { ...(batch as BatchSettings), maxDelay: 0 };
+    this.#sessionReads = new Batcher<string[]>((keys, args) => this.#guard('getSession', this.#eval(GET_SESSIONS, keys, args)), now, sessionTtl, this.#cluster);
+    if (!this.#cluster) {
+      const fence = this.#keys.fence();
+      const inboxes = this.#keys.inbox('');
+      this.#claims = new Batcher((keys, args) => this.#guard('claim', this.#eval(CLAIM_BATCH, [fence, ...keys], args)), now, ttl, false);
+      this.#confirms = new Batcher((keys, [shared, ...each]) => this.#guard('confirm', this.#eval(CONFIRM_BATCH, keys, [shared!, inboxes, ...each])), now, ttl, false);
+    }
   }
 
   async recordCopy(input: RecordCopyInput): Promise<{ duplicate: boolean }> {
@@ -187,7 +224,10 @@ export class RedisSessionStore implements SessionStore {
     this.#assertOpen();
     // A holder past its lease may still confirm as long as nobody took over:
     // the takeover, not the clock, is what makes it lose. Confirming twice is harmless.
-    const result = await this.#run('confirm', CONFIRM, [this.#keys.request(requestId)], [duplicateId, String(fence), this.#ttl, this.#keys.channel(requestId)]);
+    const key = this.#keys.request(requestId);
+    const result = this.#confirms
+      ? await this.#confirms.add({ key, args: [duplicateId, String(fence)] })
+      : await this.#run('confirm', CONFIRM, [key], [duplicateId, String(fence), this.#ttl, ...this.#wakeArgs(requestId)]);
     if (result === 1) return;
     // Refused: [0, state, holder] of the record as it is (both nil when it is gone).
     const [, state, holder] = result as [0, string | null, string | null];
@@ -196,7 +236,7 @@ export class RedisSessionStore implements SessionStore {
 
   async release(requestId: string, duplicateId: string, fence: number): Promise<void> {
     this.#assertOpen();
-    await this.#run('release', RELEASE, [this.#keys.request(requestId)], [duplicateId, String(fence), this.#ttl, this.#keys.channel(requestId)]);
+    await this.#run('release', RELEASE, [this.#keys.request(requestId)], [duplicateId, String(fence), this.#ttl, ...this.#wakeArgs(requestId)]);
   }
 
   async beginIdempotent(key: string, fingerprint: string, requestId: string, lockMs: number, ttlMs: number): Promise<IdempotencyState> {
@@ -229,6 +269,9 @@ export class RedisSessionStore implements SessionStore {
     this.#closed = true;
     // What was recorded before close() still goes out (each write bounded by commandTimeout).
     const flushed = Promise.all([this.#records.flush(), this.#sessionReads.flush()]);
+    // Claims and confirms asked for before close() go out too; their callers wait for them, not close().
+    void this.#claims?.flush();
+    void this.#confirms?.flush();
     for (const queue of [...this.#queues.values()]) this.#rejectAll(queue, () => closedError());
     await Promise.all([flushed, this.#pubsub.close()]);
   }
@@ -268,6 +311,11 @@ export class RedisSessionStore implements SessionStore {
 
   // --- commit arbitration -------------------------------------------------
 
+  /** How a confirm or release wakes the waiters: the request's channel on Cluster, the registered inboxes (their channels' prefix) on a single Redis. */
+  #wakeArgs(requestId: string): [channel: string, inboxes: string] {
+    return this.#inbox ? ['', this.#keys.inbox('')] : [this.#keys.channel(requestId), ''];
+  }
+
   /** One try at the claim: granted, already held, wait, or superseded. */
   async #attempt(requestId: string, duplicateId: string, leaseMs: number): Promise<Attempt> {
     const requestKey = this.#keys.request(requestId);
@@ -277,9 +325,11 @@ export class RedisSessionStore implements SessionStore {
       let reply: unknown;
       if (this.#cluster) {
         const fence = await this.#run('claim', NEXT_FENCE, [this.#keys.fence()], []);
-        reply = await this.#run('claim', CLAIM, [requestKey], [requestId, duplicateId, leaseMs, this.#ttl, String(fence)]);
+        reply = await this.#run('claim', CLAIM, [requestKey], [requestId, duplicateId, leaseMs, this.#ttl, String(fence), '']);
       } else {
-        reply = await this.#run('claim', CLAIM, [requestKey, this.#keys.fence()], [requestId, duplicateId, leaseMs, this.#ttl, '']);
+        // Told to wait, the copy is registered for the outcome, if the inbox listens already.
+        const inbox = this.#listened ? this.#inbox!.token : '';
+        reply = await this.#claims!.add({ key: requestKey, args: [requestId, duplicateId, String(leaseMs), inbox] });
       }
       const [kind, a, b] = reply as [string, number | string, number];
       if (kind === 'granted' || kind === 'held') return { kind, grant: { fence: Number(a), leaseUntil: Number(b) } };
@@ -291,7 +341,7 @@ export class RedisSessionStore implements SessionStore {
 
   /** Returns a claim granted to a copy that stopped waiting. If this fails, the lease runs out. */
   #giveBack(requestId: string, duplicateId: string, fence: number): void {
-    this.#eval(RELEASE, [this.#keys.request(requestId)], [duplicateId, String(fence), this.#ttl, this.#keys.channel(requestId)]).catch(() => undefined);
+    this.#eval(RELEASE, [this.#keys.request(requestId)], [duplicateId, String(fence), this.#ttl, ...this.#wakeArgs(requestId)]).catch(() => undefined);
   }
 
   #wait(requestId: string, duplicateId: string, leaseMs: number, signal: AbortSignal | undefined, remaining: number): Promise<ClaimGrant> {
@@ -300,7 +350,7 @@ export class RedisSessionStore implements SessionStore {
       let queue = this.#queues.get(channel);
       const fresh = queue === undefined;
       if (!queue) {
-        queue = { requestId, channel, waiters: [], timer: undefined, busy: false, again: false };
+        queue = { requestId, channel, subscribed: false, waiters: [], timer: undefined, busy: false, again: false };
         this.#queues.set(channel, queue);
       }
       const q = queue;
@@ -315,14 +365,19 @@ export class RedisSessionStore implements SessionStore {
         signal.addEventListener('abort', waiter.onAbort, { once: true });
       }
       q.waiters.push(waiter);
-      if (fresh) {
+      // The first wait of a single Redis store subscribes its inbox; every
+      // queue looks again once it listens (below), registering this time.
+      if (this.#inbox) this.#listen();
+      else if (fresh) {
         // Look again once subscribed: a release published between the first
         // attempt and the subscription would otherwise wait for the poll.
         this.#pubsub.subscribe(channel).then(
           () => {
-            if (this.#queues.get(channel) === q) void this.#settle(q);
-            // Nobody waits any more, and the drop may have come before the
-            // first subscription told sharded from classic pub/sub.
+            if (this.#queues.get(channel) === q) {
+              q.subscribed = true;
+              void this.#settle(q);
+            }
+            // Nobody waits any more: the drop left the unsubscribe to this.
             else if (!this.#queues.has(channel) && !this.#closed) this.#pubsub.unsubscribe(channel);
           },
           () => undefined, // the poll and the lease timer still wake the waiters
@@ -330,6 +385,24 @@ export class RedisSessionStore implements SessionStore {
       }
       if (!q.busy) this.#schedule(q, remaining);
     });
+  }
+
+  /**
+   * Subscribes the inbox, once. When it comes through, every queue looks
+   * again (registering its request this time): an outcome published before
+   * would otherwise wait for the poll. Failed, the next wait asks again.
+   */
+  #listen(): void {
+    if (this.#listening || this.#closed) return;
+    this.#listening = this.#pubsub.listen(this.#inbox!.channel).then(
+      () => {
+        this.#listened = true;
+        for (const q of this.#queues.values()) void this.#settle(q);
+      },
+      () => {
+        this.#listening = undefined; // the poll and the lease timer still wake the waiters
+      },
+    );
   }
 
   /**
@@ -430,21 +503,38 @@ export class RedisSessionStore implements SessionStore {
     q.timer = undefined;
     if (this.#queues.get(q.channel) !== q) return;
     this.#queues.delete(q.channel);
-    if (!this.#closed) this.#pubsub.unsubscribe(q.channel);
+    // Before its subscription came through, that subscription's answer unsubscribes.
+    if (q.subscribed && !this.#closed) this.#pubsub.unsubscribe(q.channel);
   }
 
   // --- pub/sub ------------------------------------------------------------
 
   #onMessage(channel: string, message: string): void {
-    const q = this.#queues.get(channel);
-    if (!q || this.#closed) return;
-    if (message.startsWith('committed|')) {
-      // Published by the confirm script after the commit: final, no need to ask Redis.
-      const holder = message.slice('committed|'.length);
-      this.#rejectAll(q, () => superseded(q.requestId, holder));
+    if (this.#closed) return;
+    if (this.#inbox && channel === this.#inbox.channel) {
+      // '["committed", requestId, holder]' or '["released", requestId]'.
+      let said: unknown;
+      try {
+        said = JSON.parse(message);
+      } catch {
+        return;
+      }
+      if (!Array.isArray(said) || typeof said[1] !== 'string') return;
+      const q = this.#queues.get(this.#keys.channel(said[1]));
+      if (!q) return;
+      if (said[0] === 'committed' && typeof said[2] === 'string') this.#superseded(q, said[2]);
+      else if (said[0] === 'released') void this.#settle(q);
       return;
     }
-    void this.#settle(q);
+    const q = this.#queues.get(channel);
+    if (!q) return;
+    if (message.startsWith('committed|')) this.#superseded(q, message.slice('committed|'.length));
+    else void this.#settle(q);
+  }
+
+  /** Published by the confirm script after the commit: final, no need to ask Redis. */
+  #superseded(q: Queue, holder: string): void {
+    this.#rejectAll(q, () => superseded(q.requestId, holder));
   }
 }
 

@@ -182,7 +182,14 @@ for i = 1, #KEYS do
   end
   if not touched[key] then
     touched[key] = true
-    if fresh or redis.call('PTTL', key) < ttl then redis.call('PEXPIRE', key, ttl) end
+    -- One PEXPIRE ... GT on Redis 7+ (a lease's longer TTL is kept); PTTL first before that.
+    if fresh then
+      redis.call('PEXPIRE', key, ttl)
+    elseif redis.REDIS_VERSION_NUM then
+      redis.call('PEXPIRE', key, ttl, 'GT')
+    elseif redis.call('PTTL', key) < ttl then
+      redis.call('PEXPIRE', key, ttl)
+    end
   end
   out[i] = reply
 end

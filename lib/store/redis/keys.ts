@@ -4,7 +4,9 @@
 //
 //   <prefix>{r:<requestId>}                  hash: the request record — copies,
 //                                            adoption, cancellations, commit state
-//   <prefix>{r:<requestId>}:commit           pub/sub channel: 'committed|<holder>', 'released'
+//   <prefix>{r:<requestId>}:commit           sharded channel (Cluster): 'committed|<holder>', 'released'
+//   <prefix>inbox:<token>                    channel of one store process (single Redis):
+//                                            '["committed", requestId, holder]', '["released", requestId]'
 //   <prefix>{s:<sessionId>}                  hash: the session's adopted state
 //   <prefix>{s:<sessionId>}:adopt:<reqId>    hash: which copy of that request was
 //                                            adopted (w) and whether it was promoted (p)
@@ -32,6 +34,11 @@ export class RedisKeys {
 
   channel(requestId: string): string {
     return `${this.request(requestId)}:commit`;
+  }
+
+  /** A store's inbox channel (single Redis); with '' the prefix every inbox shares. */
+  inbox(token: string): string {
+    return `${this.prefix}inbox:${token}`;
   }
 
   session(sessionId: string): string {

@@ -3,7 +3,9 @@ import type { Cluster, Redis, RedisOptions } from 'ioredis';
 
 // The Redis store's own connection for pub/sub (a connection in subscriber
 // mode can run nothing else), opened at the first wait. Waiters for a claim
-// are woken through it the moment the holder confirms or releases. It queues
+// are woken through it the moment the holder confirms or releases: on a
+// single Redis through the store's inbox (one channel for the store's life),
+// on Cluster through the request's own sharded channel. It queues
 // commands while Redis is down and resubscribes by itself when it reconnects
 // (ioredis' `autoResubscribe`); `onReady` then lets every waiter look again,
 // since messages published meanwhile are lost.
@@ -50,6 +52,14 @@ export class PubSub {
       }
     }
     await subscriber.subscribe(channel);
+  }
+
+  /**
+   * Subscribes (classic pub/sub) to this store's own inbox on a single Redis:
+   * once, for the store's life; ioredis subscribes again after a reconnect.
+   */
+  async listen(channel: string): Promise<void> {
+    await (this.#subscriber ??= this.#open()).subscribe(channel);
   }
 
   unsubscribe(channel: string): void {

@@ -40,24 +40,24 @@ export interface Script {
 
 
 const PRELUDE = `
-local function now_ms()
+-- The Redis clock: milliseconds, and microseconds (for fencing tokens).
+local function clock()
   local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local s, us = tonumber(t[1]), tonumber(t[2])
+  return s * 1000 + math.floor(us / 1000), s * 1000000 + us
+end
+local function now_ms()
+  local ms = clock()
+  return ms
 end
 local function num(n) return string.format('%.0f', n) end
-local function ensure(key, rid, sid, upd)
-  if redis.call('HEXISTS', key, 'requestId') == 0 then
-    redis.call('HSET', key, 'requestId', rid, 'sessionId', sid, 'update', upd, 'state', 'none')
-  end
-end
 -- Sharded pub/sub where the server has it (Redis 7+), classic otherwise.
 local function notify(channel, message)
   local r = redis.pcall('SPUBLISH', channel, message)
   if type(r) == 'table' and r.err then redis.call('PUBLISH', channel, message) end
 end
-local function next_fence(key)
-  local t = redis.call('TIME')
-  local floor = tonumber(t[1]) * 1000000 + tonumber(t[2])
+-- The next token: above the last one, and never below the clock (µs).
+local function next_fence(key, floor)
   local f = redis.call('INCR', key)
   if f < floor then
     redis.call('SET', key, num(floor))
@@ -66,9 +66,23 @@ local function next_fence(key)
   return f
 end
 -- A request key lives at least ttl after each write, and never less than a
--- lease granted on it asked for.
-local function touch(key, ttl)
-  if redis.call('PTTL', key) < tonumber(ttl) then redis.call('PEXPIRE', key, ttl) end
+-- lease granted on it asked for. A key this script just created has no TTL
+-- yet; on Redis 7+ one PEXPIRE ... GT keeps a longer one, before that PTTL says.
+local function touch(key, ttl, fresh)
+  if fresh then
+    redis.call('PEXPIRE', key, ttl)
+  elseif redis.REDIS_VERSION_NUM then
+    redis.call('PEXPIRE', key, ttl, 'GT')
+  elseif redis.call('PTTL', key) < tonumber(ttl) then
+    redis.call('PEXPIRE', key, ttl)
+  end
+end
+-- The store processes waiting for a request's outcome on a single Redis:
+-- each registered its inbox (a token) in the record's 'waiters' field, and
+-- hears the confirm or release there. ARGV of the inbox channels' prefix.
+local function wake(waiters, prefix, message)
+  if not waiters or prefix == '' then return end
+  for token in string.gmatch(waiters, '%S+') do redis.call('PUBLISH', prefix .. token, message) end
 end
 local function promote(key, sid, data, ttl)
   redis.call('HSET', key, 'sessionId', sid, 'data', data, 'updatedAt', num(now_ms()))
@@ -120,60 +134,119 @@ return 0
 
 // KEYS: fence counter. The Cluster path: a token first, then CLAIM with it.
 export const NEXT_FENCE = script(`
-return next_fence(KEYS[1])
+local _, us = clock()
+return next_fence(KEYS[1], us)
 `);
 
-// KEYS: request[, fence counter]. ARGV: requestId, duplicateId, leaseMs, ttl, fence ('' = take one here).
-export const CLAIM = script(`
-local key = KEYS[1]
-ensure(key, ARGV[1], '', '1')
-local now = now_ms()
-local h = redis.call('HMGET', key, 'state', 'holder', 'fence', 'leaseUntil', 'lastFence')
-if h[1] == 'committed' then return {'superseded', h[2]} end
-if h[1] == 'claimed' then
-  local leaseUntil = tonumber(h[4])
-  if now < leaseUntil then
-    if h[2] == ARGV[2] then return {'held', tonumber(h[3]), leaseUntil} end
-    return {'wait', leaseUntil - now}
+// One claim, in CLAIM and CLAIM_BATCH: the request's key, the fence counter
+// (nil when the token is given), requestId, duplicateId, leaseMs, ttl, the
+// token ('' = take one here), the asker's inbox token ('' = none: it does not
+// wait on an inbox). A copy told to wait registers its inbox in 'waiters'.
+const CLAIM_ONE = `
+local function claim(key, fence_key, rid, dup, lease, ttl, given, inbox)
+  local h = redis.call('HMGET', key, 'state', 'holder', 'fence', 'leaseUntil', 'lastFence', 'requestId', 'waiters')
+  local fresh = not h[6]
+  if fresh then redis.call('HSET', key, 'requestId', rid, 'sessionId', '', 'update', '1', 'state', 'none') end
+  if h[1] == 'committed' then return {'superseded', h[2]} end
+  local now, us = clock()
+  if h[1] == 'claimed' then
+    local leaseUntil = tonumber(h[4])
+    if now < leaseUntil then
+      if h[2] == dup then return {'held', tonumber(h[3]), leaseUntil} end
+      if inbox ~= '' then
+        local waiters = h[7] or ''
+        if not string.find(waiters .. ' ', ' ' .. inbox .. ' ', 1, true) then
+          redis.call('HSET', key, 'waiters', waiters .. ' ' .. inbox)
+        end
+      end
+      return {'wait', leaseUntil - now}
+    end
   end
+  local fence
+  if given == '' then
+    fence = next_fence(fence_key, us)
+  else
+    fence = tonumber(given)
+    if h[5] and fence <= tonumber(h[5]) then return {'stale'} end
+  end
+  local leaseUntil = now + tonumber(lease)
+  redis.call('HSET', key, 'state', 'claimed', 'holder', dup, 'fence', num(fence), 'leaseUntil', num(leaseUntil), 'lastFence', num(fence))
+  -- The commit state must outlive the lease.
+  touch(key, math.max(tonumber(ttl), tonumber(lease)), fresh)
+  return {'granted', fence, leaseUntil}
 end
-local fence
-if ARGV[5] == '' then
-  fence = next_fence(KEYS[2])
-else
-  fence = tonumber(ARGV[5])
-  if h[5] and fence <= tonumber(h[5]) then return {'stale'} end
-end
-local leaseUntil = now + tonumber(ARGV[3])
-redis.call('HSET', key, 'state', 'claimed', 'holder', ARGV[2], 'fence', num(fence), 'leaseUntil', num(leaseUntil), 'lastFence', num(fence))
--- The commit state must outlive the lease.
-touch(key, math.max(tonumber(ARGV[4]), tonumber(ARGV[3])))
-return {'granted', fence, leaseUntil}
+`;
+
+// KEYS: request[, fence counter]. ARGV: requestId, duplicateId, leaseMs, ttl,
+// fence ('' = take one here), inbox token. The Cluster path (a token given).
+export const CLAIM = script(CLAIM_ONE + `
+return claim(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6])
 `);
 
-// KEYS: request. ARGV: duplicateId, fence, ttl, channel. 1 = committed (now or before), 0 = not the holder.
-export const CONFIRM = script(`
-local key = KEYS[1]
-local h = redis.call('HMGET', key, 'state', 'holder', 'fence')
-if h[2] ~= ARGV[1] or tonumber(h[3]) ~= tonumber(ARGV[2]) then return {0, h[1], h[2]} end
-if h[1] == 'committed' then return 1 end
-if h[1] ~= 'claimed' then return {0, h[1], h[2]} end
-redis.call('HSET', key, 'state', 'committed', 'committedAt', num(now_ms()))
-redis.call('HDEL', key, 'leaseUntil')
-touch(key, ARGV[3])
-notify(ARGV[4], 'committed|' .. ARGV[1])
-return 1
+// The claims one store makes in a turn of the event loop, on a single Redis,
+// each as CLAIM would take it (in order, a token taken here for each grant).
+// KEYS: fence counter, then one request key per claim. ARGV: ttl, then four
+// per claim: requestId, duplicateId, leaseMs, inbox token. One reply each.
+export const CLAIM_BATCH = script(CLAIM_ONE + `
+local out = {}
+for i = 2, #KEYS do
+  local o = 2 + (i - 2) * 4
+  out[i - 1] = claim(KEYS[i], KEYS[1], ARGV[o], ARGV[o + 1], ARGV[o + 2], ARGV[1], '', ARGV[o + 3])
+end
+return out
 `);
 
-// KEYS: request. ARGV: duplicateId, fence, ttl, channel. Compare-and-delete: only the holder releases.
+// One confirm, in CONFIRM and CONFIRM_BATCH: the request's key, duplicateId,
+// fence, ttl, its channel ('' = none), the inbox channels' prefix ('' =
+// none). 1 = committed (now or before); {0, state, holder} = not the holder.
+// The waiters hear '["committed", requestId, holder]'.
+const CONFIRM_ONE = `
+local function confirm(key, dup, fence, ttl, channel, prefix)
+  local h = redis.call('HMGET', key, 'state', 'holder', 'fence', 'requestId', 'waiters')
+  if h[2] ~= dup or tonumber(h[3]) ~= tonumber(fence) then return {0, h[1], h[2]} end
+  if h[1] == 'committed' then return 1 end
+  if h[1] ~= 'claimed' then return {0, h[1], h[2]} end
+  redis.call('HSET', key, 'state', 'committed', 'committedAt', num(now_ms()))
+  redis.call('HDEL', key, 'leaseUntil', 'waiters')
+  touch(key, ttl, false)
+  if channel ~= '' then notify(channel, 'committed|' .. dup) end
+  wake(h[5], prefix, cjson.encode({'committed', h[4], dup}))
+  return 1
+end
+`;
+
+// KEYS: request. ARGV: duplicateId, fence, ttl, channel, inbox prefix.
+export const CONFIRM = script(CONFIRM_ONE + `
+return confirm(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5])
+`);
+
+// The confirms one store makes in a turn of the event loop, on a single
+// Redis. KEYS: one request key per confirm. ARGV: ttl, the inbox prefix, then
+// two per confirm: duplicateId, fence. One reply each.
+export const CONFIRM_BATCH = script(CONFIRM_ONE + `
+local out = {}
+for i = 1, #KEYS do
+  local o = 3 + (i - 1) * 2
+  out[i] = confirm(KEYS[i], ARGV[o], ARGV[o + 1], ARGV[1], '', ARGV[2])
+end
+return out
+`);
+
+// KEYS: request. ARGV: duplicateId, fence, ttl, channel ('' = none), inbox
+// prefix ('' = none). Compare-and-delete: only the holder releases. The
+// waiters hear '["released", requestId]' and look again; they stay registered
+// until the commit.
 export const RELEASE = script(`
 local key = KEYS[1]
-local h = redis.call('HMGET', key, 'state', 'holder', 'fence')
+local h = redis.call('HMGET', key, 'state', 'holder', 'fence', 'requestId', 'waiters')
 if h[1] ~= 'claimed' or h[2] ~= ARGV[1] or tonumber(h[3]) ~= tonumber(ARGV[2]) then return 0 end
 redis.call('HSET', key, 'state', 'none')
+-- The waiters stay registered: the one that gets the claim next may leave
+-- others of its process waiting, who have not asked again.
 redis.call('HDEL', key, 'holder', 'fence', 'leaseUntil')
-touch(key, ARGV[3])
-notify(ARGV[4], 'released')
+touch(key, ARGV[3], false)
+if ARGV[4] ~= '' then notify(ARGV[4], 'released') end
+wake(h[5], ARGV[5], cjson.encode({'released', h[4]}))
 return 1
 `);
 
