@@ -23,9 +23,10 @@ function fakeResponse(): ServerResponse & { sent: Buffer[] } {
     headersSent: false,
     destroyed: false,
     statusCode: 0,
-    writeHead(status: number) {
+    writeHead(status: number, headers?: Record<string, string> | string[]) {
       res.headersSent = true;
       res.statusCode = status;
+      res.head = headers;
     },
     write(chunk: Buffer) {
       sent.push(Buffer.from(chunk));
@@ -221,6 +222,35 @@ describe('an update’s adopted answer waiting for its bookkeeping when the time
     }, vt);
     expect(errors).toEqual([]);
     expect([report.outcome, status, JSON.parse(sent).code]).toEqual(['timeout', 504, codes.TIMEOUT]);
+  });
+});
+
+describe('an update whose store is still being asked when the timeout comes', () => {
+  it('every copy failed, the store answers after the timeout: 503 RP_ERR_OUTCOME_UNKNOWN with Retry-After, not a plain 504', async () => {
+    const vt = new VirtualTime();
+    const res = fakeResponse();
+    let asked = -1;
+    const { report, sent, errors } = await race([{ at: 5, status: 500 }], {
+      res,
+      timeout: 50,
+      // Asked at 5 ms (every copy failed), the store says "nothing committed" at 100: too late.
+      beforeFailure: () => ((asked = vt.now()), new Promise((resolve) => vt.setTimeout(() => resolve(undefined), 95))),
+    }, vt);
+    expect(asked).toBe(5);
+    expect(errors).toEqual([]);
+    expect([report.outcome, res.statusCode, JSON.parse(sent).code]).toEqual(['outcome-unknown', 503, codes.OUTCOME_UNKNOWN]);
+    expect(report.duration).toBe(50);
+    const head = (res as unknown as { head: unknown }).head;
+    expect(JSON.stringify(head)).toMatch(/retry-after/i);
+  });
+
+  it('the store answering before the timeout decides as before: the upstream\'s own error passes through', async () => {
+    const vt = new VirtualTime();
+    const { report, status } = await race([{ at: 5, status: 500 }], {
+      timeout: 50,
+      beforeFailure: () => new Promise((resolve) => vt.setTimeout(() => resolve(undefined), 20)),
+    }, vt);
+    expect([report.outcome, status]).toEqual(['failed', 500]);
   });
 });
 

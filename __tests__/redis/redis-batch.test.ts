@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
 import { Redis } from 'ioredis';
-import { codes, isRedundantProxyError } from '../../lib/errors.js';
+import { codes, isRedundantProxyError, isSupersededError } from '../../lib/errors.js';
 import { RecordBatcher, type BatchedRecord } from '../../lib/store/redis/batch.js';
 import { RedisSessionStore, type RedisSessionStoreOptions } from '../../lib/store/redis.js';
 import { startRedisServer, type RedisServer } from '../helpers/redis-server.js';
@@ -168,6 +168,98 @@ describe('RedisSessionStore: the request log in batches', () => {
     await store.close();
     await expect(recorded).resolves.toEqual({ duplicate: false });
     expect(await admin.hexists(`${prefix}{r:closing}`, 'c:a')).toBe(1);
+  });
+});
+
+describe('RedisSessionStore: claims and confirms in batches (single Redis)', () => {
+  const lease = { leaseMs: 30_000 };
+
+  it('sends the claims of one turn in one script call, each with its own answer, fences in order', async () => {
+    const prefix = `rp-batch-claims:${randomUUID()}:`;
+    const { store: other } = await open({ prefix });
+    const { store, calls } = await open({ prefix, pollInterval: 10_000 });
+    const held = await other.claim('held', 'x', lease);
+    await other.confirm('done', 'x', (await other.claim('done', 'x', lease)).fence);
+    calls.length = 0;
+    const outcomes = [
+      store.claim('free-1', 'a', lease),
+      store.claim('done', 'a', lease),
+      store.claim('free-2', 'a', lease),
+      store.claim('held', 'a', lease),
+    ].map((p) => p.then((grant) => ({ grant }), (err: unknown) => ({ err })));
+    // The fence counter and four requests, in one call.
+    while (calls.length === 0) await new Promise((r) => setImmediate(r));
+    expect(calls).toEqual([{ keys: 5 }]);
+    const [free1, done, free2] = await Promise.all(outcomes.slice(0, 3));
+    expect(free1).toMatchObject({ grant: { fence: expect.any(Number) } });
+    expect(free2).toMatchObject({ grant: { fence: expect.any(Number) } });
+    expect((free2 as { grant: { fence: number } }).grant.fence).toBeGreaterThan((free1 as { grant: { fence: number } }).grant.fence);
+    expect(isSupersededError((done as { err: unknown }).err)).toBe(true);
+    expect(done).toMatchObject({ err: { committedBy: 'x' } });
+    // The fourth waits for the holder, and hears the commit.
+    await other.confirm('held', 'x', held.fence);
+    expect(await outcomes[3]).toMatchObject({ err: { code: codes.SUPERSEDED, committedBy: 'x' } });
+    await expect(store.getRequest('free-1')).resolves.toMatchObject({ commit: { state: 'claimed', holder: 'a' } });
+  });
+
+  it('sends the confirms of one turn in one script call, each with its own answer', async () => {
+    const { store, calls } = await open();
+    const one = await store.claim('c-1', 'a', lease);
+    const two = await store.claim('c-2', 'a', lease);
+    calls.length = 0;
+    const results = await Promise.allSettled([
+      store.confirm('c-1', 'a', one.fence),
+      store.confirm('c-2', 'a', two.fence + 1), // not its fence
+      store.confirm('c-2', 'b', two.fence), // not the holder
+    ]);
+    expect(calls).toEqual([{ keys: 3 }]);
+    expect(results[0]).toEqual({ status: 'fulfilled', value: undefined });
+    for (const r of results.slice(1)) {
+      expect(r.status).toBe('rejected');
+      expect((r as PromiseRejectedResult).reason).toMatchObject({ code: codes.SUPERSEDED, committedBy: null });
+    }
+    await expect(store.getRequest('c-1')).resolves.toMatchObject({ commit: { state: 'committed', holder: 'a', fence: one.fence } });
+    await expect(store.getRequest('c-2')).resolves.toMatchObject({ commit: { state: 'claimed', holder: 'a', fence: two.fence } });
+  });
+
+  it('fails every claim and confirm of a batch Redis did not run with RP_ERR_STORE_UNAVAILABLE (503): nothing is granted or committed', async () => {
+    const { store, client } = await open();
+    const granted = await store.claim('f-0', 'a', lease);
+    const real = client.evalsha.bind(client);
+    let fail = true;
+    (client as unknown as { evalsha: unknown }).evalsha = (...args: unknown[]) =>
+      fail ? Promise.reject(new Error('connection lost')) : (real as (...a: unknown[]) => Promise<unknown>)(...args);
+    const results = await Promise.allSettled([store.claim('f-1', 'a', lease), store.claim('f-2', 'a', lease), store.confirm('f-0', 'a', granted.fence)]);
+    for (const r of results) {
+      expect(r.status).toBe('rejected');
+      expect((r as PromiseRejectedResult).reason).toMatchObject({ code: codes.STORE_UNAVAILABLE, status: 503 });
+    }
+    fail = false;
+    await expect(store.getRequest('f-1')).resolves.toBeUndefined();
+    await expect(store.getRequest('f-0')).resolves.toMatchObject({ commit: { state: 'claimed' } });
+    await expect(store.claim('f-1', 'a', lease)).resolves.toMatchObject({ fence: expect.any(Number) });
+  });
+
+  it('refuses a claim at once when maxPending claims are queued or on their way: updates fail closed while Redis is slow', async () => {
+    const { store, hold, calls } = await open({ batch: { maxPending: 2 } });
+    const release = hold();
+    const first = [store.claim('m-1', 'a', lease), store.claim('m-2', 'a', lease)];
+    while (calls.length === 0) await new Promise((r) => setImmediate(r));
+    const err = await store.claim('m-3', 'a', lease).then(() => null, (e: unknown) => e);
+    expect(err).toMatchObject({ code: codes.STORE_UNAVAILABLE, status: 503 });
+    release();
+    await expect(Promise.all(first)).resolves.toHaveLength(2);
+    await expect(store.getRequest('m-3')).resolves.toBeUndefined();
+  });
+
+  it('a confirm asked for just before close() still reaches Redis', async () => {
+    const prefix = `rp-batch-close:${randomUUID()}:`;
+    const { store } = await open({ prefix });
+    const grant = await store.claim('closing', 'a', lease);
+    const confirmed = store.confirm('closing', 'a', grant.fence);
+    await store.close();
+    await expect(confirmed).resolves.toBeUndefined();
+    expect(await admin.hget(`${prefix}{r:closing}`, 'state')).toBe('committed');
   });
 });
 

@@ -44,6 +44,7 @@ export class Race implements CopyHost, HedgeHost, Judge<Copy>, RaceCore {
   finished = false;
   /** The body is complete and `beforeEnd` runs: the race is decided, only its last bytes wait. */
   ending = false;
+  consulting = false;
   outcome: RaceOutcome = 'failed';
   timeoutTimer: TimerHandle | null = null;
   lingerTimer: TimerHandle | null = null;

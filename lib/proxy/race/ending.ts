@@ -35,19 +35,24 @@ function consultStore(race: RaceCore, adopting: boolean, otherwise: () => void, 
   const { input } = race;
   const ask = input.beforeFailure!;
   input.beforeFailure = undefined; // once
+  race.consulting = true;
   race.hedging.stop();
   const { held } = race.strategy;
   for (const copy of race.copies) if (!held.includes(copy) && copy !== keep) race.stopAndCancel(copy);
   race.lingerSettled();
   guard(race, ask(adopting).then(
     (err) => {
+      race.consulting = false;
       if (race.finished) return;
       if (!err) return otherwise();
       const unknown = err.code === codes.OUTCOME_UNKNOWN;
       sendError(input.res, err, input.requestId, unknown ? { 'retry-after': '1' } : undefined);
       race.finish(unknown ? 'outcome-unknown' : 'answer-lost');
     },
-    () => !race.finished && otherwise(),
+    () => {
+      race.consulting = false;
+      if (!race.finished) otherwise();
+    },
   ));
 }
 
@@ -85,6 +90,20 @@ export function timedOut(race: RaceCore): void {
     if ((copy.state === 'sent' || copy.state === 'buffering') && now - copy.startedAt >= timeout / 2) copy.report.error = 'timeout';
     // A winner still streaming: a long body (a download, a stream), not a failure.
     else if (copy.state === 'streaming') copy.report.error = 'body-timeout';
+  }
+  // The store was asked whether a copy of this update committed and has not
+  // said yet: nobody knows whether it was applied, and the client must not
+  // take a plain timeout for "nothing happened".
+  if (race.consulting) {
+    const err = new RedundantProxyError(
+      codes.OUTCOME_UNKNOWN,
+      `no answer within ${timeout} ms while the session store was asked whether this update was applied: it may or may not be; retry with the same Idempotency-Key to learn which`,
+      { status: 503 },
+    );
+    if (res.headersSent) res.destroy();
+    else sendError(res, err, requestId, { 'retry-after': '1' });
+    race.finish('outcome-unknown');
+    return;
   }
   // A select function waiting for more answers gets its last say.
   if (!race.winner && !res.headersSent) {

@@ -80,6 +80,8 @@ export interface RaceCore {
   readonly committed: boolean;
   /** The body is complete and `beforeEnd` runs. */
   ending: boolean;
+  /** An update's store is being asked whether a copy committed (`beforeFailure`), and has not said yet. */
+  consulting: boolean;
   /** The adopted answer kept, and its last chunk held back, for an Idempotency-Key; null without one. */
   readonly tail: AnswerTail | null;
   adopt(copy: Copy): void;

@@ -30,6 +30,15 @@ import { createHash } from 'node:crypto';
 //
 // Clock. Timestamps and leases are judged by the Redis server's clock (TIME
 // inside the scripts), one clock for every process sharing the store.
+//
+// Waking waiters. On a single Redis a claim told to wait adds its store's
+// inbox token to the record's 'waiters'; a confirm publishes the outcome to
+// each inbox there and clears them, a release publishes and keeps them (the
+// next holder's process may still have copies waiting that did not ask
+// again). On Cluster the scripts publish on the request's own sharded
+// channel instead (a script may publish in its own slot only). The claims and
+// confirms of one turn go in one call on a single Redis (CLAIM_BATCH,
+// CONFIRM_BATCH), each decided as CLAIM or CONFIRM would, in order.
 
 
 /** A script and its SHA-1 (sent by EVALSHA). */
