@@ -317,11 +317,17 @@ export function markdown(r) {
     if (sat?.read) {
       L.push('At the limit (measured points for the capacity model): the store traffic of raced reads (three copies recorded by three stores,');
       L.push('one adoption by a fourth) and of committed updates (three copies recorded, three claims of which one confirms, the adoption),');
-      L.push('made directly on the stores by one process, 64 requests at a time:');
+      L.push(`made directly on the stores by one process, 64 requests at a time${sat.read.rounds ? `; the median of ${sat.read.rounds.length} rounds (every round's figure in brackets)` : ''}:`);
       L.push('');
       L.push('| kind | requests/s | Redis share of one core | Redis CPU µs / request |');
       L.push('| --- | ---: | ---: | ---: |');
-      for (const [kind, x] of Object.entries(sat)) L.push(`| ${kind} | ${int(x.requestsPerSecond)} | ${(x.redisCoreShare * 100).toFixed(0)}% | ${f1(x.redisCpuMicrosPerRequest)}${x.failed ? ` (${x.failed} failed)` : ''} |`);
+      for (const [kind, x] of Object.entries(sat)) L.push(`| ${kind} | ${int(x.requestsPerSecond)} | ${(x.redisCoreShare * 100).toFixed(0)}% | ${f1(x.redisCpuMicrosPerRequest)}${x.rounds ? ` (${x.rounds.map(f1).join(', ')})` : ''}${x.failed ? ` (${x.failed} failed)` : ''} |`);
+      L.push('');
+      for (const [kind, x] of Object.entries(sat)) {
+        if (!x.commandsPerRequest) continue;
+        const list = Object.entries(x.commandsPerRequest).sort((a, b) => b[1] - a[1]).map(([name, n]) => `${name.toUpperCase()} ${f2(n)}`).join(', ');
+        L.push(`Redis commands per ${kind} at the limit (\`INFO commandstats\`, commands inside scripts included): ${list}.`);
+      }
       L.push('');
       L.push('Batches and commands per system call grow with the load, so Redis spends less per request at the limit than at the light load of the table above.');
       L.push('');

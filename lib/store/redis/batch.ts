@@ -155,37 +155,38 @@ export class Batcher<R = unknown> {
 //   'c' a copy received: a = duplicateId, b = the copy's JSON. Reply 1 when that copy was recorded before.
 //   'a' an adoption: a = the adoption's JSON (the first one recorded stands).
 //   'x' a copy stopped: a = duplicateId.
-// The request hash: requestId, sessionId, update, state ('none' until a claim)
-// set by the first write; `c:<duplicateId>` = '<arrival n>|<receivedAt>|<JSON>',
-// `adopted` = '<at>|<JSON>', `x:<duplicateId>` = order. A key lives at least
-// ttl after each write (a lease may have set a longer one: kept).
+// The request hash: requestId, sessionId, update set by the first record
+// (a claim may have made the hash before, with requestId only: then the
+// first record completes it); `n` counts the records, so a record's number
+// orders it among all of them; `c:<duplicateId>` = '<n>|<receivedAt>|<JSON>',
+// `adopted` = '<at>|<JSON>', `x:<duplicateId>` = <n>. A key lives at least
+// ttl after each write (a lease may have set a longer one: kept): on Redis
+// 7+ one PEXPIRE ... GT, except for the first record, which looks (PTTL) as
+// the key may have no TTL yet.
 const LUA = `
 local t = redis.call('TIME')
 local now = string.format('%.0f', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
 local ttl = tonumber(ARGV[1])
+local gt = redis.REDIS_VERSION_NUM ~= nil
 local out = {}
 local touched = {}
 for i = 1, #KEYS do
   local key = KEYS[i]
   local o = 2 + (i - 1) * 6
   local kind, a, b = ARGV[o], ARGV[o + 4], ARGV[o + 5]
-  local fresh = redis.call('HSETNX', key, 'requestId', ARGV[o + 1]) == 1
-  if fresh then redis.call('HSET', key, 'sessionId', ARGV[o + 2], 'update', ARGV[o + 3], 'state', 'none') end
+  local n = redis.call('HINCRBY', key, 'n', 1)
+  if n == 1 then redis.call('HSET', key, 'requestId', ARGV[o + 1], 'sessionId', ARGV[o + 2], 'update', ARGV[o + 3]) end
   local reply = 0
   if kind == 'c' then
-    local n = redis.call('HINCRBY', key, 'nc', 1)
     if redis.call('HSETNX', key, 'c:' .. a, n .. '|' .. now .. '|' .. b) == 0 then reply = 1 end
   elseif kind == 'a' then
     redis.call('HSETNX', key, 'adopted', now .. '|' .. a)
   elseif kind == 'x' then
-    redis.call('HSETNX', key, 'x:' .. a, redis.call('HINCRBY', key, 'nx', 1))
+    redis.call('HSETNX', key, 'x:' .. a, n)
   end
   if not touched[key] then
     touched[key] = true
-    -- One PEXPIRE ... GT on Redis 7+ (a lease's longer TTL is kept); PTTL first before that.
-    if fresh then
-      redis.call('PEXPIRE', key, ttl)
-    elseif redis.REDIS_VERSION_NUM then
+    if gt and n > 1 then
       redis.call('PEXPIRE', key, ttl, 'GT')
     elseif redis.call('PTTL', key) < ttl then
       redis.call('PEXPIRE', key, ttl)
