@@ -65,11 +65,25 @@ export function capacity(results) {
       perGatewayCore: gw ? (1e6 * TARGET) / gw.micros : null,
     });
   }
+  // On Cluster the store cannot batch across requests (one slot per script): its own figures, copies 3.
+  let cluster = null;
+  const csat = f.clusterSaturation ?? null;
+  const lightC = f.results.cluster?.[3];
+  if (csat?.read && csat?.update && lightC && MIX.every((m) => lightC[m.kind]?.redisCpuMicrosPerRequest != null)) {
+    const cfactor = {
+      read: csat.read.redisCpuMicrosPerRequest / lightC.read.redisCpuMicrosPerRequest,
+      update: csat.update.redisCpuMicrosPerRequest / lightC.update.redisCpuMicrosPerRequest,
+    };
+    const atLoad = Object.fromEntries(MIX.map((m) => [m.kind, lightC[m.kind].redisCpuMicrosPerRequest * cfactor[base[m.kind]]]));
+    const mixMicros = MIX.reduce((a, m) => a + m.share * atLoad[m.kind], 0);
+    cluster = { copies: 3, factor: cfactor, atLoadMicros: atLoad, mixMicros, mixPerRedisCore: (1e6 * TARGET) / mixMicros, saturation: csat };
+  }
   return {
     target: TARGET,
     mix: MIX,
     factor,
     rows,
+    cluster,
     // The measured point: reads' store traffic at the limit, against what the model's figure for a read predicts.
     check: sat?.read && light3?.read
       ? {
@@ -86,12 +100,17 @@ export function capacity(results) {
 export function plan(model, { rate = 100_000, gateways = 20, copies = 3 } = {}) {
   const row = model?.rows.find((r) => r.copies === copies);
   if (!row) return null;
-  const redisCores = (rate * row.mixMicros) / (1e6 * model.target);
+  // Past one Redis the store runs on Cluster: its per-request figures, when measured.
+  const onCluster = model.cluster && model.cluster.copies === copies ? model.cluster : null;
+  const storeMicros = onCluster ? onCluster.mixMicros : row.mixMicros;
+  const redisCores = (rate * storeMicros) / (1e6 * model.target);
   const perGateway = rate / gateways;
   return {
     rate,
     gateways,
     copies,
+    basis: onCluster ? 'cluster' : 'redis',
+    storeMicros,
     redisCores,
     shards: Math.ceil(redisCores),
     perGateway,

@@ -369,9 +369,18 @@ export function markdown(r) {
       L.push(`${k.predictedFromLightLoad <= k.measuredReadsPerSecond ? 'conservative by' : 'optimistic by'} ${f2(Math.max(k.measuredReadsPerSecond, k.predictedFromLightLoad) / Math.min(k.measuredReadsPerSecond, k.predictedFromLightLoad))}× (batches grow with the load).`);
       L.push('');
     }
+    const c = model.cluster;
+    if (c) {
+      const cs = c.saturation;
+      L.push(`On Redis Cluster (3 masters, copies 3) every record, claim and confirm is its own script call (one slot per script, no batches across`);
+      L.push(`requests). At the limit the 3 shards together spent ${f1(cs.read.redisCpuMicrosPerRequest)} µs per read (${int(cs.read.requestsPerSecond)} reads/s) and ${f1(cs.update.redisCpuMicrosPerRequest)} µs per update`);
+      L.push(`(${int(cs.update.requestsPerSecond)} updates/s): factors ×${f2(c.factor.read)} and ×${f2(c.factor.update)} on the cluster rows above, ${f1(c.mixMicros)} µs per request of the mix,`);
+      L.push(`${int(c.mixPerRedisCore)} requests/s per shard core at ${(model.target * 100).toFixed(0)}%.`);
+      L.push('');
+    }
     const p = plan(model);
     if (p) {
-      L.push(`The plan of docs/operations.md with these figures: ${int(p.rate)} requests/s of the mix over ${p.gateways} gateways at copies ${p.copies}: ${f1(p.redisCores)} Redis cores`);
+      L.push(`The plan of docs/operations.md with these figures${p.basis === 'cluster' ? ' (the Cluster ones)' : ''}: ${int(p.rate)} requests/s of the mix over ${p.gateways} gateways at copies ${p.copies}: ${f1(p.storeMicros)} µs of Redis per request, ${f1(p.redisCores)} Redis cores`);
       L.push(`(${p.shards} Cluster shards at ${(model.target * 100).toFixed(0)}%), ${int(p.perGateway)} requests/s and ${p.gatewayCores == null ? '–' : f1(p.gatewayCores)} cores per gateway, ${int(p.copiesPerSecond)} copies/s on the replicas.`);
       L.push('');
     }

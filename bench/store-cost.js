@@ -96,6 +96,7 @@ export async function scenarioStoreCost({ quick = false, dist = process.env.RP_B
     const results = { memory: {}, redis: {}, cluster: {} };
     let spread = null;
     let saturation = null;
+    let clusterSaturation = null;
     for (const variant of ['memory', 'redis', 'cluster']) {
       const backend = backends[variant];
       const node = forkChild(SELF, ['--child', JSON.stringify({ variant, secret, ...backend.child })], { name: `store-cost ${variant}`, dist, children });
@@ -140,7 +141,8 @@ export async function scenarioStoreCost({ quick = false, dist = process.env.RP_B
           results[variant][copies] = cells;
         }
         if (variant === 'cluster') spread = await clusterSpread(Pool, origin, node, backend.admins, cfg, log);
-        if (variant === 'redis') saturation = await saturate(node, backend.admins[0], cfg, log);
+        if (variant === 'redis') saturation = await saturate(node, backend.admins, cfg, log);
+        if (variant === 'cluster') clusterSaturation = await saturate(node, backend.admins, cfg, log, ' on Cluster (CPU of the 3 shards added up)');
       } finally {
         await stopChild(node.child);
       }
@@ -159,6 +161,7 @@ export async function scenarioStoreCost({ quick = false, dist = process.env.RP_B
       results,
       spread,
       saturation,
+      clusterSaturation,
       durationSec: (performance.now() - started) / 1000,
     };
   } finally {
@@ -209,22 +212,29 @@ function redisCost(before, after, n) {
  * and its CPU per request under that load (batches are larger there than at
  * the light load of the cells).
  */
-async function saturate(node, admin, cfg, log) {
+async function saturate(node, admins, cfg, log, label = '') {
   const out = {};
   for (const kind of ['read', 'update']) {
     // Several rounds, the median one kept: one round moves with the host's other work.
     const rounds = [];
-    for (let round = 0; round < cfg.saturationRounds; round++) {
-      const cpu0 = await redisCpuInfo(admin);
-      const cmd0 = await redisCommands(admin);
+    for (let r = 0; r < cfg.saturationRounds; r++) {
+      // On Cluster: every shard's CPU and commands, added up.
+      const cpuOf = async () => (await Promise.all(admins.map((a) => redisCpuInfo(a)))).reduce((x, y) => x + y, 0);
+      const commandsOf = async () => {
+        const byName = {};
+        for (const c of await Promise.all(admins.map((a) => redisCommands(a)))) for (const [name, n] of Object.entries(c.byName)) byName[name] = (byName[name] ?? 0) + n;
+        return byName;
+      };
+      const cpu0 = await cpuOf();
+      const cmd0 = await commandsOf();
       const t0 = performance.now();
       const { requests, failed } = (await node.ask('saturate', { kind, seconds: cfg.saturationSeconds })).result;
       const seconds = (performance.now() - t0) / 1000;
-      const cpuMicros = (await redisCpuInfo(admin)) - cpu0;
-      const cmd1 = await redisCommands(admin);
+      const cpuMicros = (await cpuOf()) - cpu0;
+      const cmd1 = await commandsOf();
       const commands = {};
-      for (const [name, calls] of Object.entries(cmd1.byName)) {
-        const n = calls - (cmd0.byName[name] ?? 0);
+      for (const [name, calls] of Object.entries(cmd1)) {
+        const n = calls - (cmd0[name] ?? 0);
         if (n > 0) commands[name] = round2(n / requests);
       }
       rounds.push({
@@ -240,7 +250,7 @@ async function saturate(node, admin, cfg, log) {
     const sorted = [...rounds].sort((a, b) => a.redisCpuMicrosPerRequest - b.redisCpuMicrosPerRequest);
     const point = { ...sorted[Math.floor((sorted.length - 1) / 2)], rounds: rounds.map((r) => r.redisCpuMicrosPerRequest) };
     out[kind] = point;
-    log(`   saturation, ${kind}s' store traffic (copies 3, direct store calls, 64 at a time; median of ${rounds.length}): ${point.requestsPerSecond} ${kind}s/s, Redis at ${(point.redisCoreShare * 100).toFixed(0)}% of a core, ${point.redisCpuMicrosPerRequest} µs per ${kind} (rounds: ${point.rounds.join(', ')})${point.failed ? `, ${point.failed} failed` : ''}`);
+    log(`   saturation${label}, ${kind}s' store traffic (copies 3, direct store calls, 64 at a time; median of ${rounds.length}): ${point.requestsPerSecond} ${kind}s/s, Redis at ${(point.redisCoreShare * 100).toFixed(0)}% of a core, ${point.redisCpuMicrosPerRequest} µs per ${kind} (rounds: ${point.rounds.join(', ')})${point.failed ? `, ${point.failed} failed` : ''}`);
   }
   return out;
 }
