@@ -80,6 +80,16 @@ describe('RedisSessionStore: the request log in batches', () => {
     expect(record!.copies.map((c) => c.duplicateId)).toEqual(['a', 'b']);
   });
 
+  it('keeps the request\'s session id and update flag as the first record gave them, whatever the id holds', async () => {
+    const { store } = await open();
+    for (const [sessionId, update] of [['sé|{x}\n 1', true], ['', false], ['0', true]] as const) {
+      const rid = randomUUID();
+      await store.recordCopy({ ...copy(rid, 'a'), sessionId, update });
+      await store.recordAdoption({ requestId: rid, sessionId: 'other', update: !update, duplicateIds: ['a'], upstreamIds: ['up-a'] });
+      await expect(store.getRequest(rid)).resolves.toMatchObject({ requestId: rid, sessionId, update });
+    }
+  });
+
   it('sends a full batch at once, and splits a turn into batches of maxRecords', async () => {
     const { store, calls } = await open({ batch: { maxRecords: 4 } });
     await Promise.all(Array.from({ length: 10 }, (_, i) => store.recordCopy(copy(`r-${i}`, 'a'))));
@@ -264,7 +274,7 @@ describe('RedisSessionStore: claims and confirms in batches (single Redis)', () 
 });
 
 describe('RecordBatcher', () => {
-  const record = (n: number): BatchedRecord => ({ key: `k${n}`, args: ['c', `r${n}`, '', '0', 'a', '{}'] });
+  const record = (n: number): BatchedRecord => ({ key: `k${n}`, args: ['c0', `r${n}`, 'a', '{}'] });
 
   it('waits maxDelay ms for more records, then sends them together', async () => {
     const time = new VirtualTime();
@@ -290,10 +300,10 @@ describe('RecordBatcher', () => {
     await expect(done).resolves.toEqual([1, 1]);
   });
 
-  it('passes the ttl and six arguments per record, in order', async () => {
+  it('passes the ttl and four arguments per record, in order', async () => {
     let got: string[] = [];
     const batcher = new RecordBatcher(async (keys, args) => ((got = args), keys.map(() => 0)), { maxRecords: 2, maxDelay: 0, maxPending: 100 }, 77, false);
     await Promise.all([batcher.add(record(1)), batcher.add(record(2))]);
-    expect(got).toEqual(['77', 'c', 'r1', '', '0', 'a', '{}', 'c', 'r2', '', '0', 'a', '{}']);
+    expect(got).toEqual(['77', 'c0', 'r1', 'a', '{}', 'c0', 'r2', 'a', '{}']);
   });
 });

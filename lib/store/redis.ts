@@ -16,7 +16,7 @@ import type {
 } from './types.js';
 import { checkMillis, closedError, detach, notHolder, sessionJson, superseded, type Waiter } from './common.js';
 import { parseOptions } from '../schema.js';
-import { Batcher, GET_SESSIONS, RECORD_BATCH, RecordBatcher, type BatchSettings } from './redis/batch.js';
+import { Batcher, GET_SESSIONS, RECORD_BATCH, RecordBatcher, recordHead, type BatchSettings } from './redis/batch.js';
 import { RedisKeys } from './redis/keys.js';
 import { PubSub } from './redis/pubsub.js';
 import { OPTIONS, type RedisSessionStoreOptions } from './redis/options.js';
@@ -146,7 +146,7 @@ export class RedisSessionStore implements SessionStore {
     const copy = JSON.stringify({ duplicateId: input.duplicateId, upstreamId: input.upstreamId, index: input.index, of: input.of });
     const reply = await this.#records.add({
       key: this.#keys.request(input.requestId),
-      args: ['c', input.requestId, input.sessionId, input.update ? '1' : '0', input.duplicateId, copy],
+      args: [recordHead('c', input.update, input.sessionId), input.requestId, input.duplicateId, copy],
     });
     return { duplicate: reply === 1 };
   }
@@ -167,7 +167,7 @@ export class RedisSessionStore implements SessionStore {
     // recorded stands. The session half promotes the winner's candidate.
     const adopted = JSON.stringify({ duplicateIds: input.duplicateIds, upstreamIds: input.upstreamIds });
     const writes: Promise<unknown>[] = [
-      this.#records.add({ key: this.#keys.request(input.requestId), args: ['a', input.requestId, input.sessionId, input.update ? '1' : '0', adopted, ''] }),
+      this.#records.add({ key: this.#keys.request(input.requestId), args: [recordHead('a', input.update, input.sessionId), input.requestId, adopted, ''] }),
     ];
     // Nothing to promote when the adopted copy changed nothing: one script less per read.
     if (input.sessionId !== '' && input.sessionChanged !== false) {
@@ -181,7 +181,7 @@ export class RedisSessionStore implements SessionStore {
 
   async recordCancelled(requestId: string, duplicateId: string): Promise<void> {
     this.#assertOpen();
-    await this.#records.add({ key: this.#keys.request(requestId), args: ['x', requestId, '', '1', duplicateId, ''] });
+    await this.#records.add({ key: this.#keys.request(requestId), args: [recordHead('x', true, ''), requestId, duplicateId, ''] });
   }
 
   async getRequest(requestId: string): Promise<RequestRecord | undefined> {
