@@ -16,8 +16,8 @@
 export const LUA_SOURCE = 'lib/store/redis/scripts.ts';
 
 /** The scripts in scope, and the helpers of PRELUDE that the claim uses. */
-export const SCRIPTS = ['CLAIM', 'CONFIRM', 'RELEASE', 'BEGIN_IDEMPOTENT', 'COMPLETE_IDEMPOTENT', 'PRELUDE'];
-const PRELUDE_FUNCTIONS = ['next_fence', 'touch'];
+export const SCRIPTS = ['CLAIM_ONE', 'CLAIM_BATCH', 'CONFIRM_ONE', 'CONFIRM_BATCH', 'RELEASE', 'BEGIN_IDEMPOTENT', 'COMPLETE_IDEMPOTENT', 'PRELUDE'];
+const PRELUDE_FUNCTIONS = ['clock', 'next_fence', 'touch', 'wake'];
 
 /** Every mutant of the scripts in `source` (the text of lib/store/redis/scripts.ts), each with the whole mutated text. */
 export function luaMutants(source) {
@@ -37,9 +37,8 @@ export function luaMutants(source) {
 function scriptLines(lines) {
   const out = [];
   for (const name of SCRIPTS) {
-    const start = name === 'PRELUDE'
-      ? lines.findIndex((l) => l === 'const PRELUDE = `')
-      : lines.findIndex((l) => l === `export const ${name} = script(\``);
+    // `const PRELUDE = \``, `const CLAIM_ONE = \``, `export const RELEASE = script(\``, `export const CLAIM_BATCH = script(CLAIM_ONE + \``
+    const start = lines.findIndex((l) => new RegExp(`^(export )?const ${name} = (script\\(([A-Z_]+ \\+ )?)?\``).test(l));
     if (start === -1) throw new Error(`${LUA_SOURCE}: script ${name} not found`);
     const end = lines.findIndex((l, i) => i > start && /^`\)?;$/.test(l));
     let fn;

@@ -74,9 +74,9 @@ export const TARGETS = [
     blocks: [
       [/^  async claim\(/], [/^  async confirm\(/], [/^  async release\(/], [/^  async beginIdempotent\(/], [/^  async completeIdempotent\(/],
       [/^  async #attempt\(/], [/^  #giveBack\(/], [/^  #wait\(/], [/^  async #settle\(/], [/^  #schedule\(/], [/^  #rejectAll\(/], [/^  #drop\(/],
-      [/^  #onMessage\(/],
+      [/^  #onMessage\(/], [/^  #superseded\(/], [/^  #listen\(/], [/^  #wakeArgs\(/],
     ],
-    tests: ['redis/redis-waiters.test.ts', 'redis/redis-scripts.test.ts', 'redis/redis-store.test.ts', 'redis/conformance.test.ts', 'redis/outage.test.ts', 'redis/cluster.test.ts'],
+    tests: ['redis/redis-waiters.test.ts', 'redis/redis-batch.test.ts', 'redis/redis-scripts.test.ts', 'redis/redis-store.test.ts', 'redis/conformance.test.ts', 'redis/outage.test.ts', 'redis/cluster.test.ts'],
   },
   {
     name: 'idempotency',
@@ -108,7 +108,7 @@ export const TARGETS = [
 ];
 
 /** The Lua scripts are mutated as text and run against the Redis store's tests. */
-const LUA_TESTS = ['redis/redis-scripts.test.ts', 'redis/redis-waiters.test.ts', 'redis/redis-store.test.ts', 'redis/conformance.test.ts', 'redis/outage.test.ts', 'redis/cluster.test.ts'];
+const LUA_TESTS = ['redis/redis-scripts.test.ts', 'redis/redis-waiters.test.ts', 'redis/redis-batch.test.ts', 'redis/redis-store.test.ts', 'redis/conformance.test.ts', 'redis/outage.test.ts', 'redis/cluster.test.ts'];
 
 function args() {
   const out = { files: [...TARGETS.map((t) => t.name), 'lua'], only: undefined, jobs: 3, list: false };
