@@ -534,6 +534,8 @@ async function childMain(config) {
     let done = 0;
     let failed = 0;
     let n = 0;
+    // Every round its own requests: a request id met again would find its records and its commit already there.
+    const round = randomBytes(6).toString('hex');
     const one = async (requestId) => {
       const sessionId = `s-${requestId}`;
       const dup = (i) => `${requestId}.${i}`;
@@ -556,7 +558,7 @@ async function childMain(config) {
       Array.from({ length: 64 }, async () => {
         while (performance.now() < deadline) {
           try {
-            await one(`sat-${kind}-${process.pid}-${n++}`);
+            await one(`sat-${kind}-${round}-${n++}`);
             done++;
           } catch {
             failed++;
