@@ -302,9 +302,9 @@ describe('RedisSessionStore waiters giving up', () => {
     const first = await s.holder.claim(requestId, 'a', lease);
     const controller = new AbortController();
     const b = (await registered(s, () => s.store.claim(requestId, 'b', lease))).claim;
-    const c = s.store.claim(requestId, 'c', { ...lease, signal: controller.signal }).catch((err: unknown) => err);
-    const d = s.store.claim(requestId, 'd', lease);
-    await settled();
+    // c and d are in the queue (their claims answered "wait") before c gives up.
+    const c = (await registered(s, () => s.store.claim(requestId, 'c', { ...lease, signal: controller.signal }).catch((err: unknown) => err))).claim;
+    const d = (await registered(s, () => s.store.claim(requestId, 'd', lease))).claim;
     controller.abort(new Error('gone'));
     await expect(c).resolves.toMatchObject({ message: 'gone' });
     await s.holder.release(requestId, 'a', first.fence);
