@@ -389,6 +389,31 @@ describe('RedisSessionStore waiters giving up', () => {
 });
 
 describe('RedisSessionStore waiters: what a look can answer', () => {
+  it('an outcome heard while a look is in flight makes the queue look once more after it', async () => {
+    const s = await setup();
+    const requestId = randomUUID();
+    const first = await s.holder.claim(requestId, 'a', lease);
+    const { claim: waiting } = await registered(s, () => s.store.claim(requestId, 'b', lease));
+    s.gate.hold('evalsha');
+    // The release wakes the store: its look is held here ...
+    await s.holder.release(requestId, 'a', first.fence);
+    const look = await s.gate.next('evalsha');
+    // ... while another copy takes the claim and gives it back (a second message during the look).
+    const again = await s.holder.claim(requestId, 'x', lease);
+    await s.holder.release(requestId, 'x', again.fence);
+    await settled();
+    // Only one look at a time.
+    expect(s.gate.log.filter((c) => c.command === 'evalsha').length).toBe(scripts(s.gate).length);
+    const held = await s.holder.claim(requestId, 'y', lease);
+    await look.send(); // answered "wait": y holds it
+    // The message heard during the look asks for one more look, at once, not at the poll.
+    const next = await s.gate.next('evalsha');
+    s.gate.pass('evalsha');
+    await next.send();
+    await s.holder.release(requestId, 'y', held.fence);
+    await expect(within(waiting, 'the claim')).resolves.toMatchObject({ fence: expect.any(Number) });
+  });
+
   it('a waiter whose copy got the claim another way meanwhile resolves with that very grant (held)', async () => {
     const s = await setup();
     const requestId = randomUUID();
@@ -481,6 +506,17 @@ describe('RedisSessionStore waiters on the Cluster path: a sharded channel per r
     for (const outcome of await within(Promise.all(waiters), 'the refusals')) {
       expect(outcome).toMatchObject({ code: codes.SUPERSEDED, committedBy: 'a' });
     }
+  });
+
+  it('a confirm turns the subscribed waiters away by the channel\'s message, naming the committer, without asking Redis again', async () => {
+    const s = await setup({}, true, 'channel');
+    const requestId = randomUUID();
+    const first = await s.holder.claim(requestId, 'a', lease);
+    const { claim: waiting } = await subscribed(s, () => s.store.claim(requestId, 'b', lease).catch((err: unknown) => err));
+    const before = scripts(s.gate).length;
+    await s.holder.confirm(requestId, 'a', first.fence);
+    await expect(within(waiting, 'the refusal')).resolves.toMatchObject({ code: codes.SUPERSEDED, committedBy: 'a' });
+    expect(scripts(s.gate).length).toBe(before);
   });
 
   it('the last waiter giving up leaves the channel at once, once', async () => {

@@ -39,7 +39,9 @@ export const EQUIVALENT = [
   { file: 'lib/store/memory.ts', code: 'if (heap[child]!.until >= item.until) break;', mutator: 'EqualityOperator', reason: 'ties in the expiry heap (as above)' },
   // --- lib/store/redis.ts (TypeScript)
   { file: 'lib/store/redis.ts', code: "answer === null ? '0' : '1', answer === null ? '' : JSON.stringify(answer)", mutator: 'ConditionalExpression', reason: "the answer argument of COMPLETE_IDEMPOTENT: the script ignores it when the flag is '0', and '' instead of '1' is still not '0'" },
-  { file: 'lib/store/redis.ts', code: "NEXT_FENCE, [this.#fenceKey()], []", mutator: 'ArrayDeclaration', reason: 'NEXT_FENCE takes no arguments' },
+  { file: 'lib/store/redis.ts', code: "NEXT_FENCE, [this.#keys.fence()], []", mutator: 'ArrayDeclaration', reason: 'NEXT_FENCE takes no arguments' },
+  { file: 'lib/store/redis.ts', code: "return this.#inbox ? ['', this.#keys.inbox('')] : [this.#keys.channel(requestId), ''];", mutator: 'StringLiteral', replacement: '"Stryker was here!"', reason: "the wake-up argument of the other kind of store: a single Redis store's release also publishing on a channel nobody subscribes to (single-Redis stores listen on their inboxes), or a Cluster store's release given an inbox prefix while no inbox is ever registered on Cluster" },
+  { file: 'lib/store/redis.ts', code: 'const fresh = queue === undefined;', mutator: 'ConditionalExpression', replacement: 'true', reason: "on the Cluster path, a second waiter of a queue subscribing its channel again: one subscription per connection either way, and its answer makes the queue look once more, with the same outcome (on a single Redis `fresh` is not used)" },
   { file: 'lib/store/redis.ts', code: 'if (at !== -1) q.waiters.splice(at, 1);', mutator: 'ConditionalExpression', replacement: 'true', reason: "a waiter's abort listener only fires while it is in its queue (detach removes it on every way out), so `at` is never -1" },
   { file: 'lib/store/redis.ts', code: "signal.addEventListener('abort', waiter.onAbort, { once: true });", mutator: 'ObjectLiteral', reason: 'the listener is removed by detach on every way out, and an AbortSignal fires once' },
   { file: 'lib/store/redis.ts', code: "signal.addEventListener('abort', waiter.onAbort, { once: true });", mutator: 'BooleanLiteral', reason: 'as above' },
@@ -62,11 +64,16 @@ export const EQUIVALENT = [
   { file: 'lib/proxy/proxy.ts', code: "if (report.adopted && !recorded && (!keyed || report.outcome === 'won')) void bookkeep(", mutator: 'BooleanLiteral', replacement: 'true', reason: 'an off-path adoption write bounded by its own timer instead of the shared one: the same bound (storeTimeout), the same error event' },
   { file: 'lib/proxy/proxy.ts', code: 'if (isSupersededError(err) && err.committedBy && err.committedBy !== seal) return answerLost', mutator: 'LogicalOperator', replacement: 'isSupersededError(err) || err.committedBy', reason: "only a SupersededError carries `committedBy` (the seal's claim refused, or its confirm): the brand check adds nothing the field does not say" },
 
-  // --- Lua scripts of lib/store/redis.ts
-  { file: 'lib/store/redis.ts', script: 'PRELUDE next_fence', code: 'if f < floor then', mutator: 'Lua boundary', reason: 'at equality the same value is set again' },
-  { file: 'lib/store/redis.ts', script: 'PRELUDE touch', code: "if redis.call('PTTL', key) < tonumber(ttl) then", mutator: 'Lua boundary', reason: 'at equality the same TTL is set again' },
-  { file: 'lib/store/redis.ts', script: 'BEGIN_IDEMPOTENT', code: "if redis.call('PTTL', key) < lock then", mutator: 'Lua boundary', reason: 'at equality the same TTL is set again' },
-  { file: 'lib/store/redis.ts', script: 'CLAIM', code: 'fence <= tonumber(h[5])', mutator: 'Lua boundary', reason: "a token equal to the request's last granted one cannot come: the counter is INCRed, and raised to the clock in µs only upwards" },
-  { file: 'lib/store/redis.ts', script: 'RELEASE', code: 'return 1', mutator: 'Lua delete', reason: "the TypeScript ignores RELEASE's reply" },
-  { file: 'lib/store/redis.ts', script: 'COMPLETE_IDEMPOTENT', code: 'return 1', mutator: 'Lua delete', reason: "the TypeScript ignores COMPLETE_IDEMPOTENT's reply" },
+  // --- Lua scripts of lib/store/redis/scripts.ts
+  { file: 'lib/store/redis/scripts.ts', script: 'PRELUDE next_fence', code: 'if f < floor then', mutator: 'Lua boundary', reason: 'at equality the same value is set again' },
+  { file: 'lib/store/redis/scripts.ts', script: 'BEGIN_IDEMPOTENT', code: "if redis.call('PTTL', key) < lock then", mutator: 'Lua boundary', reason: 'at equality the same TTL is set again' },
+  { file: 'lib/store/redis/scripts.ts', script: 'CLAIM_ONE', code: 'fence <= tonumber(h[5])', mutator: 'Lua boundary', reason: "a token equal to the request's last granted one cannot come: the counter is INCRed, and raised to the clock in µs only upwards" },
+  { file: 'lib/store/redis/scripts.ts', script: 'RELEASE', code: 'return 1', mutator: 'Lua delete', reason: "the TypeScript ignores RELEASE's reply" },
+  // touch(): the branch for Redis before 7 (no PEXPIRE ... GT) never runs on the Redis 7 the tests start.
+  { file: 'lib/store/redis/scripts.ts', script: 'PRELUDE touch', code: 'elseif redis.REDIS_VERSION_NUM then', mutator: 'Lua delete', reason: 'deleted, the GT PEXPIRE joins the fresh branch (a second, no-op PEXPIRE) and a key that is not fresh takes the PTTL path, which sets the same expiry' },
+  { file: 'lib/store/redis/scripts.ts', script: 'PRELUDE touch', code: "elseif redis.call('PTTL', key) < tonumber(ttl) then", mutator: 'Lua delete', reason: 'the branch for Redis before 7: not run on Redis 7 (deleted, its PEXPIRE joins the Redis 7 branch: a second PEXPIRE to the same ttl after the GT one, which only lengthens or keeps)' },
+  { file: 'lib/store/redis/scripts.ts', script: 'PRELUDE touch', code: "elseif redis.call('PTTL', key) < tonumber(ttl) then", mutator: 'Lua invert', reason: 'the branch for Redis before 7: not run on Redis 7' },
+  { file: 'lib/store/redis/scripts.ts', script: 'PRELUDE touch', code: "elseif redis.call('PTTL', key) < tonumber(ttl) then", mutator: 'Lua boundary', reason: 'the branch for Redis before 7: not run on Redis 7' },
+  { file: 'lib/store/redis/scripts.ts', script: 'PRELUDE touch', code: "redis.call('PEXPIRE', key, ttl)", mutator: 'Lua delete', replacement: "-- (deleted) redis.call('PEXPIRE', key, ttl)", reason: 'the PEXPIRE of the branch for Redis before 7 (the fresh branch\'s PEXPIRE is the line before, and is killed): not run on Redis 7' },
+  { file: 'lib/store/redis/scripts.ts', script: 'COMPLETE_IDEMPOTENT', code: 'return 1', mutator: 'Lua delete', reason: "the TypeScript ignores COMPLETE_IDEMPOTENT's reply" },
 ];

@@ -1,0 +1,131 @@
+// The store traffic of raced requests (copies 3) against a redis-server of
+// its own, as fast as one process makes it, 64 requests at a time: what
+// scenario f measures at the limit, alone, for comparing two builds of the
+// library side by side on the same host (one build's dist against another's).
+//
+//   node bench/saturation.mjs [--dist DIR] [--seconds N] read|update
+//
+// A read records three copies (three stores) and one adoption (a fourth); an
+// update records three copies, claims from the three (one is granted and
+// confirms, the others wait and learn they lost) and records the adoption.
+// Prints requests/s, Redis's share of a core and its CPU per request (INFO
+// cpu), Redis commands per request (INFO commandstats, commands inside
+// scripts included) and the script calls per request by script.
+
+import { spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { createServer } from 'node:net';
+import { resolve } from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { Redis } from 'ioredis';
+
+const argv = process.argv.slice(2);
+const opt = (name, fallback) => {
+  const at = argv.indexOf(name);
+  return at === -1 ? fallback : argv.splice(at, 2)[1];
+};
+const dist = resolve(opt('--dist', new URL('../dist', import.meta.url).pathname));
+const seconds = Number(opt('--seconds', '5'));
+const kind = argv[0] ?? 'update';
+if (!['read', 'update'].includes(kind) || !(seconds > 0 && seconds <= 60)) {
+  console.error('usage: node bench/saturation.mjs [--dist DIR] [--seconds 1-60] read|update');
+  process.exit(2);
+}
+const lib = await import(pathToFileURL(`${dist}/index.js`).href);
+const { RedisSessionStore } = await import(pathToFileURL(`${dist}/redis.js`).href);
+
+const port = await new Promise((done) => {
+  const probe = createServer().listen(0, '127.0.0.1', () => {
+    const { port: p } = probe.address();
+    probe.close(() => done(p));
+  });
+});
+const server = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], { stdio: 'ignore' });
+const admin = new Redis({ port, lazyConnect: true, retryStrategy: () => 50 });
+admin.on('error', () => undefined); // refused while redis-server starts: the loop below tries again
+for (let i = 0; i < 100; i++) {
+  try {
+    await admin.connect();
+    break;
+  } catch {
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+const clients = [];
+const stores = [];
+const scriptCalls = {};
+for (let i = 0; i < 4; i++) {
+  const client = new Redis({ port, maxRetriesPerRequest: 1, enableOfflineQueue: false, lazyConnect: true });
+  await client.connect();
+  const evalsha = client.evalsha.bind(client);
+  client.evalsha = (sha, numKeys, ...rest) => {
+    scriptCalls[sha.slice(0, 8)] = (scriptCalls[sha.slice(0, 8)] ?? 0) + 1;
+    return evalsha(sha, numKeys, ...rest);
+  };
+  clients.push(client);
+  stores.push(new RedisSessionStore({ client, prefix: 'sat:' }));
+}
+
+const update = kind === 'update';
+async function one(requestId) {
+  const sessionId = `s-${requestId}`;
+  const dup = (i) => `${requestId}.${i}`;
+  await Promise.all([0, 1, 2].map((i) => stores[i].recordCopy({ requestId, duplicateId: dup(i), upstreamId: 'abc'[i], index: i + 1, of: 3, update, sessionId })));
+  if (update) {
+    await Promise.all([0, 1, 2].map(async (i) => {
+      try {
+        const grant = await stores[i].claim(requestId, dup(i), { leaseMs: 10_000 });
+        await stores[i].confirm(requestId, dup(i), grant.fence);
+      } catch (err) {
+        if (!lib.isSupersededError(err)) throw err;
+      }
+    }));
+  }
+  await stores[3].recordAdoption({ requestId, sessionId, update, duplicateIds: [dup(0)], upstreamIds: ['a'], sessionChanged: false });
+}
+
+/** 64 at a time for `secs`; every call its own request ids. */
+async function run(secs) {
+  const round = randomBytes(6).toString('hex');
+  const deadline = performance.now() + secs * 1000;
+  let done = 0;
+  let failed = 0;
+  let n = 0;
+  await Promise.all(Array.from({ length: 64 }, async () => {
+    while (performance.now() < deadline) {
+      try {
+        await one(`${round}-${n++}`);
+        done++;
+      } catch {
+        failed++;
+      }
+    }
+  }));
+  return { done, failed };
+}
+
+const cpu = async () => {
+  const text = await admin.info('cpu');
+  const get = (k) => Number(new RegExp(`^${k}:([\\d.]+)`, 'm').exec(text)[1]);
+  return (get('used_cpu_sys') + get('used_cpu_user')) * 1e6;
+};
+
+await run(1); // warm-up: scripts loaded, inboxes subscribed
+await admin.config('RESETSTAT');
+for (const k of Object.keys(scriptCalls)) delete scriptCalls[k];
+const cpu0 = await cpu();
+const t0 = performance.now();
+const { done, failed } = await run(seconds);
+const elapsed = (performance.now() - t0) / 1000;
+const micros = (await cpu()) - cpu0;
+console.log(`${kind}: ${Math.round(done / elapsed)} requests/s, ${failed} failed, Redis at ${((100 * micros) / (elapsed * 1e6)).toFixed(0)}% of a core, ${(micros / done).toFixed(1)} µs per ${kind}`);
+const stats = await admin.info('commandstats');
+const commands = [...stats.matchAll(/^cmdstat_([^:]+):calls=(\d+)/gm)].filter((m) => !['info', 'config'].includes(m[1])).map((m) => `${m[1].toUpperCase()} ${(m[2] / done).toFixed(2)}`);
+console.log(`  commands per ${kind}: ${commands.join(', ')}`);
+console.log(`  script calls per ${kind}: ${Object.entries(scriptCalls).map(([sha, n]) => `${sha} ${(n / done).toFixed(2)}`).join(', ')}`);
+
+for (const store of stores) await store.close();
+for (const client of clients) client.disconnect();
+admin.disconnect();
+server.kill();
