@@ -295,6 +295,78 @@ describe('RedisSessionStore waiters on a single Redis: one inbox per store', () 
   });
 });
 
+describe('RedisSessionStore waiters on a single Redis: the inbox and the claim\'s reply come on two connections', () => {
+  /** A store whose script replies can be held after Redis ran the script, and whose pub/sub connection the test can listen to. */
+  async function heldReplies() {
+    const prefix = `rp-test:${randomUUID()}:`;
+    const plain = await connect();
+    const holder = new RedisSessionStore({ client: plain, prefix });
+    const client = await connect();
+    let hold: Promise<void> | null = null;
+    let ran = 0;
+    let subscriber: Redis | undefined;
+    const wrapped = new Proxy(client, {
+      get(target, name) {
+        if (name === 'evalsha') {
+          return async (...args: unknown[]) => {
+            const reply = await (target.evalsha as (...a: unknown[]) => Promise<unknown>)(...args);
+            ran++;
+            if (hold) await hold;
+            return reply;
+          };
+        }
+        if (name === 'duplicate') return (...a: unknown[]) => (subscriber = (target.duplicate as (...x: unknown[]) => Redis)(...a));
+        const value = Reflect.get(target, name) as unknown;
+        return typeof value === 'function' ? (value as (...x: unknown[]) => unknown).bind(target) : value;
+      },
+    });
+    const store = new RedisSessionStore({ client: wrapped, prefix, ...slowPoll });
+    opened.push({ close: () => plain.quit() }, holder, { close: () => client.quit() }, store);
+    // Warm: the inbox listens.
+    const id = randomUUID();
+    const first = await holder.claim(id, 'a', lease);
+    const waiting = store.claim(id, 'b', lease);
+    for (let n = 0; n < 200 && !(await admin.hget(`${prefix}{r:${id}}`, 'waiters')); n++) await new Promise((r) => setTimeout(r, 5));
+    await holder.release(id, 'a', first.fence);
+    await within(waiting, 'the warm-up claim');
+    return {
+      prefix, holder, store, subscriber: () => subscriber!,
+      ran: () => ran,
+      holdReplies() {
+        let release!: () => void;
+        hold = new Promise<void>((r) => (release = r));
+        return () => {
+          hold = null;
+          release();
+        };
+      },
+    };
+  }
+
+  for (const ending of ['confirm', 'release'] as const) {
+    it(`an outcome (${ending}) heard before the reply that told the copy to wait is not left to the poll`, async () => {
+      const t = await heldReplies();
+      const requestId = randomUUID();
+      const first = await t.holder.claim(requestId, 'a', lease);
+      const letGo = t.holdReplies();
+      const before = t.ran();
+      const waiting = t.store.claim(requestId, 'b', lease).then((g) => g, (err: unknown) => err);
+      // Redis ran the claim (the inbox is registered) but its reply is held.
+      for (let n = 0; n < 200 && t.ran() === before; n++) await new Promise((r) => setTimeout(r, 5));
+      expect(t.ran()).toBe(before + 1);
+      const heard = new Promise<void>((resolve) => t.subscriber().once('message', () => resolve()));
+      if (ending === 'confirm') await t.holder.confirm(requestId, 'a', first.fence);
+      else await t.holder.release(requestId, 'a', first.fence);
+      // The outcome reached the store's inbox, with no queue for it yet.
+      await within(heard, 'the message');
+      letGo();
+      const outcome = await within(waiting, 'the waiter, well before the 10 s poll');
+      if (ending === 'confirm') expect(outcome).toMatchObject({ code: codes.SUPERSEDED, committedBy: 'a' });
+      else expect(outcome).toMatchObject({ fence: expect.any(Number) });
+    });
+  }
+});
+
 describe('RedisSessionStore waiters giving up', () => {
   it('passes over a waiter that gave up in the middle of the queue: the claim goes to the one behind it', async () => {
     const s = await setup();

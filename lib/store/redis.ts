@@ -95,6 +95,8 @@ export class RedisSessionStore implements SessionStore {
   #listening: Promise<void> | undefined;
   /** The inbox subscription came through: claims register the token from now on. */
   #listened = false;
+  /** Requests whose outcome came to the inbox while no queue of theirs was here (the last 1,024). */
+  readonly #heard = new Set<string>();
   /** Waiting claims, by the channel of their request. */
   readonly #queues = new Map<string, Queue>();
   /** The request log's writes, batched. */
@@ -203,6 +205,8 @@ export class RedisSessionStore implements SessionStore {
     if (!Number.isFinite(leaseMs) || leaseMs <= 0) throw new InvalidOptionError('leaseMs', 'must be a number of milliseconds > 0', leaseMs);
     signal?.throwIfAborted();
     const lease = Math.ceil(leaseMs);
+    // Whether this claim registers the inbox (decided as the attempt is queued, this turn).
+    const registered = this.#listened;
     const attempt = await this.#attempt(requestId, duplicateId, lease);
     // The caller may have given up, or the store closed, while Redis answered.
     if (this.#closed || signal?.aborted) {
@@ -216,7 +220,7 @@ export class RedisSessionStore implements SessionStore {
       case 'superseded':
         throw superseded(requestId, attempt.holder);
       case 'wait':
-        return this.#wait(requestId, duplicateId, lease, signal, attempt.remaining);
+        return this.#wait(requestId, duplicateId, lease, signal, attempt.remaining, registered);
     }
   }
 
@@ -344,7 +348,7 @@ export class RedisSessionStore implements SessionStore {
     this.#eval(RELEASE, [this.#keys.request(requestId)], [duplicateId, String(fence), this.#ttl, ...this.#wakeArgs(requestId)]).catch(() => undefined);
   }
 
-  #wait(requestId: string, duplicateId: string, leaseMs: number, signal: AbortSignal | undefined, remaining: number): Promise<ClaimGrant> {
+  #wait(requestId: string, duplicateId: string, leaseMs: number, signal: AbortSignal | undefined, remaining: number, registered: boolean): Promise<ClaimGrant> {
     return new Promise<ClaimGrant>((resolve, reject) => {
       const channel = this.#keys.channel(requestId);
       let queue = this.#queues.get(channel);
@@ -383,7 +387,12 @@ export class RedisSessionStore implements SessionStore {
           () => undefined, // the poll and the lease timer still wake the waiters
         );
       }
-      if (!q.busy) this.#schedule(q, remaining);
+      // Look at once when an outcome of this request came to the inbox before its
+      // queue existed (the inbox and the claim's reply come on two connections),
+      // or when this claim went out unregistered and the inbox listens since.
+      const heard = this.#inbox !== undefined && fresh && this.#heard.delete(requestId);
+      if (heard || (this.#inbox && !registered && this.#listened)) void this.#settle(q);
+      else if (!q.busy) this.#schedule(q, remaining);
     });
   }
 
@@ -521,7 +530,14 @@ export class RedisSessionStore implements SessionStore {
       }
       if (!Array.isArray(said) || typeof said[1] !== 'string') return;
       const q = this.#queues.get(this.#keys.channel(said[1]));
-      if (!q) return;
+      if (!q) {
+        // Maybe ahead of the reply that makes its queue: kept for #wait to see.
+        if (said[0] === 'released' || (said[0] === 'committed' && typeof said[2] === 'string')) {
+          this.#heard.add(said[1]);
+          if (this.#heard.size > 1024) this.#heard.delete(this.#heard.values().next().value!);
+        }
+        return;
+      }
       if (said[0] === 'committed' && typeof said[2] === 'string') this.#superseded(q, said[2]);
       else if (said[0] === 'released') void this.#settle(q);
       return;
