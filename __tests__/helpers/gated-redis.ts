@@ -142,3 +142,20 @@ export function within<T>(promise: Promise<T>, what: string, withinMs = 2_000): 
   });
   return Promise.race([promise, bound]).finally(() => clearTimeout(timer));
 }
+
+/**
+ * The client as a Cluster client would look to a store, over a single Redis:
+ * the store then takes its Cluster paths (a fencing token first, then the
+ * claim; a sharded channel per waited-for request) on this server. Its
+ * pub/sub connection is an ordinary duplicate.
+ */
+export function asCluster(client: Redis): Redis {
+  return new Proxy(client, {
+    get(target, name) {
+      if (name === 'isCluster') return true;
+      if (name === 'duplicate') return () => target.duplicate({ enableOfflineQueue: true, lazyConnect: false, maxRetriesPerRequest: null });
+      const value = Reflect.get(target, name) as unknown;
+      return typeof value === 'function' ? (value as (...x: unknown[]) => unknown).bind(target) : value;
+    },
+  });
+}

@@ -8,6 +8,7 @@ import { RedisSessionStore, type RedisSessionStoreOptions } from '../../lib/stor
 import { startRedisServer, type RedisServer } from '../helpers/redis-server.js';
 import { sleep } from '../helpers/upstream.js';
 import { closeAfterEach } from '../helpers/cleanup.js';
+import { asCluster } from '../helpers/gated-redis.js';
 
 // What only the Redis store has: options, key layout (TTLs, hash tags), and
 // waiters woken across connections by pub/sub.
@@ -666,15 +667,8 @@ describe('RedisSessionStore claims: what each guard is for', () => {
   it('on Cluster, a fence not above the request\'s last one is refused and a fresh one taken; five refusals fail the claim as the store unavailable', async () => {
     // A single Redis behind a client that says it is a Cluster: the store takes the Cluster path (a fence first, then the claim with it).
     const client = await connect();
-    const asCluster = new Proxy(client, {
-      get(target, name) {
-        if (name === 'isCluster') return true;
-        const value = Reflect.get(target, name) as unknown;
-        return typeof value === 'function' ? (value as (...x: unknown[]) => unknown).bind(target) : value;
-      },
-    });
     const prefix = `rp-test:${randomUUID()}:`;
-    const store = new RedisSessionStore({ client: asCluster as unknown as Redis, prefix });
+    const store = new RedisSessionStore({ client: asCluster(client), prefix });
     opened.push({ close: () => client.quit() }, store);
     const requestId = randomUUID();
     // The request's last granted fence lies far ahead of any token the counter gives now.

@@ -5,7 +5,7 @@ import { codes, isSupersededError } from '../../lib/errors.js';
 import { RedisSessionStore, type RedisSessionStoreOptions } from '../../lib/store/redis.js';
 import { startRedisServer, type RedisServer } from '../helpers/redis-server.js';
 import { closeAfterEach } from '../helpers/cleanup.js';
-import { gate, settled, within, type Gate } from '../helpers/gated-redis.js';
+import { asCluster, gate, settled, within, type Gate } from '../helpers/gated-redis.js';
 
 // The races of a Redis store's waiting claims, put in order by holding the
 // store's Redis calls (its scripts, its subscriptions) and letting them go:
@@ -55,23 +55,6 @@ interface Setup {
   gate: Gate;
   key(requestId: string): string;
   channel(requestId: string): string;
-}
-
-/**
- * The client as a Cluster client would look to the store, over a single
- * Redis: the store then takes its Cluster paths (a fencing token first, then
- * the claim; a sharded channel per waited-for request) on this server. Its
- * pub/sub connection is an ordinary duplicate.
- */
-function asCluster(client: Redis): Redis {
-  return new Proxy(client, {
-    get(target, name) {
-      if (name === 'isCluster') return true;
-      if (name === 'duplicate') return () => target.duplicate({ enableOfflineQueue: true, lazyConnect: false, maxRetriesPerRequest: null });
-      const value = Reflect.get(target, name) as unknown;
-      return typeof value === 'function' ? (value as (...x: unknown[]) => unknown).bind(target) : value;
-    },
-  });
 }
 
 /**
@@ -251,7 +234,7 @@ describe('RedisSessionStore waiters on a single Redis: one inbox per store', () 
     await expect(within(waiting, 'the claim by the poll')).resolves.toMatchObject({ fence: expect.any(Number) });
   });
 
-  it('a failed inbox subscription is asked for again at the next wait; the poll wakes the waiters meanwhile', async () => {
+  it('a failed inbox subscription leaves the waiters to the poll, and is asked for again at the next wait', async () => {
     const s = await setup({ pollInterval: 50 }, false);
     const requestId = randomUUID();
     const first = await s.holder.claim(requestId, 'a', lease);
@@ -263,6 +246,15 @@ describe('RedisSessionStore waiters on a single Redis: one inbox per store', () 
     await subscription.send();
     await s.holder.release(requestId, 'a', first.fence);
     await expect(within(waiting, 'the claim by the poll')).resolves.toMatchObject({ fence: expect.any(Number) });
+    // The next wait subscribes again.
+    const other = randomUUID();
+    await s.holder.claim(other, 'a', lease);
+    const controller = new AbortController();
+    const next = s.store.claim(other, 'b', { ...lease, signal: controller.signal }).catch((err: unknown) => err);
+    await s.gate.next('subscribe');
+    expect(s.gate.log.filter((c) => c.command === 'subscribe')).toHaveLength(2);
+    controller.abort(new Error('done'));
+    await next;
   });
 
   it('ignores what is not an outcome on its inbox, and a message for a request nobody here waits for', async () => {
@@ -467,15 +459,24 @@ describe('RedisSessionStore waiters: what a look can answer', () => {
     const first = await s.holder.claim(requestId, 'a', lease);
     const { claim: waiting } = await registered(s, () => s.store.claim(requestId, 'b', lease));
     s.gate.hold('evalsha');
+    const from = s.gate.log.length;
+    // The test's own listener, after the store's: both releases reached the store.
+    let messages = 0;
+    const both = new Promise<void>((resolve) => {
+      s.gate.duplicated!.on('message', () => {
+        if (++messages === 2) resolve();
+      });
+    });
     // The release wakes the store: its look is held here ...
     await s.holder.release(requestId, 'a', first.fence);
     const look = await s.gate.next('evalsha');
     // ... while another copy takes the claim and gives it back (a second message during the look).
     const again = await s.holder.claim(requestId, 'x', lease);
     await s.holder.release(requestId, 'x', again.fence);
+    await within(both, 'the two releases');
     await settled();
-    // Only one look at a time.
-    expect(s.gate.log.filter((c) => c.command === 'evalsha').length).toBe(scripts(s.gate).length);
+    // Only one look at a time: the second message did not send another.
+    expect(scripts(s.gate, from)).toHaveLength(1);
     const held = await s.holder.claim(requestId, 'y', lease);
     await look.send(); // answered "wait": y holds it
     // The message heard during the look asks for one more look, at once, not at the poll.
@@ -677,25 +678,5 @@ describe('RedisSessionStore waiters on the Cluster path: a sharded channel per r
     // Nothing was asked of Redis for them.
     expect(scripts(s.gate).length).toBe(before);
     await leaving.send();
-  });
-});
-
-describe('RedisSessionStore claims on Cluster', () => {
-  it('fails a claim after five stale fencing tokens as the store unavailable: 503', async () => {
-    // A single Redis behind a client that says it is a Cluster: the store takes the Cluster path (a fence first, then the claim with it).
-    const client = await connect();
-    const asCluster = new Proxy(client, {
-      get(target, name) {
-        if (name === 'isCluster') return true;
-        const value = Reflect.get(target, name) as unknown;
-        return typeof value === 'function' ? (value as (...x: unknown[]) => unknown).bind(target) : value;
-      },
-    });
-    const prefix = `rp-test:${randomUUID()}:`;
-    const store = new RedisSessionStore({ client: asCluster as unknown as Redis, prefix });
-    opened.push({ close: () => client.quit() }, store);
-    const requestId = randomUUID();
-    await admin.hset(`${prefix}{r:${requestId}}`, 'requestId', requestId, 'state', 'none', 'lastFence', '9000000000000000');
-    await expect(store.claim(requestId, 'a', { leaseMs: 1_000 })).rejects.toMatchObject({ code: codes.STORE_UNAVAILABLE, status: 503 });
   });
 });

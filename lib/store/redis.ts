@@ -90,7 +90,7 @@ export class RedisSessionStore implements SessionStore {
    * publish in its own slot only): there each waited-for request has its own
    * sharded channel.
    */
-  readonly #inbox: { token: string; channel: string } | undefined;
+  readonly #inbox: { token: string; channel: string; prefix: string } | undefined;
   /** The inbox subscription, once asked for. */
   #listening: Promise<void> | undefined;
   /** The inbox subscription came through: claims register the token from now on. */
@@ -123,10 +123,6 @@ export class RedisSessionStore implements SessionStore {
       for (const q of this.#queues.values()) void this.#settle(q);
     });
     this.#keys = new RedisKeys(prefix);
-    if (!this.#cluster) {
-      const token = randomUUID();
-      this.#inbox = { token, channel: this.#keys.inbox(token) };
-    }
     this.#ttl = ttl;
     this.#sessionTtl = sessionTtl;
     this.#pollInterval = pollInterval;
@@ -135,8 +131,10 @@ export class RedisSessionStore implements SessionStore {
     const now = { ...(batch as BatchSettings), maxDelay: 0 };
     this.#sessionReads = new Batcher<string[]>((keys, args) => this.#guard('getSession', this.#eval(GET_SESSIONS, keys, args)), now, sessionTtl, this.#cluster);
     if (!this.#cluster) {
-      const fence = this.#keys.fence();
+      const token = randomUUID();
       const inboxes = this.#keys.inbox('');
+      this.#inbox = { token, channel: this.#keys.inbox(token), prefix: inboxes };
+      const fence = this.#keys.fence();
       this.#claims = new Batcher((keys, args) => this.#guard('claim', this.#eval(CLAIM_BATCH, [fence, ...keys], args)), now, ttl, false);
       this.#confirms = new Batcher((keys, [shared, ...each]) => this.#guard('confirm', this.#eval(CONFIRM_BATCH, keys, [shared!, inboxes, ...each])), now, ttl, false);
     }
@@ -317,7 +315,7 @@ export class RedisSessionStore implements SessionStore {
 
   /** How a confirm or release wakes the waiters: the request's channel on Cluster, the registered inboxes (their channels' prefix) on a single Redis. */
   #wakeArgs(requestId: string): [channel: string, inboxes: string] {
-    return this.#inbox ? ['', this.#keys.inbox('')] : [this.#keys.channel(requestId), ''];
+    return this.#inbox ? ['', this.#inbox.prefix] : [this.#keys.channel(requestId), ''];
   }
 
   /** One try at the claim: granted, already held, wait, or superseded. */
@@ -521,25 +519,15 @@ export class RedisSessionStore implements SessionStore {
   #onMessage(channel: string, message: string): void {
     if (this.#closed) return;
     if (this.#inbox && channel === this.#inbox.channel) {
-      // '["committed", requestId, holder]' or '["released", requestId]'.
-      let said: unknown;
-      try {
-        said = JSON.parse(message);
-      } catch {
-        return;
-      }
-      if (!Array.isArray(said) || typeof said[1] !== 'string') return;
-      const q = this.#queues.get(this.#keys.channel(said[1]));
+      const outcome = inboxOutcome(message);
+      if (!outcome) return;
+      const q = this.#queues.get(this.#keys.channel(outcome.requestId));
       if (!q) {
         // Maybe ahead of the reply that makes its queue: kept for #wait to see.
-        if (said[0] === 'released' || (said[0] === 'committed' && typeof said[2] === 'string')) {
-          this.#heard.add(said[1]);
-          if (this.#heard.size > 1024) this.#heard.delete(this.#heard.values().next().value!);
-        }
-        return;
-      }
-      if (said[0] === 'committed' && typeof said[2] === 'string') this.#superseded(q, said[2]);
-      else if (said[0] === 'released') void this.#settle(q);
+        this.#heard.add(outcome.requestId);
+        if (this.#heard.size > 1024) this.#heard.delete(this.#heard.values().next().value!);
+      } else if (outcome.holder !== undefined) this.#superseded(q, outcome.holder);
+      else void this.#settle(q);
       return;
     }
     const q = this.#queues.get(channel);
@@ -554,3 +542,19 @@ export class RedisSessionStore implements SessionStore {
   }
 }
 
+/**
+ * A message on a store's inbox: '["committed", requestId, holder]' (holder
+ * set) or '["released", requestId]'; anything else is not an outcome.
+ */
+function inboxOutcome(message: string): { requestId: string; holder?: string } | undefined {
+  let said: unknown;
+  try {
+    said = JSON.parse(message);
+  } catch {
+    return undefined;
+  }
+  if (!Array.isArray(said) || typeof said[1] !== 'string') return undefined;
+  if (said[0] === 'committed' && typeof said[2] === 'string') return { requestId: said[1], holder: said[2] };
+  if (said[0] === 'released') return { requestId: said[1] };
+  return undefined;
+}
