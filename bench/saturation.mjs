@@ -13,11 +13,11 @@
 // scripts included) and the script calls per request by script.
 
 import { spawn } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
 import { createServer } from 'node:net';
 import { resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { Redis } from 'ioredis';
+import { storeTraffic } from './store-cost.js';
 
 const argv = process.argv.slice(2);
 const opt = (name, fallback) => {
@@ -67,43 +67,7 @@ for (let i = 0; i < 4; i++) {
   stores.push(new RedisSessionStore({ client, prefix: 'sat:' }));
 }
 
-const update = kind === 'update';
-async function one(requestId) {
-  const sessionId = `s-${requestId}`;
-  const dup = (i) => `${requestId}.${i}`;
-  await Promise.all([0, 1, 2].map((i) => stores[i].recordCopy({ requestId, duplicateId: dup(i), upstreamId: 'abc'[i], index: i + 1, of: 3, update, sessionId })));
-  if (update) {
-    await Promise.all([0, 1, 2].map(async (i) => {
-      try {
-        const grant = await stores[i].claim(requestId, dup(i), { leaseMs: 10_000 });
-        await stores[i].confirm(requestId, dup(i), grant.fence);
-      } catch (err) {
-        if (!lib.isSupersededError(err)) throw err;
-      }
-    }));
-  }
-  await stores[3].recordAdoption({ requestId, sessionId, update, duplicateIds: [dup(0)], upstreamIds: ['a'], sessionChanged: false });
-}
-
-/** 64 at a time for `secs`; every call its own request ids. */
-async function run(secs) {
-  const round = randomBytes(6).toString('hex');
-  const deadline = performance.now() + secs * 1000;
-  let done = 0;
-  let failed = 0;
-  let n = 0;
-  await Promise.all(Array.from({ length: 64 }, async () => {
-    while (performance.now() < deadline) {
-      try {
-        await one(`${round}-${n++}`);
-        done++;
-      } catch {
-        failed++;
-      }
-    }
-  }));
-  return { done, failed };
-}
+const run = (secs) => storeTraffic(lib, stores, kind, secs);
 
 const cpu = async () => {
   const text = await admin.info('cpu');
@@ -116,7 +80,7 @@ await admin.config('RESETSTAT');
 for (const k of Object.keys(scriptCalls)) delete scriptCalls[k];
 const cpu0 = await cpu();
 const t0 = performance.now();
-const { done, failed } = await run(seconds);
+const { requests: done, failed } = await run(seconds);
 const elapsed = (performance.now() - t0) / 1000;
 const micros = (await cpu()) - cpu0;
 console.log(`${kind}: ${Math.round(done / elapsed)} requests/s, ${failed} failed, Redis at ${((100 * micros) / (elapsed * 1e6)).toFixed(0)}% of a core, ${(micros / done).toFixed(1)} µs per ${kind}`);

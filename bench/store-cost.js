@@ -414,6 +414,56 @@ async function closedLoop(clients, k, count, maxMs = 60_000) {
 
 // ======================================================================= child
 
+/**
+ * One kind's store traffic only, 64 at a time, for `seconds`, as three
+ * replicas' stores and the gateway's make it (`stores`: three replicas', then
+ * the gateway's): a read records three copies and one adoption; an update
+ * records three copies (awaited, as a worker does), claims from all three
+ * (one is granted and confirms, the others wait and learn they lost) and
+ * records the adoption. Every call makes requests of its own: a request id
+ * met again would find its records and its commit already there.
+ * Also used by bench/saturation.mjs.
+ */
+export async function storeTraffic(lib, stores, kind, seconds) {
+  const update = kind === 'update';
+  const deadline = performance.now() + seconds * 1000;
+  let done = 0;
+  let failed = 0;
+  let n = 0;
+  const round = randomBytes(6).toString('hex');
+  const one = async (requestId) => {
+    const sessionId = `s-${requestId}`;
+    const dup = (i) => `${requestId}.${i}`;
+    await Promise.all([0, 1, 2].map((i) => stores[i].recordCopy({ requestId, duplicateId: dup(i), upstreamId: UPSTREAM_IDS[i], index: i + 1, of: 3, update, sessionId })));
+    if (update) {
+      await Promise.all(
+        [0, 1, 2].map(async (i) => {
+          try {
+            const grant = await stores[i].claim(requestId, dup(i), { leaseMs: 10_000 });
+            await stores[i].confirm(requestId, dup(i), grant.fence);
+          } catch (err) {
+            if (!lib.isSupersededError(err)) throw err;
+          }
+        }),
+      );
+    }
+    await stores[3].recordAdoption({ requestId, sessionId, update, duplicateIds: [dup(0)], upstreamIds: ['a'], sessionChanged: false });
+  };
+  await Promise.all(
+    Array.from({ length: 64 }, async () => {
+      while (performance.now() < deadline) {
+        try {
+          await one(`sat-${kind}-${round}-${n++}`);
+          done++;
+        } catch {
+          failed++;
+        }
+      }
+    }),
+  );
+  return { requests: done, failed };
+}
+
 async function childMain(config) {
   const dist = process.env.RP_BENCH_DIST ?? DEFAULT_DIST;
   const lib = await import(pathToFileURL(`${dist.replace(/\/?$/, '/')}index.js`).href);
@@ -529,44 +579,7 @@ async function childMain(config) {
    */
   async function saturateStores(kind, seconds) {
     const roles = [await storeFor(`sat-a-${kind}`), await storeFor(`sat-b-${kind}`), await storeFor(`sat-c-${kind}`), await storeFor(`sat-gw-${kind}`)];
-    const update = kind === 'update';
-    const deadline = performance.now() + seconds * 1000;
-    let done = 0;
-    let failed = 0;
-    let n = 0;
-    // Every round its own requests: a request id met again would find its records and its commit already there.
-    const round = randomBytes(6).toString('hex');
-    const one = async (requestId) => {
-      const sessionId = `s-${requestId}`;
-      const dup = (i) => `${requestId}.${i}`;
-      await Promise.all([0, 1, 2].map((i) => roles[i].recordCopy({ requestId, duplicateId: dup(i), upstreamId: UPSTREAM_IDS[i], index: i + 1, of: 3, update, sessionId })));
-      if (update) {
-        await Promise.all(
-          [0, 1, 2].map(async (i) => {
-            try {
-              const grant = await roles[i].claim(requestId, dup(i), { leaseMs: 10_000 });
-              await roles[i].confirm(requestId, dup(i), grant.fence);
-            } catch (err) {
-              if (!lib.isSupersededError(err)) throw err;
-            }
-          }),
-        );
-      }
-      await roles[3].recordAdoption({ requestId, sessionId, update, duplicateIds: [dup(0)], upstreamIds: ['a'], sessionChanged: false });
-    };
-    await Promise.all(
-      Array.from({ length: 64 }, async () => {
-        while (performance.now() < deadline) {
-          try {
-            await one(`sat-${kind}-${round}-${n++}`);
-            done++;
-          } catch {
-            failed++;
-          }
-        }
-      }),
-    );
-    return { requests: done, failed };
+    return storeTraffic(lib, roles, kind, seconds);
   }
 
   const close = closer(() => proxy, servers, stores, clients);

@@ -193,36 +193,6 @@ describe('RedisSessionStore waiters on a single Redis: one inbox per store', () 
     await expect(within(waiting, 'the claim woken by the inbox')).resolves.toMatchObject({ fence: expect.any(Number) });
   });
 
-  it('a release published before the inbox listened is not missed: the store looks once it listens', async () => {
-    const s = await setup({}, false);
-    const requestId = randomUUID();
-    const first = await s.holder.claim(requestId, 'a', lease);
-    s.gate.hold('subscribe');
-    const waiting = s.store.claim(requestId, 'b', lease);
-    const subscription = await s.gate.next('subscribe');
-    // Published to nobody: the store is not registered.
-    await s.holder.release(requestId, 'a', first.fence);
-    await subscription.send();
-    const grant = await within(waiting, 'the claim after the subscription');
-    expect(grant.fence).toBeGreaterThan(first.fence);
-    await expect(s.holder.getRequest(requestId)).resolves.toMatchObject({ commit: { state: 'claimed', holder: 'b', fence: grant.fence } });
-  });
-
-  it('a confirm published before the inbox listened: the look once it listens turns the waiters away, naming the committer', async () => {
-    const s = await setup({}, false);
-    const requestId = randomUUID();
-    const first = await s.holder.claim(requestId, 'a', lease);
-    s.gate.hold('subscribe');
-    const waiters = ['b', 'c'].map((d) => s.store.claim(requestId, d, lease).catch((err: unknown) => err));
-    const subscription = await s.gate.next('subscribe');
-    await s.holder.confirm(requestId, 'a', first.fence);
-    await subscription.send();
-    for (const outcome of await within(Promise.all(waiters), 'the refusals')) {
-      expect(isSupersededError(outcome)).toBe(true);
-      expect(outcome).toMatchObject({ code: codes.SUPERSEDED, committedBy: 'a' });
-    }
-  });
-
   it('a waiter whose inbox has not come through still looks again at the poll', async () => {
     const s = await setup({ pollInterval: 50 }, false);
     const requestId = randomUUID();
@@ -355,6 +325,45 @@ describe('RedisSessionStore waiters on a single Redis: the inbox and the claim\'
       const outcome = await within(waiting, 'the waiter, well before the 10 s poll');
       if (ending === 'confirm') expect(outcome).toMatchObject({ code: codes.SUPERSEDED, committedBy: 'a' });
       else expect(outcome).toMatchObject({ fence: expect.any(Number) });
+    });
+  }
+});
+
+describe('RedisSessionStore waiters: an outcome published before the store listens (inbox on a single Redis, the request\'s channel on Cluster)', () => {
+  const paths = [
+    { path: 'inbox', warm: false, subscription: 'subscribe' },
+    { path: 'channel', warm: true, subscription: 'ssubscribe' },
+  ] as const;
+
+  for (const { path, warm, subscription: command } of paths) {
+    it(`${path}: a release published before the subscription came through is not missed: the store looks once subscribed`, async () => {
+      const s = await setup({}, warm, path);
+      const requestId = randomUUID();
+      const first = await s.holder.claim(requestId, 'a', lease);
+      s.gate.hold(command);
+      const waiting = s.store.claim(requestId, 'b', lease);
+      const subscription = await s.gate.next(command);
+      // Published to nobody: the store is not listening yet.
+      await s.holder.release(requestId, 'a', first.fence);
+      await subscription.send();
+      const grant = await within(waiting, 'the claim after the subscription');
+      expect(grant.fence).toBeGreaterThan(first.fence);
+      await expect(s.holder.getRequest(requestId)).resolves.toMatchObject({ commit: { state: 'claimed', holder: 'b', fence: grant.fence } });
+    });
+
+    it(`${path}: a confirm published before the subscription came through: the look once subscribed turns the waiters away, naming the committer`, async () => {
+      const s = await setup({}, warm, path);
+      const requestId = randomUUID();
+      const first = await s.holder.claim(requestId, 'a', lease);
+      s.gate.hold(command);
+      const waiters = ['b', 'c'].map((d) => s.store.claim(requestId, d, lease).catch((err: unknown) => err));
+      const subscription = await s.gate.next(command);
+      await s.holder.confirm(requestId, 'a', first.fence);
+      await subscription.send();
+      for (const outcome of await within(Promise.all(waiters), 'the refusals')) {
+        expect(isSupersededError(outcome)).toBe(true);
+        expect(outcome).toMatchObject({ code: codes.SUPERSEDED, committedBy: 'a' });
+      }
     });
   }
 });
@@ -565,20 +574,6 @@ describe('RedisSessionStore waiters on the Cluster path: a sharded channel per r
     // Its queue is done: it leaves the channel, once.
     await settled();
     expect(unsubscribes(s.gate, s.channel(requestId), before)).toBe(1);
-  });
-
-  it('a confirm published before the subscription came through: the look once subscribed turns the waiters away, naming the committer', async () => {
-    const s = await setup({}, true, 'channel');
-    const requestId = randomUUID();
-    const first = await s.holder.claim(requestId, 'a', lease);
-    s.gate.hold('ssubscribe');
-    const waiters = ['b', 'c'].map((d) => s.store.claim(requestId, d, lease).catch((err: unknown) => err));
-    const subscription = await s.gate.next('ssubscribe');
-    await s.holder.confirm(requestId, 'a', first.fence);
-    await subscription.send();
-    for (const outcome of await within(Promise.all(waiters), 'the refusals')) {
-      expect(outcome).toMatchObject({ code: codes.SUPERSEDED, committedBy: 'a' });
-    }
   });
 
   it('a confirm turns the subscribed waiters away by the channel\'s message, naming the committer, without asking Redis again', async () => {
