@@ -259,12 +259,14 @@ describe('RedisSessionStore waiters on a single Redis: one inbox per store', () 
 
 describe('RedisSessionStore waiters on a single Redis: the inbox and the claim\'s reply come on two connections', () => {
   /** A store whose script replies can be held after Redis ran the script, and whose pub/sub connection the test can listen to. */
-  async function heldReplies() {
+  async function heldReplies(warm = true) {
     const prefix = `rp-test:${randomUUID()}:`;
     const plain = await connect();
     const holder = new RedisSessionStore({ client: plain, prefix });
     const client = await connect();
     let hold: Promise<void> | null = null;
+    /** Only replies of calls naming this request are held, when set. */
+    let only: string | null = null;
     let ran = 0;
     let subscriber: Redis | undefined;
     const wrapped = new Proxy(client, {
@@ -273,7 +275,7 @@ describe('RedisSessionStore waiters on a single Redis: the inbox and the claim\'
           return async (...args: unknown[]) => {
             const reply = await (target.evalsha as (...a: unknown[]) => Promise<unknown>)(...args);
             ran++;
-            if (hold) await hold;
+            if (hold && (only === null || args.includes(only))) await hold;
             return reply;
           };
         }
@@ -284,18 +286,21 @@ describe('RedisSessionStore waiters on a single Redis: the inbox and the claim\'
     });
     const store = new RedisSessionStore({ client: wrapped, prefix, ...slowPoll });
     opened.push({ close: () => plain.quit() }, holder, { close: () => client.quit() }, store);
-    // Warm: the inbox listens.
-    const id = randomUUID();
-    const first = await holder.claim(id, 'a', lease);
-    const waiting = store.claim(id, 'b', lease);
-    for (let n = 0; n < 200 && !(await admin.hget(`${prefix}{r:${id}}`, 'waiters')); n++) await new Promise((r) => setTimeout(r, 5));
-    await holder.release(id, 'a', first.fence);
-    await within(waiting, 'the warm-up claim');
+    if (warm) {
+      // The inbox listens.
+      const id = randomUUID();
+      const first = await holder.claim(id, 'a', lease);
+      const waiting = store.claim(id, 'b', lease);
+      for (let n = 0; n < 200 && !(await admin.hget(`${prefix}{r:${id}}`, 'waiters')); n++) await new Promise((r) => setTimeout(r, 5));
+      await holder.release(id, 'a', first.fence);
+      await within(waiting, 'the warm-up claim');
+    }
     return {
       prefix, holder, store, subscriber: () => subscriber!,
       ran: () => ran,
-      holdReplies() {
+      holdReplies(of: string | null = null) {
         let release!: () => void;
+        only = of;
         hold = new Promise<void>((r) => (release = r));
         return () => {
           hold = null;
@@ -304,6 +309,28 @@ describe('RedisSessionStore waiters on a single Redis: the inbox and the claim\'
       },
     };
   }
+
+  it('a claim sent before the inbox listened and answered after the store\'s look-again sweep looks at once, not at the poll', async () => {
+    const t = await heldReplies(false);
+    const [late, early] = [randomUUID(), randomUUID()];
+    const lateHold = await t.holder.claim(late, 'a', lease);
+    const earlyHold = await t.holder.claim(early, 'a', lease);
+    // The late request's claim goes out unregistered (the inbox does not listen yet); its reply is held.
+    const letGo = t.holdReplies(late);
+    const before = t.ran();
+    const lateClaim = t.store.claim(late, 'c', lease).then((g) => g, (err: unknown) => err);
+    for (let n = 0; n < 200 && t.ran() === before; n++) await new Promise((r) => setTimeout(r, 5));
+    // Another request's wait makes the inbox listen; its look once listening registers it.
+    const earlyClaim = t.store.claim(early, 'b', lease).then((g) => g, (err: unknown) => err);
+    for (let n = 0; n < 400 && !(await admin.hget(`${t.prefix}{r:${early}}`, 'waiters')); n++) await new Promise((r) => setTimeout(r, 5));
+    expect(await admin.hget(`${t.prefix}{r:${late}}`, 'waiters')).toBeNull();
+    // The late request is committed while its claim is unregistered: nobody is told.
+    await t.holder.confirm(late, 'a', lateHold.fence);
+    letGo();
+    await expect(within(lateClaim, 'the late claim, well before the 10 s poll')).resolves.toMatchObject({ code: codes.SUPERSEDED, committedBy: 'a' });
+    await t.holder.release(early, 'a', earlyHold.fence);
+    await expect(within(earlyClaim, 'the early claim')).resolves.toMatchObject({ fence: expect.any(Number) });
+  });
 
   for (const ending of ['confirm', 'release'] as const) {
     it(`an outcome (${ending}) heard before the reply that told the copy to wait is not left to the poll`, async () => {

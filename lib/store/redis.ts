@@ -271,9 +271,8 @@ export class RedisSessionStore implements SessionStore {
     this.#closed = true;
     // What was recorded before close() still goes out (each write bounded by commandTimeout).
     const flushed = Promise.all([this.#records.flush(), this.#sessionReads.flush()]);
-    // Claims and confirms asked for before close() go out too; their callers wait for them, not close().
-    void this.#claims?.flush();
-    void this.#confirms?.flush();
+    // Claims and confirms asked for before close() still go out at the end of
+    // this turn (their batches never wait longer); their callers wait for them.
     for (const queue of [...this.#queues.values()]) this.#rejectAll(queue, () => closedError());
     await Promise.all([flushed, this.#pubsub.close()]);
   }
