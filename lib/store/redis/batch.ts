@@ -167,41 +167,67 @@ export class Batcher<R = unknown> {
 //   'x' a copy stopped: a = duplicateId.
 // The request hash: requestId, sessionId, update set by the first record
 // (a claim may have made the hash before, with requestId only: then the
-// first record completes it); `n` counts the records, so a record's number
-// orders it among all of them; `c:<duplicateId>` = '<n>|<receivedAt>|<JSON>',
-// `adopted` = '<at>|<JSON>', `x:<duplicateId>` = <n>. A key lives at least
-// ttl after each write (a lease may have set a longer one: kept): on Redis
-// 7+ one PEXPIRE ... GT, except for the first record, which looks (PTTL) as
-// the key may have no TTL yet.
+// first record completes it); `c:<duplicateId>` = '<n>|<receivedAt>|<JSON>',
+// `adopted` = '<at>|<JSON>', `x:<duplicateId>` = <n>, where <n> is the
+// record's number, which orders it among all of them.
+//
+// What Redis spends here is mostly the calls a script makes, more than what
+// they do, so each record makes as few as it can. Field `n` holds two
+// numbers: the record count (the low 20 bits) and, above them, a second by
+// the Redis clock before which the key cannot expire (a lower bound: the
+// first record set the TTL that far; claims and confirms only lengthen it,
+// nothing shortens it). A key lives at least ttl after each write: the
+// first record gives it ttl + slack (slack = ttl / 8, between 2 s and 10 s;
+// a lease may have set a longer TTL: kept); a later record that still finds
+// ttl ahead of that second writes nothing more (one HINCRBY and one HSETNX
+// each), one later than that gives the key ttl + slack again. So a request's
+// record lives from ttl to ttl + slack after its last write. A key written by
+// an earlier version (a plain count in `n`) has no second: every record
+// touches it, as before. Past 2^20 records on one request (never, with
+// copies counted in units) the count would carry into the second.
 const LUA = `
 local t = redis.call('TIME')
-local now = string.format('%.0f', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local at = string.format('%.0f', now)
 local ttl = tonumber(ARGV[1])
+local long = ttl + math.min(10000, math.max(2000, math.floor(ttl / 8)))
+local stamp = math.floor((now + long) / 1000) * 1048576
 local gt = redis.REDIS_VERSION_NUM ~= nil
 local out = {}
-local touched = {}
 for i = 1, #KEYS do
   local key = KEYS[i]
   local o = 2 + (i - 1) * 4
   local head, a, b = ARGV[o], ARGV[o + 2], ARGV[o + 3]
   -- 99 'c', 97 'a', 120 'x'
   local kind = string.byte(head, 1)
-  local n = redis.call('HINCRBY', key, 'n', 1)
-  if n == 1 then redis.call('HSET', key, 'requestId', ARGV[o + 1], 'sessionId', string.sub(head, 3), 'update', string.sub(head, 2, 2)) end
-  local reply = 0
+  local field, value
+  local v = redis.call('HINCRBY', key, 'n', 1)
+  local n = v % 1048576
+  if v == 1 then n = 1 end
   if kind == 99 then
-    if redis.call('HSETNX', key, 'c:' .. a, n .. '|' .. now .. '|' .. b) == 0 then reply = 1 end
+    field, value = 'c:' .. a, n .. '|' .. at .. '|' .. b
   elseif kind == 97 then
-    redis.call('HSETNX', key, 'adopted', now .. '|' .. a)
-  elseif kind == 120 then
-    redis.call('HSETNX', key, 'x:' .. a, n)
+    field, value = 'adopted', at .. '|' .. a
+  else
+    field, value = 'x:' .. a, n
   end
-  if not touched[key] then
-    touched[key] = true
-    if gt and n > 1 then
-      redis.call('PEXPIRE', key, ttl, 'GT')
-    elseif redis.call('PTTL', key) < ttl then
-      redis.call('PEXPIRE', key, ttl)
+  local reply = 0
+  if v == 1 then
+    -- The first record: the request's fields, its own, and the key's TTL.
+    redis.call('HSET', key, 'n', string.format('%.0f', stamp + 1), 'requestId', ARGV[o + 1], 'sessionId', string.sub(head, 3), 'update', string.sub(head, 2, 2), field, value)
+    if gt then
+      if redis.call('PEXPIRE', key, long, 'NX') == 0 then redis.call('PEXPIRE', key, long, 'GT') end
+    elseif redis.call('PTTL', key) < long then
+      redis.call('PEXPIRE', key, long)
+    end
+  else
+    if redis.call('HSETNX', key, field, value) == 0 and kind == 99 then reply = 1 end
+    if math.floor(v / 1048576) * 1000 - now < ttl then
+      if gt then
+        redis.call('PEXPIRE', key, long, 'GT')
+      elseif redis.call('PTTL', key) < ttl then
+        redis.call('PEXPIRE', key, long)
+      end
     end
   end
   out[i] = reply
