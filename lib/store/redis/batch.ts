@@ -203,7 +203,6 @@ for i = 1, #KEYS do
   local field, value
   local v = redis.call('HINCRBY', key, 'n', 1)
   local n = v % 1048576
-  if v == 1 then n = 1 end
   if kind == 99 then
     field, value = 'c:' .. a, n .. '|' .. at .. '|' .. b
   elseif kind == 97 then
