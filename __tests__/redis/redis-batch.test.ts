@@ -372,6 +372,25 @@ describe.each([
     expect(await numberOf(k, 'f')).toBe(6);
   });
 
+  it('goes back to a plain count half way to a carry into the second: the numbering goes on, every later record touches', async () => {
+    const k = key();
+    // 2^19 - 1 records already, the second far ahead: this record would not touch.
+    const far = (await seconds()) + 10 * 60;
+    await admin.hset(k, 'requestId', 'x', 'n', String(far * 2 ** 20 + 2 ** 19 - 1));
+    await admin.pexpire(k, 30_000);
+    await record(k, 'a');
+    expect(await admin.hget(k, 'n')).toBe(String(2 ** 19));
+    expect(await numberOf(k, 'a')).toBe(2 ** 19);
+    expect(await admin.pttl(k)).toBeLessThanOrEqual(30_000);
+    await record(k, 'b');
+    expect(await numberOf(k, 'b')).toBe(2 ** 19 + 1);
+    expect(await admin.pttl(k)).toBeGreaterThan(long - 2_000);
+    // A plain count goes on past 2^20 (it is no stamp's low bits).
+    await admin.hset(k, 'n', String(2 ** 20 - 1));
+    await record(k, 'c');
+    expect(await numberOf(k, 'c')).toBe(2 ** 20);
+  });
+
   it('touches every record of a key an earlier version wrote (a plain count in n)', async () => {
     const k = key();
     await admin.hset(k, 'requestId', 'x', 'n', '3');

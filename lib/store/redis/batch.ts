@@ -183,15 +183,20 @@ export class Batcher<R = unknown> {
 // each), one later than that gives the key ttl + slack again. So a request's
 // record lives from ttl to ttl + slack after its last write. A key written by
 // an earlier version (a plain count in `n`) has no second: every record
-// touches it, as before. Past 2^20 records on one request (never, with
-// copies counted in units) the count would carry into the second.
+// touches it, as before. A plain count is below 2^40, a stamped one above
+// (seconds since 1970 times 2^20). A request that gathers 2^19 records (a
+// client replaying one request id without end) goes back to a plain count
+// before it could carry into the second: from then on every record touches
+// the key, and the numbering goes on. The second is taken 100 ms short of
+// the TTL set (Redis counts a script's PEXPIRE from the script's start, and
+// its clock may differ by a few ms from the TIME read here).
 const LUA = `
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local at = string.format('%.0f', now)
 local ttl = tonumber(ARGV[1])
 local long = ttl + math.min(10000, math.max(2000, math.floor(ttl / 8)))
-local stamp = math.floor((now + long) / 1000) * 1048576
+local stamp = math.floor((now + long - 100) / 1000) * 1048576
 local gt = redis.REDIS_VERSION_NUM ~= nil
 local out = {}
 for i = 1, #KEYS do
@@ -202,7 +207,10 @@ for i = 1, #KEYS do
   local kind = string.byte(head, 1)
   local field, value
   local v = redis.call('HINCRBY', key, 'n', 1)
-  local n = v % 1048576
+  -- A stamped n is past 2^40 (a second since 1970 times 2^20); below, a plain count.
+  local stamped = v > 1099511627776
+  local n = v
+  if stamped then n = v % 1048576 end
   if kind == 99 then
     field, value = 'c:' .. a, n .. '|' .. at .. '|' .. b
   elseif kind == 97 then
@@ -228,6 +236,9 @@ for i = 1, #KEYS do
         redis.call('PEXPIRE', key, long)
       end
     end
+    -- Half way to a carry into the second: n becomes a plain count (every
+    -- later record touches the key; the numbering goes on).
+    if stamped and n >= 524288 then redis.call('HSET', key, 'n', n) end
   end
   out[i] = reply
 end

@@ -2,6 +2,9 @@ import type { Cluster, Redis } from 'ioredis';
 import { field, MAX_TIMER_MS, number, object, string, type Schema } from '../../schema.js';
 import type { BatchSettings } from './batch.js';
 
+/** Ten years: the longest `ttl` and `sessionTtl`. */
+export const MAX_TTL_MS = 10 * 365 * 24 * 60 * 60_000;
+
 /** What a `RedisSessionStore` is created with. */
 export interface RedisSessionStoreOptions {
   /**
@@ -27,12 +30,14 @@ export interface RedisSessionStoreOptions {
    * Milliseconds a request record (copies, adoption, commit state, session
    * candidates) lives after its last write. Keep it above your longest race
    * and your longest lease: a forgotten request loses its commit state.
+   * At most ten years (the request log keeps its expiry second in a number
+   * Redis must hold exactly).
    * @default 600000 (10 minutes)
    */
   ttl?: number;
   /**
    * Milliseconds a session's adopted state lives after it was last read or
-   * promoted (a sliding expiry, as the memory store's).
+   * promoted (a sliding expiry, as the memory store's). At most ten years.
    * @default 86400000 (24 hours)
    */
   sessionTtl?: number;
@@ -70,8 +75,11 @@ export const OPTIONS: Schema<Required<RedisSessionStoreOptions>> = {
     return typeof o === 'object' && o !== null && typeof o.evalsha === 'function' && typeof o.hgetall === 'function' && typeof o.duplicate === 'function';
   }),
   prefix: string('must be a string without `{` or `}`', (p) => !/[{}]/.test(p), 'rp:'),
-  ttl: number({ integer: true, unit: 'milliseconds', min: 1, default: 10 * 60_000 }),
-  sessionTtl: number({ integer: true, unit: 'milliseconds', min: 1, default: 24 * 60 * 60_000 }),
+  // The request log's script keeps the second a key expires in, times 2^20,
+  // in one integer (lib/store/redis/batch.ts): a TTL past years would take
+  // it beyond what a double (Lua) holds exactly.
+  ttl: number({ integer: true, unit: 'milliseconds', min: 1, max: MAX_TTL_MS, default: 10 * 60_000 }),
+  sessionTtl: number({ integer: true, unit: 'milliseconds', min: 1, max: MAX_TTL_MS, default: 24 * 60 * 60_000 }),
   // A Node timer waits at most 2^31 - 1 ms.
   pollInterval: number({ integer: true, unit: 'milliseconds', min: 1, max: MAX_TIMER_MS, default: 250 }),
   commandTimeout: number({ integer: true, unit: 'milliseconds', min: 1, max: MAX_TIMER_MS, default: 2000 }),
