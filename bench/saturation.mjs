@@ -3,7 +3,11 @@
 // scenario f measures at the limit, alone, for comparing two builds of the
 // library side by side on the same host (one build's dist against another's).
 //
-//   node bench/saturation.mjs [--dist DIR] [--seconds N] read|update
+//   node bench/saturation.mjs [--dist DIR] [--seconds N] [--rate N] [--max-delay MS] read|update
+//
+// `--rate N`: N requests a second, started one at a time and spread evenly
+// (light load, as from many clients) instead of as fast as they go.
+// `--max-delay MS`: the stores' `batch.maxDelay` (default 0).
 //
 // A read records three copies (three stores) and one adoption (a fourth); an
 // update records three copies, claims from the three (one is granted and
@@ -26,9 +30,11 @@ const opt = (name, fallback) => {
 };
 const dist = resolve(opt('--dist', new URL('../dist', import.meta.url).pathname));
 const seconds = Number(opt('--seconds', '5'));
+const rate = Number(opt('--rate', '0'));
+const maxDelay = Number(opt('--max-delay', '0'));
 const kind = argv[0] ?? 'update';
-if (!['read', 'update'].includes(kind) || !(seconds > 0 && seconds <= 60)) {
-  console.error('usage: node bench/saturation.mjs [--dist DIR] [--seconds 1-60] read|update');
+if (!['read', 'update'].includes(kind) || !(seconds > 0 && seconds <= 60) || !(rate >= 0 && rate <= 20_000) || !(Number.isInteger(maxDelay) && maxDelay >= 0 && maxDelay <= 1000)) {
+  console.error('usage: node bench/saturation.mjs [--dist DIR] [--seconds 1-60] [--rate 0-20000] [--max-delay 0-1000] read|update');
   process.exit(2);
 }
 const lib = await import(pathToFileURL(`${dist}/index.js`).href);
@@ -64,10 +70,10 @@ for (let i = 0; i < 4; i++) {
     return evalsha(sha, numKeys, ...rest);
   };
   clients.push(client);
-  stores.push(new RedisSessionStore({ client, prefix: 'sat:' }));
+  stores.push(new RedisSessionStore({ client, prefix: 'sat:', batch: { maxDelay } }));
 }
 
-const run = (secs) => storeTraffic(lib, stores, kind, secs);
+const run = (secs) => storeTraffic(lib, stores, kind, secs, rate);
 
 const cpu = async () => {
   const text = await admin.info('cpu');
@@ -87,6 +93,8 @@ console.log(`${kind}: ${Math.round(done / elapsed)} requests/s, ${failed} failed
 const stats = await admin.info('commandstats');
 const commands = [...stats.matchAll(/^cmdstat_([^:]+):calls=(\d+)/gm)].filter((m) => !['info', 'config'].includes(m[1])).map((m) => `${m[1].toUpperCase()} ${(m[2] / done).toFixed(2)}`);
 console.log(`  commands per ${kind}: ${commands.join(', ')}`);
+const usec = [...stats.matchAll(/^cmdstat_(evalsha|eval):calls=\d+,usec=(\d+)/gm)].reduce((sum, m) => sum + Number(m[2]), 0);
+console.log(`  time inside script calls: ${(usec / done).toFixed(1)} µs per ${kind}`);
 console.log(`  script calls per ${kind}: ${Object.entries(scriptCalls).map(([sha, n]) => `${sha} ${(n / done).toFixed(2)}`).join(', ')}`);
 
 for (const store of stores) await store.close();

@@ -422,9 +422,11 @@ async function closedLoop(clients, k, count, maxMs = 60_000) {
  * (one is granted and confirms, the others wait and learn they lost) and
  * records the adoption. Every call makes requests of its own: a request id
  * met again would find its records and its commit already there.
- * Also used by bench/saturation.mjs.
+ * Also used by bench/saturation.mjs. With `rate`, requests start one at a
+ * time, `rate` a second spread evenly (as from many clients at light load),
+ * instead of 64 at a time as fast as they go.
  */
-export async function storeTraffic(lib, stores, kind, seconds) {
+export async function storeTraffic(lib, stores, kind, seconds, rate = 0) {
   const update = kind === 'update';
   const deadline = performance.now() + seconds * 1000;
   let done = 0;
@@ -449,16 +451,24 @@ export async function storeTraffic(lib, stores, kind, seconds) {
     }
     await stores[3].recordAdoption({ requestId, sessionId, update, duplicateIds: [dup(0)], upstreamIds: ['a'], sessionChanged: false });
   };
+  const counted = (requestId) =>
+    one(requestId).then(
+      () => void done++,
+      () => void failed++,
+    );
+  if (rate > 0) {
+    const started = [];
+    for (let next = performance.now(); next < deadline; next += 1000 / rate) {
+      const wait = next - performance.now();
+      if (wait > 1) await new Promise((r) => setTimeout(r, wait));
+      started.push(counted(`sat-${kind}-${round}-${n++}`));
+    }
+    await Promise.all(started);
+    return { requests: done, failed };
+  }
   await Promise.all(
     Array.from({ length: 64 }, async () => {
-      while (performance.now() < deadline) {
-        try {
-          await one(`sat-${kind}-${round}-${n++}`);
-          done++;
-        } catch {
-          failed++;
-        }
-      }
+      while (performance.now() < deadline) await counted(`sat-${kind}-${round}-${n++}`);
     }),
   );
   return { requests: done, failed };

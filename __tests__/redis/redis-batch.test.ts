@@ -171,6 +171,35 @@ describe('RedisSessionStore: the request log in batches', () => {
     expect(none).toBeUndefined();
   });
 
+  it('lets records nobody waits for wait maxDelay for others; a record someone waits for goes at the end of the turn and takes them along', async () => {
+    const { store, calls } = await open({ batch: { maxDelay: 1000 } });
+    /** A few turns of the event loop: an end-of-turn batch has gone by then, a maxDelay one has not. */
+    const turns = async () => {
+      for (let i = 0; i < 3; i++) await new Promise((r) => setImmediate(r));
+    };
+    const rid = randomUUID();
+    const pending: Promise<unknown>[] = [
+      store.recordCopy(copy(rid, 'read')), // a read's copy
+      store.recordAdoption({ requestId: rid, sessionId: 's1', update: false, duplicateIds: ['read'], upstreamIds: ['up-read'], sessionChanged: false }), // promotes nothing
+      store.recordCancelled(rid, 'read'),
+    ];
+    await turns();
+    expect(calls).toEqual([]);
+    // An update's copy: its claim waits for it.
+    const update = store.recordCopy({ ...copy(randomUUID(), 'upd'), update: true });
+    await turns();
+    expect(calls).toEqual([{ keys: 4 }]);
+    await expect(update).resolves.toEqual({ duplicate: false });
+    await Promise.all(pending);
+    expect(await store.getRequest(rid)).toMatchObject({ adopted: { duplicateIds: ['read'] }, cancelled: ['read'] });
+    // An adoption that promotes a session: the answer waits for it.
+    const promoting = store.recordAdoption({ requestId: randomUUID(), sessionId: 's2', update: false, duplicateIds: ['a'], upstreamIds: ['up-a'], sessionChanged: true });
+    await turns();
+    // The record (one key), and the promotion's own script (three keys).
+    expect(calls.slice(1).map((c) => c.keys).sort()).toEqual([1, 3]);
+    await promoting;
+  });
+
   it('writes what was recorded before close() before it resolves', async () => {
     const prefix = `rp-batch-close:${randomUUID()}:`;
     const { store } = await open({ prefix, batch: { maxDelay: 1000 } });
@@ -280,14 +309,35 @@ describe('RecordBatcher', () => {
     const time = new VirtualTime();
     const sent: string[][] = [];
     const batcher = new RecordBatcher(async (keys) => (sent.push(keys), keys.map(() => 0)), { maxRecords: 100, maxDelay: 5, maxPending: 100 }, 1000, false, time);
-    const done = [batcher.add(record(1))];
+    const done = [batcher.add(record(1), true)];
     await time.advance(4);
-    done.push(batcher.add(record(2)));
+    done.push(batcher.add(record(2), true));
     await time.advance(0);
     expect(sent).toEqual([]);
     await time.advance(1);
     expect(sent).toEqual([['k1', 'k2']]);
     await expect(Promise.all(done)).resolves.toEqual([0, 0]);
+  });
+
+  it('sends a record someone waits for at the end of the turn, with the records that were waiting for maxDelay', async () => {
+    const time = new VirtualTime();
+    const sent: string[][] = [];
+    const batcher = new RecordBatcher(async (keys) => (sent.push(keys), keys.map(() => 0)), { maxRecords: 100, maxDelay: 5, maxPending: 100 }, 1000, false, time);
+    const done = [batcher.add(record(1), true)];
+    await time.advance(2);
+    expect(sent).toEqual([]);
+    done.push(batcher.add(record(2)));
+    await time.advance(0);
+    expect(sent).toEqual([['k1', 'k2']]);
+    // The timer the first one set is gone: nothing more is sent.
+    await time.advance(10);
+    expect(sent).toEqual([['k1', 'k2']]);
+    await expect(Promise.all(done)).resolves.toEqual([0, 0]);
+    // Once more, the other way round: a waiting record after the end-of-turn one goes with it.
+    const more = [batcher.add(record(3)), batcher.add(record(4), true)];
+    await time.advance(0);
+    expect(sent).toEqual([['k1', 'k2'], ['k3', 'k4']]);
+    await expect(Promise.all(more)).resolves.toEqual([0, 0]);
   });
 
   it('sends one call per record when told (Redis Cluster: one slot per script)', async () => {

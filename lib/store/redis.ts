@@ -144,10 +144,15 @@ export class RedisSessionStore implements SessionStore {
     this.#assertOpen();
     // Step "receive and record" (docs/design.md): the application server received this copy.
     const copy = JSON.stringify({ duplicateId: input.duplicateId, upstreamId: input.upstreamId, index: input.index, of: input.of });
-    const reply = await this.#records.add({
-      key: this.#keys.request(input.requestId),
-      args: [recordHead('c', input.update, input.sessionId), input.requestId, input.duplicateId, copy],
-    });
+    // An update's copy waits for its record before it may claim: it goes at
+    // the end of the turn. A read's may wait for others (batch.maxDelay).
+    const reply = await this.#records.add(
+      {
+        key: this.#keys.request(input.requestId),
+        args: [recordHead('c', input.update, input.sessionId), input.requestId, input.duplicateId, copy],
+      },
+      !input.update,
+    );
     return { duplicate: reply === 1 };
   }
 
@@ -166,11 +171,13 @@ export class RedisSessionStore implements SessionStore {
     // Step "record the adoption": which copies produced the adopted answer; the first one
     // recorded stands. The session half promotes the winner's candidate.
     const adopted = JSON.stringify({ duplicateIds: input.duplicateIds, upstreamIds: input.upstreamIds });
+    // Nothing to promote when the adopted copy changed nothing: one script less
+    // per read, and nobody waits for the record (it may wait for others).
+    const promote = input.sessionId !== '' && input.sessionChanged !== false;
     const writes: Promise<unknown>[] = [
-      this.#records.add({ key: this.#keys.request(input.requestId), args: [recordHead('a', input.update, input.sessionId), input.requestId, adopted, ''] }),
+      this.#records.add({ key: this.#keys.request(input.requestId), args: [recordHead('a', input.update, input.sessionId), input.requestId, adopted, ''] }, !promote),
     ];
-    // Nothing to promote when the adopted copy changed nothing: one script less per read.
-    if (input.sessionId !== '' && input.sessionChanged !== false) {
+    if (promote) {
       writes.push(this.#eval(ADOPT_CANDIDATE, this.#keys.sessionKeys(input.sessionId, input.requestId), [
         input.sessionId, input.duplicateIds[0] ?? '', this.#ttl, this.#sessionTtl,
       ]));
@@ -181,7 +188,7 @@ export class RedisSessionStore implements SessionStore {
 
   async recordCancelled(requestId: string, duplicateId: string): Promise<void> {
     this.#assertOpen();
-    await this.#records.add({ key: this.#keys.request(requestId), args: [recordHead('x', true, ''), requestId, duplicateId, ''] });
+    await this.#records.add({ key: this.#keys.request(requestId), args: [recordHead('x', true, ''), requestId, duplicateId, ''] }, true);
   }
 
   async getRequest(requestId: string): Promise<RequestRecord | undefined> {

@@ -7,9 +7,13 @@ import { REAL_TIME, type Scheduler, type TimerHandle, unref } from '../../time.j
 // none of them is awaited on a read's critical path, and at a few thousand
 // requests a second one script call each is what Redis spends most of its
 // time on (the call, its reply and the system calls around them, more than
-// the writes). So records made in the same turn of the event loop (or within
-// `maxDelay` ms) go to Redis together: one script call for the lot on a
-// single Redis. On Cluster the keys of different requests live in different
+// the writes). So records made in the same turn of the event loop go to
+// Redis together: one script call for the lot on a single Redis. Records
+// nobody waits for (a read's copy, an adoption that promotes nothing, a copy
+// stopped) may also wait up to `maxDelay` ms for others; a record someone
+// waits for (an update's copy, before its claim; an adoption that promotes a
+// session, before the answer) goes at the end of the turn, and takes every
+// waiting record with it. On Cluster the keys of different requests live in different
 // slots, which one script may not touch, so each record is its own call
 // there (the same lean script, one record long).
 //
@@ -45,7 +49,11 @@ export interface BatchItem {
 export interface BatchSettings {
   /** Records per script call at most; a full batch goes at once. */
   maxRecords: number;
-  /** Milliseconds a record may wait for others; 0 = until the end of the current turn of the event loop. */
+  /**
+   * Milliseconds a record nobody waits for may wait for others; 0 = until
+   * the end of the current turn of the event loop. Records added without
+   * `later` always go at the end of the turn.
+   */
   maxDelay: number;
   /** Records queued or sent and not answered yet, at most; beyond that a record fails at once. */
   maxPending: number;
@@ -73,6 +81,7 @@ export class Batcher<R = unknown> {
   readonly #time: Scheduler;
   #queue: Pending<R>[] = [];
   #timer: TimerHandle | undefined;
+  /** A flush at the end of this turn is due. */
   #scheduled = false;
   readonly #inFlight = new Set<Promise<void>>();
   /** Records sent and not answered yet. */
@@ -90,8 +99,13 @@ export class Batcher<R = unknown> {
     this.#time = time;
   }
 
-  /** Queues an item; resolves with its reply (a copy's record: 1 when it was recorded before) once its batch is done. */
-  add(record: BatchItem): Promise<R> {
+  /**
+   * Queues an item; resolves with its reply (a copy's record: 1 when it was
+   * recorded before) once its batch is done. `later`: nobody waits for it,
+   * so it may wait up to `maxDelay` for others (or go sooner, with an item
+   * that may not wait); otherwise it goes at the end of this turn.
+   */
+  add(record: BatchItem, later = false): Promise<R> {
     const waiting = this.#queue.length + this.#sending;
     if (waiting >= this.#settings.maxPending) {
       return Promise.reject(
@@ -101,7 +115,7 @@ export class Batcher<R = unknown> {
     return new Promise<R>((resolve, reject) => {
       this.#queue.push({ record, resolve, reject });
       if (this.#queue.length >= this.#settings.maxRecords) this.flush();
-      else this.#schedule();
+      else this.#schedule(later && this.#settings.maxDelay > 0);
     });
   }
 
@@ -124,17 +138,18 @@ export class Batcher<R = unknown> {
     return this.#queue.length + this.#sending;
   }
 
-  #schedule(): void {
+  #schedule(later: boolean): void {
     if (this.#scheduled) return;
-    this.#scheduled = true;
-    if (this.#settings.maxDelay > 0) {
+    if (later) {
+      if (this.#timer !== undefined) return;
       this.#timer = this.#time.setTimeout(() => void this.flush(), this.#settings.maxDelay);
       unref(this.#timer);
-    } else {
-      this.#time.setImmediate(() => {
-        if (this.#scheduled) void this.flush();
-      });
+      return;
     }
+    this.#scheduled = true;
+    this.#time.setImmediate(() => {
+      if (this.#scheduled) void this.flush();
+    });
   }
 
   async #write(batch: Pending<R>[]): Promise<void> {

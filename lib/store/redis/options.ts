@@ -58,11 +58,15 @@ export interface RedisSessionStoreOptions {
   commandTimeout?: number;
   /**
    * How the request log's writes (a copy received, an adoption, a copy
-   * stopped) are batched: the records made in one turn of the event loop, or
-   * within `maxDelay` ms, go to Redis in one script call (on Cluster one
-   * call per record, since a script may touch one slot only). Nobody waits
-   * for them on a read's critical path; `getRequest()` from another process
-   * may trail by one batch.
+   * stopped) are batched: the records made in one turn of the event loop go
+   * to Redis in one script call (on Cluster one call per record, since a
+   * script may touch one slot only). Records nobody waits for (a read's
+   * copy, an adoption that promotes no session, a copy stopped) may wait up
+   * to `maxDelay` ms for more; an update's copy and an adoption that promotes
+   * a session go at the end of the turn and take the waiting ones along. A
+   * read whose handler changed its session waits for its copy's record (up
+   * to `maxDelay` longer); `getRequest()` from another process may trail by
+   * one batch. See docs/stores.md for when `maxDelay` pays.
    * @default { maxRecords: 128, maxDelay: 0, maxPending: 10000 }
    */
   batch?: Partial<BatchSettings>;
