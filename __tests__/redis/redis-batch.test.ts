@@ -7,6 +7,10 @@ import { RedisSessionStore, type RedisSessionStoreOptions } from '../../lib/stor
 import { startRedisServer, type RedisServer } from '../helpers/redis-server.js';
 import { closeAfterEach } from '../helpers/cleanup.js';
 import { VirtualTime } from '../helpers/virtual-time.js';
+import { redundantProxy, type SessionStore } from '../../lib/index.js';
+import { testClient } from '../helpers/client.js';
+import { mountGateway } from '../helpers/gateway.js';
+import { startReplica } from '../helpers/replica.js';
 
 // The request log's writes go to Redis in batches: one script call for the
 // records of one turn of the event loop, bounded, flushed on close; each
@@ -22,7 +26,10 @@ beforeAll(async () => {
   await admin.connect();
 });
 
+const http = testClient();
+
 afterAll(async () => {
+  await http.close();
   await admin.quit();
   await server.stop();
 });
@@ -207,6 +214,56 @@ describe('RedisSessionStore: the request log in batches', () => {
     await store.close();
     await expect(recorded).resolves.toEqual({ duplicate: false });
     expect(await admin.hexists(`${prefix}{r:closing}`, 'c:a')).toBe(1);
+  });
+});
+
+describe('a read that changes its session while the request log is held back (batch.maxDelay)', () => {
+  it('has the worker send the held records before it waits for its copy record, and saves the session', async () => {
+    const { store: real, calls: scripts } = await open({ batch: { maxDelay: 1000 } });
+    const calls: string[] = [];
+    // The same store, its calls logged in order.
+    const store = new Proxy(real, {
+      get(target, name, receiver) {
+        const value = Reflect.get(target, name, receiver) as unknown;
+        if (typeof value !== 'function') return value;
+        return (...args: unknown[]) => {
+          calls.push(String(name));
+          return (value as (...a: unknown[]) => unknown).apply(target, args);
+        };
+      },
+    }) as SessionStore;
+    const replica = await startReplica('koa', { id: 'a', store, storeTimeout: 60_000 }, (h) => {
+      h.session.data.visits = 1;
+      return { body: { ok: true } };
+    });
+    const proxy = redundantProxy({ upstreams: [{ id: 'a', url: replica.url }], store });
+    const gw = await mountGateway('koa', proxy);
+    opened.push(replica, gw, proxy);
+    const res = await http.send(`${gw.url}/visit`);
+    expect(res.status).toBe(200);
+    const recorded = calls.indexOf('recordCopy');
+    const flushed = calls.indexOf('flushRecords');
+    expect(recorded).toBeGreaterThanOrEqual(0);
+    expect(flushed).toBeGreaterThan(recorded);
+    expect(flushed).toBeLessThan(calls.indexOf('saveCandidate'));
+    // The copy's record went in its own call, before the candidate's script.
+    expect(scripts.length).toBeGreaterThanOrEqual(2);
+    const sessionId = String(res.headers['set-cookie']).split(';')[0]!.split('=')[1]!;
+    await expect(real.getSession(sessionId)).resolves.toMatchObject({ data: { visits: 1 } });
+  });
+
+  it('flushRecords() sends the held records at once, and does nothing once closed', async () => {
+    const { store, calls } = await open({ batch: { maxDelay: 1000 } });
+    const rid = randomUUID();
+    const recorded = store.recordCopy(copy(rid, 'a'));
+    await new Promise((r) => setImmediate(r));
+    expect(calls).toEqual([]);
+    store.flushRecords();
+    expect(calls).toEqual([{ keys: 1 }]);
+    await expect(recorded).resolves.toEqual({ duplicate: false });
+    await store.close();
+    expect(() => store.flushRecords()).not.toThrow();
+    expect(calls).toEqual([{ keys: 1 }]);
   });
 });
 

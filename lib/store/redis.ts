@@ -191,6 +191,11 @@ export class RedisSessionStore implements SessionStore {
     await this.#records.add({ key: this.#keys.request(requestId), args: [recordHead('x', true, ''), requestId, duplicateId, ''] }, true);
   }
 
+  /** Sends the request log's records that wait for `batch.maxDelay` now (a worker is about to wait for one). */
+  flushRecords(): void {
+    if (!this.#closed) void this.#records.flush();
+  }
+
   async getRequest(requestId: string): Promise<RequestRecord | undefined> {
     this.#assertOpen();
     const hash = await this.#guard('getRequest', this.#client.hgetall(this.#keys.request(requestId)));

@@ -140,6 +140,14 @@ export interface RequestLog {
 
   /** A request's record: its copies, the adopted ones, the stopped ones, its commit state; undefined when unknown. */
   getRequest(requestId: string): Promise<RequestRecord | undefined>;
+
+  /**
+   * Optional: sends at once the records the store holds back to batch them
+   * (the Redis store's `batch.maxDelay`). A worker calls it when it is about
+   * to wait for a read's copy record; a store that writes each record at
+   * once needs none.
+   */
+  flushRecords?(): void;
 }
 
 /**

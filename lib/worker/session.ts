@@ -124,7 +124,14 @@ function sessionToSave(w: WorkerContext, p: Prepared): Record<string, unknown> |
  */
 async function saveSession(w: WorkerContext, p: Prepared, data: Record<string, unknown>): Promise<boolean> {
   const { handle } = p;
-  // A replayed copy must not overwrite the real copy's candidate.
+  // A replayed copy must not overwrite the real copy's candidate. A read's
+  // record may be held back to batch it (a store's batch delay): this answer
+  // waits for it, so it goes now.
+  try {
+    w.store.flushRecords?.();
+  } catch (err) {
+    w.report(handle.requestId, 'recordCopy', err);
+  }
   if ((await p.recorded) === true) {
     w.events.emit('refused', { code: codes.REPLAYED_COPY, reason: 'a replayed read tried to save a session candidate' });
     return false;

@@ -63,9 +63,9 @@ export interface RedisSessionStoreOptions {
    * script may touch one slot only). Records nobody waits for (a read's
    * copy, an adoption that promotes no session, a copy stopped) may wait up
    * to `maxDelay` ms for more; an update's copy and an adoption that promotes
-   * a session go at the end of the turn and take the waiting ones along. A
-   * read whose handler changed its session waits for its copy's record (up
-   * to `maxDelay` longer); `getRequest()` from another process may trail by
+   * a session go at the end of the turn and take the waiting ones along,
+   * and a worker about to wait for a read's record sends them at once
+   * (`flushRecords()`). `getRequest()` from another process may trail by
    * one batch. See docs/stores.md for when `maxDelay` pays.
    * @default { maxRecords: 128, maxDelay: 0, maxPending: 10000 }
    */
