@@ -400,8 +400,12 @@ describe('RecordBatcher', () => {
   it('sends one call per record when told (Redis Cluster: one slot per script)', async () => {
     const time = new VirtualTime();
     const sent: string[][] = [];
-    const batcher = new RecordBatcher(async (keys, args) => (sent.push([...keys, args[0]!]), keys.map(() => 1)), { maxRecords: 100, maxDelay: 0, maxPending: 100 }, 1234, true, time);
-    const done = Promise.all([batcher.add(record(1)), batcher.add(record(2))]);
+    const batcher = new RecordBatcher(async (keys, args) => (sent.push([...keys, args[0]!]), keys.map(() => 1)), { maxRecords: 100, maxDelay: 5, maxPending: 100 }, 1234, true, time);
+    // Not even a record nobody waits for waits for maxDelay then: there is nothing to gain.
+    const first = batcher.add(record(1), true);
+    await time.advance(0);
+    expect(sent).toEqual([['k1', '1234']]);
+    const done = Promise.all([first, batcher.add(record(2))]);
     await time.advance(0);
     expect(sent).toEqual([['k1', '1234'], ['k2', '1234']]);
     await expect(done).resolves.toEqual([1, 1]);

@@ -115,7 +115,8 @@ export class Batcher<R = unknown> {
     return new Promise<R>((resolve, reject) => {
       this.#queue.push({ record, resolve, reject });
       if (this.#queue.length >= this.#settings.maxRecords) this.flush();
-      else this.#schedule(later && this.#settings.maxDelay > 0);
+      // One call per item (Cluster) gains nothing by waiting for more.
+      else this.#schedule(later && this.#settings.maxDelay > 0 && !this.#perRecord);
     });
   }
 

@@ -62,7 +62,7 @@ export interface RedisSessionStoreOptions {
    * to Redis in one script call (on Cluster one call per record, since a
    * script may touch one slot only). Records nobody waits for (a read's
    * copy, an adoption that promotes no session, a copy stopped) may wait up
-   * to `maxDelay` ms for more; an update's copy and an adoption that promotes
+   * to `maxDelay` ms for more (not on Cluster); an update's copy and an adoption that promotes
    * a session go at the end of the turn and take the waiting ones along,
    * and a worker about to wait for a read's record sends them at once
    * (`flushRecords()`). `getRequest()` from another process may trail by
