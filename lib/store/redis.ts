@@ -16,6 +16,7 @@ import type {
 } from './types.js';
 import { checkMillis, closedError, detach, notHolder, sessionJson, superseded, type Waiter } from './common.js';
 import { parseOptions } from '../schema.js';
+import { schedulerOf } from '../time.js';
 import { Batcher, GET_SESSIONS, RECORD_BATCH, RecordBatcher, recordHead, type BatchSettings } from './redis/batch.js';
 import { RedisKeys } from './redis/keys.js';
 import { PubSub } from './redis/pubsub.js';
@@ -127,7 +128,9 @@ export class RedisSessionStore implements SessionStore {
     this.#sessionTtl = sessionTtl;
     this.#pollInterval = pollInterval;
     this.#commandTimeout = commandTimeout;
-    this.#records = new RecordBatcher((keys, args) => this.#guard('writing the request log', this.#eval(RECORD_BATCH, keys, args)), batch as BatchSettings, ttl, this.#cluster);
+    // The records' maxDelay timers run on a test's scheduler when it gave one (withScheduler() in lib/time.ts).
+    const time = typeof options === 'object' && options !== null ? schedulerOf(options) : undefined;
+    this.#records = new RecordBatcher((keys, args) => this.#guard('writing the request log', this.#eval(RECORD_BATCH, keys, args)), batch as BatchSettings, ttl, this.#cluster, time);
     const now = { ...(batch as BatchSettings), maxDelay: 0 };
     this.#sessionReads = new Batcher<string[]>((keys, args) => this.#guard('getSession', this.#eval(GET_SESSIONS, keys, args)), now, sessionTtl, this.#cluster);
     if (!this.#cluster) {
@@ -188,12 +191,13 @@ export class RedisSessionStore implements SessionStore {
 
   async recordCancelled(requestId: string, duplicateId: string): Promise<void> {
     this.#assertOpen();
-    await this.#records.add({ key: this.#keys.request(requestId), args: [recordHead('x', true, ''), requestId, duplicateId, ''] }, true);
+    // Rare (an update's losers), and the proxy's `copy:cancelled` waits for it: not held back.
+    await this.#records.add({ key: this.#keys.request(requestId), args: [recordHead('x', true, ''), requestId, duplicateId, ''] });
   }
 
   /** Sends the request log's records that wait for `batch.maxDelay` now (a worker is about to wait for one). */
   flushRecords(): void {
-    if (!this.#closed) void this.#records.flush();
+    void this.#records.flush();
   }
 
   async getRequest(requestId: string): Promise<RequestRecord | undefined> {

@@ -144,10 +144,11 @@ export interface RequestLog {
   /**
    * Optional: sends at once the records the store holds back to batch them
    * (the Redis store's `batch.maxDelay`). A worker calls it when it is about
-   * to wait for a read's copy record; a store that writes each record at
-   * once needs none.
+   * to wait for a read's copy record, without waiting for it (a promise it
+   * returns is only watched for a failure, reported as an `error` event); a
+   * store that writes each record at once needs none.
    */
-  flushRecords?(): void;
+  flushRecords?(): void | Promise<void>;
 }
 
 /**

@@ -128,7 +128,8 @@ async function saveSession(w: WorkerContext, p: Prepared, data: Record<string, u
   // record may be held back to batch it (a store's batch delay): this answer
   // waits for it, so it goes now.
   try {
-    w.store.flushRecords?.();
+    // A store may make it async: its failure is reported, never unhandled.
+    Promise.resolve(w.store.flushRecords?.()).catch((err: unknown) => w.report(handle.requestId, 'recordCopy', err));
   } catch (err) {
     w.report(handle.requestId, 'recordCopy', err);
   }

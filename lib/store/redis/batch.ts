@@ -9,13 +9,14 @@ import { REAL_TIME, type Scheduler, type TimerHandle, unref } from '../../time.j
 // time on (the call, its reply and the system calls around them, more than
 // the writes). So records made in the same turn of the event loop go to
 // Redis together: one script call for the lot on a single Redis. Records
-// nobody waits for (a read's copy, an adoption that promotes nothing, a copy
-// stopped) may also wait up to `maxDelay` ms for others; a record someone
-// waits for (an update's copy, before its claim; an adoption that promotes a
-// session, before the answer) goes at the end of the turn, and takes every
-// waiting record with it. On Cluster the keys of different requests live in different
-// slots, which one script may not touch, so each record is its own call
-// there (the same lean script, one record long).
+// nobody waits for (a read's copy, an adoption that promotes nothing) may
+// also wait up to `maxDelay` ms for others; a record someone waits for (an
+// update's copy, before its claim; an adoption that promotes a session,
+// before the answer; a copy stopped, before the proxy's event) goes at the
+// end of the turn, and takes every waiting record with it. On Cluster the
+// keys of different requests live in different slots, which one script may
+// not touch, so each record is its own call there (the same lean script,
+// one record long), and nothing waits.
 //
 // A record's promise settles when its batch did: callers that wait (an
 // update waits for its copy's record before it may claim) see it written; a

@@ -2,7 +2,7 @@ import type { Cluster, Redis } from 'ioredis';
 import { field, MAX_TIMER_MS, number, object, string, type Schema } from '../../schema.js';
 import type { BatchSettings } from './batch.js';
 
-/** Ten years: the longest `ttl` and `sessionTtl`. */
+/** Ten years: the longest `ttl`. */
 export const MAX_TTL_MS = 10 * 365 * 24 * 60 * 60_000;
 
 /** What a `RedisSessionStore` is created with. */
@@ -30,14 +30,14 @@ export interface RedisSessionStoreOptions {
    * Milliseconds a request record (copies, adoption, commit state, session
    * candidates) lives after its last write. Keep it above your longest race
    * and your longest lease: a forgotten request loses its commit state.
-   * At most ten years (the request log keeps its expiry second in a number
-   * Redis must hold exactly).
+   * At most ten years (the request log's script keeps the second its record
+   * expires in a number Lua must hold exactly).
    * @default 600000 (10 minutes)
    */
   ttl?: number;
   /**
    * Milliseconds a session's adopted state lives after it was last read or
-   * promoted (a sliding expiry, as the memory store's). At most ten years.
+   * promoted (a sliding expiry, as the memory store's).
    * @default 86400000 (24 hours)
    */
   sessionTtl?: number;
@@ -61,12 +61,13 @@ export interface RedisSessionStoreOptions {
    * stopped) are batched: the records made in one turn of the event loop go
    * to Redis in one script call (on Cluster one call per record, since a
    * script may touch one slot only). Records nobody waits for (a read's
-   * copy, an adoption that promotes no session, a copy stopped) may wait up
-   * to `maxDelay` ms for more (not on Cluster); an update's copy and an adoption that promotes
-   * a session go at the end of the turn and take the waiting ones along,
-   * and a worker about to wait for a read's record sends them at once
-   * (`flushRecords()`). `getRequest()` from another process may trail by
-   * one batch. See docs/stores.md for when `maxDelay` pays.
+   * copy, an adoption that promotes no session) may wait up to `maxDelay` ms
+   * (at most 100; not on Cluster) for more; an update's copy, a copy stopped
+   * and an adoption that promotes a session go at the end of the turn and
+   * take the waiting ones along, and a worker about to wait for a read's
+   * record sends them at once (`flushRecords()`). `getRequest()` from
+   * another process may trail by one batch. See docs/stores.md for when
+   * `maxDelay` pays.
    * @default { maxRecords: 128, maxDelay: 0, maxPending: 10000 }
    */
   batch?: Partial<BatchSettings>;
@@ -81,15 +82,17 @@ export const OPTIONS: Schema<Required<RedisSessionStoreOptions>> = {
   prefix: string('must be a string without `{` or `}`', (p) => !/[{}]/.test(p), 'rp:'),
   // The request log's script keeps the second a key expires in, times 2^20,
   // in one integer (lib/store/redis/batch.ts): a TTL past years would take
-  // it beyond what a double (Lua) holds exactly.
+  // it beyond what a Lua number (a double) holds exactly.
   ttl: number({ integer: true, unit: 'milliseconds', min: 1, max: MAX_TTL_MS, default: 10 * 60_000 }),
-  sessionTtl: number({ integer: true, unit: 'milliseconds', min: 1, max: MAX_TTL_MS, default: 24 * 60 * 60_000 }),
+  sessionTtl: number({ integer: true, unit: 'milliseconds', min: 1, default: 24 * 60 * 60_000 }),
   // A Node timer waits at most 2^31 - 1 ms.
   pollInterval: number({ integer: true, unit: 'milliseconds', min: 1, max: MAX_TIMER_MS, default: 250 }),
   commandTimeout: number({ integer: true, unit: 'milliseconds', min: 1, max: MAX_TIMER_MS, default: 2000 }),
   batch: object<BatchSettings>({
     maxRecords: number({ integer: true, min: 1, max: 10_000, default: 128 }),
-    maxDelay: number({ integer: true, unit: 'milliseconds', min: 0, max: 1000, default: 0 }),
+    // Well below the workers' and the proxy's storeTimeout (1000 by default):
+    // a held record's call is timed from when it was made.
+    maxDelay: number({ integer: true, unit: 'milliseconds', min: 0, max: 100, default: 0 }),
     maxPending: number({ integer: true, min: 1, default: 10_000 }),
   }) as Schema<Required<RedisSessionStoreOptions>>['batch'],
 };
