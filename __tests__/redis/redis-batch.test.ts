@@ -36,6 +36,12 @@ afterAll(async () => {
   await server.stop();
 });
 
+/** How many times Redis ran `command` (inside scripts too), from INFO commandstats. */
+async function ran(command: string): Promise<number> {
+  const m = new RegExp(`^cmdstat_${command}:calls=(\\d+)`, 'm').exec(await admin.info('commandstats'));
+  return m ? Number(m[1]) : 0;
+}
+
 /** A client whose script calls are counted, and can be held until the test lets them go. */
 async function countedClient() {
   const client = new Redis({ host: server.host, port: server.port, lazyConnect: true, maxRetriesPerRequest: 1, enableOfflineQueue: false });
@@ -190,6 +196,10 @@ describe('RedisSessionStore: the request log in batches', () => {
     expect(a).toMatchObject({ sessionId: 'sa', data: { n: 1 }, version: 1 });
     expect(b).toMatchObject({ sessionId: 'sb', data: { n: 2 }, version: 1 });
     expect(none).toBeUndefined();
+    // A session nobody has is only read: no expiry is set on nothing.
+    const before = await ran('pexpire');
+    await expect(store.getSession('nobody')).resolves.toBeUndefined();
+    expect(await ran('pexpire')).toBe(before);
   });
 
   it('lets records nobody waits for wait maxDelay for others; a record someone waits for goes at the end of the turn and takes them along', async () => {
@@ -538,6 +548,17 @@ describe.each([
     await admin.hset(k, 'n', String(2 ** 20 - 1));
     await record(k, 'c');
     expect(await numberOf(k, 'c')).toBe(2 ** 20);
+  });
+
+  it(`reads a key's TTL (PTTL) only on the path for Redis before 7`, async () => {
+    const k = key();
+    const before = await ran('pttl');
+    await record(k, 'a');
+    await admin.hset(k, 'n', String((await seconds()) * 2 ** 20 + 1)); // a later record finds less than ttl ahead: it touches
+    await record(k, 'b');
+    const pttls = (await ran('pttl')) - before;
+    if (lua === RECORD_BATCH.lua) expect(pttls).toBe(0);
+    else expect(pttls).toBe(2);
   });
 
   it('touches every record of a key an earlier version wrote (a plain count in n)', async () => {

@@ -80,4 +80,10 @@ export const EQUIVALENT = [
   { file: 'lib/store/redis/scripts.ts', script: 'PRELUDE touch', code: "elseif redis.call('PTTL', key) < tonumber(ttl) then", mutator: 'Lua boundary', reason: 'the branch for Redis before 7: not run on Redis 7' },
   { file: 'lib/store/redis/scripts.ts', script: 'PRELUDE touch', code: "redis.call('PEXPIRE', key, ttl)", mutator: 'Lua delete', replacement: "-- (deleted) redis.call('PEXPIRE', key, ttl)", reason: 'the PEXPIRE of the branch for Redis before 7 (the fresh branch\'s PEXPIRE is the line before, and is killed): not run on Redis 7' },
   { file: 'lib/store/redis/scripts.ts', script: 'COMPLETE_IDEMPOTENT', code: 'return 1', mutator: 'Lua delete', reason: "the TypeScript ignores COMPLETE_IDEMPOTENT's reply" },
+
+  // --- Lua scripts of lib/store/redis/batch.ts (the request log's records, session reads)
+  { file: 'lib/store/redis/batch.ts', script: 'LUA', code: 'local stamped = v > 1099511627776', mutator: 'Lua boundary', reason: 'v is never 2^40 exactly: a plain count stays far below it, a stamped one (a second since 1970 times 2^20) far above' },
+  { file: 'lib/store/redis/batch.ts', script: 'LUA', code: "elseif redis.call('PTTL', key) < long then", mutator: 'Lua boundary', reason: 'at equality the same TTL is set again' },
+  { file: 'lib/store/redis/batch.ts', script: 'LUA', code: 'if math.floor(v / 1048576) * 1000 - now < ttl then', mutator: 'Lua boundary', reason: 'at exactly ttl ms before the noted second, not touching leaves the key exactly ttl: both keep it at least ttl (a clock boundary no test can hit at will)' },
+  { file: 'lib/store/redis/batch.ts', script: 'LUA', code: "if stamped and n >= 524288 then redis.call('HSET', key, 'n', n) end", mutator: 'Lua logic', reason: 'with `or`, a plain count past 2^19 is written back as itself: n is v there' },
 ];

@@ -13,33 +13,40 @@
 // use at once, which says nothing). run.mjs runs each mutant against the
 // Redis store's tests.
 
-export const LUA_SOURCE = 'lib/store/redis/scripts.ts';
-
-/** The scripts in scope, and the helpers of PRELUDE that the claim uses. */
-export const SCRIPTS = ['CLAIM_ONE', 'CLAIM_BATCH', 'CONFIRM_ONE', 'CONFIRM_BATCH', 'RELEASE', 'BEGIN_IDEMPOTENT', 'COMPLETE_IDEMPOTENT', 'PRELUDE'];
+/**
+ * The files with Lua in scope, the scripts in each (by the name of the
+ * constant that holds it) and the prefix of their mutants' ids: the
+ * commit's and idempotency's scripts, and the request log's (RECORD_BATCH,
+ * held in `LUA`) and the session reads' in batches.
+ */
+export const LUA_SOURCES = [
+  { file: 'lib/store/redis/scripts.ts', prefix: 'L', scripts: ['CLAIM_ONE', 'CLAIM_BATCH', 'CONFIRM_ONE', 'CONFIRM_BATCH', 'RELEASE', 'BEGIN_IDEMPOTENT', 'COMPLETE_IDEMPOTENT', 'PRELUDE'] },
+  { file: 'lib/store/redis/batch.ts', prefix: 'B', scripts: ['LUA', 'SESSIONS_LUA'] },
+];
+/** The helpers of scripts.ts's PRELUDE that the claim uses. */
 const PRELUDE_FUNCTIONS = ['clock', 'next_fence', 'touch', 'wake'];
 
-/** Every mutant of the scripts in `source` (the text of lib/store/redis/scripts.ts), each with the whole mutated text. */
-export function luaMutants(source) {
+/** Every mutant of the scripts of one of LUA_SOURCES, given its file's text, each with the whole mutated text. */
+export function luaMutants(source, { scripts, prefix }) {
   const lines = source.split('\n');
   const out = [];
-  for (const { script, line, text } of scriptLines(lines)) {
+  for (const { script, line, text } of scriptLines(lines, scripts)) {
     for (const m of mutantsOf(text)) {
       const mutated = [...lines];
       mutated[line] = m.text;
-      out.push({ id: `L${out.length + 1}`, script, line: line + 1, kind: m.kind, mutator: `Lua ${m.kind}`, from: text.trim(), replacement: m.text.trim(), source: mutated.join('\n') });
+      out.push({ id: `${prefix}${out.length + 1}`, script, line: line + 1, kind: m.kind, mutator: `Lua ${m.kind}`, from: text.trim(), replacement: m.text.trim(), source: mutated.join('\n') });
     }
   }
   return out;
 }
 
 /** Where each script's Lua lines are in the source: [{ script, line (0-based), text }]. */
-function scriptLines(lines) {
+function scriptLines(lines, scripts) {
   const out = [];
-  for (const name of SCRIPTS) {
+  for (const name of scripts) {
     // `const PRELUDE = \``, `const CLAIM_ONE = \``, `export const RELEASE = script(\``, `export const CLAIM_BATCH = script(CLAIM_ONE + \``
     const start = lines.findIndex((l) => new RegExp(`^(export )?const ${name} = (script\\(([A-Z_]+ \\+ )?)?\``).test(l));
-    if (start === -1) throw new Error(`${LUA_SOURCE}: script ${name} not found`);
+    if (start === -1) throw new Error(`script ${name} not found`);
     const end = lines.findIndex((l, i) => i > start && /^`\)?;$/.test(l));
     let fn;
     for (let i = start + 1; i < end; i++) {

@@ -34,7 +34,7 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Instrumenter } from '@stryker-mutator/instrumenter';
 import { ignoreMessages } from './ignore-messages.mjs';
-import { luaMutants, LUA_SOURCE } from './lua.mjs';
+import { luaMutants, LUA_SOURCES } from './lua.mjs';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const root = resolve(here, '../..');
@@ -217,7 +217,9 @@ async function main() {
     mutants.push({ id: `${target.name}:${m.id}`, switchId: m.id, target: target.name, file: target.file, line: m.location.start.line + 1, column: m.location.start.column, mutator: m.mutatorName, replacement: m.replacement, status, statusReason: m.statusReason });
   }
   if (opts.files.includes('lua')) {
-    for (const m of luaMutants(readFileSync(join(root, LUA_SOURCE), 'utf8'))) mutants.push({ ...m, id: `lua:${m.id}`, target: 'lua', file: LUA_SOURCE });
+    for (const spec of LUA_SOURCES) {
+      for (const m of luaMutants(readFileSync(join(root, spec.file), 'utf8'), spec)) mutants.push({ ...m, id: `lua:${m.id}`, target: 'lua', file: spec.file });
+    }
   }
   const chosen = mutants.filter((m) => (opts.only ? opts.only.has(m.id) : opts.files.includes(m.target)));
   if (opts.list) {
@@ -292,7 +294,7 @@ async function main() {
       const timeoutMs = Math.max(8_000, 2 * budget + 5_000);
       let r;
       if (m.target === 'lua') {
-        const path = join(dir, LUA_SOURCE);
+        const path = join(dir, m.file);
         const instrumentedSource = readFileSync(path, 'utf8');
         writeFileSync(path, m.source);
         try {
