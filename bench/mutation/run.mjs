@@ -75,8 +75,17 @@ export const TARGETS = [
       [/^  async claim\(/], [/^  async confirm\(/], [/^  async release\(/], [/^  async beginIdempotent\(/], [/^  async completeIdempotent\(/],
       [/^  async #attempt\(/], [/^  #giveBack\(/], [/^  #wait\(/], [/^  async #settle\(/], [/^  #schedule\(/], [/^  #rejectAll\(/], [/^  #drop\(/],
       [/^  #onMessage\(/], [/^  #superseded\(/], [/^  #listen\(/], [/^  #wakeArgs\(/],
+      // The request log: which records may be held back for batch.maxDelay.
+      [/^  async recordCopy\(/], [/^  async recordAdoption\(/], [/^  async recordCancelled\(/], [/^  flushRecords\(/],
     ],
     tests: ['redis/redis-waiters.test.ts', 'redis/redis-batch.test.ts', 'redis/redis-scripts.test.ts', 'redis/redis-store.test.ts', 'redis/conformance.test.ts', 'redis/outage.test.ts', 'redis/cluster.test.ts'],
+  },
+  {
+    // The batches of the Redis store: records, claims, confirms, session reads.
+    name: 'batch',
+    file: 'lib/store/redis/batch.ts',
+    blocks: [[/^export function recordHead\(/], [/^export class Batcher</]],
+    tests: ['redis/redis-batch.test.ts', 'redis/redis-store.test.ts', 'redis/conformance.test.ts', 'redis/outage.test.ts'],
   },
   {
     name: 'idempotency',
