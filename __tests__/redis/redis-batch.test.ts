@@ -241,6 +241,24 @@ describe('RedisSessionStore: the request log in batches', () => {
   });
 });
 
+describe('RedisSessionStore: close() and the batch on its way', () => {
+  it('resolves only once the batch already sent is answered', async () => {
+    const prefix = `rp-batch-closing:${randomUUID()}:`;
+    const { store, hold } = await open({ prefix });
+    const release = hold();
+    const recorded = store.recordCopy(copy('on-its-way', 'a'));
+    await turns(); // sent, and held before Redis
+    let closed = false;
+    const closing = store.close().then(() => (closed = true));
+    await turns();
+    expect(closed).toBe(false);
+    release();
+    await closing;
+    expect(await admin.hexists(`${prefix}{r:on-its-way}`, 'c:a')).toBe(1);
+    await expect(recorded).resolves.toEqual({ duplicate: false });
+  });
+});
+
 describe('a read that changes its session while the request log is held back (batch.maxDelay)', () => {
   it('has the worker send the held records before it waits for its copy record, and saves the session', async () => {
     // Held timers: the copy's record goes only when something sends it.
@@ -443,6 +461,47 @@ describe('RecordBatcher', () => {
     await time.advance(0);
     expect(sent).toEqual([['k1', 'k2'], ['k3', 'k4']]);
     await expect(Promise.all(more)).resolves.toEqual([0, 0]);
+  });
+
+  it('sends a full batch at once, even of records that could wait', async () => {
+    const time = new VirtualTime();
+    const sent: string[][] = [];
+    const batcher = new RecordBatcher(async (keys) => (sent.push(keys), keys.map(() => 0)), { maxRecords: 2, maxDelay: 5, maxPending: 100 }, 1000, false, time);
+    const done = [batcher.add(record(1), true), batcher.add(record(2), true)];
+    expect(sent).toEqual([['k1', 'k2']]);
+    await expect(Promise.all(done)).resolves.toEqual([0, 0]);
+  });
+
+  it('gives a record that could wait its own maxDelay after a batch went: no earlier timer sends it', async () => {
+    const time = new VirtualTime();
+    const sent: string[][] = [];
+    const batcher = new RecordBatcher(async (keys) => (sent.push(keys), keys.map(() => 0)), { maxRecords: 100, maxDelay: 5, maxPending: 100 }, 1000, false, time);
+    const done = [batcher.add(record(1), true)]; // its timer: at 5
+    await time.advance(1);
+    done.push(batcher.add(record(4), true)); // the same timer: no second one
+    await time.advance(1);
+    done.push(batcher.add(record(2))); // goes at the end of the turn, with the first two
+    await time.advance(1);
+    expect(sent).toEqual([['k1', 'k4', 'k2']]);
+    done.push(batcher.add(record(3), true)); // at 3: its own timer, at 8
+    await time.advance(4); // 7: no timer from before sends it
+    expect(sent).toEqual([['k1', 'k4', 'k2']]);
+    await time.advance(1);
+    expect(sent).toEqual([['k1', 'k4', 'k2'], ['k3']]);
+    await expect(Promise.all(done)).resolves.toEqual([0, 0, 0, 0]);
+  });
+
+  it('a turn whose batch went full sends nothing more at its end: a record that could wait still waits', async () => {
+    const time = new VirtualTime();
+    const sent: string[][] = [];
+    const batcher = new RecordBatcher(async (keys) => (sent.push(keys), keys.map(() => 0)), { maxRecords: 2, maxDelay: 5, maxPending: 100 }, 1000, false, time);
+    const done = [batcher.add(record(1)), batcher.add(record(2))]; // full: gone at once
+    done.push(batcher.add(record(3), true));
+    await time.advance(0); // the end of the turn the first one asked for
+    expect(sent).toEqual([['k1', 'k2']]);
+    await time.advance(5);
+    expect(sent).toEqual([['k1', 'k2'], ['k3']]);
+    await expect(Promise.all(done)).resolves.toEqual([0, 0, 0]);
   });
 
   it('sends one call per record when told (Redis Cluster: one slot per script)', async () => {

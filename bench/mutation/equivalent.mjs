@@ -68,6 +68,23 @@ export const EQUIVALENT = [
   { file: 'lib/proxy/proxy.ts', code: "if (report.adopted && !recorded && (!keyed || report.outcome === 'won')) void bookkeep(", mutator: 'BooleanLiteral', replacement: 'true', reason: 'an off-path adoption write bounded by its own timer instead of the shared one: the same bound (storeTimeout), the same error event' },
   { file: 'lib/proxy/proxy.ts', code: 'if (isSupersededError(err) && err.committedBy && err.committedBy !== seal) return answerLost', mutator: 'LogicalOperator', replacement: 'isSupersededError(err) || err.committedBy', reason: "only a SupersededError carries `committedBy` (the seal's claim refused, or its confirm): the brand check adds nothing the field does not say" },
 
+  // --- lib/store/redis.ts, the request log (in scope since the records may be held back)
+  { file: 'lib/store/redis.ts', code: "args: [recordHead('a', input.update, input.sessionId), input.requestId, adopted, ''] }", mutator: 'StringLiteral', reason: "an adoption record's fourth argument is not read by the script (kind 'a' uses the third)" },
+  { file: 'lib/store/redis.ts', code: "input.sessionId, input.duplicateIds[0] ?? '', this.#ttl, this.#sessionTtl,", mutator: 'StringLiteral', reason: 'an adoption always names at least one copy: the fallback is never taken' },
+  { file: 'lib/store/redis.ts', code: "args: [recordHead('x', true, ''), requestId, duplicateId, ''] }", mutator: 'StringLiteral', reason: "a cancellation's update flag and session id count only when it is the first record of its hash, which it never is (the stopped copy recorded itself before its claim); its fourth argument is not read; and the script takes every kind but 'c' and 'a' as a cancellation" },
+  { file: 'lib/store/redis.ts', code: "args: [recordHead('x', true, ''), requestId, duplicateId, ''] }", mutator: 'BooleanLiteral', reason: 'as above: the update flag of a record that is never the first of its hash' },
+  // --- lib/store/redis.ts, waking waiters (the inbox)
+  { file: 'lib/store/redis.ts', code: "return this.#inbox ? ['', this.#inbox.prefix] : [this.#keys.channel(requestId), ''];", mutator: 'StringLiteral', reason: 'a channel or an inbox prefix nobody listens on: one PUBLISH more to no subscriber, or no waiter registered under it (Cluster registers none)' },
+  { file: 'lib/store/redis.ts', code: 'const heard = this.#inbox !== undefined && fresh && this.#heard.delete(requestId);', mutator: 'ConditionalExpression', replacement: 'true', reason: 'a look at once that was not needed: it finds the claim still held and waits as before (one claim more)' },
+  { file: 'lib/store/redis.ts', code: 'const heard = this.#inbox !== undefined && fresh && this.#heard.delete(requestId);', mutator: 'LogicalOperator', reason: 'as above: looks at once more often, with the same outcome' },
+  { file: 'lib/store/redis.ts', code: 'if (!head) {', mutator: 'ConditionalExpression', replacement: 'false', reason: 'a queue is dropped when its last waiter leaves (#removeWaiter, #rejectAll): #settle never finds one empty' },
+  { file: 'lib/store/redis.ts', code: '    if (this.#closed) return;', mutator: 'ConditionalExpression', replacement: 'false', reason: 'close() rejected every waiter and dropped every queue first: a message after it finds no queue (#onMessage)' },
+
+  // --- lib/store/redis/batch.ts, the Batcher
+  { file: 'lib/store/redis/batch.ts', code: 'else this.#schedule(later && this.#settings.maxDelay > 0 && !this.#perRecord);', mutator: 'ConditionalExpression', replacement: 'true', reason: 'with maxDelay 0 a record that could wait gets a 0 ms timer instead of the end-of-turn callback: both send it once the current turn is over' },
+  { file: 'lib/store/redis/batch.ts', code: 'else this.#schedule(later && this.#settings.maxDelay > 0 && !this.#perRecord);', mutator: 'EqualityOperator', replacement: 'this.#settings.maxDelay >= 0', reason: 'as above: a 0 ms timer instead of the end of the turn' },
+  { file: 'lib/store/redis/batch.ts', code: 'if (this.#timer !== undefined) this.#time.clearTimeout(this.#timer);', mutator: 'ConditionalExpression', replacement: 'true', reason: 'clearTimeout(undefined) does nothing' },
+
   // --- Lua scripts of lib/store/redis/scripts.ts
   { file: 'lib/store/redis/scripts.ts', script: 'PRELUDE next_fence', code: 'if f < floor then', mutator: 'Lua boundary', reason: 'at equality the same value is set again' },
   { file: 'lib/store/redis/scripts.ts', script: 'BEGIN_IDEMPOTENT', code: "if redis.call('PTTL', key) < lock then", mutator: 'Lua boundary', reason: 'at equality the same TTL is set again' },

@@ -135,11 +135,6 @@ export class Batcher<R = unknown> {
     return Promise.all([...this.#inFlight]).then(() => undefined);
   }
 
-  /** Records queued or on their way. */
-  get pending(): number {
-    return this.#queue.length + this.#sending;
-  }
-
   #schedule(later: boolean): void {
     if (this.#scheduled) return;
     if (later) {
