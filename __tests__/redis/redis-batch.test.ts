@@ -364,6 +364,42 @@ describe('RedisSessionStore: claims and confirms in batches (single Redis)', () 
     await expect(store.getRequest('free-1')).resolves.toMatchObject({ commit: { state: 'claimed', holder: 'a' } });
   });
 
+  it('a waiter woken while it looks looks once more, then waits again: no loop of looks', async () => {
+    const prefix = `rp-batch-again:${randomUUID()}:`;
+    const { store: holder } = await open({ prefix });
+    const { store, calls, hold } = await open({ prefix, pollInterval: 10_000 });
+    const held = await holder.claim('again', 'x', lease);
+    const waiting = store.claim('again', 'a', lease).then(
+      () => 'granted',
+      (err: unknown) => err,
+    );
+    // The store's inbox, once it listens (its first wait subscribes it).
+    let inbox: string | undefined;
+    for (let i = 0; i < 200 && !inbox; i++) {
+      inbox = ((await admin.pubsub('CHANNELS', `${prefix}inbox:*`)) as string[])[0];
+      if (!inbox) await new Promise((r) => setTimeout(r, 5));
+    }
+    expect(inbox).toBeDefined();
+    const roundTrips = async (n: number) => {
+      for (let i = 0; i < n; i++) await admin.ping();
+    };
+    await roundTrips(5);
+    const before = calls.length;
+    // A release the holder never made (as a lost message's replay would say): the waiter looks, held before Redis...
+    const release = hold();
+    await admin.publish(inbox!, JSON.stringify(['released', 'again']));
+    for (let i = 0; i < 200 && calls.length === before; i++) await new Promise((r) => setTimeout(r, 5));
+    expect(calls.length).toBe(before + 1);
+    // ...and is told again while that look is on its way: one more look after it.
+    await admin.publish(inbox!, JSON.stringify(['released', 'again']));
+    await roundTrips(5);
+    release();
+    await roundTrips(20);
+    expect(calls.length).toBe(before + 2);
+    await holder.confirm('again', 'x', held.fence);
+    expect(await waiting).toMatchObject({ code: codes.SUPERSEDED, committedBy: 'x' });
+  });
+
   it('sends the confirms of one turn in one script call, each with its own answer', async () => {
     const { store, calls } = await open();
     const one = await store.claim('c-1', 'a', lease);
