@@ -231,6 +231,15 @@ describe('RedisSessionStore: the request log in batches', () => {
     await promoting;
   });
 
+  it('with maxDelay 0 sends a record that could wait at the end of the turn, on no timer', async () => {
+    // Held timers: a record put on a timer would never go.
+    const { store, calls } = await open(withScheduler({}, HELD));
+    const recorded = store.recordCopy(copy(randomUUID(), 'read'));
+    await turns();
+    expect(calls).toEqual([{ keys: 1 }]);
+    await expect(recorded).resolves.toEqual({ duplicate: false });
+  });
+
   it('writes what was recorded before close() before it resolves', async () => {
     const prefix = `rp-batch-close:${randomUUID()}:`;
     const { store } = await open(withScheduler({ prefix, batch: { maxDelay: 100 } }, HELD));
@@ -367,7 +376,7 @@ describe('RedisSessionStore: claims and confirms in batches (single Redis)', () 
   it('a waiter woken while it looks looks once more, then waits again: no loop of looks', async () => {
     const prefix = `rp-batch-again:${randomUUID()}:`;
     const { store: holder } = await open({ prefix });
-    const { store, calls, hold } = await open({ prefix, pollInterval: 10_000 });
+    const { store, calls, hold } = await open({ prefix, pollInterval: 10_000, commandTimeout: 10_000 });
     const held = await holder.claim('again', 'x', lease);
     const waiting = store.claim('again', 'a', lease).then(
       () => 'granted',
@@ -398,6 +407,20 @@ describe('RedisSessionStore: claims and confirms in batches (single Redis)', () 
     expect(calls.length).toBe(before + 2);
     await holder.confirm('again', 'x', held.fence);
     expect(await waiting).toMatchObject({ code: codes.SUPERSEDED, committedBy: 'x' });
+    // With the inbox listening, a copy told to wait claims once and looks no more until it is told.
+    const next = await holder.claim('again-2', 'x', lease);
+    const start = calls.length;
+    const second = store.claim('again-2', 'a', lease).then(
+      () => 'granted',
+      (err: unknown) => err,
+    );
+    await roundTrips(20);
+    expect(calls.length).toBe(start + 1);
+    // And the release wakes it through the inbox alone: nothing on the request's own channel.
+    const published = await ran('spublish');
+    await holder.release('again-2', 'x', next.fence);
+    expect(await second).toBe('granted');
+    expect(await ran('spublish')).toBe(published);
   });
 
   it('sends the confirms of one turn in one script call, each with its own answer', async () => {
@@ -614,6 +637,8 @@ describe.each([
     await record(k, 'b');
     expect(await admin.pttl(k)).toBeLessThanOrEqual(30_000);
     expect([await numberOf(k, 'a'), await numberOf(k, 'b')]).toEqual([1, 2]);
+    // n still carries the second (a plain count would make every later record touch).
+    expect(Number(await admin.hget(k, 'n'))).toBeGreaterThan(2 ** 40);
   });
 
   it('gives a record written late (less than ttl left) ttl and the slack again', async () => {

@@ -4,7 +4,7 @@
 // Redis store's Lua scripts), and the proxy's idempotency handling. Does
 // deleting or inverting a guarding line fail a test?
 //
-//   npm run mutation                          everything (≈ 30-40 min on 2 cores)
+//   npm run mutation                          everything (≈ 70 min on 2 cores)
 //   node bench/mutation/run.mjs --files commit,memory --jobs 2
 //   node bench/mutation/run.mjs --only commit:12,lua:L7  (ids from a report)
 //   node bench/mutation/run.mjs --list        the mutants, nothing run
