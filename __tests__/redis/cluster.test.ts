@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from '@jest/globals';
 import { Cluster } from 'ioredis';
-import { isSupersededError } from '../../lib/errors.js';
+import { codes, isSupersededError } from '../../lib/errors.js';
 import { RedisSessionStore, type RedisSessionStoreOptions } from '../../lib/store/redis.js';
 import { testSessionStore } from '../../lib/testing.js';
 import { startRedisCluster, type RedisClusterServers } from '../helpers/redis-server.js';
@@ -128,5 +128,13 @@ describe('RedisSessionStore on Redis Cluster', () => {
     const fences: number[] = [];
     for (let n = 0; n < 10; n++) fences.push((await store.claim(randomUUID(), 'a', { leaseMs: 5_000 })).fence);
     for (let n = 1; n < fences.length; n++) expect(fences[n]).toBeGreaterThan(fences[n - 1]!);
+  });
+
+  it('answers 503 RP_ERR_STORE_UNAVAILABLE when no fresh fencing token comes after five tries (a record whose last token is out of reach)', async () => {
+    const prefix = `rp-test:${randomUUID()}:`;
+    const store = await open({ prefix });
+    // A token far past the counter and the clock in µs: every token taken for it is stale.
+    await shared.hset(`${prefix}{r:stale}`, 'requestId', 'stale', 'state', 'none', 'lastFence', '9000000000000000');
+    await expect(store.claim('stale', 'a', { leaseMs: 5_000 })).rejects.toMatchObject({ code: codes.STORE_UNAVAILABLE, status: 503 });
   });
 });
