@@ -307,14 +307,25 @@ describe('a read that changes its session while the request log is held back (ba
     await expect(real.getSession(sessionId)).resolves.toMatchObject({ data: { visits: 1 } });
   });
 
-  it('flushRecords() sends the held records at once', async () => {
+  it('flushRecords() sends the held records at the end of the turn, with the turn\'s others', async () => {
     const { store, calls } = await open(withScheduler({ batch: { maxDelay: 100 } }, HELD));
-    const recorded = store.recordCopy(copy(randomUUID(), 'a'));
+    const recorded = [store.recordCopy(copy(randomUUID(), 'a'))];
     await turns();
     expect(calls).toEqual([]);
     store.flushRecords();
-    expect(calls).toEqual([{ keys: 1 }]);
-    await expect(recorded).resolves.toEqual({ duplicate: false });
+    recorded.push(store.recordCopy(copy(randomUUID(), 'b')));
+    await turns();
+    expect(calls).toEqual([{ keys: 2 }]);
+    await expect(Promise.all(recorded)).resolves.toEqual([{ duplicate: false }, { duplicate: false }]);
+  });
+
+  it('flushRecords() with maxDelay 0 changes nothing: the turn\'s records still go in one call', async () => {
+    const { store, calls } = await open();
+    const recorded = [store.recordCopy(copy(randomUUID(), 'a'))];
+    store.flushRecords();
+    recorded.push(store.recordCopy(copy(randomUUID(), 'b')));
+    await Promise.all(recorded);
+    expect(calls).toEqual([{ keys: 2 }]);
   });
 
   it('a store whose flushRecords() rejects: the worker reports it and answers', async () => {
@@ -486,11 +497,16 @@ describe('RedisSessionStore: claims and confirms in batches (single Redis)', () 
 
 describe('RecordBatcher', () => {
   const record = (n: number): BatchedRecord => ({ key: `k${n}`, args: ['c0', `r${n}`, 'a', '{}'] });
-
-  it('waits maxDelay ms for more records, then sends them together', async () => {
+  /** A batcher on virtual time, maxDelay 5, that keeps the keys of each call it sends. */
+  const onVirtualTime = (maxRecords: number) => {
     const time = new VirtualTime();
     const sent: string[][] = [];
-    const batcher = new RecordBatcher(async (keys) => (sent.push(keys), keys.map(() => 0)), { maxRecords: 100, maxDelay: 5, maxPending: 100 }, 1000, false, time);
+    const batcher = new RecordBatcher(async (keys) => (sent.push(keys), keys.map(() => 0)), { maxRecords, maxDelay: 5, maxPending: 100 }, 1000, false, time);
+    return { time, sent, batcher };
+  };
+
+  it('waits maxDelay ms for more records, then sends them together', async () => {
+    const { time, sent, batcher } = onVirtualTime(100);
     const done = [batcher.add(record(1), true)];
     await time.advance(4);
     done.push(batcher.add(record(2), true));
@@ -502,9 +518,7 @@ describe('RecordBatcher', () => {
   });
 
   it('sends a record someone waits for at the end of the turn, with the records that were waiting for maxDelay', async () => {
-    const time = new VirtualTime();
-    const sent: string[][] = [];
-    const batcher = new RecordBatcher(async (keys) => (sent.push(keys), keys.map(() => 0)), { maxRecords: 100, maxDelay: 5, maxPending: 100 }, 1000, false, time);
+    const { time, sent, batcher } = onVirtualTime(100);
     const done = [batcher.add(record(1), true)];
     await time.advance(2);
     expect(sent).toEqual([]);
@@ -523,18 +537,14 @@ describe('RecordBatcher', () => {
   });
 
   it('sends a full batch at once, even of records that could wait', async () => {
-    const time = new VirtualTime();
-    const sent: string[][] = [];
-    const batcher = new RecordBatcher(async (keys) => (sent.push(keys), keys.map(() => 0)), { maxRecords: 2, maxDelay: 5, maxPending: 100 }, 1000, false, time);
+    const { time, sent, batcher } = onVirtualTime(2);
     const done = [batcher.add(record(1), true), batcher.add(record(2), true)];
     expect(sent).toEqual([['k1', 'k2']]);
     await expect(Promise.all(done)).resolves.toEqual([0, 0]);
   });
 
   it('gives a record that could wait its own maxDelay after a batch went: no earlier timer sends it', async () => {
-    const time = new VirtualTime();
-    const sent: string[][] = [];
-    const batcher = new RecordBatcher(async (keys) => (sent.push(keys), keys.map(() => 0)), { maxRecords: 100, maxDelay: 5, maxPending: 100 }, 1000, false, time);
+    const { time, sent, batcher } = onVirtualTime(100);
     const done = [batcher.add(record(1), true)]; // its timer: at 5
     await time.advance(1);
     done.push(batcher.add(record(4), true)); // the same timer: no second one
@@ -551,9 +561,7 @@ describe('RecordBatcher', () => {
   });
 
   it('a turn whose batch went full sends nothing more at its end: a record that could wait still waits', async () => {
-    const time = new VirtualTime();
-    const sent: string[][] = [];
-    const batcher = new RecordBatcher(async (keys) => (sent.push(keys), keys.map(() => 0)), { maxRecords: 2, maxDelay: 5, maxPending: 100 }, 1000, false, time);
+    const { time, sent, batcher } = onVirtualTime(2);
     const done = [batcher.add(record(1)), batcher.add(record(2))]; // full: gone at once
     done.push(batcher.add(record(3), true));
     await time.advance(0); // the end of the turn the first one asked for

@@ -195,9 +195,9 @@ export class RedisSessionStore implements SessionStore {
     await this.#records.add({ key: this.#keys.request(requestId), args: [recordHead('x', true, ''), requestId, duplicateId, ''] });
   }
 
-  /** Sends the request log's records that wait for `batch.maxDelay` now (a worker is about to wait for one). */
+  /** The request log's records that wait for `batch.maxDelay` go at the end of this turn (a worker is about to wait for one). */
   flushRecords(): void {
-    void this.#records.flush();
+    this.#records.hurry();
   }
 
   async getRequest(requestId: string): Promise<RequestRecord | undefined> {

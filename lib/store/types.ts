@@ -142,8 +142,9 @@ export interface RequestLog {
   getRequest(requestId: string): Promise<RequestRecord | undefined>;
 
   /**
-   * Optional: sends at once the records the store holds back to batch them
-   * (the Redis store's `batch.maxDelay`). A worker calls it when it is about
+   * Optional: sends soon (the Redis store: at the end of this turn) the
+   * records the store holds back to batch them (its `batch.maxDelay`). A
+   * worker calls it when it is about
    * to wait for a read's copy record, without waiting for it (a promise it
    * returns is only watched for a failure, reported as an `error` event); a
    * store that writes each record at once needs none.

@@ -127,12 +127,10 @@ async function saveSession(w: WorkerContext, p: Prepared, data: Record<string, u
   // A replayed copy must not overwrite the real copy's candidate. A read's
   // record may be held back to batch it (a store's batch delay): this answer
   // waits for it, so it goes now.
-  try {
-    // A store may make it async: its failure is reported, never unhandled.
-    Promise.resolve(w.store.flushRecords?.()).catch((err: unknown) => w.report(handle.requestId, 'recordCopy', err));
-  } catch (err) {
-    w.report(handle.requestId, 'recordCopy', err);
-  }
+  // A store's flushRecords may throw or reject: reported, never unhandled.
+  void Promise.resolve()
+    .then(() => w.store.flushRecords?.())
+    .catch((err: unknown) => w.report(handle.requestId, 'recordCopy', err));
   if ((await p.recorded) === true) {
     w.events.emit('refused', { code: codes.REPLAYED_COPY, reason: 'a replayed read tried to save a session candidate' });
     return false;

@@ -121,6 +121,15 @@ export class Batcher<R = unknown> {
     });
   }
 
+  /**
+   * Someone now waits for a record that was let wait for `maxDelay`: what
+   * waits goes at the end of this turn instead, with the turn's others.
+   * Nothing to do when nothing waits on a timer.
+   */
+  hurry(): void {
+    if (this.#timer !== undefined) this.#schedule(false);
+  }
+
   /** Sends every queued record now. Resolves once every batch sent so far has settled. */
   flush(): Promise<void> {
     if (this.#timer !== undefined) this.#time.clearTimeout(this.#timer);

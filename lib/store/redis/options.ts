@@ -3,7 +3,7 @@ import { field, MAX_TIMER_MS, number, object, string, type Schema } from '../../
 import type { BatchSettings } from './batch.js';
 
 /** Ten years: the longest `ttl`. */
-export const MAX_TTL_MS = 10 * 365 * 24 * 60 * 60_000;
+const MAX_TTL_MS = 10 * 365 * 24 * 60 * 60_000;
 
 /** What a `RedisSessionStore` is created with. */
 export interface RedisSessionStoreOptions {
@@ -65,7 +65,7 @@ export interface RedisSessionStoreOptions {
    * (at most 100; not on Cluster) for more; an update's copy, a copy stopped
    * and an adoption that promotes a session go at the end of the turn and
    * take the waiting ones along, and a worker about to wait for a read's
-   * record sends them at once (`flushRecords()`). `getRequest()` from
+   * record has them go at the end of the turn (`flushRecords()`). `getRequest()` from
    * another process may trail by one batch. See docs/stores.md for when
    * `maxDelay` pays.
    * @default { maxRecords: 128, maxDelay: 0, maxPending: 10000 }
