@@ -71,6 +71,8 @@ export async function scenarioBookkeeping({ quick = false, dist = process.env.RP
     await admin.connect();
     const redisVersion = (await admin.info('server')).match(/redis_version:(\S+)/)?.[1] ?? null;
     log(`bookkeeping: redis-server ${redisVersion} on 127.0.0.1:${redis.port}; ${cfg.rounds} rounds × ${cfg.durationSec} s per variant and kind, autocannon ${cfg.connections} connections`);
+    const callCost = await redisCallCost(admin);
+    log(`   this host: Redis CPU per PING ${callCost.lone.toFixed(1)} µs one at a time, ${callCost.pipelined.toFixed(1)} µs pipelined (${callCost.count} each)`);
 
     const secret = randomBytes(24).toString('hex');
     const nodes = {
@@ -203,7 +205,7 @@ export async function scenarioBookkeeping({ quick = false, dist = process.env.RP
         sessions: 'no session cookie: the proxy mints a session per request, so no session is loaded or saved',
         order: 'reads: warm-up with reads, then rounds alternating memory, redis, memory, redis…; then updates: warm-up with updates, then rounds alternating likewise; median of the rounds',
       },
-      redis: { version: redisVersion, port: redis.port },
+      redis: { version: redisVersion, port: redis.port, callCost },
       machine: { nproc: os.cpus().length, loadavgAtStart, loadavgAtEnd: os.loadavg(), node: process.version },
       warmup: warm,
       results,
@@ -366,6 +368,27 @@ export async function stopRedis(redis) {
   const t = setTimeout(() => child.kill('SIGKILL'), 5000);
   await redis.exited;
   clearTimeout(t);
+}
+
+/**
+ * What a call costs Redis on this host, before any work: Redis CPU per PING
+ * sent one at a time (each wakes Redis: a read, a reply, the system calls
+ * around them) and per PING in pipelines of 100 (the same, shared). The first
+ * is the floor under every script call a client makes alone.
+ */
+export async function redisCallCost(admin, count = 3000) {
+  for (let i = 0; i < 200; i++) await admin.ping(); // warm
+  const c0 = await redisCpuInfo(admin);
+  for (let i = 0; i < count; i++) await admin.ping();
+  const c1 = await redisCpuInfo(admin);
+  for (let i = 0; i < count; i += 100) {
+    const p = admin.pipeline();
+    for (let j = 0; j < 100; j++) p.ping();
+    await p.exec();
+  }
+  const c2 = await redisCpuInfo(admin);
+  // Each INFO between them is one call more: too small to matter over thousands.
+  return { count, lone: (c1 - c0) / count, pipelined: (c2 - c1) / count };
 }
 
 /** Commands Redis ran (those inside scripts included), from `INFO commandstats`. */

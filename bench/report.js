@@ -279,6 +279,13 @@ export function markdown(r) {
     L.push('');
     L.push(`Redis ÷ memory, requests/s: reads ${f2(d.ratios['redis/memory reads req/s'])}×, updates ${f2(d.ratios['redis/memory updates req/s'])}×. Updates ÷ reads: ${f2(d.ratios['updates/reads req/s (memory)'])}× with memory, ${f2(d.ratios['updates/reads req/s (redis)'])}× with Redis.`);
     L.push('');
+    const cc = d.redis.callCost;
+    if (cc) {
+      L.push(`What a call costs this Redis on this host, measured before the rounds (${int(cc.count)} PINGs each, \`INFO cpu\`): ${f1(cc.lone)} µs of Redis CPU`);
+      L.push(`a PING sent one at a time, ${f1(cc.pipelined)} µs a PING in pipelines of 100. A script call that wakes Redis alone pays about the first (calls`);
+      L.push(`that arrive together share it): at ${f2(x['redis-reads'].redisScriptsPerRequest)} script calls a read, about ${int(cc.lone * x['redis-reads'].redisScriptsPerRequest)} µs of the read's ${int(x['redis-reads'].redisCpuMicrosPerRequest)} µs; the rest is the records' writes.`);
+      L.push('');
+    }
   }
 
   const f = r.scenarios.f;
