@@ -71,8 +71,9 @@ export async function scenarioBookkeeping({ quick = false, dist = process.env.RP
     await admin.connect();
     const redisVersion = (await admin.info('server')).match(/redis_version:(\S+)/)?.[1] ?? null;
     log(`bookkeeping: redis-server ${redisVersion} on 127.0.0.1:${redis.port}; ${cfg.rounds} rounds × ${cfg.durationSec} s per variant and kind, autocannon ${cfg.connections} connections`);
-    const callCost = await redisCallCost(admin);
-    log(`   this host: Redis CPU per PING ${callCost.lone.toFixed(1)} µs one at a time, ${callCost.pipelined.toFixed(1)} µs pipelined (${callCost.count} each)`);
+    const { RECORD_BATCH } = await import(pathToFileURL(`${dist.replace(/\/?$/, '/')}store/redis/batch.js`).href);
+    const callCost = await redisCallCost(admin, RECORD_BATCH);
+    log(`   this host: Redis CPU per PING ${callCost.lone.toFixed(1)} µs one at a time, ${callCost.pipelined.toFixed(1)} µs pipelined; a read's records ${callCost.readAlone.toFixed(1)} µs in a call of their own, ${callCost.readInEight.toFixed(1)} µs in a call with seven other reads'`);
 
     const secret = randomBytes(24).toString('hex');
     const nodes = {
@@ -373,10 +374,12 @@ export async function stopRedis(redis) {
 /**
  * What a call costs Redis on this host, before any work: Redis CPU per PING
  * sent one at a time (each wakes Redis: a read, a reply, the system calls
- * around them) and per PING in pipelines of 100 (the same, shared). The first
- * is the floor under every script call a client makes alone.
+ * around them) and per PING in pipelines of 100 (the same, shared). Then a
+ * raced read's four records (three copies, one adoption; the request log's
+ * script) in a call of their own, and in a call holding eight reads' records,
+ * each call sent one at a time: what the records cost beside the call.
  */
-export async function redisCallCost(admin, count = 3000) {
+export async function redisCallCost(admin, recordBatch, count = 3000) {
   for (let i = 0; i < 200; i++) await admin.ping(); // warm
   const c0 = await redisCpuInfo(admin);
   for (let i = 0; i < count; i++) await admin.ping();
@@ -388,7 +391,38 @@ export async function redisCallCost(admin, count = 3000) {
   }
   const c2 = await redisCpuInfo(admin);
   // Each INFO between them is one call more: too small to matter over thousands.
-  return { count, lone: (c1 - c0) / count, pipelined: (c2 - c1) / count };
+  let seq = 0;
+  const reads = (n) => {
+    const keys = [];
+    const args = ['60000'];
+    for (let r = 0; r < n; r++) {
+      const id = `probe-${++seq}`;
+      for (let i = 0; i < 3; i++) {
+        keys.push(`probe:{${id}}:request`);
+        args.push('c0', id, `${id}-${i}`, JSON.stringify({ duplicateId: `${id}-${i}`, upstreamId: 'abc'[i], index: i, of: 3 }));
+      }
+      keys.push(`probe:{${id}}:request`);
+      args.push('a0', id, JSON.stringify({ duplicateIds: [`${id}-0`], upstreamIds: ['a'] }), '');
+    }
+    return admin.evalsha(recordBatch.sha, keys.length, ...keys, ...args);
+  };
+  await admin.script('LOAD', recordBatch.lua);
+  const calls = Math.floor(count / 3);
+  const c3 = await redisCpuInfo(admin);
+  for (let i = 0; i < calls; i++) await reads(1);
+  const c4 = await redisCpuInfo(admin);
+  for (let i = 0; i < calls; i++) await reads(8);
+  const c5 = await redisCpuInfo(admin);
+  const probes = await admin.keys('probe:*');
+  for (let i = 0; i < probes.length; i += 500) await admin.del(...probes.slice(i, i + 500));
+  return {
+    count,
+    lone: (c1 - c0) / count,
+    pipelined: (c2 - c1) / count,
+    calls,
+    readAlone: (c4 - c3) / calls,
+    readInEight: (c5 - c4) / (calls * 8),
+  };
 }
 
 /** Commands Redis ran (those inside scripts included), from `INFO commandstats`. */

@@ -281,9 +281,11 @@ export function markdown(r) {
     L.push('');
     const cc = d.redis.callCost;
     if (cc) {
-      L.push(`What a call costs this Redis on this host, measured before the rounds (${int(cc.count)} PINGs each, \`INFO cpu\`): ${f1(cc.lone)} µs of Redis CPU`);
-      L.push(`a PING sent one at a time, ${f1(cc.pipelined)} µs a PING in pipelines of 100. A script call that wakes Redis alone pays about the first (calls`);
-      L.push(`that arrive together share it): at ${f2(x['redis-reads'].redisScriptsPerRequest)} script calls a read, about ${int(cc.lone * x['redis-reads'].redisScriptsPerRequest)} µs of the read's ${int(x['redis-reads'].redisCpuMicrosPerRequest)} µs; the rest is the records' writes.`);
+      L.push(`What a call costs this Redis on this host, measured before the rounds (\`INFO cpu\`, calls sent one at a time unless said): a PING ${f1(cc.lone)} µs`);
+      L.push(`of Redis CPU, ${f1(cc.pipelined)} µs in pipelines of 100; a raced read's four records (the request log's script) ${f1(cc.readAlone)} µs in a call of their own,`);
+      L.push(`${f1(cc.readInEight)} µs a read in a call holding eight reads' records. A script call that wakes Redis alone pays about a PING's cost (calls that`);
+      L.push(`arrive together share it): at ${f2(x['redis-reads'].redisScriptsPerRequest)} script calls a read, about ${int(cc.lone * x['redis-reads'].redisScriptsPerRequest)} µs of the read's ${int(x['redis-reads'].redisCpuMicrosPerRequest)} µs; the rest is the records' writes,`);
+      L.push('dearer here than in the probe: Redis shares the two cores with the gateway, the replicas and the load generator.');
       L.push('');
     }
   }
