@@ -3,11 +3,16 @@
 // scenario f measures at the limit, alone, for comparing two builds of the
 // library side by side on the same host (one build's dist against another's).
 //
-//   node bench/saturation.mjs [--dist DIR] [--seconds N] [--rate N] [--max-delay MS] read|update
+//   node bench/saturation.mjs [--dist DIR] [--seconds N] [--rate N] [--max-delay MS] [--instructions] read|update
 //
 // `--rate N`: N requests a second, started one at a time and spread evenly
 // (light load, as from many clients) instead of as fast as they go.
 // `--max-delay MS`: the stores' `batch.maxDelay` (default 0).
+// `--instructions`: redis-server runs under valgrind's callgrind, which counts
+// the instructions it executes (its own and its libraries', not the kernel's):
+// Redis's work per request, the same from run to run whatever else the host
+// does, where its CPU time on a shared host is not. Redis runs some fifty
+// times slower there, so the requests/s and CPU figures mean nothing then.
 //
 // A read records three copies (three stores) and one adoption (a fourth); an
 // update records three copies, claims from the three (one is granted and
@@ -16,9 +21,11 @@
 // cpu), Redis commands per request (INFO commandstats, commands inside
 // scripts included) and the script calls per request by script.
 
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { createServer } from 'node:net';
-import { resolve } from 'node:path';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { Redis } from 'ioredis';
 import { storeTraffic } from './store-cost.js';
@@ -32,9 +39,12 @@ const dist = resolve(opt('--dist', new URL('../dist', import.meta.url).pathname)
 const seconds = Number(opt('--seconds', '5'));
 const rate = Number(opt('--rate', '0'));
 const maxDelay = Number(opt('--max-delay', '0'));
+const at = argv.indexOf('--instructions');
+const instructions = at !== -1;
+if (instructions) argv.splice(at, 1);
 const kind = argv[0] ?? 'update';
 if (!['read', 'update'].includes(kind) || !(seconds > 0 && seconds <= 60) || !(rate >= 0 && rate <= 20_000) || !(Number.isInteger(maxDelay) && maxDelay >= 0 && maxDelay <= 1000)) {
-  console.error('usage: node bench/saturation.mjs [--dist DIR] [--seconds 1-60] [--rate 0-20000] [--max-delay 0-1000] read|update');
+  console.error('usage: node bench/saturation.mjs [--dist DIR] [--seconds 1-60] [--rate 0-20000] [--max-delay 0-1000] [--instructions] read|update');
   process.exit(2);
 }
 const lib = await import(pathToFileURL(`${dist}/index.js`).href);
@@ -46,10 +56,14 @@ const port = await new Promise((done) => {
     probe.close(() => done(p));
   });
 });
-const server = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], { stdio: 'ignore' });
+const redisArgs = ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'];
+const profiles = instructions ? mkdtempSync(join(tmpdir(), 'rp-callgrind-')) : null;
+const server = instructions
+  ? spawn('valgrind', ['--tool=callgrind', `--callgrind-out-file=${profiles}/callgrind.out`, 'redis-server', ...redisArgs], { stdio: 'ignore' })
+  : spawn('redis-server', redisArgs, { stdio: 'ignore' });
 const admin = new Redis({ port, lazyConnect: true, retryStrategy: () => 50 });
 admin.on('error', () => undefined); // refused while redis-server starts: the loop below tries again
-for (let i = 0; i < 100; i++) {
+for (let i = 0; i < (instructions ? 400 : 100); i++) {
   try {
     await admin.connect();
     break;
@@ -84,12 +98,21 @@ const cpu = async () => {
 await run(1); // warm-up: scripts loaded, inboxes subscribed
 await admin.config('RESETSTAT');
 for (const k of Object.keys(scriptCalls)) delete scriptCalls[k];
+// callgrind counts from here (its counters zeroed) to the dump after the run.
+if (instructions) execFileSync('callgrind_control', ['-z', String(server.pid)], { stdio: 'ignore' });
 const cpu0 = await cpu();
 const t0 = performance.now();
 const { requests: done, failed } = await run(seconds);
 const elapsed = (performance.now() - t0) / 1000;
 const micros = (await cpu()) - cpu0;
-console.log(`${kind}: ${Math.round(done / elapsed)} requests/s, ${failed} failed, Redis at ${((100 * micros) / (elapsed * 1e6)).toFixed(0)}% of a core, ${(micros / done).toFixed(1)} µs per ${kind}`);
+if (instructions) {
+  execFileSync('callgrind_control', ['-d', String(server.pid)], { stdio: 'ignore' });
+  const dump = readFileSync(`${profiles}/callgrind.out.1`, 'utf8');
+  const total = Number(/^(?:summary|totals): (\d+)/m.exec(dump)[1]);
+  console.log(`${kind}: ${done} requests, ${failed} failed; Redis executed ${Math.round(total / done).toLocaleString('en-US')} instructions per ${kind} (callgrind, ${total.toLocaleString('en-US')} in all)`);
+} else {
+  console.log(`${kind}: ${Math.round(done / elapsed)} requests/s, ${failed} failed, Redis at ${((100 * micros) / (elapsed * 1e6)).toFixed(0)}% of a core, ${(micros / done).toFixed(1)} µs per ${kind}`);
+}
 const stats = await admin.info('commandstats');
 const commands = [...stats.matchAll(/^cmdstat_([^:]+):calls=(\d+)/gm)].filter((m) => !['info', 'config'].includes(m[1])).map((m) => `${m[1].toUpperCase()} ${(m[2] / done).toFixed(2)}`);
 console.log(`  commands per ${kind}: ${commands.join(', ')}`);
@@ -101,3 +124,7 @@ for (const store of stores) await store.close();
 for (const client of clients) client.disconnect();
 admin.disconnect();
 server.kill();
+if (profiles) {
+  await new Promise((r) => server.once('exit', r));
+  rmSync(profiles, { recursive: true, force: true });
+}

@@ -107,6 +107,39 @@ describe('RedisSessionStore: the request log in batches', () => {
     expect(record!.copies.map((c) => c.duplicateId)).toEqual(['a', 'b']);
   });
 
+  it("writes each record's time in whole milliseconds by the Redis clock, and its number", async () => {
+    const prefix = `rp-batch-time:${randomUUID()}:`;
+    const { store } = await open({ prefix });
+    const rid = randomUUID();
+    const before = Date.now();
+    await store.recordCopy(copy(rid, 'a'));
+    await store.recordCopy(copy(rid, 'b'));
+    await store.recordAdoption({ requestId: rid, sessionId: '', update: false, duplicateIds: ['b'], upstreamIds: ['up-b'] });
+    await store.recordCancelled(rid, 'a');
+    const after = Date.now();
+    const hash = await admin.hgetall(`${prefix}{r:${rid}}`);
+    // Redis and this process share the clock: the times fall between.
+    const [n1, at1] = hash['c:a']!.split('|');
+    const [n2, at2] = hash['c:b']!.split('|');
+    expect([n1, n2, hash['x:a']]).toEqual(['1', '2', '4']);
+    for (const at of [at1!, at2!, hash.adopted!.split('|')[0]!]) {
+      expect(at).toMatch(/^\d{13}$/);
+      expect(Number(at)).toBeGreaterThanOrEqual(before - 5);
+      expect(Number(at)).toBeLessThanOrEqual(after + 5);
+    }
+  });
+
+  it('builds the time from TIME as seconds and zero-padded milliseconds', async () => {
+    // The script's own line, run on the TIME replies that need the padding.
+    const line = /^local at = .*$/m.exec(RECORD_BATCH.lua)![0];
+    const at = (sec: string, usec: string) => admin.eval(`local t = {ARGV[1], ARGV[2]}\n${line}\nreturn at`, 0, sec, usec);
+    await expect(at('1764640000', '0')).resolves.toBe('1764640000000');
+    await expect(at('1764640000', '5000')).resolves.toBe('1764640000005');
+    await expect(at('1764640000', '999')).resolves.toBe('1764640000000');
+    await expect(at('1764640000', '42999')).resolves.toBe('1764640000042');
+    await expect(at('1764640000', '999999')).resolves.toBe('1764640000999');
+  });
+
   it('keeps the request\'s session id and update flag as the first record gave them, whatever the id holds', async () => {
     const { store } = await open();
     for (const [sessionId, update] of [['sé|{x}\n 1', true], ['', false], ['0', true]] as const) {

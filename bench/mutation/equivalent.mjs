@@ -100,4 +100,5 @@ export const EQUIVALENT = [
   { file: 'lib/store/redis/batch.ts', script: 'LUA', code: 'local stamped = v > 1099511627776', mutator: 'Lua boundary', reason: 'v is never 2^40 exactly: a plain count stays far below it, a stamped one (a second since 1970 times 2^20) far above' },
   { file: 'lib/store/redis/batch.ts', script: 'LUA', code: "elseif redis.call('PTTL', key) < long then", mutator: 'Lua boundary', reason: 'at equality the same TTL is set again' },
   { file: 'lib/store/redis/batch.ts', script: 'LUA', code: 'if math.floor(v / 1048576) * 1000 - now < ttl then', mutator: 'Lua boundary', reason: 'at exactly ttl ms before the noted second, not touching leaves the key exactly ttl: both keep it at least ttl (a clock boundary no test can hit at will)' },
+  { file: 'lib/store/redis/batch.ts', script: 'LUA', code: "elseif redis.call('PTTL', key) < ttl then", mutator: 'Lua boundary', reason: 'Redis before 7: at a TTL of exactly ttl ms, setting it to ttl + slack or leaving it both keep the key at least ttl (a clock boundary no test can hit at will)' },
 ];
