@@ -340,6 +340,13 @@ export function markdown(r) {
       L.push('');
       L.push('Batches and commands per system call grow with the load, so Redis spends less per request at the limit than at the light load of the table above.');
       L.push('');
+      const ins = f.instructions;
+      if (ins?.read) {
+        L.push(`Redis's own work for the same traffic, counted instead of timed (\`bench/saturation.mjs --instructions\`: redis-server under valgrind's callgrind,`);
+        L.push(`which counts the instructions it executes, its libraries' included, the kernel's not): ${int(ins.read.instructionsPerRequest)} instructions per raced read, ${int(ins.update.instructionsPerRequest)} per`);
+        L.push(`committed update (over ${int(ins.read.requests)} reads and ${int(ins.update.requests)} updates). The count moves by well under 1% from run to run (the batches vary a little) whatever else the host does: compare builds by it.`);
+        L.push('');
+      }
     }
     const sp = f.spread;
     if (sp) {

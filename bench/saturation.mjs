@@ -10,9 +10,10 @@
 // `--max-delay MS`: the stores' `batch.maxDelay` (default 0).
 // `--instructions`: redis-server runs under valgrind's callgrind, which counts
 // the instructions it executes (its own and its libraries', not the kernel's):
-// Redis's work per request, the same from run to run whatever else the host
-// does, where its CPU time on a shared host is not. Redis runs some fifty
-// times slower there, so the requests/s and CPU figures mean nothing then.
+// Redis's work per request, the same from run to run within a fraction of 1%
+// (the batches vary a little) whatever else the host does, where its CPU time
+// on a shared host is not. Redis runs some fifty times slower there, so the
+// requests/s and CPU figures mean nothing then.
 //
 // A read records three copies (three stores) and one adoption (a fourth); an
 // update records three copies, claims from the three (one is granted and

@@ -30,6 +30,7 @@
 // Run alone: `node bench/store-cost.js [--quick]` (JSON on stdout). From
 // bench/run.js: scenarioStoreCost({ quick, dist, log }).
 
+import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import http from 'node:http';
 import os from 'node:os';
@@ -97,6 +98,7 @@ export async function scenarioStoreCost({ quick = false, dist = process.env.RP_B
     let spread = null;
     let saturation = null;
     let clusterSaturation = null;
+    let instructions = null;
     for (const variant of ['memory', 'redis', 'cluster']) {
       const backend = backends[variant];
       const node = forkChild(SELF, ['--child', JSON.stringify({ variant, secret, ...backend.child })], { name: `store-cost ${variant}`, dist, children });
@@ -142,6 +144,7 @@ export async function scenarioStoreCost({ quick = false, dist = process.env.RP_B
         }
         if (variant === 'cluster') spread = await clusterSpread(Pool, origin, node, backend.admins, cfg, log);
         if (variant === 'redis') saturation = await saturate(node, backend.admins, cfg, log);
+        if (variant === 'redis') instructions = await countInstructions(dist, cfg, log);
         if (variant === 'cluster') clusterSaturation = await saturate(node, backend.admins, cfg, log, ' on Cluster (CPU of the 3 shards added up)');
       } finally {
         await stopChild(node.child);
@@ -162,6 +165,7 @@ export async function scenarioStoreCost({ quick = false, dist = process.env.RP_B
       spread,
       saturation,
       clusterSaturation,
+      instructions,
       durationSec: (performance.now() - started) / 1000,
     };
   } finally {
@@ -256,6 +260,33 @@ async function saturate(node, admins, cfg, log, label = '') {
 }
 
 const round2 = (x) => Math.round(x * 100) / 100;
+
+/**
+ * Redis's own work per raced read and per committed update, in instructions
+ * (bench/saturation.mjs --instructions: the same store traffic as `saturate`,
+ * against a redis-server under valgrind's callgrind). Unlike its CPU time on a
+ * shared host, the count moves little from run to run. null without valgrind.
+ */
+async function countInstructions(dist, cfg, log) {
+  const run = (args) =>
+    new Promise((resolve) => execFile(args[0], args.slice(1), { timeout: 120_000 }, (err, stdout) => resolve(err ? null : stdout)));
+  if ((await run(['valgrind', '--version'])) === null) {
+    log('   instructions: valgrind is not installed, skipped');
+    return null;
+  }
+  const out = {};
+  for (const kind of ['read', 'update']) {
+    const stdout = await run([process.execPath, fileURLToPath(new URL('./saturation.mjs', import.meta.url)), '--dist', dist, '--instructions', '--seconds', String(cfg.saturationSeconds), kind]);
+    const m = stdout && /: (\d+) requests, (\d+) failed; Redis executed ([\d,]+) instructions per/.exec(stdout);
+    if (!m) {
+      log(`   instructions, ${kind}: bench/saturation.mjs --instructions gave no figure`);
+      return null;
+    }
+    out[kind] = { requests: Number(m[1]), failed: Number(m[2]), instructionsPerRequest: Number(m[3].replaceAll(',', '')) };
+    log(`   instructions, ${kind}s' store traffic (copies 3, callgrind): ${m[3]} Redis instructions per ${kind} over ${m[1]} ${kind}s`);
+  }
+  return out;
+}
 
 /**
  * On the cluster: reads and updates with sessions (alternating batches), then keys,
