@@ -244,6 +244,24 @@ describe('Ejector: stale reports, probation and the streak (pure logic, injected
     expect(a.log).toEqual(['ejected a for 100']);
   });
 
+  it("a worker's 503 for its session store is not judged when no copy of the request got through; it is when another did", () => {
+    const down = (upstream: string) => ({ upstream, outcome: 'rejected', status: 503, error: null, storeUnavailable: true });
+    const app503 = (upstream: string) => ({ upstream, outcome: 'rejected', status: 503, error: null });
+    const ok = (upstream: string) => ({ upstream, outcome: 'won', status: 200, error: null });
+    // The store is down for every replica: nobody is ejected.
+    const all = make();
+    all.ej.record({ outcome: 'failed', copies: [down('a'), down('b'), down('c')] } as unknown as RaceReport, all.ej.epoch);
+    expect(all.log).toEqual([]);
+    // A copy that failed otherwise is no answer that got through: still not judged.
+    const mixed = make();
+    mixed.ej.record({ outcome: 'failed', copies: [down('a'), app503('b')] } as unknown as RaceReport, mixed.ej.epoch);
+    expect(mixed.log).toEqual(['ejected b for 100']);
+    // Another replica's copy got an answer through the store: a's store is the one failing.
+    const alone = make();
+    alone.ej.record({ outcome: 'won', copies: [down('a'), ok('b')] } as unknown as RaceReport, alone.ej.epoch);
+    expect(alone.log).toEqual(['ejected a for 100']);
+  });
+
   it('a copy marked `timeout` is a failure, whether it never answered or its body stalled', () => {
     const never = { outcome: 'timeout', copies: [{ upstream: 'a', outcome: 'stopped', status: null, error: 'timeout' }] } as unknown as RaceReport;
     const stalled = { outcome: 'timeout', copies: [{ upstream: 'a', outcome: 'drained', status: 200, error: 'timeout' }] } as unknown as RaceReport;

@@ -228,6 +228,26 @@ describe('RedisSessionStore keys', () => {
   });
 });
 
+describe('RedisSessionStore: what it cannot read back', () => {
+  it('fails a read of garbled data with RP_ERR_STORE_UNAVAILABLE (503), the parse error as its cause', async () => {
+    const prefix = `rp-test:${randomUUID()}:`;
+    const store = await open({ prefix });
+    const cases: Array<[string, string]> = [['garbled', '{garbled'], ['null', 'null'], ['array', '[1]'], ['number', '5']];
+    for (const [sessionId, data] of cases) {
+      await admin.hset(`${prefix}{s:${sessionId}}`, 'sessionId', sessionId, 'data', data, 'version', '1', 'updatedAt', '1');
+      const err = await store.getSession(sessionId).then(() => null, (e: unknown) => e);
+      expect(err).toMatchObject({ code: 'RP_ERR_STORE_UNAVAILABLE', status: 503 });
+      expect((err as Error).message).toContain(sessionId);
+      expect((err as { cause?: unknown }).cause).toBeInstanceOf(Error);
+    }
+    await admin.hset(`${prefix}{s:fine}`, 'sessionId', 'fine', 'data', '{"n":1}', 'version', '1', 'updatedAt', '1');
+    await expect(store.getSession('fine')).resolves.toMatchObject({ data: { n: 1 } });
+    // A request record whose copy is garbled.
+    await admin.hset(`${prefix}{r:broken}`, 'requestId', 'broken', 'c:x', '1|2|{nope');
+    await expect(store.getRequest('broken')).rejects.toMatchObject({ code: 'RP_ERR_STORE_UNAVAILABLE', status: 503 });
+  });
+});
+
 describe('RedisSessionStore idempotency keys', () => {
   const answer = { status: 201, headers: { 'content-type': 'text/plain' }, body: 'b2s=' };
 

@@ -1,11 +1,12 @@
 import { afterAll, describe, expect, it } from '@jest/globals';
 import type { IncomingMessage } from 'node:http';
-import { MemorySessionStore, redundantProxy, type RedundantHandle, type SessionStore } from '../../lib/index.js';
+import { MemorySessionStore, redundantProxy, type RaceReport, type RedundantHandle, type SessionStore } from '../../lib/index.js';
 import { testClient } from '../helpers/client.js';
 import { mountGateway } from '../helpers/gateway.js';
-import { startReplica } from '../helpers/replica.js';
+import { eventually, startReplica } from '../helpers/replica.js';
 import { closeAfterEach } from '../helpers/cleanup.js';
 import { sleep } from '../helpers/upstream.js';
+import { mintSignedSessionId } from '../../lib/proxy/session.js';
 
 const client = testClient();
 const open = closeAfterEach();
@@ -94,6 +95,127 @@ describe.each(['throws', 'hangs'] as Mode[])('a store that %s', (mode) => {
     expect(res.json()).toMatchObject({ code: 'RP_ERR_STORE_UNAVAILABLE' });
     expect(ran).toBe(0);
     expect(failures).toHaveLength(1);
+  });
+});
+
+describe('a claim the store cannot decide', () => {
+  it('answers 503 and reports it as an error event of the worker (operation claim)', async () => {
+    class ClaimsDown extends MemorySessionStore {
+      override claim(): Promise<never> {
+        return Promise.reject(new Error('store is down'));
+      }
+    }
+    const store = new ClaimsDown();
+    open.push(store);
+    let committed = 0;
+    const r = await startReplica('express', { id: 'a', store }, async (h) => {
+      await h.commitOnce(async () => void committed++);
+      return { body: {} };
+    });
+    const failures: Array<{ operation: string; error: unknown; requestId: string }> = [];
+    r.worker.on('error', (e) => failures.push(e as { operation: string; error: unknown; requestId: string }));
+    open.push(r);
+    const proxy = redundantProxy({ upstreams: [{ id: 'a', url: r.url }], store });
+    const gw = await mountGateway('node', proxy);
+    open.push(gw, proxy);
+    const res = await client.send(`${gw.url}/pay`, { method: 'POST', body: '{}', headers: { 'content-type': 'application/json' } });
+    expect(res.status).toBe(503);
+    expect(res.json()).toMatchObject({ code: 'RP_ERR_STORE_UNAVAILABLE' });
+    expect(committed).toBe(0);
+    expect(failures).toHaveLength(1);
+    expect(failures[0]).toMatchObject({ operation: 'claim', requestId: res.headers['x-request-id'] });
+    expect((failures[0]!.error as Error).message).toBe('store is down');
+  });
+
+  it('does not eject the replicas when the store is down for all of them: their 503 says it was the store', async () => {
+    class ClaimsDown extends MemorySessionStore {
+      override claim(): Promise<never> {
+        return Promise.reject(new Error('store is down'));
+      }
+    }
+    const store = new ClaimsDown();
+    open.push(store);
+    const replicas = [];
+    for (const id of ['a', 'b']) {
+      const r = await startReplica('koa', { id, store }, async (h, req) => {
+        if (req.method === 'POST') await h.commitOnce(async () => undefined);
+        return { body: {} };
+      });
+      r.worker.on('error', () => undefined);
+      open.push(r);
+      replicas.push(r);
+    }
+    const proxy = redundantProxy({ upstreams: replicas.map((r) => ({ id: r.id, url: r.url })), store, ejection: { consecutiveFailures: 1, maxEjectedPercent: 100 } });
+    const ejected: string[] = [];
+    proxy.on('upstream:ejected', (e) => ejected.push(e.upstream));
+    const reports: RaceReport[] = [];
+    proxy.on('race:end', (r) => reports.push(r));
+    const gw = await mountGateway('node', proxy);
+    open.push(gw, proxy);
+    // Reads first, until the proxy knows both run the worker (updates go to every copy then).
+    for (let i = 0; i < 50 && !Object.values(proxy.metrics().upstreams).every((u) => u.worker); i++) await client.send(`${gw.url}/health`);
+    for (let i = 0; i < 3; i++) {
+      const res = await client.send(`${gw.url}/pay`, { method: 'POST', body: '{}', headers: { 'content-type': 'application/json' } });
+      expect(res.status).toBe(503);
+      expect(res.json()).toMatchObject({ code: 'RP_ERR_STORE_UNAVAILABLE' });
+    }
+    await eventually(() => reports.filter((r) => r.copies.some((c) => c.storeUnavailable)).length === 3 || undefined);
+    const updates = reports.filter((r) => r.copies.some((c) => c.storeUnavailable));
+    for (const r of updates) expect(r.copies.map((c) => [c.status, c.storeUnavailable])).toEqual([[503, true], [503, true]]);
+    expect(ejected).toEqual([]);
+  });
+});
+
+describe('a session the store cannot load', () => {
+  // With a secret the proxy takes a signed session id back without asking the
+  // store: the session is known, and only the worker's load fails.
+  const SECRET = 'store-failures-secret-0123456789';
+  const cookie = `rp_session=${mintSignedSessionId(SECRET)}`;
+  /** A working store but for getSession, which rejects (garbled data, a store error). */
+  class SessionsUnreadable extends MemorySessionStore {
+    override getSession(): Promise<never> {
+      return Promise.reject(new SyntaxError('Unexpected token g in JSON'));
+    }
+  }
+
+  it('fails an update closed with 503 before its handler runs: nothing is decided from an empty session', async () => {
+    const store = new SessionsUnreadable();
+    open.push(store);
+    let ran = 0;
+    let committed = 0;
+    const r = await startReplica('koa', { id: 'a', store, secret: SECRET }, async (h) => {
+      ran++;
+      await h.commitOnce(async () => void committed++);
+      return { body: { n: ((h.session.data.n as number) ?? 0) + 1 } };
+    });
+    const failures: Array<{ operation?: string }> = [];
+    r.worker.on('error', (e) => failures.push(e as { operation?: string }));
+    open.push(r);
+    const proxy = redundantProxy({ upstreams: [{ id: 'a', url: r.url }], store, secret: SECRET });
+    proxy.on('error', () => undefined);
+    const gw = await mountGateway('node', proxy);
+    open.push(gw, proxy);
+    const res = await client.send(`${gw.url}/pay`, { method: 'POST', body: '{}', headers: { cookie, 'content-type': 'application/json' } });
+    expect(res.status).toBe(503);
+    expect(res.json()).toMatchObject({ code: 'RP_ERR_STORE_UNAVAILABLE' });
+    expect(ran).toBe(0);
+    expect(committed).toBe(0);
+    expect(failures.some((f) => f.operation === 'getSession')).toBe(true);
+  });
+
+  it('serves a read with an empty session', async () => {
+    const store = new SessionsUnreadable();
+    open.push(store);
+    const r = await startReplica('koa', { id: 'a', store, secret: SECRET }, (h) => ({ body: { keys: Object.keys(h.session.data) } }));
+    r.worker.on('error', () => undefined);
+    open.push(r);
+    const proxy = redundantProxy({ upstreams: [{ id: 'a', url: r.url }], store, secret: SECRET });
+    proxy.on('error', () => undefined);
+    const gw = await mountGateway('node', proxy);
+    open.push(gw, proxy);
+    const res = await client.send(`${gw.url}/r`, { headers: { cookie } });
+    expect(res.status).toBe(200);
+    expect(res.json()).toEqual({ keys: [] });
   });
 });
 

@@ -106,8 +106,16 @@ export class Ejector {
 
   /** Judges every copy of a finished race, planned in `epoch`. */
   record(race: RaceReport, epoch: number): void {
+    // A worker whose session store failed answers 503 with a mark: when the
+    // store is down it is down for every replica, so that says nothing of
+    // this one, unless another copy got an answer through.
+    let through: boolean | undefined;
     for (const copy of race.copies) {
-      const v = verdict(copy);
+      let v = verdict(copy);
+      if (v === 'failure' && copy.storeUnavailable) {
+        through ??= race.copies.some((c) => c !== copy && !c.storeUnavailable && verdict(c) === 'success');
+        if (!through) v = null;
+      }
       if (v === null) continue;
       const h = this.#health.get(copy.upstream)!;
       // Planned before its last ejection or return: it says nothing of now.

@@ -1,7 +1,7 @@
 import type { Dispatcher } from 'undici';
 import { codes, RedundantProxyError } from '../errors.js';
 import type { TimerHandle } from '../time.js';
-import { COMMIT, H } from '../wire/protocol.js';
+import { COMMIT, FLAG_ON, H } from '../wire/protocol.js';
 import { detachedResponse, sendError } from './respond.js';
 import { raceReport, type CapturedAnswer, type RaceOutcome, type RaceReport } from './report.js';
 import type { Upstream } from './options.js';
@@ -157,6 +157,7 @@ export class Race implements CopyHost, HedgeHost, Judge<Copy>, RaceCore {
   head(copy: Copy, status: number, headers: Headers): void {
     const { input } = this;
     copy.report.status = status;
+    if (status === 503 && headers[H.storeUnavailable] === FLAG_ON) copy.report.storeUnavailable = true;
     copy.report.latency = input.time.now() - copy.startedAt;
     if (headers[H.worker] === '1') input.observer.workerSeen(copy.upstream.id);
     // Another copy committed already: the store's arbitration failed.

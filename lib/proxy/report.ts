@@ -55,6 +55,8 @@ export interface CopyReport {
   hedged: boolean;
   /** Times it was sent again after its connection failed before the request went out (the `retry` option); absent when never. */
   retries?: number;
+  /** True when its worker answered `503` because its session store failed (`RP_ERR_STORE_UNAVAILABLE`); absent otherwise. */
+  storeUnavailable?: boolean;
 }
 
 export type RaceOutcome =

@@ -21,7 +21,7 @@ import { Batcher, GET_SESSIONS, RECORD_BATCH, RecordBatcher, recordHead, type Ba
 import { RedisKeys } from './redis/keys.js';
 import { PubSub } from './redis/pubsub.js';
 import { OPTIONS, type RedisSessionStoreOptions } from './redis/options.js';
-import { millis, pairs, toRequestRecord } from './redis/records.js';
+import { millis, pairs, readStored, toRequestRecord } from './redis/records.js';
 import { ADOPT_CANDIDATE, BEGIN_IDEMPOTENT, CLAIM, CLAIM_BATCH, COMPLETE_IDEMPOTENT, CONFIRM, CONFIRM_BATCH, NEXT_FENCE, RELEASE, SAVE_CANDIDATE, type Script } from './redis/scripts.js';
 
 export type { RedisSessionStoreOptions } from './redis/options.js';
@@ -203,14 +203,19 @@ export class RedisSessionStore implements SessionStore {
   async getRequest(requestId: string): Promise<RequestRecord | undefined> {
     this.#assertOpen();
     const hash = await this.#guard('getRequest', this.#client.hgetall(this.#keys.request(requestId)));
-    return hash.requestId === undefined ? undefined : toRequestRecord(hash);
+    return hash.requestId === undefined ? undefined : readStored(`a request record (${requestId})`, () => toRequestRecord(hash));
   }
 
   async getSession(sessionId: string): Promise<SessionRecord | undefined> {
     this.#assertOpen();
     const hash = pairs(await this.#sessionReads.add({ key: this.#keys.session(sessionId), args: [] }));
     if (hash.data === undefined) return undefined;
-    return { sessionId, data: JSON.parse(hash.data) as Record<string, unknown>, version: Number(hash.version), updatedAt: Number(hash.updatedAt) };
+    const data = readStored(`session data (${sessionId})`, () => {
+      const parsed: unknown = JSON.parse(hash.data!);
+      if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) throw new TypeError(`session data is ${Array.isArray(parsed) ? 'an array' : String(parsed)}, not an object`);
+      return parsed as Record<string, unknown>;
+    });
+    return { sessionId, data, version: Number(hash.version), updatedAt: Number(hash.updatedAt) };
   }
 
   async claim(requestId: string, duplicateId: string, options: ClaimOptions): Promise<ClaimGrant> {
@@ -265,7 +270,7 @@ export class RedisSessionStore implements SessionStore {
     const [state, rid, third] = reply as [string, string?, (string | number)?];
     if (state === 'mismatch') return { state };
     if (state === 'started') return { state, requestId: rid!, attempt: Number(third) };
-    if (state === 'completed') return { state, requestId: rid!, answer: JSON.parse(String(third)) as StoredAnswer };
+    if (state === 'completed') return { state, requestId: rid!, answer: readStored(`an idempotency key's answer (${key})`, () => JSON.parse(String(third)) as StoredAnswer) };
     return { state: 'in-flight', requestId: rid! };
   }
 

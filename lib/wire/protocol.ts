@@ -53,6 +53,13 @@ export const ANSWER_HEADERS = {
    * failure, never as an answer.
    */
   refused: 'x-redundant-refused',
+  /**
+   * `1` on a worker's `503` `RP_ERR_STORE_UNAVAILABLE`: its session store
+   * failed, not its application. The proxy's outlier ejection does not count
+   * it against the upstream unless another copy of the same request got an
+   * answer through (then this upstream's store is the one failing).
+   */
+  storeUnavailable: 'x-redundant-store-unavailable',
   /** To the client: the label of the upstream whose answer was adopted. */
   servedBy: 'x-redundant-served-by',
 } as const;

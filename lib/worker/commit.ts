@@ -70,6 +70,8 @@ export interface CommitGateInput {
   mayClaim?: () => Promise<void>;
   /** The commit stands although the store did not record it as this copy's (see `Claim.confirm`). */
   onLateConfirm?: (fence: number, reason: 'lease-lost' | 'store-unavailable', error: unknown) => void;
+  /** A claim the store could not decide (it failed or did not answer): the copy answers 503, and this says why. */
+  onStoreError?: (operation: 'claim', error: unknown) => void;
   /** Told each step of the arbitration, with the fence once granted (the copy's span events, lib/worker/tracing.ts). */
   onStep?: (step: CommitStep, fence: number | undefined) => void;
 }
@@ -111,6 +113,7 @@ export function commitGate(input: CommitGateInput): CommitGate {
       if (isSupersededError(err)) lose(err);
       if (signal.aborted) throw signal.reason;
       // Fail closed: without the store there is no arbitration, so no commit.
+      input.onStoreError?.('claim', err);
       throw new RedundantProxyError(codes.STORE_UNAVAILABLE, 'the session store is unavailable: the update cannot be arbitrated, nothing was committed', { status: 503, cause: err });
     }
     // A copy stopped while its claim was granted (the proxy gave up on it, or

@@ -21,6 +21,7 @@ function errorAnswer(err: RedundantProxyError, refused: boolean): JsonAnswer {
   if (lost) headers[H.commit] = COMMIT.lost;
   else if (err.code === codes.ALREADY_APPLIED) headers[H.commit] = COMMIT.applied;
   if (refused && err.status === 401) headers[H.refused] = err.code;
+  if (err.code === codes.STORE_UNAVAILABLE) headers[H.storeUnavailable] = FLAG_ON;
   return { status: lost ? 409 : err.status, body: err.toJSON(), headers };
 }
 

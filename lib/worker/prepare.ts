@@ -73,6 +73,7 @@ function commitGateFor(w: WorkerContext, requestId: string, duplicateId: string,
     // A signed copy claims only once its body arrived whole and matched the signature.
     mayClaim: body && (() => body.verified()),
     onLateConfirm: (fence, reason, error) => w.events.emit('lateConfirm', { requestId, duplicateId, fence, reason, error }),
+    onStoreError: (operation, error) => w.report(requestId, operation, error),
     onStep: trace?.span.isRecording() ? (step, fence) => trace.step(step, fence) : undefined,
   });
   if (trace) trace.gate = gate;
@@ -176,8 +177,13 @@ export async function prepare(w: WorkerContext, req: IncomingMessage, res: Serve
       handle.session.data = loaded.data;
       sessionBefore = JSON.stringify(loaded.data);
     } else {
-      // Without the adopted state, a candidate would overwrite it with a guess: serve, but save nothing.
       w.report(c.requestId, 'getSession', loaded.err);
+      // An update would commit what it decided from an empty session: fail closed.
+      if (c.update) {
+        throw new RedundantProxyError(codes.STORE_UNAVAILABLE, 'the session could not be loaded from the session store; the update was not processed', { status: 503, cause: loaded.err });
+      }
+      // A read is served without the adopted state; a candidate would
+      // overwrite that state with a guess, so nothing is saved.
     }
   }
   // The body may have ended, forged, while the copy was recorded: the handler must not run then.

@@ -57,13 +57,18 @@ export interface RedundantHandle {
 
 export interface WorkerErrorEvent {
   requestId: string;
-  /** What failed: recording the copy, loading the session, saving the candidate. */
-  operation: 'recordCopy' | 'getSession' | 'saveCandidate';
+  /**
+   * What failed: recording the copy, loading the session, saving the
+   * candidate, or an update's claim (the copy then answered 503
+   * `RP_ERR_STORE_UNAVAILABLE`, as it does when an update's copy cannot be
+   * recorded or its session loaded).
+   */
+  operation: 'recordCopy' | 'getSession' | 'saveCandidate' | 'claim';
   error: unknown;
 }
 
 export interface WorkerEvents {
-  /** A bookkeeping operation failed; the request was still served. */
+  /** A store operation failed: a read was still served; an update was refused with 503 (see `operation`). */
   error: WorkerErrorEvent;
   /**
    * A copy was refused with 401 before the handler ran; or a signed copy's

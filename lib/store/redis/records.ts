@@ -1,6 +1,20 @@
+import { RedundantProxyError, codes } from '../../errors.js';
 import type { CommitRecord, CopyRecord, RequestRecord } from '../types.js';
 
 // Replies of the Redis store's scripts and hashes, read back.
+
+/**
+ * Reads what the store wrote earlier; what cannot be read (data written by
+ * something else under the store's prefix, a value cut short) fails the call
+ * as the store being unavailable would, with the parse error as its cause.
+ */
+export function readStored<T>(what: string, read: () => T): T {
+  try {
+    return read();
+  } catch (err) {
+    throw new RedundantProxyError(codes.STORE_UNAVAILABLE, `the session store (Redis) holds ${what} that cannot be read`, { status: 503, cause: err });
+  }
+}
 
 /** Whole milliseconds, at least 1, for PEXPIRE. */
 export function millis(ms: number): number {

@@ -49,11 +49,17 @@ export interface Script {
 
 
 const PRELUDE = `
--- The Redis clock: milliseconds, and microseconds (for fencing tokens).
+-- The Redis clock: milliseconds, and microseconds (for fencing tokens), read
+-- once a call (a script runs as one instant; a batch's claims take their
+-- tokens from the counter, above this floor).
+local clock_ms, clock_us
 local function clock()
-  local t = redis.call('TIME')
-  local s, us = tonumber(t[1]), tonumber(t[2])
-  return s * 1000 + math.floor(us / 1000), s * 1000000 + us
+  if not clock_ms then
+    local t = redis.call('TIME')
+    local s, us = tonumber(t[1]), tonumber(t[2])
+    clock_ms, clock_us = s * 1000 + math.floor(us / 1000), s * 1000000 + us
+  end
+  return clock_ms, clock_us
 end
 local function now_ms()
   local ms = clock()
@@ -95,7 +101,7 @@ local function wake(waiters, prefix, message)
 end
 local function promote(key, sid, data, ttl)
   redis.call('HSET', key, 'sessionId', sid, 'data', data, 'updatedAt', num(now_ms()))
-  redis.call('HINCRBY', key, 'version', 1)
+  redis.call('HINCRBY', key, 'version', '1')
   redis.call('PEXPIRE', key, ttl)
 end
 `;
@@ -179,9 +185,11 @@ local function claim(key, fence_key, rid, dup, lease, ttl, given, inbox)
     if h[5] and fence <= tonumber(h[5]) then return {'stale'} end
   end
   local leaseUntil = now + tonumber(lease)
-  redis.call('HSET', key, 'state', 'claimed', 'holder', dup, 'fence', num(fence), 'leaseUntil', num(leaseUntil), 'lastFence', num(fence))
-  -- The commit state must outlive the lease.
-  touch(key, math.max(tonumber(ttl), tonumber(lease)), fresh)
+  local f = num(fence)
+  redis.call('HSET', key, 'state', 'claimed', 'holder', dup, 'fence', f, 'leaseUntil', num(leaseUntil), 'lastFence', f)
+  -- The commit state must outlive the lease (the longer of the two strings
+  -- as given: a number passed to redis.call is formatted as a float).
+  if tonumber(lease) > tonumber(ttl) then touch(key, lease, fresh) else touch(key, ttl, fresh) end
   return {'granted', fence, leaseUntil}
 end
 `;
