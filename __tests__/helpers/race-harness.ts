@@ -222,6 +222,7 @@ export class Harness {
         refused: () => undefined,
         cancelled: (_id, copy, committed) => void this.cancelled.push({ copy: { ...copy }, committed: { ...committed } }),
         error: (_id, source, error) => void this.errors.push({ source, error }),
+        secondCommit: (_id, error) => void this.errors.push({ source: 'internal', error }),
       },
       beforeHead: config.asyncHead ? () => this.#later({ 'x-adopted': '1' }) : undefined,
       beforeEnd: config.beforeEnd ? () => this.#later(undefined) : undefined,

@@ -123,6 +123,7 @@ async function race(scripts: Script[], extra: Partial<RaceInput> = {}, vt = new 
       ...UNOBSERVED,
       cancelled: (_requestId, copy) => void cancels.push(copy),
       error: (_requestId, source, err) => void (source === 'select' ? selectErrors : errors).push(err),
+      secondCommit: (_requestId, err) => void errors.push(err),
     },
     capture: 0,
     ...extra,

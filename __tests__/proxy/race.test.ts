@@ -1,4 +1,4 @@
-import { afterAll, describe, expect, it } from '@jest/globals';
+import { afterAll, describe, expect, it, jest } from '@jest/globals';
 import { redundantProxy, type ProxyOptions } from '../../lib/index.js';
 import { testClient } from '../helpers/client.js';
 import { frameworks, mountGateway, raceFixture, type Framework } from '../helpers/gateway.js';
@@ -112,6 +112,29 @@ describe('custom accept and copies', () => {
     // The only answer was refused, so it is passed through as the upstream's own.
     expect(res.status).toBe(200);
     expect(errors).toHaveLength(1);
+  });
+
+  it('without an error listener, says the first failure of each source on the console, once', async () => {
+    const spy = jest.spyOn(console, 'warn').mockImplementation(() => undefined);
+    try {
+      const up = await startUpstream(after(1));
+      open.push(up);
+      const proxy = redundantProxy({
+        upstreams: [up.url],
+        accept: () => {
+          throw new Error('boom');
+        },
+      });
+      const gw = await mountGateway('node', proxy);
+      open.push(gw, proxy);
+      for (let i = 0; i < 3; i++) expect((await client.send(`${gw.url}/`)).status).toBe(200);
+      const said = spy.mock.calls.filter((c) => String(c[0]).includes('the accept failed'));
+      expect(said).toHaveLength(1);
+      expect(String(said[0]![0])).toContain("silent without an 'error' listener");
+      expect((said[0]![1] as Error).message).toBe('boom');
+    } finally {
+      spy.mockRestore();
+    }
   });
 
   it('sends `copies` copies, spreading them over the upstreams', async () => {

@@ -29,6 +29,7 @@ describe('the wire protocol', () => {
       fence: 'x-redundant-fence',
       sessionChanged: 'x-redundant-session-changed',
       refused: 'x-redundant-refused',
+      storeUnavailable: 'x-redundant-store-unavailable',
       servedBy: 'x-redundant-served-by',
     });
     expect(COMMIT).toEqual({ won: 'won', applied: 'applied', lost: 'lost' });

@@ -1,4 +1,4 @@
-import { afterAll, describe, expect, it } from '@jest/globals';
+import { afterAll, describe, expect, it, jest } from '@jest/globals';
 import type { IncomingMessage } from 'node:http';
 import { MemorySessionStore, redundantProxy, type RaceReport, type RedundantHandle, type SessionStore } from '../../lib/index.js';
 import { testClient } from '../helpers/client.js';
@@ -298,5 +298,52 @@ describe('a confirm that cannot be recorded in time (the commit is in the databa
     expect(Date.now() - t0).toBeLessThan(5000);
     expect(late).toHaveLength(1);
     expect(late[0]).toMatchObject({ reason: 'store-unavailable' });
+  });
+});
+
+describe('workers that do not share one store (a misconfiguration)', () => {
+  it('each copy commits: the proxy says every second commit it sees on the console when nobody listens for errors', async () => {
+    const spy = jest.spyOn(console, 'error').mockImplementation(() => undefined);
+    try {
+      let commits = 0;
+      const perRequest = new Map<string, number>();
+      const replicas = [];
+      for (const id of ['a', 'b']) {
+        const store = new MemorySessionStore(); // each its own: nothing arbitrates between them
+        open.push(store);
+        const r = await startReplica('koa', { id, store }, async (h, req) => {
+          if (req.method !== 'POST') return { body: { by: id } };
+          await h.commitOnce(async () => void commits++);
+          // Both copies commit before either answers (else the loser may be stopped first).
+          perRequest.set(h.requestId, (perRequest.get(h.requestId) ?? 0) + 1);
+          await eventually(() => perRequest.get(h.requestId) === 2 || undefined);
+          return { body: { by: id } };
+        });
+        open.push(r);
+        replicas.push(r);
+      }
+      const store = new MemorySessionStore();
+      open.push(store);
+      const proxy = redundantProxy({ upstreams: replicas.map((r) => ({ id: r.id, url: r.url })), store });
+      const reports: RaceReport[] = [];
+      proxy.on('race:end', (r) => reports.push(r));
+      const gw = await mountGateway('node', proxy);
+      open.push(gw, proxy);
+      for (let i = 0; i < 50 && !Object.values(proxy.metrics().upstreams).every((u) => u.worker); i++) await client.send(`${gw.url}/health`);
+      const updates = 10;
+      for (let i = 0; i < updates; i++) {
+        const res = await client.send(`${gw.url}/pay`, { method: 'POST', body: '{}', headers: { 'content-type': 'application/json' } });
+        expect(res.status).toBe(200);
+      }
+      await eventually(() => commits === 2 * updates || undefined);
+      await eventually(() => reports.filter((r) => r.method === 'POST').length === updates || undefined);
+      // The proxy sees a second commit when the other copy's head arrives (not when it stopped it first).
+      const seen = reports.filter((r) => r.method === 'POST' && r.copies.every((c) => c.status === 200)).length;
+      expect(seen).toBeGreaterThan(1);
+      expect(spy.mock.calls).toHaveLength(seen);
+      for (const call of spy.mock.calls) expect(String(call[0])).toMatch(/answered x-redundant-commit: won after upstream "[ab]" had committed; the session store's commit arbitration failed/);
+    } finally {
+      spy.mockRestore();
+    }
   });
 });

@@ -21,7 +21,8 @@ import { publish, reportObservers, type RacePlan } from './observers.js';
 import { resolveOptions, type ProxyOptions, type ResolvedOptions, type Upstream } from './options.js';
 import { Planner } from './planner.js';
 import { PrometheusMetrics } from './prometheus.js';
-import type { ProxyEvents } from './proxy-events.js';
+import type { ProxyErrorEvent, ProxyEvents } from './proxy-events.js';
+import { warnOnce } from '../warn.js';
 import { Race, type CopyReport, type RaceObserver, type RaceReport } from './race.js';
 import { sendError } from './respond.js';
 import { Upgrades } from './upgrades.js';
@@ -174,8 +175,22 @@ export function redundantProxy(options: ProxyOptions): RedundantProxy {
       else console.warn(`redundant-proxy: ${error.message}`);
     },
     cancelled: (requestId, copy, committed) => books.cancelled(requestId, copy, committed),
-    error: (requestId, source, error) => events.emit('error', { requestId, source, error }),
+    error: (requestId, source, error) => reportUnheard(requestId, source, error),
+    secondCommit: (requestId, error) => {
+      if (events.has('error')) events.emit('error', { requestId, source: 'internal', error });
+      // An update applied twice: said every time, listener or not.
+      else console.error(`redundant-proxy: ${(error as Error).message}`);
+    },
   };
+  // Without an 'error' listener, each source's first failure is said on the
+  // console (once: a hook that always throws must not flood the log).
+  const unheard = new Map<ProxyErrorEvent['source'], (message: string, detail?: unknown) => void>();
+  function reportUnheard(requestId: string | null, source: ProxyErrorEvent['source'], error: unknown): void {
+    if (events.has('error')) return events.emit('error', { requestId, source, error });
+    const warn = unheard.get(source) ?? warnOnce();
+    unheard.set(source, warn);
+    warn(`redundant-proxy: ${source === 'internal' ? 'an internal error' : `the ${source} failed`}${requestId ? ` (request ${requestId})` : ''}; further ${source} failures are silent without an 'error' listener:`, error);
+  }
   let closed = false;
 
   /** Stage "admit": a request id (never the client's), the body (bounded), the target checked, the client's session. */
@@ -345,7 +360,7 @@ export function redundantProxy(options: ProxyOptions): RedundantProxy {
   }
 
   function toInternal(err: unknown): RedundantProxyError {
-    events.emit('error', { requestId: null, source: 'internal', error: err });
+    reportUnheard(null, 'internal', err);
     return new RedundantProxyError(codes.INTERNAL, 'internal error in redundant-proxy', { status: 500, cause: err });
   }
 

@@ -136,6 +136,8 @@ export interface RaceObserver {
   cancelled(requestId: string, copy: CopyReport, committed: CopyReport): void;
   /** Something went wrong: `accept` threw, the select function failed, the store's arbitration did (none of them fails the request), or a hook failed (which does). */
   error(requestId: string | null, source: 'accept' | 'select' | 'hook' | 'internal', error: unknown): void;
+  /** A second copy of an update answered that it committed: the store's arbitration failed (an `error`, source `internal`, and said loudly without a listener). */
+  secondCommit(requestId: string, error: unknown): void;
 }
 
 /** An observer that is told nothing. */
@@ -147,6 +149,7 @@ export const UNOBSERVED: RaceObserver = {
   refused() {},
   cancelled() {},
   error() {},
+  secondCommit() {},
 };
 
 /** What a finished race reports; `clientGone`: what its client was sent before it left, if it left. */

@@ -136,5 +136,5 @@ export function secondCommit(race: RaceCore, copy: Copy): void {
   const { requestId } = race.input;
   const first = race.winner?.upstream.id ?? 'unknown';
   const message = `request ${requestId}: upstream "${copy.upstream.id}" answered x-redundant-commit: won after upstream "${first}" had committed; the session store's commit arbitration failed (is every worker on the same store?)`;
-  race.input.observer.error(requestId, 'internal', new RedundantProxyError(codes.INTERNAL, message));
+  race.input.observer.secondCommit(requestId, new RedundantProxyError(codes.INTERNAL, message));
 }
