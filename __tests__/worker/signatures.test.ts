@@ -1,4 +1,4 @@
-import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
+import { afterAll, beforeAll, describe, expect, it, jest } from '@jest/globals';
 import { createHash } from 'node:crypto';
 import { MemorySessionStore, redundantProxy, type RedundantProxy } from '../../lib/index.js';
 import { mintSessionId, SESSION_ID, sign, type CopyClaims } from '../../lib/wire/protocol.js';
@@ -185,5 +185,33 @@ describe('minted session ids', () => {
       seen.add(id);
     }
     expect(seen.size).toBe(2600);
+  });
+});
+
+describe('a worker without a secret behind a proxy that signs', () => {
+  it('serves the copies, and says once on the console that it does not check them; behind a proxy that does not sign, says nothing', async () => {
+    const spy = jest.spyOn(console, 'warn').mockImplementation(() => undefined);
+    const store = new MemorySessionStore();
+    const signed = await startReplica('koa', { id: 'a', store }, () => ({ body: { ok: true } }));
+    const unsigned = await startReplica('koa', { id: 'b', store }, () => ({ body: { ok: true } }));
+    const signing = redundantProxy({ upstreams: [{ id: 'a', url: signed.url }], store, secret: SECRET });
+    const plain = redundantProxy({ upstreams: [{ id: 'b', url: unsigned.url }], store });
+    const gws = [await mountGateway('node', signing), await mountGateway('node', plain)];
+    const said = () => spy.mock.calls.filter((c) => String(c[0]).includes('does not check them')).map((c) => String(c[0]));
+    try {
+      for (let i = 0; i < 3; i++) expect((await client.send(`${gws[1]!.url}/ok`)).status).toBe(200);
+      expect(said()).toEqual([]);
+      for (let i = 0; i < 3; i++) expect((await client.send(`${gws[0]!.url}/ok`)).status).toBe(200);
+      expect(said()).toHaveLength(1);
+      expect(said()[0]).toContain('worker "a"');
+    } finally {
+      spy.mockRestore();
+      for (const g of gws) await g.close();
+      await signing.close();
+      await plain.close();
+      await signed.close();
+      await unsigned.close();
+      await store.close();
+    }
   });
 });

@@ -5,7 +5,7 @@ import { codes, RedundantProxyError } from '../errors.js';
 import type { Emitter } from '../events.js';
 import type { SessionStore } from '../store/types.js';
 import { withTimeout } from '../timeout.js';
-import { readCopyHeaders, type CopyClaims } from '../wire/protocol.js';
+import { H, readCopyHeaders, type CopyClaims } from '../wire/protocol.js';
 import { checkBody, type BodyCheck } from './body-check.js';
 import { commitGate, type CommitGate } from './commit.js';
 import { CopyTrace } from './tracing.js';
@@ -34,6 +34,8 @@ export interface WorkerContext {
   events: Emitter<WorkerEvents>;
   /** A bookkeeping failure: an `error` event, or a warning once without a listener. */
   report(requestId: string, operation: WorkerErrorEvent['operation'], error: unknown): void;
+  /** Said once: signed copies reach a worker that has no secret to check them with. */
+  unchecked(): void;
 }
 
 /** One copy, prepared for its handler. */
@@ -117,6 +119,9 @@ export async function prepare(w: WorkerContext, req: IncomingMessage, res: Serve
     );
     return { handle, gate, sessionBefore: undefined, recorded: Promise.resolve(false), body: undefined, trace: null };
   }
+  // The proxy signs and this worker cannot check: anyone who reaches this
+  // replica can send it copies (another user's session, updates). Say so.
+  if (secret === undefined && req.headers[H.signature] !== undefined) w.unchecked();
   const c: CopyClaims = read.claims;
   const trace = CopyTrace.start(req, res, c);
   if (secret !== undefined && c.upstreamId !== id) throw refuse(codes.WRONG_UPSTREAM, `it is addressed to upstream "${c.upstreamId}", this worker is "${id}"`);

@@ -2,7 +2,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import { LRUCache } from 'lru-cache';
 import { Emitter } from '../events.js';
 import { detectFramework } from '../framework.js';
-import { reportError } from '../warn.js';
+import { reportError, warnOnce } from '../warn.js';
 import { expressWorker, koaWorker } from './frameworks.js';
 import { resolveWorkerOptions, type WorkerOptions } from './options.js';
 import type { WorkerContext } from './prepare.js';
@@ -26,6 +26,7 @@ export function redundantWorker(options: WorkerOptions): RedundantWorker {
   const { id, store, secret, maxSkew, storeTimeout, lease, now } = resolveWorkerOptions(options);
   const events = new Emitter<WorkerEvents>();
   const report = reportError(events, (e: WorkerErrorEvent) => `redundant-proxy worker: ${e.operation} failed`);
+  const warnUnchecked = warnOnce((message) => console.warn(message));
   const w: WorkerContext = {
     id,
     store,
@@ -37,6 +38,10 @@ export function redundantWorker(options: WorkerOptions): RedundantWorker {
     seen: secret === undefined ? null : new LRUCache<string, true>({ max: 100_000, ttl: 2 * maxSkew, perf: { now } }),
     events,
     report: (requestId, operation, error) => report({ requestId, operation, error }),
+    unchecked: () =>
+      warnUnchecked(
+        `redundant-proxy worker "${id}": copies arrive signed (the proxy has a secret) but this worker has none, so it does not check them: anyone who reaches this server can send it copies (any session id, updates). Give redundantWorker() the proxy's secret (is the variable it comes from set?).`,
+      ),
   };
   const express = expressWorker(w);
 
