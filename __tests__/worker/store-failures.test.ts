@@ -306,7 +306,7 @@ describe('workers that do not share one store (a misconfiguration)', () => {
     const spy = jest.spyOn(console, 'error').mockImplementation(() => undefined);
     try {
       let commits = 0;
-      const perRequest = new Map<string, number>();
+      const perRequest = new Map<string, { n: number; both: Promise<void>; open: () => void }>();
       const replicas = [];
       for (const id of ['a', 'b']) {
         const store = new MemorySessionStore(); // each its own: nothing arbitrates between them
@@ -314,9 +314,16 @@ describe('workers that do not share one store (a misconfiguration)', () => {
         const r = await startReplica('koa', { id, store }, async (h, req) => {
           if (req.method !== 'POST') return { body: { by: id } };
           await h.commitOnce(async () => void commits++);
-          // Both copies commit before either answers (else the loser may be stopped first).
-          perRequest.set(h.requestId, (perRequest.get(h.requestId) ?? 0) + 1);
-          await eventually(() => perRequest.get(h.requestId) === 2 || undefined);
+          // Both copies commit before either answers, and answer in the same
+          // turn (else the loser may be stopped before its head arrives).
+          let barrier = perRequest.get(h.requestId);
+          if (!barrier) {
+            let open!: () => void;
+            barrier = { n: 0, both: new Promise<void>((r) => (open = r)), open };
+            perRequest.set(h.requestId, barrier);
+          }
+          if (++barrier.n === 2) barrier.open();
+          await barrier.both;
           return { body: { by: id } };
         });
         open.push(r);
@@ -342,6 +349,34 @@ describe('workers that do not share one store (a misconfiguration)', () => {
       expect(seen).toBeGreaterThan(1);
       expect(spy.mock.calls).toHaveLength(seen);
       for (const call of spy.mock.calls) expect(String(call[0])).toMatch(/answered x-redundant-commit: won after upstream "[ab]" had committed; the session store's commit arbitration failed/);
+    } finally {
+      spy.mockRestore();
+    }
+  });
+});
+
+describe('a proxy given no store in front of workers (a misconfiguration)', () => {
+  it('says once on the console that its in-memory store is its own and no worker shares it', async () => {
+    const spy = jest.spyOn(console, 'warn').mockImplementation(() => undefined);
+    try {
+      const store = new MemorySessionStore();
+      open.push(store);
+      const r = await startReplica('koa', { id: 'a', store }, () => ({ body: {} }));
+      open.push(r);
+      const proxy = redundantProxy({ upstreams: [{ id: 'a', url: r.url }] });
+      const gw = await mountGateway('node', proxy);
+      open.push(gw, proxy);
+      for (let i = 0; i < 3; i++) expect((await client.send(`${gw.url}/r`)).status).toBe(200);
+      const said = spy.mock.calls.map((c) => String(c[0])).filter((m) => m.includes('was given no `store`'));
+      expect(said).toHaveLength(1);
+      expect(said[0]).toContain('upstream "a" runs redundantWorker');
+      // Given the workers' store: nothing to say.
+      spy.mockClear();
+      const shared = redundantProxy({ upstreams: [{ id: 'a', url: r.url }], store });
+      const gw2 = await mountGateway('node', shared);
+      open.push(gw2, shared);
+      for (let i = 0; i < 3; i++) expect((await client.send(`${gw2.url}/r`)).status).toBe(200);
+      expect(spy.mock.calls.map((c) => String(c[0])).filter((m) => m.includes('was given no `store`'))).toEqual([]);
     } finally {
       spy.mockRestore();
     }

@@ -162,7 +162,11 @@ export function redundantProxy(options: ProxyOptions): RedundantProxy {
     },
     copyStarted: (id) => planner.copyStarted(id),
     copyEnded: (id) => planner.copyEnded(id),
-    workerSeen: (id) => planner.workerSeen(id),
+    workerSeen: (id) => {
+      planner.workerSeen(id);
+      // The default store lives inside this proxy: no worker can share it.
+      if (opts.ownsStore) warnOwnStore(`redundant-proxy: upstream "${id}" runs redundantWorker, but this proxy was given no \`store\`: it records into an in-memory store of its own that no worker shares, so the workers' session changes are never promoted (every request sees the session as it was) and Idempotency-Keys live in this process only. Give the proxy and every worker the same store (a RedisSessionStore across processes).`);
+    },
     refused: (id, code) => {
       if (refusing.has(id)) return;
       refusing.add(id);
@@ -184,6 +188,7 @@ export function redundantProxy(options: ProxyOptions): RedundantProxy {
   };
   // Without an 'error' listener, each source's first failure is said on the
   // console (once: a hook that always throws must not flood the log).
+  const warnOwnStore = warnOnce((message) => console.warn(message));
   const unheard = new Map<ProxyErrorEvent['source'], (message: string, detail?: unknown) => void>();
   function reportUnheard(requestId: string | null, source: ProxyErrorEvent['source'], error: unknown): void {
     if (events.has('error')) return events.emit('error', { requestId, source, error });
