@@ -123,6 +123,11 @@ app.delete('/cart', (req, res) => {
 // This library's errors (409 lost, 409 applied, 503 store unavailable) as JSON; others to Express.
 app.use(worker.errorHandler);
 app.use((err, req, res, _next) => {
+  // A body that is not JSON (express.json()'s own 400): the client's mistake, not ours.
+  if (err.type === 'entity.parse.failed') {
+    res.status(400).json({ code: req.path === '/transfers' ? 'BAD_TRANSFER' : 'BAD_BODY', message: 'the body is not valid JSON' });
+    return;
+  }
   console.error(`replica ${ID}: ${err.stack ?? err}`);
   if (!res.headersSent) res.status(500).json({ code: 'INTERNAL', message: 'internal error' });
 });

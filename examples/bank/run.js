@@ -280,6 +280,9 @@ async function check(url, proxy) {
   expect(poor.status === 422 && poor.body.code === 'INSUFFICIENT_FUNDS', 'a transfer beyond the balance: 422 INSUFFICIENT_FUNDS');
   const bad = await send('POST', '/transfers', { from: 1, to: 1, amount: 5 });
   expect(bad.status === 400 && bad.body.code === 'BAD_TRANSFER', 'a transfer to the same account: 400 BAD_TRANSFER');
+  const garbled = await fetch(`${url}/transfers`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{bad' });
+  const garbledBody = await garbled.json();
+  expect(garbled.status === 400 && garbledBody.code === 'BAD_TRANSFER', 'a transfer whose body is not JSON: 400 BAD_TRANSFER');
 
   // The database says the same: once each, money neither made nor lost.
   const { rows } = await started.admin.query(`SELECT request_id, fence::text AS fence FROM ${schema}.transfers`);
