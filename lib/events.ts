@@ -11,11 +11,21 @@ export interface Disposable {
 
 type Listener<T> = (event: T) => void;
 
+/** Every name of `Events`, listed once: the type fails to check when one is missing. */
+export type EventNames<Events extends object> = readonly (keyof Events & string)[];
+
 export class Emitter<Events extends object> {
   readonly #listeners = new Map<keyof Events, Set<Listener<never>>>();
   readonly #warn = warnOnce((message, detail) => console.error(message, detail));
+  readonly #names: ReadonlySet<string>;
+
+  /** `names`: the events there are; `.on()` refuses any other name (a misspelt one would never fire). */
+  constructor(names: EventNames<Events>) {
+    this.#names = new Set(names);
+  }
 
   on<K extends keyof Events>(name: K, listener: Listener<Events[K]>): Disposable {
+    if (!this.#names.has(name as string)) throw new TypeError(`redundant-proxy: there is no event ${JSON.stringify(name)}; the events are ${[...this.#names].join(', ')}`);
     if (typeof listener !== 'function') throw new TypeError('redundant-proxy: a listener must be a function');
     let set = this.#listeners.get(name);
     if (!set) this.#listeners.set(name, (set = new Set()));

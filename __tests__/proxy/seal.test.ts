@@ -2,7 +2,7 @@ import { afterAll, describe, expect, it } from '@jest/globals';
 import { Emitter } from '../../lib/events.js';
 import { Bookkeeping } from '../../lib/proxy/bookkeeping.js';
 import { resolveOptions } from '../../lib/proxy/options.js';
-import type { ProxyEvents } from '../../lib/proxy/proxy-events.js';
+import { PROXY_EVENTS, type ProxyEvents } from '../../lib/proxy/proxy-events.js';
 import { MemorySessionStore } from '../../lib/store/memory.js';
 import { REAL_TIME } from '../../lib/time.js';
 import { sealId } from '../../lib/wire/protocol.js';
@@ -17,7 +17,7 @@ const store = new MemorySessionStore();
 afterAll(() => store.close());
 
 function bookkeeping() {
-  return new Bookkeeping(resolveOptions({ upstreams: [{ id: 'a', url: 'http://127.0.0.1:1' }], store }), REAL_TIME, new Emitter<ProxyEvents>());
+  return new Bookkeeping(resolveOptions({ upstreams: [{ id: 'a', url: 'http://127.0.0.1:1' }], store }), REAL_TIME, new Emitter<ProxyEvents>(PROXY_EVENTS));
 }
 
 describe('sealing an update before adopting an answer that did not commit', () => {

@@ -5,7 +5,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it, jest } from '@jes
 import { Emitter } from '../../lib/events.js';
 import { detectFramework, isServerResponse } from '../../lib/framework.js';
 import { writeJsonAnswer } from '../../lib/json-error.js';
-import { MemorySessionStore, redundantWorker } from '../../lib/index.js';
+import { MemorySessionStore, redundantProxy, redundantWorker } from '../../lib/index.js';
 import { reportError, warnOnce } from '../../lib/warn.js';
 
 // The helpers that the proxy and the worker share: which framework called a
@@ -119,7 +119,7 @@ describe('warnOnce and reportError', () => {
   });
 
   it('reports to error listeners when there are any, else warns once that further failures are silent', () => {
-    const events = new Emitter<{ error: { requestId: string; error: unknown } }>();
+    const events = new Emitter<{ error: { requestId: string; error: unknown } }>(['error']);
     const said: unknown[][] = [];
     const report = reportError(events, (e) => `thing ${e.requestId} failed`, (...args) => said.push(args));
     const boom = new Error('boom');
@@ -134,9 +134,23 @@ describe('warnOnce and reportError', () => {
     listening.dispose();
   });
 
+  it('refuses a listener for an event there is not (a misspelt name would never fire), on the proxy and the worker too', () => {
+    const events = new Emitter<{ tick: number }>(['tick']);
+    expect(() => events.on('tock' as 'tick', () => undefined)).toThrow(new TypeError('redundant-proxy: there is no event "tock"; the events are tick'));
+    const proxy = redundantProxy({ upstreams: ['http://127.0.0.1:1'] });
+    try {
+      expect(() => proxy.on('race:ed' as 'race:end', () => undefined)).toThrow(/there is no event "race:ed"; the events are race:start, copy:sent, race:end/);
+      expect(() => proxy.on('race:end', () => undefined)).not.toThrow();
+    } finally {
+      void proxy.close();
+    }
+    const worker = redundantWorker({ id: 'a', store: new MemorySessionStore() });
+    expect(() => worker.on('late-confirm' as 'lateConfirm', () => undefined)).toThrow(/there is no event "late-confirm"; the events are error, refused, lateConfirm/);
+  });
+
   it('is what the emitter uses for a listener that throws: said once per emitter', () => {
     const spy = jest.spyOn(console, 'error').mockImplementation(() => undefined);
-    const events = new Emitter<{ tick: number }>();
+    const events = new Emitter<{ tick: number }>(['tick']);
     events.on('tick', () => {
       throw new Error('listener broke');
     });

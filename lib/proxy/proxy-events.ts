@@ -106,3 +106,21 @@ export interface ProxyEvents {
   /** Something failed that did not fail the request. Never thrown. */
   error: ProxyErrorEvent;
 }
+
+/** The names of {@link ProxyEvents}. */
+export const PROXY_EVENTS = [
+  'race:start',
+  'copy:sent',
+  'race:end',
+  'copy:cancelled',
+  'upstream:ejected',
+  'upstream:restored',
+  'upstream:unhealthy',
+  'upstream:healthy',
+  'upgrade',
+  'upgrade:end',
+  'error',
+] as const satisfies readonly (keyof ProxyEvents)[];
+// Every event listed: a name added to ProxyEvents and not here fails this line.
+const _every: Exclude<keyof ProxyEvents, (typeof PROXY_EVENTS)[number]> extends never ? true : never = true;
+void _every;

@@ -21,7 +21,7 @@ import { publish, reportObservers, type RacePlan } from './observers.js';
 import { resolveOptions, type ProxyOptions, type ResolvedOptions, type Upstream } from './options.js';
 import { Planner } from './planner.js';
 import { PrometheusMetrics } from './prometheus.js';
-import type { ProxyErrorEvent, ProxyEvents } from './proxy-events.js';
+import { PROXY_EVENTS, type ProxyErrorEvent, type ProxyEvents } from './proxy-events.js';
 import { warnOnce } from '../warn.js';
 import { Race, type CopyReport, type RaceObserver, type RaceReport } from './race.js';
 import { sendError } from './respond.js';
@@ -102,7 +102,7 @@ export function redundantProxy(options: ProxyOptions): RedundantProxy {
   const opts = resolveOptions(options);
   // The clock and timers of every race, hedge, ejection and bound (lib/time.ts).
   const time = schedulerOf(options) ?? (options.now ? realScheduler(opts.now) : REAL_TIME);
-  const events = new Emitter<ProxyEvents>();
+  const events = new Emitter<ProxyEvents>(PROXY_EVENTS);
   const metrics = new Metrics(opts.upstreams.map((u) => u.id));
   const adaptive = opts.hedgeDelay === 'adaptive' ? new AdaptiveDelay(hedgeQuantile(opts.maxExtraLoad)) : null;
   const budget = new HedgeBudget(opts.maxExtraLoad);

@@ -87,6 +87,12 @@ export interface WorkerEvents {
   lateConfirm: { requestId: string; duplicateId: string; fence: number; reason: 'lease-lost' | 'store-unavailable'; error: unknown };
 }
 
+/** The names of {@link WorkerEvents}. */
+export const WORKER_EVENTS = ['error', 'refused', 'lateConfirm'] as const satisfies readonly (keyof WorkerEvents)[];
+// Every event listed: a name added to WorkerEvents and not here fails this line.
+const _every: Exclude<keyof WorkerEvents, (typeof WORKER_EVENTS)[number]> extends never ? true : never = true;
+void _every;
+
 export interface RedundantWorker {
   (ctx: KoaWorkerContext, next: () => Promise<unknown>): Promise<void>;
   (req: IncomingMessage, res: ServerResponse, next: (err?: unknown) => void): void;

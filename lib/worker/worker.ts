@@ -6,7 +6,7 @@ import { reportError, warnOnce } from '../warn.js';
 import { expressWorker, koaWorker } from './frameworks.js';
 import { resolveWorkerOptions, type WorkerOptions } from './options.js';
 import type { WorkerContext } from './prepare.js';
-import type { KoaWorkerContext, RedundantWorker, WorkerErrorEvent, WorkerEvents } from './types.js';
+import { WORKER_EVENTS, type KoaWorkerContext, type RedundantWorker, type WorkerErrorEvent, type WorkerEvents } from './types.js';
 
 // redundantWorker(): the method's application-server side. Each copy is
 // verified and recorded (lib/worker/prepare.ts), handled with its handle and
@@ -24,7 +24,7 @@ export type { RedundantHandle, WorkerErrorEvent, WorkerEvents, RedundantWorker, 
  */
 export function redundantWorker(options: WorkerOptions): RedundantWorker {
   const { id, store, secret, maxSkew, storeTimeout, lease, now } = resolveWorkerOptions(options);
-  const events = new Emitter<WorkerEvents>();
+  const events = new Emitter<WorkerEvents>(WORKER_EVENTS);
   const report = reportError(events, (e: WorkerErrorEvent) => `redundant-proxy worker: ${e.operation} failed`);
   const warnUnchecked = warnOnce((message) => console.warn(message));
   const w: WorkerContext = {
