@@ -71,7 +71,7 @@ export const codes = {
   /** The session store failed or did not answer in time. */
   STORE_UNAVAILABLE: 'RP_ERR_STORE_UNAVAILABLE',
   /**
-   * A hook of the gateway's (`rewriteCopy`, `rewriteAnswer`) threw, rejected,
+   * A hook of the gateway's (`isUpdate`, `rewriteCopy`, `rewriteAnswer`) threw, rejected,
    * or gave back what cannot be sent (an `x-redundant-*` header, a bad path,
    * status or header value): the request is answered `500` and the hook's
    * error goes to the proxy's `error` event (source `hook`).

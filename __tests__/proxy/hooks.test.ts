@@ -218,3 +218,22 @@ describe('rewriteAnswer, what it may not do', () => {
     expect(calls).toBe(0);
   });
 });
+
+describe('isUpdate', () => {
+  it('that throws fails the request with 500 RP_ERR_HOOK_FAILED and its request id, sends no copy, and is an error event (source hook)', async () => {
+    const { ups, gw, errors } = await setup('node', [after(1)], {
+      isUpdate: () => {
+        throw new Error('no route table');
+      },
+    });
+    const res = await client.send(`${gw.url}/x`, { method: 'POST', body: '{}' });
+    expect(res.status).toBe(500);
+    const body = res.json() as { code: string; requestId: string };
+    expect(body).toMatchObject({ code: 'RP_ERR_HOOK_FAILED', message: "the gateway's isUpdate hook failed" });
+    expect(body.requestId).toBe(res.headers['x-request-id']);
+    expect(ups[0]!.seen).toHaveLength(0);
+    expect(errors).toHaveLength(1);
+    expect(errors[0]).toMatchObject({ source: 'hook', requestId: body.requestId });
+    expect(((errors[0] as { error: Error }).error.cause as Error).message).toBe('no route table');
+  });
+});

@@ -228,7 +228,16 @@ export function redundantProxy(options: ProxyOptions): RedundantProxy {
       sendError(res, new RedundantProxyError(codes.BAD_TARGET, path.reason, { status: 400 }), requestId);
       return null;
     }
-    const update = opts.isUpdate(req);
+    let update: boolean;
+    try {
+      update = opts.isUpdate(req);
+    } catch (err) {
+      // The gateway's function, not this library: a hook that failed, said as one.
+      const error = new RedundantProxyError(codes.HOOK_FAILED, `the gateway's isUpdate threw: ${err instanceof Error ? err.message : String(err)}`, { status: 500, cause: err });
+      reportUnheard(requestId, 'hook', error);
+      sendError(res, new RedundantProxyError(codes.HOOK_FAILED, "the gateway's isUpdate hook failed", { status: 500 }), requestId);
+      return null;
+    }
     const session = await sessions.find(req);
     return { requestId, method: req.method ?? 'GET', path, body, update, session, targets: [], keyed: null, recorded: false, sessionChanged: undefined, epoch: 0, route: '', hedgeDelay: 0, trace: null };
   }
