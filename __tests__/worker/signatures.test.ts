@@ -215,3 +215,34 @@ describe('a worker without a secret behind a proxy that signs', () => {
     }
   });
 });
+
+describe('a handler that commits without reading a large signed body', () => {
+  it.each(['koa', 'express'] as const)('(%s) is refused as a copy, in JSON with x-redundant-refused: the proxy counts it as a failure, the client gets 502', async (kind) => {
+    const store = new MemorySessionStore();
+    let committed = 0;
+    const replica = await startReplica(kind, { id: 'a', store, secret: SECRET }, async (h) => {
+      await h.commitOnce(async () => void committed++); // the body (past the stream's 16 KiB buffer) is never read
+      return { body: { ok: true } };
+    });
+    const refusals: Array<{ code: string; reason: string }> = [];
+    replica.worker.on('refused', (e) => refusals.push(e));
+    const proxy = redundantProxy({ upstreams: [{ id: 'a', url: replica.url }], store, secret: SECRET });
+    proxy.on('error', () => undefined);
+    const reports: Array<{ copies: Array<{ status: number | null; outcome: string }> }> = [];
+    proxy.on('race:end', (r) => reports.push(r));
+    const gw = await mountGateway('node', proxy);
+    try {
+      const res = await client.send(`${gw.url}/pay`, { method: 'POST', body: JSON.stringify({ pad: 'x'.repeat(100_000) }), headers: { 'content-type': 'application/json' } });
+      expect(res.status).toBe(502);
+      expect(res.json()).toMatchObject({ code: 'RP_ERR_UPSTREAMS_FAILED' });
+      expect(committed).toBe(0);
+      expect(refusals.some((r) => r.code === 'RP_ERR_BAD_SIGNATURE' && r.reason.includes('did not arrive in full'))).toBe(true);
+      expect(reports[0]!.copies[0]).toMatchObject({ status: 401, outcome: 'failed' });
+    } finally {
+      await gw.close();
+      await proxy.close();
+      await replica.close();
+      await store.close();
+    }
+  }, 15_000);
+});

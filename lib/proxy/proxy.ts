@@ -172,7 +172,7 @@ export function redundantProxy(options: ProxyOptions): RedundantProxy {
       refusing.add(id);
       const error = new RedundantProxyError(
         isErrorCode(code) ? code : codes.BAD_SIGNATURE,
-        `upstream "${id}" refuses this proxy's copies (${code}): its redundantWorker's secret or id does not match this proxy's; its copies count as failures (it will be ejected) until that is fixed`,
+        `upstream "${id}" refuses this proxy's copies (${code}): its redundantWorker's secret or id does not match this proxy's (or, once its handler ran, a signed body did not arrive in full before a claim: read the body before committing); the worker's 'refused' event says which; its copies count as failures (it will be ejected) until that is fixed`,
         { status: 502 },
       );
       if (events.has('error')) events.emit('error', { requestId: null, source: 'upstream', error });

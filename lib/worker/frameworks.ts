@@ -26,6 +26,15 @@ function errorAnswer(err: RedundantProxyError, refused: boolean): JsonAnswer {
 }
 
 /**
+ * The copy refused once its handler ran (a signed body that did not arrive
+ * in full before a claim, or did not match): an answer the proxy must count
+ * as this upstream's failure, never adopt.
+ */
+function isRefusal(err: RedundantProxyError): boolean {
+  return err.status === 401 && !isSupersededError(err);
+}
+
+/**
  * What a copy answers for an error its handler threw, in Koa and Express
  * alike: nothing when the proxy stopped the copy (nobody is listening);
  * `SupersededError` (409 `lost`, never adopted) when it lost the commit,
@@ -72,8 +81,8 @@ export async function koaWorker(w: WorkerContext, ctx: KoaWorkerContext, next: (
     const answer = answerFor(err, p);
     if (answer === 'stopped') return;
     // Koa answers its other errors itself (the app's error handling).
-    if (!answer || (!isSupersededError(answer) && answer.code !== codes.STORE_UNAVAILABLE && answer.code !== codes.ALREADY_APPLIED)) throw err;
-    answerKoa(ctx, errorAnswer(answer, false));
+    if (!answer || (!isSupersededError(answer) && answer.code !== codes.STORE_UNAVAILABLE && answer.code !== codes.ALREADY_APPLIED && !isRefusal(answer))) throw err;
+    answerKoa(ctx, errorAnswer(answer, isRefusal(answer)));
   }
 }
 
@@ -108,7 +117,7 @@ export function expressWorker(w: WorkerContext): { middleware: (req: IncomingMes
       return;
     }
     if (!answer) return next(err);
-    writeJsonAnswer(res, errorAnswer(answer, false));
+    writeJsonAnswer(res, errorAnswer(answer, isRefusal(answer)));
   };
   return { middleware, errorHandler };
 }
