@@ -7,6 +7,8 @@ import { SAVE_CANDIDATE } from '../../lib/store/redis/scripts.js';
 import { RedisSessionStore, type RedisSessionStoreOptions } from '../../lib/store/redis.js';
 import { startRedisServer, type RedisServer } from '../helpers/redis-server.js';
 import { closeAfterEach } from '../helpers/cleanup.js';
+import { eventually } from '../helpers/replica.js';
+import { sleep } from '../helpers/upstream.js';
 import { VirtualTime } from '../helpers/virtual-time.js';
 import { withScheduler, type Scheduler } from '../../lib/time.js';
 import { redundantProxy, type SessionStore } from '../../lib/index.js';
@@ -298,6 +300,47 @@ describe('RedisSessionStore: close() and the batch on its way', () => {
     await closing;
     expect(await admin.hexists(`${prefix}{r:on-its-way}`, 'c:a')).toBe(1);
     await expect(recorded).resolves.toEqual({ duplicate: false });
+  });
+
+  it('waits for a claim on its way and hands back the grant that comes after it: the next copy gets the claim at once', async () => {
+    const prefix = `rp-batch-closing-claim:${randomUUID()}:`;
+    // A client whose script replies are held back (Redis has run them).
+    const client = new Redis({ host: server.host, port: server.port, lazyConnect: true, maxRetriesPerRequest: 1, enableOfflineQueue: false });
+    await client.connect();
+    let gate: Promise<void> | null = null;
+    // EVALSHA, and EVAL (a script Redis does not know yet goes by EVAL).
+    for (const name of ['evalsha', 'eval'] as const) {
+      const real = client[name].bind(client) as (...a: unknown[]) => Promise<unknown>;
+      (client as unknown as Record<string, unknown>)[name] = async (...args: unknown[]) => {
+        const reply = await real(...args);
+        if (gate) await gate;
+        return reply;
+      };
+    }
+    const store = new RedisSessionStore({ client, prefix });
+    let letGo!: () => void;
+    gate = new Promise<void>((r) => (letGo = r));
+    // Whatever fails below, nothing stays held and the client is closed.
+    opened.push({ close: async () => (letGo(), client.status === 'end' ? undefined : void (await client.quit())) }, store);
+    const claim = store.claim('late-grant', 'b', { leaseMs: 60_000 }).then(
+      () => 'granted',
+      (e: unknown) => (e as { code?: string }).code,
+    );
+    // Redis grants it; the reply is held.
+    await eventually(async () => (await admin.hget(`${prefix}{r:late-grant}`, 'holder')) === 'b' || undefined);
+    let closed = false;
+    const closing = store.close().then(() => (closed = true));
+    await turns();
+    expect(closed).toBe(false); // the claim is still on its way
+    gate = null;
+    letGo();
+    await closing;
+    await expect(claim).resolves.toBe('RP_ERR_CLOSED');
+    await client.quit(); // as the docs say: the client after the store
+    // Handed back before close() resolved: another store gets the claim now, not after the 60 s lease.
+    const { store: next } = await open({ prefix });
+    const grant = await Promise.race([next.claim('late-grant', 'c', { leaseMs: 1000 }), sleep(2000).then(() => 'still waiting')]);
+    expect(grant).toMatchObject({ fence: expect.any(Number) });
   });
 });
 

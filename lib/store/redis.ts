@@ -112,6 +112,8 @@ export class RedisSessionStore implements SessionStore {
   readonly #claims: Batcher<unknown> | undefined;
   readonly #confirms: Batcher<unknown> | undefined;
   #closed = false;
+  /** Claims on their way to Redis and grants being handed back; close() waits for them. */
+  readonly #inFlight = new Set<Promise<unknown>>();
 
   constructor(options: RedisSessionStoreOptions) {
     const { client, prefix, ttl, sessionTtl, pollInterval, commandTimeout, batch } = parseOptions(OPTIONS, options);
@@ -226,7 +228,7 @@ export class RedisSessionStore implements SessionStore {
     const lease = Math.ceil(leaseMs);
     // Whether this claim registers the inbox (decided as the attempt is queued, this turn).
     const registered = this.#listened;
-    const attempt = await this.#attempt(requestId, duplicateId, lease);
+    const attempt = await this.#track(this.#attempt(requestId, duplicateId, lease));
     // The caller may have given up, or the store closed, while Redis answered.
     if (this.#closed || signal?.aborted) {
       if (attempt.kind === 'granted') this.#giveBack(requestId, duplicateId, attempt.grant.fence);
@@ -284,8 +286,11 @@ export class RedisSessionStore implements SessionStore {
 
   /**
    * Rejects the claims waiting in this process with `RP_ERR_CLOSED`, stops
-   * its timers and closes its own pub/sub connection. The client you passed
-   * stays open: it is yours.
+   * its timers and closes its own pub/sub connection; resolves once what was
+   * recorded before has been written and the claims on their way have come
+   * back (a grant that comes back now is handed on at once: each bounded by
+   * `commandTimeout`). The client you passed stays open: it is yours, close
+   * it after this.
    */
   async close(): Promise<void> {
     if (this.#closed) return;
@@ -296,6 +301,16 @@ export class RedisSessionStore implements SessionStore {
     // this turn (their batches never wait longer); their callers wait for them.
     for (const queue of [...this.#queues.values()]) this.#rejectAll(queue, () => closedError());
     await Promise.all([flushed, this.#pubsub.close()]);
+    // Claims on their way: a grant that comes back now is handed on at once,
+    // while the client is still open (the caller closes it after this).
+    while (this.#inFlight.size > 0) await Promise.allSettled([...this.#inFlight]);
+  }
+
+  #track<T>(work: Promise<T>): Promise<T> {
+    this.#inFlight.add(work);
+    const done = () => void this.#inFlight.delete(work);
+    work.then(done, done);
+    return work;
   }
 
   // --- commands -----------------------------------------------------------
@@ -361,9 +376,9 @@ export class RedisSessionStore implements SessionStore {
     }
   }
 
-  /** Returns a claim granted to a copy that stopped waiting. If this fails, the lease runs out. */
+  /** Returns a claim granted to a copy that stopped waiting (bounded by commandTimeout; close() waits for it). If this fails, the lease runs out. */
   #giveBack(requestId: string, duplicateId: string, fence: number): void {
-    this.#eval(RELEASE, [this.#keys.request(requestId)], [duplicateId, String(fence), this.#ttl, ...this.#wakeArgs(requestId)]).catch(() => undefined);
+    void this.#track(this.#run('release', RELEASE, [this.#keys.request(requestId)], [duplicateId, String(fence), this.#ttl, ...this.#wakeArgs(requestId)]).catch(() => undefined));
   }
 
   #wait(requestId: string, duplicateId: string, leaseMs: number, signal: AbortSignal | undefined, remaining: number, registered: boolean): Promise<ClaimGrant> {
@@ -451,7 +466,7 @@ export class RedisSessionStore implements SessionStore {
     q.timer = undefined;
     let attempt: Attempt;
     try {
-      attempt = await this.#attempt(q.requestId, head.duplicateId, head.leaseMs);
+      attempt = await this.#track(this.#attempt(q.requestId, head.duplicateId, head.leaseMs));
     } catch (err) {
       // Without the store there is no arbitration: the waiters fail (closed), as claim() would.
       if (!this.#closed) this.#rejectAll(q, () => err);
