@@ -184,25 +184,26 @@ describe('Idempotency.begin: the key', () => {
 });
 
 describe('Idempotency.begin: the scope', () => {
-  it('by session: the same key in two sessions is two keys', async () => {
-    const { begin } = setup({ wait: 0 });
-    const a = started((await begin('k', { sessionId: 's1' })).result);
-    const b = started((await begin('k', { sessionId: 's2' })).result);
-    expect(a.key).not.toBe(b.key);
+  it('without a scope function: one key whoever sends it; another session or Authorization is part of the request, so it is refused (422), never run again', async () => {
+    const { begin, idem } = setup({ wait: 0 });
+    const alice = started((await begin('k', { sessionId: 's1' })).result);
+    // The same client retrying: in flight.
     expect((await begin('k', { sessionId: 's1' })).res.answer!.status).toBe(409);
-  });
-
-  it('without a session, by the Authorization header, hashed; without either, one anonymous scope', async () => {
-    const { begin } = setup({ wait: 0 });
-    const alice = started((await begin('k', {}, { authorization: 'Bearer alice' })).result);
-    const bob = started((await begin('k', {}, { authorization: 'Bearer bob' })).result);
-    const anonymous = started((await begin('k')).result);
-    expect(new Set([alice.key, bob.key, anonymous.key]).size).toBe(3);
-    expect((await begin('k', {}, { authorization: 'Bearer alice' })).res.answer!.status).toBe(409);
-    expect((await begin('k')).res.answer!.status).toBe(409);
-    // A session wins over the Authorization header.
-    const session = started((await begin('k', { sessionId: 's1' }, { authorization: 'Bearer alice' })).result);
-    expect(session.key).not.toBe(alice.key);
+    // The same key from another session, other credentials, or none: a different request.
+    for (const [ctx, headers] of [[{ sessionId: 's2' }, {}], [{}, { authorization: 'Bearer alice' }], [{}, {}]] as const) {
+      const { result, res } = await begin('k', ctx, headers);
+      expect(result).toBe('answered');
+      expect(res.answer!.status).toBe(422);
+      expect(JSON.parse(String(res.answer!.body))).toMatchObject({ code: 'RP_ERR_IDEMPOTENCY_MISMATCH', message: expect.stringContaining('or by another client') });
+    }
+    // Completed: replayed to the same client only.
+    await idem.completeWon(alice, captured(201, 'made'), true);
+    expect((await begin('k', { sessionId: 's1' })).res.answer!.status).toBe(201);
+    expect((await begin('k', { sessionId: 's2' })).res.answer!.status).toBe(422);
+    // The key the handlers see does not depend on who sent it.
+    const { begin: again } = setup({ wait: 0 });
+    const viaAuth = started((await again('k', {}, { authorization: 'Bearer t1' })).result);
+    expect(viaAuth.key).toBe(alice.key);
   });
 
   it('by the scope function when there is one; undefined from it skips idempotency', async () => {

@@ -398,16 +398,44 @@ describe('Idempotency-Key', () => {
     expect(await f.bank.ledger()).toHaveLength(1);
   });
 
-  it("scopes keys by session: another client's same key runs anew and never sees the first answer", async () => {
+  it("the same key from another session is refused (422): never run again, never answered with another client's answer", async () => {
     const f = await fleet();
     const one = await transfer(f.gw, { from: 5, to: 6, amount: 1 }, { 'idempotency-key': 'shared-key', cookie: sessionCookie() });
     await sleep(50);
     const two = await transfer(f.gw, { from: 5, to: 6, amount: 1 }, { 'idempotency-key': 'shared-key', cookie: sessionCookie() });
     expect(one.status).toBe(200);
-    expect(two.status).toBe(200);
-    expect(two.headers['idempotent-replayed']).toBeUndefined();
-    expect(two.headers['x-request-id']).not.toBe(one.headers['x-request-id']);
-    expect(await f.bank.ledger()).toHaveLength(2);
+    expect(two.status).toBe(422);
+    expect(two.json()).toMatchObject({ code: 'RP_ERR_IDEMPOTENCY_MISMATCH' });
+    expect(two.text).not.toContain(String(one.headers['x-request-id']));
+    expect(await f.bank.ledger()).toHaveLength(1);
+  });
+
+  it('a client that gave up mid-commit and retries with a refreshed token, or with a session it got meanwhile: refused, applied once; with its first credentials it learns the outcome', async () => {
+    for (const [first, retry] of [
+      [{ authorization: 'Bearer t1' }, { authorization: 'Bearer t2' }],
+      [{}, { cookie: sessionCookie() }],
+    ] as Array<[Record<string, string>, Record<string, string>]>) {
+      const inCommit = signal();
+      const f = await fleet({
+        hooks: () => ({
+          beforeCommit: () => {
+            inCommit.reach();
+            return sleep(200);
+          },
+        }),
+      });
+      const key = { 'idempotency-key': `refreshed-${Object.keys(retry)[0]}` };
+      expect(await transferGivingUp(f.gw, { from: 1, to: 2, amount: 3 }, { ...key, ...first }, inCommit.reached)).toBe('gave-up');
+      const other = await transfer(f.gw, { from: 1, to: 2, amount: 3 }, { ...key, ...retry });
+      expect(other.status).toBe(422);
+      expect(other.json()).toMatchObject({ code: 'RP_ERR_IDEMPOTENCY_MISMATCH' });
+      const same = await transfer(f.gw, { from: 1, to: 2, amount: 3 }, { ...key, ...first });
+      expect(same.status).toBe(200);
+      expect(same.headers['idempotent-replayed']).toBe('true');
+      const ledger = await f.bank.ledger();
+      expect(ledger).toHaveLength(1);
+      expect(same.headers['x-request-id']).toBe(ledger[0]!.request_id);
+    }
   });
 
   it('refuses a malformed key with 400', async () => {

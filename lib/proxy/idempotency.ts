@@ -131,11 +131,26 @@ export class Idempotency {
       sendError(res, new RedundantProxyError(codes.BAD_IDEMPOTENCY_KEY, 'Idempotency-Key must be 1-255 visible ASCII characters', { status: 400 }), ctx.requestId);
       return 'answered';
     }
-    const auth = firstHeader(req.headers.authorization);
-    const scope = cfg.scope ? cfg.scope(req) : (ctx.sessionId ?? (auth ? `auth:${sha256(auth)}` : 'anonymous'));
-    if (scope === undefined) return null;
-    const key = sha256(`${scope}\0${value}`);
-    const fingerprint = sha256(Buffer.concat([Buffer.from(`${ctx.method} ${ctx.path}\0`), ctx.body ?? Buffer.alloc(0)]));
+    // Your `scope` names a stable identity (a tenant, an account): the key
+    // lives in its namespace. Without one, who sent the key (its session,
+    // else its Authorization header) is no stable identity: a token refreshed
+    // or a session gained between two attempts would make the retry a new key,
+    // and the update would run twice. So the key is taken as it is, and who
+    // sent it is part of the request it must match: the same key from another
+    // session or other credentials is refused (422), never run again, and
+    // never answered with another client's answer.
+    let key: string;
+    let sender = '';
+    if (cfg.scope) {
+      const scope = cfg.scope(req);
+      if (scope === undefined) return null;
+      key = sha256(`${scope}\0${value}`);
+    } else {
+      const auth = firstHeader(req.headers.authorization);
+      key = sha256(`\0${value}`);
+      sender = ctx.sessionId ?? (auth ? `auth:${sha256(auth)}` : 'anonymous');
+    }
+    const fingerprint = sha256(Buffer.concat([Buffer.from(`${sender}\0${ctx.method} ${ctx.path}\0`), ctx.body ?? Buffer.alloc(0)]));
     const deadline = Date.now() + cfg.wait;
     let pause = POLL_MIN_MS;
     for (;;) {
@@ -164,7 +179,7 @@ export class Idempotency {
           // A store written before attempts existed says only 'started'.
           return { key, requestId: state.requestId ?? ctx.requestId, attempt: state.attempt ?? 1, done: false, since: Date.now() };
         case 'mismatch':
-          sendError(res, new RedundantProxyError(codes.IDEMPOTENCY_MISMATCH, 'this Idempotency-Key was used for a different request', { status: 422 }), ctx.requestId);
+          sendError(res, new RedundantProxyError(codes.IDEMPOTENCY_MISMATCH, cfg.scope ? 'this Idempotency-Key was used for a different request' : 'this Idempotency-Key was used for a different request, or by another client (another session or Authorization than its first use)', { status: 422 }), ctx.requestId);
           return 'answered';
         case 'completed': {
           const { status, headers, body } = state.answer;

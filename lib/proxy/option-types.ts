@@ -181,9 +181,13 @@ export interface HealthCheckOptions {
 
 export interface IdempotencyOptions {
   /**
-   * Who a key belongs to, so one client can never replay another's answer.
-   * Return undefined to skip idempotency for this request.
-   * @default the client's session id; else its Authorization header (hashed); else one anonymous scope
+   * A stable identity a key belongs to (a tenant, an account): keys live in
+   * each scope's namespace, and the scope must not change between a client's
+   * attempts. Return undefined to skip idempotency for this request.
+   * @default none: one namespace, and who sent the key (its session id; else
+   * its Authorization header, hashed; else anonymous) must match its first
+   * use, or the request is refused with 422 (never run again, never answered
+   * with another client's answer)
    */
   scope?: (req: IncomingMessage) => string | undefined;
   /**

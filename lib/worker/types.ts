@@ -19,7 +19,7 @@ export interface RedundantHandle {
   /** True when the request did not come through the proxy. */
   direct: boolean;
   /**
-   * The update's `Idempotency-Key` as the proxy scoped and hashed it (43
+   * The update's `Idempotency-Key` as the proxy hashed it (in its `scope`, if any; 43
    * characters of base64url), the same for every retry with that key; null
    * without one. Keep it in a unique column next to the request id: if the
    * session store ever forgets the key (a Redis restarted without
