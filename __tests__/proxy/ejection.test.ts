@@ -262,6 +262,16 @@ describe('Ejector: stale reports, probation and the streak (pure logic, injected
     expect(alone.log).toEqual(['ejected a for 100']);
   });
 
+  it("an update's copy given up at the per-try timeout is not judged (it may wait for a claim another holds); a read's is", () => {
+    const givenUp = (update: boolean) => ({ outcome: 'outcome-unknown', update, copies: [{ upstream: 'a', outcome: 'failed', status: null, error: 'per-try-timeout' }] }) as unknown as RaceReport;
+    const upd = make();
+    upd.ej.record(givenUp(true), upd.ej.epoch);
+    expect(upd.log).toEqual([]);
+    const read = make();
+    read.ej.record(givenUp(false), read.ej.epoch);
+    expect(read.log).toEqual(['ejected a for 100']);
+  });
+
   it('a copy marked `timeout` is a failure, whether it never answered or its body stalled', () => {
     const never = { outcome: 'timeout', copies: [{ upstream: 'a', outcome: 'stopped', status: null, error: 'timeout' }] } as unknown as RaceReport;
     const stalled = { outcome: 'timeout', copies: [{ upstream: 'a', outcome: 'drained', status: 200, error: 'timeout' }] } as unknown as RaceReport;

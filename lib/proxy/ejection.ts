@@ -1,5 +1,6 @@
 import type { Upstream } from './options.js';
 import { LOCAL_REFUSAL, type CopyReport, type RaceReport } from './report.js';
+import { PER_TRY_TIMEOUT } from './race/copy.js';
 
 // Outlier ejection, as Envoy does it: an upstream whose copies keep failing
 // stops receiving copies for a while, longer each time it is ejected again,
@@ -111,6 +112,10 @@ export class Ejector {
     // this one, unless another copy got an answer through.
     let through: boolean | undefined;
     for (const copy of race.copies) {
+      // An update's copy may be waiting for a claim another copy holds (one
+      // stuck in its commit): given up at the per-try timeout, it says
+      // nothing of its own upstream.
+      if (race.update && copy.error === PER_TRY_TIMEOUT) continue;
       let v = verdict(copy);
       if (v === 'failure' && copy.storeUnavailable) {
         through ??= race.copies.some((c) => c !== copy && !c.storeUnavailable && verdict(c) === 'success');
