@@ -467,7 +467,7 @@ describe('RedisSessionStore waiters giving up', () => {
     await expect(s.holder.getRequest(requestId)).resolves.toMatchObject({ commit: { state: 'none' } });
   });
 
-  it('a store closed while a waiter\'s look is in flight rejects the waiter and gives the grant back', async () => {
+  it('a store closed while a waiter\'s look is in flight rejects the waiter, gives the grant back, and resolves only then', async () => {
     const s = await setup();
     const requestId = randomUUID();
     const first = await s.holder.claim(requestId, 'a', lease);
@@ -478,12 +478,16 @@ describe('RedisSessionStore waiters giving up', () => {
     const look = await s.gate.next('evalsha');
     // CLAIM_BATCH: ttl, then requestId, duplicateId, leaseMs, inbox token.
     expect(look.argv.slice(1, 3)).toEqual([requestId, 'b']);
-    await s.store.close();
+    let closed = false;
+    const closing = s.store.close().then(() => (closed = true));
+    await new Promise((r) => setImmediate(r));
     expect(outcome).toMatchObject({ code: codes.CLOSED });
     await look.send();
     const back = await s.gate.next('evalsha');
     expect(back.argv[0]).toBe('b');
+    expect(closed).toBe(false); // the grant is on its way back
     await back.send();
+    await closing;
     await expect(s.holder.getRequest(requestId)).resolves.toMatchObject({ commit: { state: 'none' } });
   });
 });

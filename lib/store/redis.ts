@@ -112,6 +112,9 @@ export class RedisSessionStore implements SessionStore {
   readonly #claims: Batcher<unknown> | undefined;
   readonly #confirms: Batcher<unknown> | undefined;
   #closed = false;
+  /** Commands sent and not settled (answered or failed: not merely timed out); at most #maxOutstanding. */
+  #outstanding = 0;
+  readonly #maxOutstanding: number;
   /** Claims on their way to Redis and grants being handed back; close() waits for them. */
   readonly #inFlight = new Set<Promise<unknown>>();
 
@@ -130,18 +133,19 @@ export class RedisSessionStore implements SessionStore {
     this.#sessionTtl = sessionTtl;
     this.#pollInterval = pollInterval;
     this.#commandTimeout = commandTimeout;
+    this.#maxOutstanding = (batch as BatchSettings).maxPending;
     // The records' maxDelay timers run on a test's scheduler when it gave one (withScheduler() in lib/time.ts).
     const time = typeof options === 'object' && options !== null ? schedulerOf(options) : undefined;
-    this.#records = new RecordBatcher((keys, args) => this.#guard('writing the request log', this.#eval(RECORD_BATCH, keys, args)), batch as BatchSettings, ttl, this.#cluster, time);
+    this.#records = new RecordBatcher((keys, args) => this.#eval(RECORD_BATCH, keys, args), batch as BatchSettings, ttl, this.#cluster, time, (call) => this.#guard('writing the request log', call));
     const now = { ...(batch as BatchSettings), maxDelay: 0 };
-    this.#sessionReads = new Batcher<string[]>((keys, args) => this.#guard('getSession', this.#eval(GET_SESSIONS, keys, args)), now, sessionTtl, this.#cluster);
+    this.#sessionReads = new Batcher<string[]>((keys, args) => this.#eval(GET_SESSIONS, keys, args), now, sessionTtl, this.#cluster, undefined, (call) => this.#guard('getSession', call));
     if (!this.#cluster) {
       const token = randomUUID();
       const inboxes = this.#keys.inbox('');
       this.#inbox = { token, channel: this.#keys.inbox(token), prefix: inboxes };
       const fence = this.#keys.fence();
-      this.#claims = new Batcher((keys, args) => this.#guard('claim', this.#eval(CLAIM_BATCH, [fence, ...keys], args)), now, ttl, false);
-      this.#confirms = new Batcher((keys, [shared, ...each]) => this.#guard('confirm', this.#eval(CONFIRM_BATCH, keys, [shared!, inboxes, ...each])), now, ttl, false);
+      this.#claims = new Batcher((keys, args) => this.#eval(CLAIM_BATCH, [fence, ...keys], args), now, ttl, false, undefined, (call) => this.#guard('claim', call));
+      this.#confirms = new Batcher((keys, [shared, ...each]) => this.#eval(CONFIRM_BATCH, keys, [shared!, inboxes, ...each]), now, ttl, false, undefined, (call) => this.#guard('confirm', call));
     }
   }
 
@@ -204,7 +208,7 @@ export class RedisSessionStore implements SessionStore {
 
   async getRequest(requestId: string): Promise<RequestRecord | undefined> {
     this.#assertOpen();
-    const hash = await this.#guard('getRequest', this.#client.hgetall(this.#keys.request(requestId)));
+    const hash = await this.#guard('getRequest', this.#send(() => this.#client.hgetall(this.#keys.request(requestId))));
     return hash.requestId === undefined ? undefined : readStored(`a request record (${requestId})`, () => toRequestRecord(hash));
   }
 
@@ -324,13 +328,32 @@ export class RedisSessionStore implements SessionStore {
   }
 
   /** EVALSHA, and EVAL (which caches the script again) when Redis does not know it, e.g. after a restart. */
-  async #eval(script: Script, keys: string[], args: Array<string | number>): Promise<unknown> {
-    try {
-      return await this.#client.evalsha(script.sha, keys.length, ...keys, ...args);
-    } catch (err) {
-      if (!(err instanceof Error) || !err.message.startsWith('NOSCRIPT')) throw err;
-      return this.#client.eval(script.lua, keys.length, ...keys, ...args);
+  #eval(script: Script, keys: string[], args: Array<string | number>): Promise<unknown> {
+    return this.#send(async () => {
+      try {
+        return await this.#client.evalsha(script.sha, keys.length, ...keys, ...args);
+      } catch (err) {
+        if (!(err instanceof Error) || !err.message.startsWith('NOSCRIPT')) throw err;
+        return this.#client.eval(script.lua, keys.length, ...keys, ...args);
+      }
+    });
+  }
+
+  /**
+   * Sends a command, unless `batch.maxPending` of this store's commands are
+   * on their way already: a command that timed out for its caller still
+   * waits in the client's queue while Redis does not answer, and they must
+   * not pile up in memory. Beyond that, refused at once.
+   */
+  #send<T>(command: () => Promise<T>): Promise<T> {
+    if (this.#outstanding >= this.#maxOutstanding) {
+      return Promise.reject(new RedundantProxyError(codes.STORE_UNAVAILABLE, `the session store (Redis) has ${this.#outstanding} commands on their way; this one is refused`, { status: 503 }));
     }
+    this.#outstanding++;
+    const sent = command();
+    const settled = () => void this.#outstanding--;
+    sent.then(settled, settled);
+    return sent;
   }
 
   /**

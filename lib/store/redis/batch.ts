@@ -56,12 +56,19 @@ export interface BatchSettings {
    * `later` always go at the end of the turn.
    */
   maxDelay: number;
-  /** Records queued or sent and not answered yet, at most; beyond that a record fails at once. */
+  /** Records queued or sent and not answered yet (by Redis: a timeout does not count), at most; beyond that a record fails at once. */
   maxPending: number;
 }
 
 /** Sends one script call: the keys and `[shared, ...each item's args]`. Resolves with one reply per item. */
 export type SendBatch = (keys: string[], args: string[]) => Promise<unknown>;
+
+/**
+ * What the callers wait for of a call on its way: the call itself, bounded
+ * (a timeout, an error of the store's own). The items of a call count as on
+ * their way until the call itself settles, which may be later.
+ */
+export type GuardBatch = (call: Promise<unknown>) => Promise<unknown>;
 
 interface Pending<R> {
   record: BatchItem;
@@ -80,24 +87,29 @@ export class Batcher<R = unknown> {
   readonly #perRecord: boolean;
   readonly #ttl: string;
   readonly #time: Scheduler;
+  readonly #guard: GuardBatch;
   #queue: Pending<R>[] = [];
   #timer: TimerHandle | undefined;
   /** A flush at the end of this turn is due. */
   #scheduled = false;
   readonly #inFlight = new Set<Promise<void>>();
-  /** Records sent and not answered yet. */
+  /** Records sent whose call has not settled yet (answered or failed: not merely timed out). */
   #sending = 0;
 
   /**
    * `shared`: the first argument of every call (a TTL). `perRecord`: one call
-   * per item (Cluster: the keys of one call must share a slot).
+   * per item (Cluster: the keys of one call must share a slot). `guard`:
+   * what callers wait for of a call (a timeout); its items stay counted
+   * against `maxPending` until the call itself settles, so a Redis that does
+   * not answer holds at most `maxPending` of them in the client's queue.
    */
-  constructor(send: SendBatch, settings: BatchSettings, shared: number, perRecord: boolean, time: Scheduler = REAL_TIME) {
+  constructor(send: SendBatch, settings: BatchSettings, shared: number, perRecord: boolean, time: Scheduler = REAL_TIME, guard: GuardBatch = (call) => call) {
     this.#send = send;
     this.#settings = settings;
     this.#perRecord = perRecord;
     this.#ttl = String(shared);
     this.#time = time;
+    this.#guard = guard;
   }
 
   /**
@@ -167,13 +179,19 @@ export class Batcher<R = unknown> {
     }
     let replies: unknown;
     this.#sending += batch.length;
+    let call: Promise<unknown>;
     try {
-      replies = await this.#send(keys, args);
+      call = this.#send(keys, args);
+    } catch (err) {
+      call = Promise.reject(err);
+    }
+    const settled = () => void (this.#sending -= batch.length);
+    call.then(settled, settled);
+    try {
+      replies = await this.#guard(call);
     } catch (err) {
       for (const p of batch) p.reject(err);
       return;
-    } finally {
-      this.#sending -= batch.length;
     }
     const list = replies as R[];
     for (const [i, p] of batch.entries()) p.resolve(list[i] as R);

@@ -67,7 +67,9 @@ export interface RedisSessionStoreOptions {
    * take the waiting ones along, and a worker about to wait for a read's
    * record has them go at the end of the turn (`flushRecords()`). `getRequest()` from
    * another process may trail by one batch. See docs/stores.md for when
-   * `maxDelay` pays.
+   * `maxDelay` pays. `maxPending` bounds each batch's items and the store's
+   * other commands on their way (until Redis answers them): beyond it a new
+   * one fails at once with `RP_ERR_STORE_UNAVAILABLE`.
    * @default { maxRecords: 128, maxDelay: 0, maxPending: 10000 }
    */
   batch?: Partial<BatchSettings>;
