@@ -820,3 +820,36 @@ describe('RedisSessionStore: a Redis that does not answer holds at most batch.ma
     await eventually(async () => (await code(store.recordCopy(copy(randomUUID(), 'a')))) === 'ok' || undefined);
   });
 });
+
+describe('RedisSessionStore: one item of a batch that Redis refuses', () => {
+  it('fails that item alone (503, the Redis error as cause); the others of the same call are done and answered', async () => {
+    const prefix = `rp-batch-wrongtype:${randomUUID()}:`;
+    const { store, calls } = await open({ prefix });
+    // Keys of another type under the store's prefix (written by something else).
+    await admin.set(`${prefix}{r:bad}`, 'x');
+    await admin.set(`${prefix}{s:bad}`, 'x');
+    await admin.hset(`${prefix}{s:good}`, 'sessionId', 'good', 'data', '{"n":1}', 'version', '1', 'updatedAt', '1');
+    const settle = (p: Promise<unknown>) => p.then((v) => ({ ok: v }), (e: unknown) => ({ code: (e as { code?: string }).code, cause: String((e as { cause?: Error }).cause?.message) }));
+    // Records: one call.
+    const records = await Promise.all([settle(store.recordCopy(copy('good', 'a'))), settle(store.recordCopy(copy('bad', 'a'))), settle(store.recordCopy(copy('good', 'b')))]);
+    expect(calls).toHaveLength(1);
+    expect(records[0]).toEqual({ ok: { duplicate: false } });
+    expect(records[1]).toMatchObject({ code: 'RP_ERR_STORE_UNAVAILABLE', cause: expect.stringContaining('WRONGTYPE') });
+    expect(records[2]).toEqual({ ok: { duplicate: false } });
+    expect((await store.getRequest('good'))!.copies.map((c) => c.duplicateId)).toEqual(['a', 'b']);
+    // Session reads: one call.
+    const reads = await Promise.all([settle(store.getSession('good')), settle(store.getSession('bad'))]);
+    expect(reads[0]).toMatchObject({ ok: { data: { n: 1 } } });
+    expect(reads[1]).toMatchObject({ code: 'RP_ERR_STORE_UNAVAILABLE', cause: expect.stringContaining('WRONGTYPE') });
+    // Claims: one call; the good one is granted and answered as granted (not left held by nobody).
+    const claims = await Promise.all([settle(store.claim('good-claim', 'a', { leaseMs: 60_000 })), settle(store.claim('bad', 'a', { leaseMs: 60_000 }))]);
+    expect(claims[0]).toMatchObject({ ok: { fence: expect.any(Number) } });
+    expect(claims[1]).toMatchObject({ code: 'RP_ERR_STORE_UNAVAILABLE', cause: expect.stringContaining('WRONGTYPE') });
+    const fence = (claims[0] as { ok: { fence: number } }).ok.fence;
+    // Confirms: one call.
+    const confirms = await Promise.all([settle(store.confirm('good-claim', 'a', fence)), settle(store.confirm('bad', 'a', 1))]);
+    expect(confirms[0]).toEqual({ ok: undefined });
+    expect(confirms[1]).toMatchObject({ code: 'RP_ERR_STORE_UNAVAILABLE', cause: expect.stringContaining('WRONGTYPE') });
+    await expect(store.getRequest('good-claim')).resolves.toMatchObject({ commit: { state: 'committed', holder: 'a' } });
+  });
+});

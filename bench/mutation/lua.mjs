@@ -21,7 +21,7 @@
  */
 export const LUA_SOURCES = [
   { file: 'lib/store/redis/scripts.ts', prefix: 'L', scripts: ['CLAIM_ONE', 'CLAIM_BATCH', 'CONFIRM_ONE', 'CONFIRM_BATCH', 'RELEASE', 'BEGIN_IDEMPOTENT', 'COMPLETE_IDEMPOTENT', 'PRELUDE'] },
-  { file: 'lib/store/redis/batch.ts', prefix: 'B', scripts: ['LUA', 'SESSIONS_LUA'] },
+  { file: 'lib/store/redis/batch.ts', prefix: 'B', scripts: ['LUA', 'SESSIONS_LUA', 'EACH'] },
 ];
 /** The helpers of scripts.ts's PRELUDE that the claim uses. */
 const PRELUDE_FUNCTIONS = ['clock', 'next_fence', 'touch', 'wake'];
@@ -44,10 +44,11 @@ export function luaMutants(source, { scripts, prefix }) {
 function scriptLines(lines, scripts) {
   const out = [];
   for (const name of scripts) {
-    // `const PRELUDE = \``, `const CLAIM_ONE = \``, `export const RELEASE = script(\``, `export const CLAIM_BATCH = script(CLAIM_ONE + \``
-    const start = lines.findIndex((l) => new RegExp(`^(export )?const ${name} = (script\\(([A-Z_]+ \\+ )?)?\``).test(l));
+    // `const PRELUDE = \``, `const CLAIM_ONE = \``, `export const RELEASE = script(\``, `export const CLAIM_BATCH = script(CLAIM_ONE + EACH + \``
+    const start = lines.findIndex((l) => new RegExp(`^(export )?const ${name} = (script\\((([A-Z_]+) \\+ )*)?\``).test(l));
     if (start === -1) throw new Error(`script ${name} not found`);
-    const end = lines.findIndex((l, i) => i > start && /^`\)?;$/.test(l));
+    // Its text ends at the closing backtick, or where another constant's text is spliced in (`\` + EACH + \``).
+    const end = lines.findIndex((l, i) => i > start && /^`(\)?;$| \+ )/.test(l));
     let fn;
     for (let i = start + 1; i < end; i++) {
       const text = lines[i];

@@ -193,10 +193,33 @@ export class Batcher<R = unknown> {
       for (const p of batch) p.reject(err);
       return;
     }
-    const list = replies as R[];
-    for (const [i, p] of batch.entries()) p.resolve(list[i] as R);
+    const list = replies as unknown[];
+    for (const [i, p] of batch.entries()) {
+      const reply = list[i];
+      // This item alone failed in Redis (see EACH): the others stand.
+      if (reply instanceof Error) p.reject(new RedundantProxyError(codes.STORE_UNAVAILABLE, `the session store (Redis) refused this item of a batch: ${reply.message}`, { status: 503, cause: reply }));
+      else p.resolve(reply as R);
+    }
   }
 }
+
+/**
+ * Lua: `each(fn)` runs `fn(i)` for every key of a batch, each alone: an item
+ * that fails (a key of another type under the prefix, say) is answered with
+ * its own error reply, and the others are done and answered as usual (a
+ * script is not rolled back: one failure must not fail, or half-do, the
+ * rest). `fn`'s reply must be a number or a table.
+ */
+export const EACH = `
+local function each(fn, from)
+  local out = {}
+  for i = from or 1, #KEYS do
+    local ok, r = pcall(fn, i)
+    if ok then out[#out + 1] = r else out[#out + 1] = { err = (type(r) == 'table' and r.err) or tostring(r) } end
+  end
+  return out
+end
+`;
 
 // KEYS: one request key per record (several may be the same).
 // ARGV: ttl, then four per record: head (kind, update '0' | '1' and the
@@ -241,8 +264,7 @@ local long = ttl + math.min(10000, math.max(2000, math.floor(ttl / 8)))
 local longs = string.format('%.0f', long)
 local stamp = math.floor((now + long - 100) / 1000) * 1048576
 local gt = redis.REDIS_VERSION_NUM ~= nil
-local out = {}
-for i = 1, #KEYS do
+local function record(i)
   local key = KEYS[i]
   local o = 2 + (i - 1) * 4
   local head, a, b = ARGV[o], ARGV[o + 2], ARGV[o + 3]
@@ -283,9 +305,10 @@ for i = 1, #KEYS do
     -- later record touches the key; the numbering goes on).
     if stamped and n >= 524288 then redis.call('HSET', key, 'n', n) end
   end
-  out[i] = reply
+  return reply
 end
-return out
+` + EACH + `
+return each(record)
 `;
 
 export const RECORD_BATCH = { lua: LUA, sha: createHash('sha1').update(LUA).digest('hex') };
@@ -297,13 +320,13 @@ export type RecordBatcher = Batcher<number>;
 // KEYS: one session key per read. ARGV: sessionTtl. Each reply is the
 // session's hash (empty when it is unknown); reading a session keeps it alive.
 const SESSIONS_LUA = `
-local out = {}
-for i = 1, #KEYS do
+local function read(i)
   local h = redis.call('HGETALL', KEYS[i])
   if #h > 0 then redis.call('PEXPIRE', KEYS[i], ARGV[1]) end
-  out[i] = h
+  return h
 end
-return out
+` + EACH + `
+return each(read)
 `;
 
 export const GET_SESSIONS = { lua: SESSIONS_LUA, sha: createHash('sha1').update(SESSIONS_LUA).digest('hex') };

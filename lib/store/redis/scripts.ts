@@ -1,4 +1,5 @@
 import { createHash } from 'node:crypto';
+import { EACH } from './batch.js';
 
 // The Redis store's Lua scripts: every write is one atomic script on the keys
 // of one slot (see keys.ts).
@@ -204,13 +205,11 @@ return claim(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV
 // each as CLAIM would take it (in order, a token taken here for each grant).
 // KEYS: fence counter, then one request key per claim. ARGV: ttl, then four
 // per claim: requestId, duplicateId, leaseMs, inbox token. One reply each.
-export const CLAIM_BATCH = script(CLAIM_ONE + `
-local out = {}
-for i = 2, #KEYS do
+export const CLAIM_BATCH = script(CLAIM_ONE + EACH + `
+return each(function(i)
   local o = 2 + (i - 2) * 4
-  out[i - 1] = claim(KEYS[i], KEYS[1], ARGV[o], ARGV[o + 1], ARGV[o + 2], ARGV[1], '', ARGV[o + 3])
-end
-return out
+  return claim(KEYS[i], KEYS[1], ARGV[o], ARGV[o + 1], ARGV[o + 2], ARGV[1], '', ARGV[o + 3])
+end, 2)
 `);
 
 // One confirm, in CONFIRM and CONFIRM_BATCH: the request's key, duplicateId,
@@ -240,13 +239,11 @@ return confirm(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5])
 // The confirms one store makes in a turn of the event loop, on a single
 // Redis. KEYS: one request key per confirm. ARGV: ttl, the inbox prefix, then
 // two per confirm: duplicateId, fence. One reply each.
-export const CONFIRM_BATCH = script(CONFIRM_ONE + `
-local out = {}
-for i = 1, #KEYS do
+export const CONFIRM_BATCH = script(CONFIRM_ONE + EACH + `
+return each(function(i)
   local o = 3 + (i - 1) * 2
-  out[i] = confirm(KEYS[i], ARGV[o], ARGV[o + 1], ARGV[1], '', ARGV[2])
-end
-return out
+  return confirm(KEYS[i], ARGV[o], ARGV[o + 1], ARGV[1], '', ARGV[2])
+end)
 `);
 
 // KEYS: request. ARGV: duplicateId, fence, ttl, channel ('' = none), inbox
