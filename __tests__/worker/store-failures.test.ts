@@ -124,6 +124,8 @@ describe('a claim the store cannot decide', () => {
     expect(committed).toBe(0);
     expect(failures).toHaveLength(1);
     expect(failures[0]).toMatchObject({ operation: 'claim', requestId: res.headers['x-request-id'] });
+    // The worker's answer, passed through, says which request it is, as the proxy's own errors do.
+    expect(res.json()).toMatchObject({ requestId: res.headers['x-request-id'] });
     expect((failures[0]!.error as Error).message).toBe('store is down');
   });
 
@@ -197,7 +199,7 @@ describe('a session the store cannot load', () => {
     open.push(gw, proxy);
     const res = await client.send(`${gw.url}/pay`, { method: 'POST', body: '{}', headers: { cookie, 'content-type': 'application/json' } });
     expect(res.status).toBe(503);
-    expect(res.json()).toMatchObject({ code: 'RP_ERR_STORE_UNAVAILABLE' });
+    expect(res.json()).toMatchObject({ code: 'RP_ERR_STORE_UNAVAILABLE', requestId: res.headers['x-request-id'] });
     expect(ran).toBe(0);
     expect(committed).toBe(0);
     expect(failures.some((f) => f.operation === 'getSession')).toBe(true);

@@ -15,14 +15,21 @@ import type { KoaWorkerContext, RedundantHandle, RedundantWorker } from './types
  * found the update applied; with `refused`, the refusal's code, so that the
  * proxy counts it as this upstream's failure rather than an answer.
  */
-function errorAnswer(err: RedundantProxyError, refused: boolean): JsonAnswer {
+function errorAnswer(err: RedundantProxyError, refused: boolean, requestId: string | undefined): JsonAnswer {
   const headers: Record<string, string> = {};
   const lost = isSupersededError(err);
   if (lost) headers[H.commit] = COMMIT.lost;
   else if (err.code === codes.ALREADY_APPLIED) headers[H.commit] = COMMIT.applied;
   if (refused && err.status === 401) headers[H.refused] = err.code;
   if (err.code === codes.STORE_UNAVAILABLE) headers[H.storeUnavailable] = FLAG_ON;
-  return { status: lost ? 409 : err.status, body: err.toJSON(), headers };
+  // The request id, as the proxy's own errors carry it: passed through to the client, it still says which request.
+  return { status: lost ? 409 : err.status, body: requestId === undefined ? err.toJSON() : { ...err.toJSON(), requestId }, headers };
+}
+
+/** The request id a copy carries (the proxy's, in its headers): undefined for a direct request. */
+function copyRequestId(req: IncomingMessage): string | undefined {
+  const id = req.headers[H.requestId];
+  return typeof id === 'string' && id.length <= 128 ? id : undefined;
 }
 
 /**
@@ -69,7 +76,7 @@ export async function koaWorker(w: WorkerContext, ctx: KoaWorkerContext, next: (
     p = await prepare(w, ctx.req, ctx.res, ctx.originalUrl ?? ctx.req.url ?? '');
   } catch (err) {
     if (!(err instanceof RedundantProxyError)) throw err;
-    answerKoa(ctx, errorAnswer(err, true));
+    answerKoa(ctx, errorAnswer(err, true, copyRequestId(ctx.req)));
     return;
   }
   ctx.state.redundant = p.handle;
@@ -82,7 +89,7 @@ export async function koaWorker(w: WorkerContext, ctx: KoaWorkerContext, next: (
     if (answer === 'stopped') return;
     // Koa answers its other errors itself (the app's error handling).
     if (!answer || (!isSupersededError(answer) && answer.code !== codes.STORE_UNAVAILABLE && answer.code !== codes.ALREADY_APPLIED && !isRefusal(answer))) throw err;
-    answerKoa(ctx, errorAnswer(answer, isRefusal(answer)));
+    answerKoa(ctx, errorAnswer(answer, isRefusal(answer), p.handle.requestId));
   }
 }
 
@@ -104,7 +111,7 @@ export function expressWorker(w: WorkerContext): { middleware: (req: IncomingMes
       },
       (err) => {
         if (!(err instanceof RedundantProxyError)) return next(err);
-        writeJsonAnswer(res, errorAnswer(err, true));
+        writeJsonAnswer(res, errorAnswer(err, true, copyRequestId(req)));
       },
     );
   }
@@ -117,7 +124,7 @@ export function expressWorker(w: WorkerContext): { middleware: (req: IncomingMes
       return;
     }
     if (!answer) return next(err);
-    writeJsonAnswer(res, errorAnswer(answer, isRefusal(answer)));
+    writeJsonAnswer(res, errorAnswer(answer, isRefusal(answer), preparedFor.get(req)?.handle.requestId ?? copyRequestId(req)));
   };
   return { middleware, errorHandler };
 }
