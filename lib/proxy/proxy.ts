@@ -186,9 +186,10 @@ export function redundantProxy(options: ProxyOptions): RedundantProxy {
       else console.error(`redundant-proxy: ${(error as Error).message}`);
     },
   };
+  // Said once: workers answer a proxy whose store is its own default.
+  const warnOwnStore = warnOnce((message) => console.warn(message));
   // Without an 'error' listener, each source's first failure is said on the
   // console (once: a hook that always throws must not flood the log).
-  const warnOwnStore = warnOnce((message) => console.warn(message));
   const unheard = new Map<ProxyErrorEvent['source'], (message: string, detail?: unknown) => void>();
   function reportUnheard(requestId: string | null, source: ProxyErrorEvent['source'], error: unknown): void {
     if (events.has('error')) return events.emit('error', { requestId, source, error });
