@@ -310,6 +310,7 @@ export class RedisSessionStore implements SessionStore {
     while (this.#inFlight.size > 0) await Promise.allSettled([...this.#inFlight]);
   }
 
+  /** Counts `work` (a claim's try, a grant handed back) as on its way until it settles: close() waits for it. */
   #track<T>(work: Promise<T>): Promise<T> {
     this.#inFlight.add(work);
     const done = () => void this.#inFlight.delete(work);
