@@ -60,6 +60,13 @@ export const codes = {
    * or may not be applied. Retry with the same key to learn which (503).
    */
   OUTCOME_UNKNOWN: 'RP_ERR_OUTCOME_UNKNOWN',
+  /**
+   * A retry with an `Idempotency-Key` whose earlier attempt ended without
+   * applying the update and sealed its request (its answer, which committed
+   * nothing, could not be kept for replay): it was not applied and can no
+   * longer be under this key. Send it again with a new key (409).
+   */
+  NOT_APPLIED: 'RP_ERR_NOT_APPLIED',
   /** The session store is at its bound of idempotency keys or bytes and takes no new key until some expire (503). */
   STORE_FULL: 'RP_ERR_STORE_FULL',
   /** A request with the same Idempotency-Key is still being processed (409). */

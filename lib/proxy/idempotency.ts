@@ -29,7 +29,7 @@ import { sendError } from './respond.js';
 //   still land) is released the same way.
 
 export interface KeyedAttempt {
-  /** The scoped key, as the store keeps it. */
+  /** The key as the store keeps it (hashed; in its scope, if the proxy has one). */
   key: string;
   /** The request id to run under: the first attempt's when this one resumes it. */
   requestId: string;
@@ -242,6 +242,28 @@ export class Idempotency {
       }
       await this.#completeOnce(attempt, committed ? lostAnswer(attempt.requestId, 'the update was applied, but its answer was lost') : null, committed);
     });
+  }
+
+  /**
+   * Whether this attempt resumes a request that an earlier attempt sealed
+   * (it adopted an answer that committed nothing, and could not keep it):
+   * nothing was applied under that request id, and nothing can be, since
+   * every copy would lose to the seal. Then the key is released again (a
+   * later retry learns the same) and true is the answer. False when the
+   * store cannot say: the race runs, as before.
+   */
+  async sealedBefore(attempt: KeyedAttempt): Promise<boolean> {
+    if (attempt.attempt === 1) return false;
+    const { store, storeTimeout } = this.config;
+    let record;
+    try {
+      record = await withTimeout(store.getRequest(attempt.requestId), storeTimeout, 'getRequest');
+    } catch {
+      return false;
+    }
+    if (record?.commit.state !== 'committed' || record.commit.holder !== sealId(attempt.requestId)) return false;
+    await this.#complete(attempt, null, false);
+    return true;
   }
 
   /** Completes the key now; while the store fails, keeps trying in the background (the answer does not wait for that). */

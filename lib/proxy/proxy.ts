@@ -267,6 +267,14 @@ export function redundantProxy(options: ProxyOptions): RedundantProxy {
     const { requestId, method, path, body, session } = p;
     const begun = await idempotency.begin(req, res, { requestId, method, path, body, sessionId: session.isNew ? null : session.id || null });
     if (begun === 'answered') return false;
+    if (begun && (await idempotency.sealedBefore(begun))) {
+      sendError(
+        res,
+        new RedundantProxyError(codes.NOT_APPLIED, 'this update was not applied: an earlier attempt under this Idempotency-Key ended without applying it, and its answer could not be kept for replay; it can no longer be applied under this key: send it again with a new Idempotency-Key', { status: 409 }),
+        begun.requestId,
+      );
+      return false;
+    }
     // A retry that resumes an earlier attempt runs under its request id.
     if (begun) p.requestId = begun.requestId;
     p.keyed = begun;
