@@ -728,3 +728,31 @@ describe('Idempotency.completeAfter: a race that did not complete its key', () =
     expect(attempt.done).toBe(false);
   });
 });
+
+describe('Idempotency.sealedBefore: a retry resuming a request an earlier attempt sealed', () => {
+  it('asks the store nothing for a new key; for a resumed one, true only when its request is sealed, and then releases the key again', async () => {
+    const { inner, store, calls } = storeWith();
+    const { begin, idem } = setup({ wait: 0 }, store);
+    const first = started((await begin('k')).result);
+    calls.getRequest = 0;
+    await expect(idem.sealedBefore(first)).resolves.toBe(false);
+    expect(calls.getRequest).toBe(0);
+    // The first attempt ends without a final answer: a retry resumes its request id.
+    await idem.completeAfter(first, report('timeout'));
+    const resumed = started((await begin('k')).result);
+    expect(resumed).toMatchObject({ requestId: first.requestId, attempt: 2 });
+    await expect(idem.sealedBefore(resumed)).resolves.toBe(false); // not sealed: the race runs
+    // Sealed (by the proxy, as when it adopted an answer that committed nothing).
+    await idem.completeAfter(resumed, report('timeout'));
+    const rid = first.requestId;
+    const grant = await inner.claim(rid, sealId(rid), { leaseMs: 1_000 });
+    await inner.confirm(rid, sealId(rid), grant.fence);
+    const third = started((await begin('k')).result);
+    await expect(idem.sealedBefore(third)).resolves.toBe(true);
+    expect(third.done).toBe(true);
+    // Released again: the next retry finds the same.
+    const fourth = started((await begin('k')).result);
+    expect(fourth).toMatchObject({ requestId: rid, attempt: 4 });
+    await expect(idem.sealedBefore(fourth)).resolves.toBe(true);
+  });
+});

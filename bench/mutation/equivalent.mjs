@@ -83,6 +83,11 @@ export const EQUIVALENT = [
   // --- lib/store/redis/batch.ts, the Batcher
   { file: 'lib/store/redis/batch.ts', code: 'if (this.#timer !== undefined) this.#time.clearTimeout(this.#timer);', mutator: 'ConditionalExpression', replacement: 'true', reason: 'clearTimeout(undefined) does nothing' },
 
+  // --- lib/proxy/idempotency.ts, a resumed request that was sealed
+  { file: 'lib/proxy/idempotency.ts', code: 'await this.#complete(attempt, null, false);', mutator: 'BooleanLiteral', replacement: 'true', reason: '`committed` only picks the smaller answer kept when the store is full, and there is no answer to keep here (null)' },
+  // --- lib/proxy/idempotency.ts, the sender in the fingerprint
+  { file: 'lib/proxy/idempotency.ts', code: "let sender = '';", mutator: 'StringLiteral', reason: "the sender's value when a scope function names the key's namespace: one constant for every request, so every attempt's fingerprint is the same either way" },
+
   // --- Lua scripts of lib/store/redis/scripts.ts
   { file: 'lib/store/redis/scripts.ts', script: 'PRELUDE next_fence', code: 'if f < floor then', mutator: 'Lua boundary', reason: 'at equality the same value is set again' },
   { file: 'lib/store/redis/scripts.ts', script: 'BEGIN_IDEMPOTENT', code: "if redis.call('PTTL', key) < lock then", mutator: 'Lua boundary', reason: 'at equality the same TTL is set again' },
