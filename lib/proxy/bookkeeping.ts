@@ -142,7 +142,7 @@ export class Bookkeeping {
 }
 
 const answerLost = (upstream: string) =>
-  new RedundantProxyError(codes.ANSWER_LOST, `the update was applied by upstream "${upstream}", but its answer was lost; do not retry it blindly`, { status: 502 });
+  new RedundantProxyError(codes.ANSWER_LOST, `the update was applied (the store records its commit under upstream "${upstream}": the copy that committed it, or one that took the claim over and found it applied), but its answer was lost; do not retry it blindly`, { status: 502 });
 const outcomeUnknown = (upstream: string | null) =>
   new RedundantProxyError(
     codes.OUTCOME_UNKNOWN,
