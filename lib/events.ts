@@ -25,7 +25,7 @@ export class Emitter<Events extends object> {
   }
 
   on<K extends keyof Events>(name: K, listener: Listener<Events[K]>): Disposable {
-    if (!this.#names.has(name as string)) throw new TypeError(`redundant-proxy: there is no event ${JSON.stringify(name)}; the events are ${[...this.#names].join(', ')}`);
+    if (!this.#names.has(name as string)) throw new TypeError(`redundant-proxy: there is no event "${String(name)}"; the events are ${[...this.#names].join(', ')}`);
     if (typeof listener !== 'function') throw new TypeError('redundant-proxy: a listener must be a function');
     let set = this.#listeners.get(name);
     if (!set) this.#listeners.set(name, (set = new Set()));

@@ -777,46 +777,50 @@ describe.each([
 });
 
 describe('RedisSessionStore: a Redis that does not answer holds at most batch.maxPending of its calls', () => {
-  it('counts a call as on its way until Redis answers it, not until its caller timed out: beyond maxPending, refused at once', async () => {
+  /** A store whose scripts are held before Redis (a Redis that does not answer), answering in 50 ms at most. */
+  async function unanswered(maxPending: number) {
     const raw = new Redis({ host: server.host, port: server.port, lazyConnect: true, maxRetriesPerRequest: 1, enableOfflineQueue: false });
     await raw.connect();
     const g = gate(raw);
-    const store = new RedisSessionStore({ client: g.client, prefix: `rp-batch-pending:${randomUUID()}:`, commandTimeout: 50, batch: { maxPending: 4 } });
+    const store = new RedisSessionStore({ client: g.client, prefix: `rp-batch-pending:${randomUUID()}:`, commandTimeout: 50, batch: { maxPending } });
     opened.push(store, { close: async () => (await g.sendAll(), void (await raw.quit())) });
     g.hold('evalsha', 'eval');
+    /** Redis answers what it holds, and everything after. */
+    const answer = async () => {
+      await g.sendAll();
+      g.pass('evalsha', 'eval');
+    };
+    return { store, log: g.log, answer };
+  }
+
+  it('counts a call as on its way until Redis answers it, not until its caller timed out: beyond maxPending, refused at once', async () => {
+    const { store, log, answer } = await unanswered(4);
     const code = (p: Promise<unknown>) => p.then(() => 'ok', (e: unknown) => `${(e as { code?: string }).code}: ${(e as Error).message}`);
     // Commands of their own (no batch): four reach the client; each times out for its caller, and stays on its way.
     const saves = await Promise.all(Array.from({ length: 4 }, (_, i) => code(store.saveCandidate('s1', `r-${i}`, 'd', { n: i }))));
     expect(saves.every((s) => s.startsWith('RP_ERR_STORE_UNAVAILABLE') && s.includes('did not answer saveCandidate within 50 ms'))).toBe(true);
-    const sent = g.log.length;
+    const sent = log.length;
     expect(sent).toBe(4);
     // A fifth is refused at once: nothing more piles up in the client's queue.
     expect(await code(store.saveCandidate('s1', 'r-5', 'd', {}))).toMatch(/^RP_ERR_STORE_UNAVAILABLE: .*4 commands on their way/);
     // A batch of records too: the store's four commands are its limit as well.
     expect(await code(store.recordCopy(copy(randomUUID(), 'a')))).toMatch(/^RP_ERR_STORE_UNAVAILABLE: .*commands on their way/);
-    expect(g.log.length).toBe(sent);
+    expect(log.length).toBe(sent);
     // Redis answers them: room again.
-    await g.sendAll();
-    g.pass('evalsha', 'eval');
+    await answer();
     await eventually(async () => (await code(store.saveCandidate('s1', 'r-6', 'd', {}))) === 'ok' || undefined);
   });
 
   it("a batch's records stay counted until their call settles: the records beyond maxPending are refused at once", async () => {
-    const raw = new Redis({ host: server.host, port: server.port, lazyConnect: true, maxRetriesPerRequest: 1, enableOfflineQueue: false });
-    await raw.connect();
-    const g = gate(raw);
-    const store = new RedisSessionStore({ client: g.client, prefix: `rp-batch-pending2:${randomUUID()}:`, commandTimeout: 50, batch: { maxPending: 3 } });
-    opened.push(store, { close: async () => (await g.sendAll(), void (await raw.quit())) });
-    g.hold('evalsha', 'eval');
+    const { store, log, answer } = await unanswered(3);
     const code = (p: Promise<unknown>) => p.then(() => 'ok', (e: unknown) => String((e as { code?: string }).code));
     // Three records of one turn: one call, held; each times out for its caller.
     expect(await Promise.all([0, 1, 2].map(() => code(store.recordCopy(copy(randomUUID(), 'a')))))).toEqual(Array(3).fill('RP_ERR_STORE_UNAVAILABLE'));
-    expect(g.log).toHaveLength(1);
+    expect(log).toHaveLength(1);
     // Their call has not settled: a fourth record is refused at once, and no second call goes out.
     expect(await code(store.recordCopy(copy(randomUUID(), 'a')))).toBe('RP_ERR_STORE_UNAVAILABLE');
-    expect(g.log).toHaveLength(1);
-    await g.sendAll();
-    g.pass('evalsha', 'eval');
+    expect(log).toHaveLength(1);
+    await answer();
     await eventually(async () => (await code(store.recordCopy(copy(randomUUID(), 'a')))) === 'ok' || undefined);
   });
 });

@@ -144,8 +144,13 @@ describe('warnOnce and reportError', () => {
     } finally {
       void proxy.close();
     }
-    const worker = redundantWorker({ id: 'a', store: new MemorySessionStore() });
-    expect(() => worker.on('late-confirm' as 'lateConfirm', () => undefined)).toThrow(/there is no event "late-confirm"; the events are error, refused, lateConfirm/);
+    const store = new MemorySessionStore();
+    try {
+      const worker = redundantWorker({ id: 'a', store });
+      expect(() => worker.on('late-confirm' as 'lateConfirm', () => undefined)).toThrow(/there is no event "late-confirm"; the events are error, refused, lateConfirm/);
+    } finally {
+      void store.close();
+    }
   });
 
   it('is what the emitter uses for a listener that throws: said once per emitter', () => {

@@ -99,12 +99,14 @@ describe.each(['throws', 'hangs'] as Mode[])('a store that %s', (mode) => {
 });
 
 describe('a claim the store cannot decide', () => {
-  it('answers 503 and reports it as an error event of the worker (operation claim)', async () => {
-    class ClaimsDown extends MemorySessionStore {
-      override claim(): Promise<never> {
-        return Promise.reject(new Error('store is down'));
-      }
+  /** A working store but for its claims, which fail. */
+  class ClaimsDown extends MemorySessionStore {
+    override claim(): Promise<never> {
+      return Promise.reject(new Error('store is down'));
     }
+  }
+
+  it('answers 503 and reports it as an error event of the worker (operation claim)', async () => {
     const store = new ClaimsDown();
     open.push(store);
     let committed = 0;
@@ -130,11 +132,6 @@ describe('a claim the store cannot decide', () => {
   });
 
   it('does not eject the replicas when the store is down for all of them: their 503 says it was the store', async () => {
-    class ClaimsDown extends MemorySessionStore {
-      override claim(): Promise<never> {
-        return Promise.reject(new Error('store is down'));
-      }
-    }
     const store = new ClaimsDown();
     open.push(store);
     const replicas = [];

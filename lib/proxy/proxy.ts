@@ -155,6 +155,8 @@ export function redundantProxy(options: ProxyOptions): RedundantProxy {
         onStoreError: (requestId, error) => books.reportStoreError(requestId, error),
       })
     : null;
+  /** Said once: workers answer a proxy whose store is its own default. */
+  let ownStoreSaid = false;
   /** What every race tells the proxy besides its report. */
   const observer: RaceObserver = {
     copySent: (requestId, copy) => {
@@ -165,7 +167,10 @@ export function redundantProxy(options: ProxyOptions): RedundantProxy {
     workerSeen: (id) => {
       planner.workerSeen(id);
       // The default store lives inside this proxy: no worker can share it.
-      if (opts.ownsStore) warnOwnStore(`redundant-proxy: upstream "${id}" runs redundantWorker, but this proxy was given no \`store\`: it records into an in-memory store of its own that no worker shares, so the workers' session changes are never promoted (every request sees the session as it was) and Idempotency-Keys live in this process only. Give the proxy and every worker the same store (a RedisSessionStore across processes).`);
+      if (opts.ownsStore && !ownStoreSaid) {
+        ownStoreSaid = true;
+        console.warn(`redundant-proxy: upstream "${id}" runs redundantWorker, but this proxy was given no \`store\`: it records into an in-memory store of its own that no worker shares, so the workers' session changes are never promoted (every request sees the session as it was) and Idempotency-Keys live in this process only. Give the proxy and every worker the same store (a RedisSessionStore across processes).`);
+      }
     },
     refused: (id, code) => {
       if (refusing.has(id)) return;
@@ -186,8 +191,6 @@ export function redundantProxy(options: ProxyOptions): RedundantProxy {
       else console.error(`redundant-proxy: ${(error as Error).message}`);
     },
   };
-  // Said once: workers answer a proxy whose store is its own default.
-  const warnOwnStore = warnOnce((message) => console.warn(message));
   // Without an 'error' listener, each source's first failure is said on the
   // console (once: a hook that always throws must not flood the log).
   const unheard = new Map<ProxyErrorEvent['source'], (message: string, detail?: unknown) => void>();

@@ -12,17 +12,19 @@ import type { KoaWorkerContext, RedundantHandle, RedundantWorker } from './types
 /**
  * The answer to one of this library's errors, with the headers the proxy
  * reads: the commit outcome of a copy that lost (`409`, never adopted) or
- * found the update applied; with `refused`, the refusal's code, so that the
- * proxy counts it as this upstream's failure rather than an answer.
+ * found the update applied; for a refusal (`401`: before the handler ran, or
+ * a signed body that did not arrive in full before a claim), its code, so
+ * that the proxy counts it as this upstream's failure rather than an answer;
+ * for a store that failed, a mark, so that it does not eject the replica for
+ * it. With the request id, as the proxy's own errors carry it.
  */
-function errorAnswer(err: RedundantProxyError, refused: boolean, requestId: string | undefined): JsonAnswer {
+function errorAnswer(err: RedundantProxyError, requestId: string | undefined): JsonAnswer {
   const headers: Record<string, string> = {};
   const lost = isSupersededError(err);
   if (lost) headers[H.commit] = COMMIT.lost;
   else if (err.code === codes.ALREADY_APPLIED) headers[H.commit] = COMMIT.applied;
-  if (refused && err.status === 401) headers[H.refused] = err.code;
+  if (isRefusal(err)) headers[H.refused] = err.code;
   if (err.code === codes.STORE_UNAVAILABLE) headers[H.storeUnavailable] = FLAG_ON;
-  // The request id, as the proxy's own errors carry it: passed through to the client, it still says which request.
   return { status: lost ? 409 : err.status, body: requestId === undefined ? err.toJSON() : { ...err.toJSON(), requestId }, headers };
 }
 
@@ -32,13 +34,9 @@ function copyRequestId(req: IncomingMessage): string | undefined {
   return typeof id === 'string' && id.length <= 128 ? id : undefined;
 }
 
-/**
- * The copy refused once its handler ran (a signed body that did not arrive
- * in full before a claim, or did not match): an answer the proxy must count
- * as this upstream's failure, never adopt.
- */
+/** A refusal of the copy: only those are `401` (a loss is `409`). */
 function isRefusal(err: RedundantProxyError): boolean {
-  return err.status === 401 && !isSupersededError(err);
+  return err.status === 401;
 }
 
 /**
@@ -76,7 +74,7 @@ export async function koaWorker(w: WorkerContext, ctx: KoaWorkerContext, next: (
     p = await prepare(w, ctx.req, ctx.res, ctx.originalUrl ?? ctx.req.url ?? '');
   } catch (err) {
     if (!(err instanceof RedundantProxyError)) throw err;
-    answerKoa(ctx, errorAnswer(err, true, copyRequestId(ctx.req)));
+    answerKoa(ctx, errorAnswer(err, copyRequestId(ctx.req)));
     return;
   }
   ctx.state.redundant = p.handle;
@@ -89,7 +87,7 @@ export async function koaWorker(w: WorkerContext, ctx: KoaWorkerContext, next: (
     if (answer === 'stopped') return;
     // Koa answers its other errors itself (the app's error handling).
     if (!answer || (!isSupersededError(answer) && answer.code !== codes.STORE_UNAVAILABLE && answer.code !== codes.ALREADY_APPLIED && !isRefusal(answer))) throw err;
-    answerKoa(ctx, errorAnswer(answer, isRefusal(answer), p.handle.requestId));
+    answerKoa(ctx, errorAnswer(answer, p.handle.requestId));
   }
 }
 
@@ -111,7 +109,7 @@ export function expressWorker(w: WorkerContext): { middleware: (req: IncomingMes
       },
       (err) => {
         if (!(err instanceof RedundantProxyError)) return next(err);
-        writeJsonAnswer(res, errorAnswer(err, true, copyRequestId(req)));
+        writeJsonAnswer(res, errorAnswer(err, copyRequestId(req)));
       },
     );
   }
@@ -124,7 +122,7 @@ export function expressWorker(w: WorkerContext): { middleware: (req: IncomingMes
       return;
     }
     if (!answer) return next(err);
-    writeJsonAnswer(res, errorAnswer(answer, isRefusal(answer), preparedFor.get(req)?.handle.requestId ?? copyRequestId(req)));
+    writeJsonAnswer(res, errorAnswer(answer, preparedFor.get(req)?.handle.requestId ?? copyRequestId(req)));
   };
   return { middleware, errorHandler };
 }
