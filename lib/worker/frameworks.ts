@@ -34,6 +34,20 @@ function copyRequestId(req: IncomingMessage): string | undefined {
   return typeof id === 'string' && id.length <= 128 ? id : undefined;
 }
 
+/** The answer of a copy whose handler failed after its commit. */
+function answerLost(err: unknown): RedundantProxyError {
+  return new RedundantProxyError(codes.ANSWER_LOST, 'the update was applied (this copy committed it), but the handler failed before answering: its answer is lost; do not retry it blindly', {
+    status: 502,
+    cause: err,
+  });
+}
+
+/**
+ * Besides losses and refusals, the library's errors a Koa copy answers
+ * itself; the others are the app's (Koa's error handling).
+ */
+const WORKER_ANSWERS = new Set<string>([codes.ALREADY_APPLIED, codes.ANSWER_LOST, codes.STORE_UNAVAILABLE]);
+
 /** A refusal of the copy: only those are `401` (a loss is `409`). */
 function isRefusal(err: RedundantProxyError): boolean {
   return err.status === 401;
@@ -54,6 +68,11 @@ function answerFor(err: unknown, p: Prepared | undefined): 'stopped' | Redundant
   if (p?.gate.outcome === COMMIT.lost) return new SupersededError();
   // Found applied by an earlier copy: whatever the handler threw after that.
   if (p?.gate.outcome === COMMIT.applied) return isRedundantProxyError(err) && err.code === codes.ALREADY_APPLIED ? (err as RedundantProxyError) : new AlreadyAppliedError();
+  // This copy committed, then its handler failed before answering: the
+  // update is applied and its answer lost. Said so (the proxy adopts it as
+  // the committed answer, and replays it to a retry), never a bare 500 a
+  // client would take for "not applied".
+  if (p?.gate.outcome === COMMIT.won) return answerLost(err);
   // By brand, not instanceof: the error may come from another copy of this package.
   const e = err as RedundantProxyError;
   return isRedundantProxyError(err) && typeof e.status === 'number' && typeof e.toJSON === 'function' ? e : undefined;
@@ -86,7 +105,8 @@ export async function koaWorker(w: WorkerContext, ctx: KoaWorkerContext, next: (
     const answer = answerFor(err, p);
     if (answer === 'stopped') return;
     // Koa answers its other errors itself (the app's error handling).
-    if (!answer || (!isSupersededError(answer) && answer.code !== codes.STORE_UNAVAILABLE && answer.code !== codes.ALREADY_APPLIED && !isRefusal(answer))) throw err;
+    if (!answer || !(isSupersededError(answer) || isRefusal(answer) || WORKER_ANSWERS.has(answer.code))) throw err;
+    if (answer.code === codes.ANSWER_LOST) w.report(p.handle.requestId, 'handler', err);
     answerKoa(ctx, errorAnswer(answer, p.handle.requestId));
   }
 }
@@ -122,7 +142,9 @@ export function expressWorker(w: WorkerContext): { middleware: (req: IncomingMes
       return;
     }
     if (!answer) return next(err);
-    writeJsonAnswer(res, errorAnswer(answer, preparedFor.get(req)?.handle.requestId ?? copyRequestId(req)));
+    const p = preparedFor.get(req);
+    if (p && answer.code === codes.ANSWER_LOST) w.report(p.handle.requestId, 'handler', err);
+    writeJsonAnswer(res, errorAnswer(answer, p?.handle.requestId ?? copyRequestId(req)));
   };
   return { middleware, errorHandler };
 }

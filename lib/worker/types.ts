@@ -61,14 +61,22 @@ export interface WorkerErrorEvent {
    * What failed: recording the copy, loading the session, saving the
    * candidate, or an update's claim (the copy then answered 503
    * `RP_ERR_STORE_UNAVAILABLE`, as it does when an update's copy cannot be
-   * recorded or its session loaded).
+   * recorded or its session loaded); or `handler`: the handler threw after
+   * this copy committed the update, and the copy answered `502`
+   * `RP_ERR_ANSWER_LOST` (applied, its answer lost) in its place. `error`
+   * is what the handler threw. Without a listener, each of those is
+   * `console.error`ed (a store failure is said once).
    */
-  operation: 'recordCopy' | 'getSession' | 'saveCandidate' | 'claim';
+  operation: 'recordCopy' | 'getSession' | 'saveCandidate' | 'claim' | 'handler';
   error: unknown;
 }
 
 export interface WorkerEvents {
-  /** A store operation failed: a read was still served; an update was refused with 503 (see `operation`). */
+  /**
+   * A store operation failed: a read was still served; an update was refused
+   * with 503 (see `operation`). Or a handler threw after its commit
+   * (`operation: 'handler'`).
+   */
   error: WorkerErrorEvent;
   /**
    * A copy was refused with 401 before the handler ran; or a signed copy's
@@ -102,7 +110,9 @@ export interface RedundantWorker {
    * errors (`SupersededError` → 409 `lost`, `AlreadyAppliedError` → 409
    * `applied`, store unavailable → 503) as JSON with their `code`, answers
    * 409 `lost` for any error of a copy that lost
-   * the commit, and drops the error of a copy the proxy stopped (its `signal`'s
+   * the commit, `502` `RP_ERR_ANSWER_LOST` for any error of a copy that
+   * committed (applied, its answer lost; the `error` event says what was
+   * thrown), and drops the error of a copy the proxy stopped (its `signal`'s
    * reason) without answering; other errors go on to your handlers. Mount it
    * after your routes: `app.use(worker.errorHandler)`. (Koa needs nothing:
    * the worker does the same itself.)

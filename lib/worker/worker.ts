@@ -37,7 +37,11 @@ export function redundantWorker(options: WorkerOptions): RedundantWorker {
     now,
     seen: secret === undefined ? null : new LRUCache<string, true>({ max: 100_000, ttl: 2 * maxSkew, perf: { now } }),
     events,
-    report: (requestId, operation, error) => report({ requestId, operation, error }),
+    report: (requestId, operation, error) => {
+      // A handler that fails after its commit is the app's bug, said every time, as the frameworks say their errors.
+      if (operation === 'handler' && !events.has('error')) console.error(`redundant-proxy worker "${id}": request ${requestId}: the handler threw after its commit; the copy answered 502 RP_ERR_ANSWER_LOST:`, error);
+      else report({ requestId, operation, error });
+    },
     unchecked: () =>
       warnUnchecked(
         `redundant-proxy worker "${id}": copies arrive signed (the proxy has a secret) but this worker has none, so it does not check them: anyone who reaches this server can send it copies (any session id, updates). Give redundantWorker() the proxy's secret (is the variable it comes from set?).`,
