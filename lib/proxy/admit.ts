@@ -93,10 +93,7 @@ export function requestTarget(req: IncomingMessage): string | { reason: string }
   } else return { reason: 'the request target must be a path (origin-form) or an absolute URL' };
   const q = target.indexOf('?');
   const pathname = q === -1 ? target : target.slice(0, q);
-  for (const segment of pathname.split('/')) {
-    const s = segment.replace(/%2e/gi, '.');
-    if (s === '.' || s === '..') return { reason: 'the request path may not contain dot-segments (`.` or `..`)' };
-  }
+  if (hasDotSegment(pathname)) return { reason: 'the request path may not contain dot-segments (`.` or `..`, in any encoding)' };
   const original = (req as { originalUrl?: string }).originalUrl;
   if (pathname === '/' && typeof original === 'string' && original !== raw) {
     const oq = original.indexOf('?');
@@ -104,6 +101,34 @@ export function requestTarget(req: IncomingMessage): string | { reason: string }
     if (!originalPath.endsWith('/')) return target.slice(1);
   }
   return target;
+}
+
+/** `%2e` `%2f` `%5c` `%20` `%25` (any case), each decoded once. */
+const ENCODED = /%(2e|2f|5c|20|25)/gi;
+const DECODED: Record<string, string> = { '2e': '.', '2f': '/', '5c': '\\', '20': ' ', '25': '%' };
+
+/**
+ * Whether a path has a dot-segment under any reading an upstream may give
+ * it, so that no upstream that normalises paths serves `/api/../secret`
+ * from outside `/api`: with `.` `/` `\` `%` percent-decoded, once or twice
+ * over (`%2e%2e`, `..%2f`, `%252e`); with `\` as a separator (IIS);
+ * without a segment's `;` parameters (`..;/`, as Tomcat and Spring read
+ * it); a segment of dots only, trailing spaces dropped (Windows: `...`,
+ * `.. `). Dots inside a name (`v1.2`, `..hidden`) are names.
+ */
+function hasDotSegment(pathname: string): boolean {
+  let path = pathname;
+  for (let pass = 0; pass < 3; pass++) {
+    for (const segment of path.split(/[/\\]/)) {
+      const name = segment.split(';', 1)[0]!.trimEnd();
+      if (name.length > 0 && /^\.+$/.test(name)) return true;
+    }
+    const next = path.replace(ENCODED, (_, hex: string) => DECODED[hex.toLowerCase()]!);
+    if (next === path) return false;
+    path = next;
+  }
+  // Still encoded after three decodings: no upstream reads it as a name.
+  return true;
 }
 
 function firstHeader(value: string | string[] | undefined): string | undefined {
