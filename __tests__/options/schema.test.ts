@@ -161,4 +161,25 @@ describe('every public factory checks its options through it', () => {
     expect(refusal(() => redundantProxy({ upstreams: ['http://127.0.0.1:1'], connections: 4, maxInFlight: 5 })).message).toMatch(/from 1 to connections \(4\)/);
     expect(refusal(() => redundantProxy({ upstreams: ['http://127.0.0.1:1'], bodyTimeout: 2 ** 31 })).option).toBe('bodyTimeout');
   });
+
+  it('every delay that becomes a timer stops at 2^31 - 1 ms (Node fires a longer one at once: every request would time out, a hedge timer would spin)', () => {
+    const up = { upstreams: ['http://127.0.0.1:1'] };
+    const timers: Array<[string, ProxyOptions]> = [
+      ['timeout', { ...up, timeout: 2 ** 31 }],
+      ['storeTimeout', { ...up, storeTimeout: 2 ** 31 }],
+      ['cancelTimeout', { ...up, cancelTimeout: 2 ** 31 }],
+      ['hedge.delay', { ...up, hedge: { delay: 2 ** 31 } }],
+      ['idempotency.wait', { ...up, idempotency: { wait: 2 ** 31 } }],
+    ];
+    for (const [name, options] of timers) {
+      const err = refusal(() => redundantProxy(options));
+      expect([name, err.option, err.message]).toEqual([name, name, expect.stringMatching(/2147483647/)]);
+    }
+    // The longest is taken.
+    for (const [, options] of timers) {
+      const longest = JSON.parse(JSON.stringify(options).replace('2147483648', '2147483647')) as ProxyOptions;
+      void redundantProxy(longest).close();
+    }
+    expect(refusal(() => redundantWorker({ id: 'a', store: new MemorySessionStore(), storeTimeout: 2 ** 31 })).option).toBe('storeTimeout');
+  });
 });

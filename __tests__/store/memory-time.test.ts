@@ -1,7 +1,7 @@
 import { describe, expect, it } from '@jest/globals';
 import { isSupersededError } from '../../lib/errors.js';
 import { MemorySessionStore } from '../../lib/store/memory.js';
-import { withScheduler } from '../../lib/time.js';
+import { withScheduler, type Scheduler } from '../../lib/time.js';
 import { VirtualTime } from '../helpers/virtual-time.js';
 
 // The memory store's leases on an injected clock AND timer scheduler: a
@@ -26,6 +26,34 @@ describe('MemorySessionStore on a virtual scheduler', () => {
       expect(granted).toBe(1_500);
       expect(second.fence).toBeGreaterThan(first.fence);
       expect(time.pending).toBe(0);
+    } finally {
+      await store.close();
+    }
+  });
+
+  it('a lease longer than a timer can wait (2^31 - 1 ms) is waited for in steps, not with a timer that fires at once', async () => {
+    const time = new VirtualTime(0);
+    const delays: number[] = [];
+    // Node fires a longer timer at once; the virtual one would not, so the delays asked for are what is checked.
+    const scheduler: Scheduler = {
+      now: () => time.now(),
+      setTimeout: (fn, ms) => {
+        delays.push(ms);
+        return time.setTimeout(fn, ms);
+      },
+      clearTimeout: (handle) => time.clearTimeout(handle),
+      setImmediate: (fn) => time.setImmediate(fn),
+    };
+    const store = new MemorySessionStore(withScheduler({ ttl: 4e9 }, scheduler));
+    try {
+      await store.claim('r', 'a', { leaseMs: 3e9 });
+      let granted = false;
+      const waiting = store.claim('r', 'b', { leaseMs: 1000 }).then(() => (granted = true));
+      await time.advance(2 ** 31 - 1);
+      expect(granted).toBe(false);
+      await time.advance(3e9 - (2 ** 31 - 1));
+      await waiting;
+      expect(delays).toEqual([2 ** 31 - 1, 3e9 - (2 ** 31 - 1)]);
     } finally {
       await store.close();
     }

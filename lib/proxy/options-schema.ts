@@ -24,7 +24,7 @@ const millis = (d: number) => number({ unit: 'milliseconds', above: 0, default: 
 const timerMillis = (d: number) => number({ unit: 'milliseconds', above: 0, max: MAX_TIMER_MS, default: d });
 
 const HEDGE: Schema<{ delay: number | 'adaptive'; maxExtraLoad: number }> = {
-  delay: field("must be a number of milliseconds >= 0 or 'adaptive'", (v) => v === 'adaptive' || (typeof v === 'number' && Number.isFinite(v) && v >= 0), { default: 0 }),
+  delay: field(`must be a number of milliseconds from 0 to ${MAX_TIMER_MS} or 'adaptive'`, (v) => v === 'adaptive' || (typeof v === 'number' && Number.isFinite(v) && v >= 0 && v <= MAX_TIMER_MS), { default: 0 }),
   maxExtraLoad: number({ min: 0, infinite: true, default: (r) => (r.delay === 'adaptive' ? 0.1 : Infinity) }),
 };
 
@@ -59,7 +59,7 @@ const IDEMPOTENCY: Schema<ResolvedIdempotency> = {
   scope: optional(func<(req: IncomingMessage) => string | undefined>()),
   ttl: millis(86_400_000),
   maxAnswerSize: number({ integer: true, unit: 'bytes', min: 0, default: 1024 * 1024 }),
-  wait: number({ unit: 'milliseconds', min: 0, default: 1000 }),
+  wait: number({ unit: 'milliseconds', min: 0, max: MAX_TIMER_MS, default: 1000 }),
 };
 
 const SESSION: Schema<Omit<ResolvedSession, 'cookie' | 'header'> & { cookie: string | undefined; header: string | undefined }> = {
@@ -98,7 +98,7 @@ const PROXY: Schema<Parsed> = {
     default: (r) => (r.upstreams as Upstream[]).length,
   }),
   hedge: object(HEDGE),
-  timeout: millis(30_000),
+  timeout: timerMillis(30_000),
   perTryTimeout: optional(refine(timerMillis(0), (r) => `must be a number of milliseconds > 0 and below timeout (${r.timeout as number})`, (v, r) => v < (r.timeout as number))),
   retry: custom('must be retry options or false', (v, name) => (v === undefined ? false : RETRY_FIELD.resolve(v, name, {}))),
   healthCheck: custom('must be health check options or false', (v, name) => (v === undefined ? false : HEALTH_CHECK_FIELD.resolve(v, name, {}))),
@@ -114,9 +114,9 @@ const PROXY: Schema<Parsed> = {
   maxInFlight: number({ integer: true, min: 1, max: { label: 'connections', value: (r) => r.connections as number }, default: (r) => r.connections as number }),
   trustForwarded: boolean(false),
   session: custom('must be session options or false', (v, name) => resolveSession(v, name)),
-  storeTimeout: millis(1000),
+  storeTimeout: timerMillis(1000),
   onCancel: optional(func<(info: CancelInfo) => void | Promise<void>>()),
-  cancelTimeout: millis(5000),
+  cancelTimeout: timerMillis(5000),
   idempotency: objectOrFalse(IDEMPOTENCY),
   ejection: objectOrFalse(EJECTION),
   prometheus: custom('must be prometheus options', (v) => checkPrometheusOptions(v)),

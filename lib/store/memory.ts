@@ -12,7 +12,7 @@ import type {
   SessionStore,
 } from './types.js';
 import { checkMillis, closedError, detach, notHolder, sessionJson, superseded, type Waiter } from './common.js';
-import { parseOptions } from '../schema.js';
+import { MAX_TIMER_MS, parseOptions } from '../schema.js';
 import { REAL_TIME, schedulerOf, unref, type Scheduler, type TimerHandle } from '../time.js';
 import { answerBytes, IdempotencyKeys, keyBytes, storeFull, type Held } from './memory/idempotency-keys.js';
 import { OPTIONS, type IdempotencyUsage, type MemorySessionStoreOptions } from './memory/options.js';
@@ -375,7 +375,8 @@ export class MemorySessionStore implements SessionStore {
     this.#timers.delete(requestId);
     if (!this.#waiters.has(requestId)) return;
     const commit = this.#requests.get(requestId)?.record.commit;
-    const delay = commit?.state === 'claimed' ? Math.max(1, commit.leaseUntil - this.#now()) : 1;
+    // At most a timer's longest delay (a longer one fires at once): a longer lease is checked again then.
+    const delay = commit?.state === 'claimed' ? Math.min(MAX_TIMER_MS, Math.max(1, commit.leaseUntil - this.#now())) : 1;
     const timer = this.#time.setTimeout(() => {
       this.#timers.delete(requestId);
       this.#settle(requestId);

@@ -1,4 +1,4 @@
-import { field, func, number, parseOptions, secret, string, type Schema } from '../schema.js';
+import { field, func, MAX_TIMER_MS, number, parseOptions, secret, string, type Schema } from '../schema.js';
 import type { SessionStore } from '../store/types.js';
 
 export interface WorkerOptions {
@@ -46,7 +46,8 @@ const WORKER: Schema<ResolvedWorkerOptions> = {
   store: field<SessionStore>('must implement SessionStore', (s) => typeof s === 'object' && s !== null && typeof (s as SessionStore).recordCopy === 'function'),
   secret: secret(),
   maxSkew: millis(30_000),
-  storeTimeout: millis(1000),
+  // A timer's delay: above 2^31 - 1 ms Node fires it at once.
+  storeTimeout: number({ unit: 'milliseconds', above: 0, max: MAX_TIMER_MS, default: 1000 }),
   lease: millis(10_000),
   now: func<() => number>(Date.now),
 };
