@@ -35,7 +35,8 @@ function connectionTokens(value: string | string[] | undefined): Set<string> | u
 
 /** Whether a header `name` (lowercased) passes, given the `Connection` tokens. */
 function passes(name: string, managed: Set<string>, named: Set<string> | undefined): boolean {
-  return !HOP_BY_HOP.has(name) && !managed.has(name) && !name.startsWith(PREFIX) && !named?.has(name);
+  // ':path', ':authority' and the others: HTTP/2's pseudo-headers (a gateway served over HTTP/2) are the hop's own.
+  return !HOP_BY_HOP.has(name) && !managed.has(name) && !name.startsWith(PREFIX) && !named?.has(name) && name.charCodeAt(0) !== 58;
 }
 
 function copyHeaders(
@@ -84,7 +85,9 @@ export function forwardRequestHeaders(req: IncomingMessage, requestId: string, t
   if (forwardedFor) out.push('x-forwarded-for', forwardedFor);
   // A front load balancer may already have set these: keep its view.
   if (!proto) out.push('x-forwarded-proto', (req.socket as { encrypted?: boolean } | undefined)?.encrypted ? 'https' : 'http');
-  if (!host && from.host) out.push('x-forwarded-host', from.host);
+  // Over HTTP/2 the client's host is its `:authority`.
+  const authority = from.host ?? from[':authority'];
+  if (!host && typeof authority === 'string') out.push('x-forwarded-host', authority);
   out.push(CLIENT_HEADERS.requestId, requestId);
   return out;
 }

@@ -8,6 +8,8 @@ import { CLIENT_HEADERS } from '../wire/protocol.js';
 export function sendError(res: ServerResponse, err: RedundantProxyError, requestId: string | null, extraHeaders?: Record<string, string>): void {
   const headers: Record<string, string> = { 'cache-control': 'no-store', ...extraHeaders };
   if (requestId) headers[CLIENT_HEADERS.requestId] = requestId;
+  // A gateway served over HTTP/2 (node:http2's compatibility API) closes the stream, not the connection.
+  if ((res as { stream?: unknown }).stream !== undefined) delete headers.connection;
   writeJsonAnswer(res, { status: err.status, body: requestId ? { ...err.toJSON(), requestId } : err.toJSON(), headers });
 }
 
