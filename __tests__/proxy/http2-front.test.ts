@@ -44,7 +44,7 @@ describe('a gateway served over HTTP/2', () => {
     open.push(proxy);
     const failures: unknown[] = [];
     proxy.on('race:end', (r) => failures.push(...r.copies.filter((c) => c.error != null).map((c) => c.error)));
-    const send = await h2Gateway(proxy.handler);
+    const send = await h2Gateway((req, res) => void proxy.handler(req as never, res as never));
     for (let i = 0; i < 4; i++) {
       const res = await send({ ':method': 'GET', ':path': `/h2/${i}?x=1`, ':authority': 'shop.example' });
       expect(res.status).toBe(200);

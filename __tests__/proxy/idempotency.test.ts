@@ -200,10 +200,49 @@ describe('Idempotency.begin: the scope', () => {
     await idem.completeWon(alice, captured(201, 'made'), true);
     expect((await begin('k', { sessionId: 's1' })).res.answer!.status).toBe(201);
     expect((await begin('k', { sessionId: 's2' })).res.answer!.status).toBe(422);
-    // The key the handlers see does not depend on who sent it.
+    // The store's key does not depend on who sent it (so a retry whose
+    // credentials changed is refused, not run again); the handlers' key
+    // (a unique column) does, so that two clients never collide there.
     const { begin: again } = setup({ wait: 0 });
     const viaAuth = started((await again('k', {}, { authorization: 'Bearer t1' })).result);
     expect(viaAuth.key).toBe(alice.key);
+    expect(viaAuth.appKey).not.toBe(alice.appKey);
+    const { begin: third } = setup({ wait: 0 });
+    expect(started((await third('k', { sessionId: 's1' })).result).appKey).toBe(alice.appKey);
+  });
+
+  it('an app that signs clients in with its own cookie: the Cookie header tells them apart; neither gets the other’s answer', async () => {
+    const { begin, idem } = setup({ wait: 0 });
+    const alice = started((await begin('order-42', {}, { cookie: 'sid=alice' })).result);
+    await idem.completeWon(alice, captured(200, 'alice: card 4242'), true);
+    const bob = await begin('order-42', {}, { cookie: 'sid=bob' });
+    expect(bob.res.answer!.status).toBe(422);
+    expect(bob.res.answer!.body).not.toContain('4242');
+    expect(json(bob.res)).toMatchObject({ code: codes.IDEMPOTENCY_MISMATCH });
+    const replay = await begin('order-42', {}, { cookie: 'sid=alice' });
+    expect([replay.res.answer!.status, replay.res.answer!.body]).toEqual([200, 'alice: card 4242']);
+    // Cookie and Authorization together are one sender.
+    const { begin: b2 } = setup({ wait: 0 });
+    const both = started((await b2('k2', {}, { cookie: 'sid=alice', authorization: 'Bearer a' })).result);
+    expect((await b2('k2', {}, { cookie: 'sid=alice' })).res.answer!.status).toBe(422);
+    expect((await b2('k2', {}, { authorization: 'Bearer a' })).res.answer!.status).toBe(422);
+    expect(both.appKey).not.toBe(alice.appKey);
+  });
+
+  it('a replay to a client the proxy cannot tell apart (no session, no credentials) carries no cookies; one to its known sender does', async () => {
+    const { begin, idem } = setup({ wait: 0 });
+    const first = started((await begin('guest-1')).result);
+    await idem.completeWon(first, captured(201, 'ordered', { 'content-type': 'text/plain', 'set-cookie': 'rp_session=S; HttpOnly' } as Record<string, string>), true);
+    const replay = await begin('guest-1');
+    expect(replay.res.answer!.status).toBe(201);
+    expect(replay.res.answer!.body).toBe('ordered');
+    expect(replay.res.answer!.headers).toMatchObject({ 'content-type': 'text/plain', 'idempotent-replayed': 'true' });
+    expect(Object.keys(replay.res.answer!.headers).map((n) => n.toLowerCase())).not.toContain('set-cookie');
+
+    const { begin: known, idem: idem2 } = setup({ wait: 0 });
+    const mine = started((await known('mine-1', { sessionId: 's1' })).result);
+    await idem2.completeWon(mine, captured(201, 'ordered', { 'content-type': 'text/plain', 'set-cookie': 'pref=1' }), true);
+    expect((await known('mine-1', { sessionId: 's1' })).res.answer!.headers['set-cookie']).toBe('pref=1');
   });
 
   it('by the scope function when there is one; undefined from it skips idempotency', async () => {

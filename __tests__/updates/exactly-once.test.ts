@@ -410,6 +410,38 @@ describe('Idempotency-Key', () => {
     expect(await f.bank.ledger()).toHaveLength(1);
   });
 
+  it('two clients that chose the same key value: the second is refused while the first’s key lives, and once it expired its update runs as its own (never “applied” from the first’s ledger row)', async () => {
+    let skip = 0;
+    const store = new MemorySessionStore({ max: 100_000, now: () => performance.now() + skip });
+    const f = await fleet({ store });
+    const alice = await transfer(f.gw, { from: 7, to: 8, amount: 1 }, { 'idempotency-key': 'order-42', authorization: 'Bearer alice' });
+    expect(alice.status).toBe(200);
+    const bob = () => transfer(f.gw, { from: 8, to: 7, amount: 5 }, { 'idempotency-key': 'order-42', authorization: 'Bearer bob' });
+    const refused = await bob();
+    expect(refused.status).toBe(422);
+    expect(refused.text).not.toContain(String(alice.headers['x-request-id']));
+    // A day later, the store has forgotten Alice's key (the ledger has not).
+    skip = 25 * 60 * 60 * 1000;
+    const later = await bob();
+    expect([later.status, later.json().code]).toEqual([200, undefined]);
+    expect(await f.bank.ledger()).toHaveLength(2);
+    expect(await f.bank.mismatches()).toEqual([]);
+  });
+
+  it('a client without session or credentials whose retry is replayed gets no cookie: the session its first attempt was given is not handed to whoever guesses its key and body', async () => {
+    // The update writes to the session (a guest's cart, say): the proxy hands the client a session cookie.
+    const f = await fleet({ hooks: () => ({ afterCommit: (h) => void (h.session.data.owner = 'guest-9') }) });
+    const first = await transfer(f.gw, { from: 9, to: 10, amount: 1 }, { 'idempotency-key': 'guessable-1' });
+    expect(first.status).toBe(200);
+    expect(String(first.headers['set-cookie'])).toMatch(/^rp_session=/);
+    await sleep(50);
+    const other = await transfer(f.gw, { from: 9, to: 10, amount: 1 }, { 'idempotency-key': 'guessable-1' });
+    expect(other.status).toBe(200);
+    expect(other.headers['idempotent-replayed']).toBe('true');
+    expect(other.headers['set-cookie']).toBeUndefined();
+    expect(await f.bank.ledger()).toHaveLength(1);
+  });
+
   it('a client that gave up mid-commit and retries with a refreshed token, or with a session it got meanwhile: refused, applied once; with its first credentials it learns the outcome', async () => {
     for (const [first, retry] of [
       [{ authorization: 'Bearer t1' }, { authorization: 'Bearer t2' }],

@@ -31,6 +31,8 @@ import { sendError } from './respond.js';
 export interface KeyedAttempt {
   /** The key as the store keeps it (hashed; in its scope, if the proxy has one). */
   key: string;
+  /** The key as the handlers see it (`h.idempotencyKey`): hashed with its sender, or in its scope. */
+  appKey: string;
   /** The request id to run under: the first attempt's when this one resumes it. */
   requestId: string;
   /** 1 for a new key; more when this attempt resumes one that ended without a final answer. */
@@ -132,23 +134,27 @@ export class Idempotency {
       return 'answered';
     }
     // Your `scope` names a stable identity (a tenant, an account): the key
-    // lives in its namespace. Without one, who sent the key (its session,
-    // else its Authorization header) is no stable identity: a token refreshed
-    // or a session gained between two attempts would make the retry a new key,
-    // and the update would run twice. So the key is taken as it is, and who
-    // sent it is part of the request it must match: the same key from another
-    // session or other credentials is refused (422), never run again, and
-    // never answered with another client's answer.
+    // lives in its namespace. Without one, who sent the key is no stable
+    // identity (a token refreshed or a session gained between two attempts),
+    // so the store takes the key as it is, and who sent it is part of the
+    // request it must match: the same key from another client is refused
+    // (422), never run again, and never answered with another client's
+    // answer. Who sent it: its session, else its credentials (Authorization
+    // and Cookie: an app that signs clients in with a cookie of its own), else
+    // nobody the proxy can tell apart. The key the handlers see
+    // (`h.idempotencyKey`, a unique column) is the sender's own, so that two
+    // clients who chose the same key never collide in the app's database.
     let key: string;
+    let appKey: string;
     let sender = '';
     if (cfg.scope) {
       const scope = cfg.scope(req);
       if (scope === undefined) return null;
-      key = sha256(`${scope}\0${value}`);
+      key = appKey = sha256(`${scope}\0${value}`);
     } else {
-      const auth = firstHeader(req.headers.authorization);
       key = sha256(`\0${value}`);
-      sender = ctx.sessionId ?? (auth ? `auth:${sha256(auth)}` : 'anonymous');
+      sender = senderOf(req, ctx.sessionId);
+      appKey = sha256(`${sender}\0${value}`);
     }
     const fingerprint = sha256(Buffer.concat([Buffer.from(`${sender}\0${ctx.method} ${ctx.path}\0`), ctx.body ?? Buffer.alloc(0)]));
     const deadline = Date.now() + cfg.wait;
@@ -177,12 +183,17 @@ export class Idempotency {
       switch (state.state) {
         case 'started':
           // A store written before attempts existed says only 'started'.
-          return { key, requestId: state.requestId ?? ctx.requestId, attempt: state.attempt ?? 1, done: false, since: Date.now() };
+          return { key, appKey, requestId: state.requestId ?? ctx.requestId, attempt: state.attempt ?? 1, done: false, since: Date.now() };
         case 'mismatch':
-          sendError(res, new RedundantProxyError(codes.IDEMPOTENCY_MISMATCH, cfg.scope ? 'this Idempotency-Key was used for a different request' : 'this Idempotency-Key was used for a different request, or by another client (another session or Authorization than its first use)', { status: 422 }), ctx.requestId);
+          sendError(res, new RedundantProxyError(codes.IDEMPOTENCY_MISMATCH, cfg.scope ? 'this Idempotency-Key was used for a different request' : 'this Idempotency-Key was used for a different request, or by another client (another session, Authorization or Cookie than its first use)', { status: 422 }), ctx.requestId);
           return 'answered';
         case 'completed': {
-          const { status, headers, body } = state.answer;
+          const { status, body } = state.answer;
+          let { headers } = state.answer;
+          // A client the proxy cannot tell apart from others is not handed
+          // cookies (a session, a sign-in) that its key alone would give
+          // whoever guessed the key and the body.
+          if (sender === ANONYMOUS) headers = withoutCookies(headers);
           const bytes = Buffer.from(body, 'base64');
           res.writeHead(status, { ...headers, 'content-length': String(bytes.length), [CLIENT_HEADERS.replayed]: 'true' });
           res.end(bytes);
@@ -297,6 +308,26 @@ export function lostAnswer(requestId: string, message: string): StoredAnswer {
     headers: { 'content-type': 'application/json; charset=utf-8', [CLIENT_HEADERS.requestId]: requestId },
     body: Buffer.from(JSON.stringify({ code: codes.ANSWER_LOST, message, requestId })).toString('base64'),
   };
+}
+
+const ANONYMOUS = 'anonymous';
+
+/**
+ * Who sent a key, when the proxy has no `scope`: the client's session; else
+ * its credentials (Authorization and Cookie, hashed together); else nobody
+ * the proxy can tell apart from other such clients.
+ */
+function senderOf(req: IncomingMessage, sessionId: string | null): string {
+  if (sessionId !== null) return `session:${sessionId}`;
+  const auth = firstHeader(req.headers.authorization) ?? '';
+  const cookie = firstHeader(req.headers.cookie) ?? '';
+  return auth || cookie ? `client:${sha256(`${auth}\0${cookie}`)}` : ANONYMOUS;
+}
+
+function withoutCookies(headers: Record<string, string | string[]>): Record<string, string | string[]> {
+  const out: Record<string, string | string[]> = {};
+  for (const name in headers) if (name.toLowerCase() !== 'set-cookie') out[name] = headers[name]!;
+  return out;
 }
 
 function firstHeader(value: string | string[] | undefined): string | undefined {

@@ -326,7 +326,7 @@ export function redundantProxy(options: ProxyOptions): RedundantProxy {
       capture: keyed && opts.idempotency ? opts.idempotency.maxAnswerSize : 0,
       beforeEnd: keyed ? (captured): Promise<void> => idempotency!.completeWon(keyed, captured, running.committed) : undefined,
       attempt: keyed?.attempt ?? 1,
-      idempotencyKey: keyed?.key,
+      idempotencyKey: keyed?.appKey,
       // The signature binds each copy to its body: hashed once, only when signing.
       bodyHash: opts.secret === undefined ? undefined : createHash('sha256').update(p.body ?? EMPTY).digest('base64url'),
     });

@@ -19,9 +19,9 @@ export interface RedundantHandle {
   /** True when the request did not come through the proxy. */
   direct: boolean;
   /**
-   * The update's `Idempotency-Key` as the proxy hashed it (in its `scope`, if any; 43
-   * characters of base64url), the same for every retry with that key; null
-   * without one. Keep it in a unique column next to the request id: if the
+   * The update's `Idempotency-Key` as the proxy hashed it with who sent it
+   * (in its `scope`, if the proxy has one; 43 characters of base64url), the
+   * same for every retry of that client with that key; null without one. Keep it in a unique column next to the request id: if the
    * session store ever forgets the key (a Redis restarted without
    * persistence), a retry runs under a new request id, and only this column
    * can tell that it was applied (throw `AlreadyAppliedError`).
