@@ -1,4 +1,5 @@
 import { createHash, randomBytes } from 'node:crypto';
+import { gzipSync } from 'node:zlib';
 import { afterAll, describe, expect, it } from '@jest/globals';
 import express from 'express';
 import http from 'node:http';
@@ -130,6 +131,56 @@ describe('bodies consumed by a parser before the proxy', () => {
     const res = await client.send(`${gw.url}/x`, { method: 'POST', body: '{"a":1}', headers: { 'content-type': 'application/json' } });
     expect(res.status).toBe(200);
     expect(ups[0]!.seen[0]!.body.toString()).toBe('{"a":1}');
+  });
+
+  it('a parser that kept a gzip body decompressed: the copies carry those bytes without content-encoding', async () => {
+    const ups = await upstreams(1);
+    const keepRaw = express.json({ verify: (req, _res, buf) => ((req as unknown as { rawBody: Buffer }).rawBody = Buffer.from(buf)) });
+    const gw = await expressGateway([keepRaw], ups.map((u) => u.url));
+    const res = await client.send(`${gw.url}/x`, { method: 'POST', body: gzipSync('{"a":1}'), headers: { 'content-type': 'application/json', 'content-encoding': 'gzip' } });
+    expect(res.status).toBe(200);
+    const seen = ups[0]!.seen[0]!;
+    expect(seen.body.toString()).toBe('{"a":1}');
+    expect(seen.headers['content-encoding']).toBeUndefined();
+    expect(seen.headers['content-length']).toBe('7');
+  });
+
+  it('text a parser kept is sent as the bytes received, in its charset (express.text, latin1)', async () => {
+    const ups = await upstreams(1);
+    const gw = await expressGateway([express.text({ type: 'text/plain' })], ups.map((u) => u.url));
+    const bytes = Buffer.from([0x63, 0x61, 0x66, 0xe9]); // "café" in latin1
+    const res = await client.send(`${gw.url}/x`, { method: 'POST', body: bytes, headers: { 'content-type': 'text/plain; charset=iso-8859-1' } });
+    expect(res.status).toBe(200);
+    expect(ups[0]!.seen[0]!.body).toEqual(bytes);
+  });
+
+  it('text a parser decoded with loss (latin1 read as UTF-8), or a parsed JSON string, is refused with 500 RP_ERR_BODY_CONSUMED, never forwarded changed', async () => {
+    const ups = await upstreams(1);
+    // What koa-bodyparser does with a form: the bytes decoded as UTF-8, kept as a string.
+    const decodesUtf8: express.RequestHandler = (req, _res, next) => {
+      const chunks: Buffer[] = [];
+      req.on('data', (c: Buffer) => chunks.push(c));
+      req.on('end', () => {
+        (req as unknown as { rawBody: string }).rawBody = Buffer.concat(chunks).toString('utf8');
+        next();
+      });
+    };
+    const lossy = await expressGateway([decodesUtf8], ups.map((u) => u.url));
+    const res = await client.send(`${lossy.url}/x`, { method: 'POST', body: Buffer.from([0x63, 0x61, 0x66, 0xe9]), headers: { 'content-type': 'application/x-www-form-urlencoded; charset=iso-8859-1' } });
+    expect(res.status).toBe(500);
+    expect(res.json()).toMatchObject({ code: 'RP_ERR_BODY_CONSUMED', message: expect.stringContaining('charset iso-8859-1') });
+    const same = await client.send(`${lossy.url}/x`, { method: 'POST', body: Buffer.from([0x63, 0x61, 0x66, 0xe9]), headers: { 'content-type': 'application/x-www-form-urlencoded' } });
+    expect(same.status).toBe(500);
+    expect(same.json()).toMatchObject({ code: 'RP_ERR_BODY_CONSUMED', message: expect.stringContaining('not the 4 received') });
+    // express.json({ strict: false }) parses a JSON string into req.body: a value, not the body.
+    const json = await expressGateway([express.json({ strict: false })], ups.map((u) => u.url));
+    const parsed = await client.send(`${json.url}/x`, { method: 'POST', body: '"hello"', headers: { 'content-type': 'application/json' } });
+    expect(parsed.status).toBe(500);
+    expect(parsed.json()).toMatchObject({ code: 'RP_ERR_BODY_CONSUMED' });
+    // Chunked, with no length to compare: a JSON request's string is still a value.
+    const chunked = await rawRequest(json.url, 'POST /x HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n7\r\n"hello"\r\n0\r\n\r\n');
+    expect([chunked.status, JSON.parse(chunked.body).code]).toEqual([500, 'RP_ERR_BODY_CONSUMED']);
+    expect(ups[0]!.seen).toHaveLength(0);
   });
 
   it('uses the Buffer express.raw() leaves in req.body', async () => {

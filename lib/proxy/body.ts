@@ -17,11 +17,65 @@ function hasBody(req: IncomingMessage): boolean {
   return te !== undefined || (cl !== undefined && cl !== '0');
 }
 
-function asBuffer(value: unknown): Buffer | undefined {
+function bytesOf(value: unknown): Buffer | undefined {
   if (Buffer.isBuffer(value)) return value;
-  if (typeof value === 'string') return Buffer.from(value);
   if (value instanceof Uint8Array) return Buffer.from(value.buffer, value.byteOffset, value.byteLength);
   return undefined;
+}
+
+/** Node's name for a `charset`, for the ones whose text encodes back to the bytes it was decoded from. */
+const CHARSETS: Record<string, BufferEncoding> = { 'utf-8': 'utf8', utf8: 'utf8', 'us-ascii': 'latin1', ascii: 'latin1', 'iso-8859-1': 'latin1', latin1: 'latin1', 'utf-16le': 'utf16le' };
+
+/** `content-encoding` other than identity: a parser that kept the body kept it decoded. */
+function contentCoded(req: IncomingMessage): boolean {
+  const ce = req.headers['content-encoding'];
+  return ce !== undefined && ce.trim().toLowerCase() !== 'identity' && ce.trim() !== '';
+}
+
+const consumed = (why: string) => new RedundantProxyError(codes.BODY_CONSUMED, `the request body was read by a body parser before the proxy, and ${why}; mount the proxy before the parser, or keep the raw bytes (req.rawBody as a Buffer, the \`verify\` recipe)`, { status: 500 });
+
+/**
+ * The bytes a body parser kept, as the copies are to carry them, or why they
+ * cannot be trusted to be the client's. A Buffer is taken as it is (the
+ * \`verify\` recipe, express.raw()). Text (koa-bodyparser's rawBody,
+ * express.text()) is encoded back in its \`charset\` and must come to the
+ * length the client declared: a decoding that lost bytes (invalid UTF-8, a
+ * charset decoded as another) is refused, never forwarded changed. A string
+ * in \`req.body\` of a JSON request is a parsed value, not the body.
+ */
+function keptBody(req: IncomingMessage, hints: ParsedBodyHints): Buffer | RedundantProxyError | undefined {
+  const raw = bytesOf(hints.rawBody) ?? bytesOf(hints.body);
+  if (raw) return raw;
+  const text = typeof hints.rawBody === 'string' ? hints.rawBody : typeof hints.body === 'string' && !isJson(req) ? hints.body : undefined;
+  if (text === undefined) return undefined;
+  const charset = /;\s*charset\s*=\s*"?([^";\s]+)/i.exec(req.headers['content-type'] ?? '')?.[1]?.toLowerCase() ?? 'utf-8';
+  const encoding = CHARSETS[charset];
+  if (encoding === undefined) return consumed(`kept it as text decoded from charset ${charset}, which the proxy cannot encode back to the bytes received`);
+  const bytes = Buffer.from(text, encoding);
+  if (bytes.toString(encoding) !== text) return consumed(`the text it kept holds characters that charset ${charset} cannot encode (it was not decoded from the bytes received as ${charset})`);
+  const declared = req.headers['content-length'];
+  // A compressed body's declared length is of the compressed bytes.
+  if (declared !== undefined && !contentCoded(req) && Number(declared) !== bytes.length) {
+    return consumed(`the text it kept encodes back to ${bytes.length} bytes, not the ${declared} received (its decoding lost or changed bytes)`);
+  }
+  return bytes;
+}
+
+function isJson(req: IncomingMessage): boolean {
+  const type = (req.headers['content-type'] ?? '').split(';', 1)[0]!.trim().toLowerCase();
+  return type === 'application/json' || type.endsWith('+json');
+}
+
+/**
+ * A body parser before the proxy decompressed the body it kept (body-parser
+ * and koa-bodyparser inflate gzip, deflate and br): the copies carry those
+ * bytes, so they go without the client's \`content-encoding\`. Bytes kept
+ * still compressed (gzip's magic number at their start) keep it.
+ */
+export function decodedByParser(req: IncomingMessage, body: Buffer | null): boolean {
+  if (body === null || !contentCoded(req) || !(req.readableEnded || (req as { _body?: boolean })._body === true)) return false;
+  const gzip = /^\s*(x-)?gzip\s*$/i.test(req.headers['content-encoding'] ?? '');
+  return !(gzip && body.length >= 2 && body[0] === 0x1f && body[1] === 0x8b);
 }
 
 const tooLarge = (max: number) =>
@@ -100,16 +154,11 @@ export function readBody(req: IncomingMessage, max: number, hints: ParsedBodyHin
   }
   // A body parser already read the stream.
   if (req.readableEnded || (req as { _body?: boolean })._body === true) {
-    const raw = asBuffer(hints.rawBody) ?? asBuffer(hints.body);
+    const raw = keptBody(req, hints);
+    if (raw instanceof RedundantProxyError) return Promise.reject(raw);
     if (raw) return raw.length > max ? Promise.reject(tooLarge(max)) : Promise.resolve(raw.length ? raw : null);
     if (!hasBody(req)) return Promise.resolve(null);
-    return Promise.reject(
-      new RedundantProxyError(
-        codes.BODY_CONSUMED,
-        'the request body was consumed by a body parser before the proxy and no raw body was kept; mount the proxy before the parser or keep the raw body (req.rawBody)',
-        { status: 500 },
-      ),
-    );
+    return Promise.reject(consumed('no raw body was kept'));
   }
   if (!hasBody(req)) return Promise.resolve(null);
   return new Promise((resolve, reject) => {

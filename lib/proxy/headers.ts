@@ -96,3 +96,8 @@ export function forwardRequestHeaders(req: IncomingMessage, requestId: string, t
 export function forwardResponseHeaders(headers: IncomingHttpHeaders | Record<string, string | string[] | undefined>): Record<string, string | string[]> {
   return copyHeaders(headers, RESPONSE_MANAGED);
 }
+
+/** Removes every `name` (lowercase) from a flat [name, value, …] list, in place. */
+export function dropHeader(flat: string[], name: string): void {
+  for (let i = flat.length - 2; i >= 0; i -= 2) if (flat[i] === name) flat.splice(i, 2);
+}

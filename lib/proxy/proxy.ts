@@ -9,10 +9,10 @@ import { detectFramework } from '../framework.js';
 import { realScheduler, REAL_TIME, schedulerOf } from '../time.js';
 import { FLAG_OFF, FLAG_ON, H } from '../wire/protocol.js';
 import { ClientSessions, requestTarget, type ClientSession } from './admit.js';
-import { BodyBudget, readBody, type BodyShare, type ParsedBodyHints } from './body.js';
+import { BodyBudget, decodedByParser, readBody, type BodyShare, type ParsedBodyHints } from './body.js';
 import { Bookkeeping } from './bookkeeping.js';
 import { Ejector } from './ejection.js';
-import { forwardRequestHeaders } from './headers.js';
+import { dropHeader, forwardRequestHeaders } from './headers.js';
 import { startHealthChecks } from './health-checks.js';
 import { AdaptiveDelay, HedgeBudget, hedgeQuantile } from './hedge.js';
 import { Idempotency, type KeyedAttempt } from './idempotency.js';
@@ -291,6 +291,8 @@ export function redundantProxy(options: ProxyOptions): RedundantProxy {
     p.route = adaptive ? `${method} ${path.split('?', 1)[0]}` : '';
     p.hedgeDelay = adaptive ? adaptive.delay(p.route) : (opts.hedgeDelay as number);
     const headers = forwardRequestHeaders(req, requestId, opts.trustForwarded);
+    // A body parser before the proxy kept the body decompressed: the copies carry it so, without its coding.
+    if (decodedByParser(req, p.body)) dropHeader(headers, 'content-encoding');
     p.trace = RaceTrace.start(req, { requestId, method, path, update, planned: p.targets.length }, headers);
     const running: Race = new Race({
       requestId,
