@@ -1,6 +1,6 @@
 import http from 'node:http';
 import { afterAll, describe, expect, it } from '@jest/globals';
-import { MemorySessionStore, redundantProxy, redundantWorker } from '../../lib/index.js';
+import { MemorySessionStore, redundantProxy, redundantWorker, type SessionStore } from '../../lib/index.js';
 import { testClient } from '../helpers/client.js';
 import { listen } from '../helpers/upstream.js';
 
@@ -17,8 +17,7 @@ afterAll(async () => {
 
 type Handler = (req: http.IncomingMessage & { redundant?: import('../../lib/index.js').RedundantHandle }, res: http.ServerResponse) => void;
 
-async function setup(handler: Handler) {
-  const store = new MemorySessionStore();
+async function setup(handler: Handler, store: SessionStore = new MemorySessionStore()) {
   const replicas = [];
   for (const id of ['a', 'b']) {
     const worker = redundantWorker({ id, store });
@@ -91,4 +90,89 @@ describe('node:http handlers that use writeHead', () => {
     expect(res.status).toBe(202);
     expect(res.text).toBe('later');
   });
+
+  it('refuse at once, in the handler’s own call, what Node refuses at once: a header with a line break, a bad status, a chunk that is not text', async () => {
+    const caught: string[] = [];
+    const { url } = await setup((req, res) => {
+      const next = new URL(req.url!, 'http://x').searchParams.get('next')!;
+      try {
+        res.writeHead(302, { location: next });
+      } catch (err) {
+        caught.push((err as { code: string }).code);
+        try {
+          res.writeHead(1000);
+        } catch (e) {
+          caught.push((e as { code: string }).code);
+        }
+        try {
+          res.end(123 as unknown as string);
+        } catch (e) {
+          caught.push((e as { code: string }).code);
+        }
+        res.writeHead(400, { 'content-type': 'text/plain' });
+        res.end('bad redirect');
+        return;
+      }
+      res.end();
+    });
+    const res = await client.send(`${url}/go?next=${encodeURIComponent('/x\r\nSet-Cookie: admin=1')}`);
+    expect([res.status, res.text]).toEqual([400, 'bad redirect']);
+    expect(res.headers['set-cookie']).toBeUndefined();
+    expect(caught.slice(0, 3)).toEqual(['ERR_INVALID_CHAR', 'ERR_HTTP_INVALID_STATUS_CODE', 'ERR_INVALID_ARG_TYPE']);
+    // Both replicas took their copy and lived.
+    expect((await client.send(`${url}/go?next=%2Fok`)).status).toBe(302);
+  });
+
+  it('once the handler ended the answer it reads as sent and ended while its session is saved; later calls go after it, as Node has them', async () => {
+    const store = new MemorySessionStore();
+    let saving: () => void = () => undefined;
+    const saved = new Promise<void>((r) => (saving = r));
+    const slowStore = new Proxy(store, {
+      get(target, name) {
+        if (name === 'saveCandidate') {
+          return async (...args: Parameters<SessionStore['saveCandidate']>) => {
+            await saved;
+            return target.saveCandidate(...args);
+          };
+        }
+        const value = Reflect.get(target, name) as unknown;
+        return typeof value === 'function' ? (value as (...a: unknown[]) => unknown).bind(target) : value;
+      },
+    });
+    const seen: Array<[boolean, boolean, string]> = [];
+    const errors: unknown[] = [];
+    const { url } = await setup((req, res) => {
+      res.on('error', (err) => errors.push(err));
+      (req.redundant!.session.data as { seen?: boolean }).seen = true;
+      res.statusCode = 200;
+      res.end('handler');
+      res.end(); // harmless in Node: so it is here
+      // A "send 503 if nothing was sent" middleware, while the session is being saved.
+      setImmediate(() => {
+        let threw = '';
+        try {
+          if (!res.headersSent) res.writeHead(503);
+        } catch (err) {
+          threw = (err as { code: string }).code;
+        }
+        try {
+          res.writeHead(503);
+        } catch (err) {
+          threw = (err as { code: string }).code;
+        }
+        res.statusCode = 503; // too late for Node: too late here
+        seen.push([res.headersSent, res.writableEnded, threw]);
+        saving();
+      });
+    }, slowStore);
+    const res = await client.send(`${url}/late`);
+    expect([res.status, res.text]).toEqual([200, 'handler']);
+    expect(cookieOf(res)).toMatch(/^rp_session=/);
+    expect(seen).toEqual([
+      [true, true, 'ERR_HTTP_HEADERS_SENT'],
+      [true, true, 'ERR_HTTP_HEADERS_SENT'],
+    ]);
+    expect(errors).toEqual([]);
+  });
 });
+

@@ -1,4 +1,4 @@
-import type { ServerResponse } from 'node:http';
+import { validateHeaderValue, type ServerResponse } from 'node:http';
 import { codes } from '../errors.js';
 import { withTimeout } from '../timeout.js';
 import { COMMIT, FLAG_OFF, FLAG_ON, H } from '../wire/protocol.js';
@@ -17,47 +17,123 @@ import type { Prepared, WorkerContext } from './prepare.js';
  * moment `writeHead()` is called, which would leave no room for the
  * session's header on the common `writeHead(…); end(body)` of a node:http
  * handler. A streamed answer's head goes with its first byte, as before.
+ *
+ * Holding must not change what the handler sees: what Node would refuse at
+ * once (a header value with a line break, a status out of range, a chunk
+ * that is not text or bytes) is refused at once, in the handler's own call,
+ * never later where nobody can catch it; once the handler ended the answer,
+ * it reads as sent and ended (`headersSent`, `writableEnded`: other code that
+ * checks them leaves it alone, and `writeHead()` throws as Node's would), and
+ * later `end()` or `write()` calls are played after it, in order, as Node
+ * would have had them.
  */
 export function holdEnd(w: WorkerContext, res: ServerResponse, p: Prepared): void {
   const { end, write, writeHead, flushHeaders } = res;
-  let held: unknown[] | null = null;
+  /** The status and reason of a head held (its headers are set on the response at once). */
+  let held: [status: number, reason: string | undefined] | null = null;
+  /** The handler ended the answer; it goes once the session is saved. */
+  let ending = false;
+  const after: Array<() => void> = [];
   /** Puts the real methods back, and gives Node the head that was held, if any. */
   const release = () => {
     res.writeHead = writeHead;
     res.write = write;
     res.flushHeaders = flushHeaders;
     if (held) {
-      const args = held;
+      const [status, reason] = held;
       held = null;
-      (writeHead as (...a: unknown[]) => ServerResponse).apply(res, args);
+      (writeHead as (status: number, reason?: string) => ServerResponse).call(res, status, ...(reason === undefined ? [] : [reason]));
     }
   };
-  res.writeHead = function (this: ServerResponse, ...args: unknown[]) {
-    // Node's own implicit head (from end or write) comes after release().
-    held = args;
+  res.writeHead = function (this: ServerResponse, status: number, reason?: unknown, headers?: unknown) {
+    if (ending) throw headersSent();
+    held = checkedHead(res, status, reason, headers);
     return this;
   } as ServerResponse['writeHead'];
   res.write = function (this: ServerResponse, ...args: unknown[]) {
+    if (ending) {
+      checkChunk(args[0]);
+      after.push(() => (write as (...a: unknown[]) => boolean).apply(res, args));
+      return false;
+    }
     release();
     return (write as (...a: unknown[]) => boolean).apply(res, args);
   } as ServerResponse['write'];
   res.flushHeaders = function (this: ServerResponse) {
+    if (ending) return;
     release();
     flushHeaders.call(res);
   };
   res.end = function (this: ServerResponse, ...args: unknown[]) {
-    res.end = end;
+    checkChunk(args[0]);
+    if (ending) {
+      after.push(() => (end as (...a: unknown[]) => void).apply(res, args));
+      return this;
+    }
+    ending = true;
+    // The head as it is now: a status set after the handler's end is not its answer's.
+    if (held === null && !res.headersSent) held = [res.statusCode, res.statusMessage || undefined];
+    const ended = () => true;
+    Object.defineProperty(res, 'headersSent', { configurable: true, get: ended });
+    Object.defineProperty(res, 'writableEnded', { configurable: true, get: ended });
     p.gate.mark(res);
-    finishSession(w, p).then((saved) => {
-      p.gate.mark(res);
-      // Said either way while the head can still take it: `0` tells the proxy
-      // there is nothing to promote (a streamed head says neither).
-      if (!res.headersSent && p.handle.session.id) res.setHeader(H.sessionChanged, saved ? FLAG_ON : FLAG_OFF);
-      release();
-      (end as (...a: unknown[]) => void).apply(res, args);
-    });
+    finishSession(w, p)
+      .then((saved) => {
+        delete (res as { headersSent?: boolean }).headersSent;
+        delete (res as { writableEnded?: boolean }).writableEnded;
+        res.end = end;
+        p.gate.mark(res);
+        // Said either way while the head can still take it: `0` tells the proxy
+        // there is nothing to promote (a streamed head says neither).
+        if (!res.headersSent && p.handle.session.id) res.setHeader(H.sessionChanged, saved ? FLAG_ON : FLAG_OFF);
+        release();
+        (end as (...a: unknown[]) => void).apply(res, args);
+        for (const call of after.splice(0)) call();
+      })
+      // Checked when the handler called: nothing left to throw here but a
+      // response Node itself gave up on. Its connection goes; the process stays.
+      .catch(() => res.destroy());
     return this;
   } as ServerResponse['end'];
+}
+
+/**
+ * What Node's `writeHead()` checks and does at once, without rendering the
+ * head: the status (100 to 999) and reason are checked, the headers set on
+ * the response as Node sets them (an object's names replace, an array's
+ * pairs replace and then add: duplicates stay), each checked by `setHeader`.
+ */
+function checkedHead(res: ServerResponse, statusCode: number, reason: unknown, headers: unknown): [number, string | undefined] {
+  if (res.headersSent) throw headersSent();
+  const status = statusCode | 0;
+  if (status < 100 || status > 999) throw Object.assign(new RangeError(`Invalid status code: ${String(statusCode)}`), { code: 'ERR_HTTP_INVALID_STATUS_CODE' });
+  let message: string | undefined;
+  if (typeof reason === 'string') {
+    validateHeaderValue('statusMessage', reason);
+    message = reason;
+  } else headers ??= reason;
+  if (Array.isArray(headers)) {
+    if (headers.length % 2 !== 0) throw Object.assign(new TypeError('The argument \'headers\' is invalid: an array of headers needs an even length'), { code: 'ERR_INVALID_ARG_VALUE' });
+    for (let i = 0; i < headers.length; i += 2) validateHeaderValue(String(headers[i]), headers[i + 1]);
+    for (let i = 0; i < headers.length; i += 2) if (headers[i]) res.removeHeader(String(headers[i]));
+    for (let i = 0; i < headers.length; i += 2) if (headers[i]) res.appendHeader(String(headers[i]), headers[i + 1] as string);
+  } else if (headers !== null && typeof headers === 'object') {
+    for (const [name, value] of Object.entries(headers)) if (name) res.setHeader(name, value as string);
+  }
+  res.statusCode = status;
+  if (message !== undefined) res.statusMessage = message;
+  return [status, message];
+}
+
+/** Node's refusal of a second head. */
+function headersSent(): Error {
+  return Object.assign(new Error('Cannot render headers after they are sent to the client'), { code: 'ERR_HTTP_HEADERS_SENT' });
+}
+
+/** What Node's `end()` and `write()` refuse at once: a chunk that is neither text nor bytes. */
+function checkChunk(chunk: unknown): void {
+  if (!chunk || typeof chunk === 'function' || typeof chunk === 'string' || chunk instanceof Uint8Array) return;
+  throw Object.assign(new TypeError(`The "chunk" argument must be of type string or an instance of Buffer or Uint8Array. Received ${typeof chunk}`), { code: 'ERR_INVALID_ARG_TYPE' });
 }
 
 /**
