@@ -1,6 +1,7 @@
 import http, { type IncomingMessage, type ServerResponse } from 'node:http';
 import net, { type AddressInfo } from 'node:net';
 import { afterAll, describe, expect, it } from '@jest/globals';
+import express from 'express';
 import WebSocket, { WebSocketServer } from 'ws';
 import { redundantProxy, type ProxyOptions, type RedundantProxy, type UpgradeEndEvent, type UpgradeEvent } from '../../lib/index.js';
 import { withScheduler } from '../../lib/time.js';
@@ -20,9 +21,10 @@ const open = closeAfterEach();
 afterAll(() => client.close());
 
 /** An upstream that echoes WebSocket messages with its name, and answers plain requests with `status`. */
-async function wsUpstream(name: string, status = 200) {
+async function wsUpstream(name: string, status = 200, switchHeaders: string[] = []) {
   const server = http.createServer((_req, res: ServerResponse) => res.writeHead(status, { 'content-type': 'text/plain' }).end(name));
   const wss = new WebSocketServer({ noServer: true });
+  wss.on('headers', (headers) => headers.push(...switchHeaders));
   const seen: IncomingMessage[] = [];
   const sockets = new Set<WebSocket>();
   server.on('upgrade', (req, socket, head) => {
@@ -113,6 +115,17 @@ describe.each(frameworks)('WebSocket passthrough (%s)', (kind) => {
     const end = await eventually(() => ends[0]);
     expect(end).toMatchObject({ requestId, upstream: 'a' });
     expect(proxy.metrics().upgrades.open).toBe(0);
+  });
+
+  it('the 101 carries the proxy’s request id only, and none of the upstream’s x-redundant-* headers', async () => {
+    const a = await wsUpstream('a', 200, ['X-Request-Id: upstream-chosen', 'X-Redundant-Worker: 1', 'X-Own: kept']);
+    const { ws: url } = await gateway(kind, [{ id: 'a', url: a.url }]);
+    const { ws, head } = await connect(`${url}/chat`);
+    expect(head.headers['x-request-id']).toMatch(/^[0-9a-f-]{36}$/);
+    expect(head.rawHeaders.filter((_, i) => i % 2 === 0).map((n) => n.toLowerCase()).filter((n) => n === 'x-request-id')).toHaveLength(1);
+    expect(head.headers['x-redundant-worker']).toBeUndefined();
+    expect(head.headers['x-own']).toBe('kept');
+    ws.close();
   });
 
   it('takes turns among the upstreams as reads do, and skips an ejected one', async () => {
@@ -237,3 +250,32 @@ describe('a WebSocket handshake that reaches the middleware as a plain request',
     }
   });
 });
+
+describe('attach(server, { mountPath }) under an Express mount', () => {
+  it('an upgrade under the mount path goes where the mount’s requests go; one elsewhere is left to the server’s other listeners', async () => {
+    const a = await wsUpstream('a');
+    const proxy = redundantProxy({ upstreams: [{ id: 'a', url: `${a.url}/api` }] });
+    const app = express();
+    app.use('/api', proxy);
+    const gw = await listenPlain(app);
+    open.push(gw, proxy);
+    proxy.attach(gw.server, { mountPath: '/api' });
+    // Someone else's upgrades.
+    gw.server.on('upgrade', (req: IncomingMessage, socket: net.Socket) => {
+      if (!/^\/api([/?]|$)/.test(req.url!)) socket.end('HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n');
+    });
+    const ws = gw.url.replace(/^http/, 'ws');
+    const { ws: socket } = await connect(`${ws}/api/chat?room=2`);
+    socket.send('hi');
+    expect(await next(socket)).toBe('a:hi');
+    expect(a.seen.map((r) => r.url)).toEqual(['/api/chat?room=2']);
+    // A plain request through the same mount goes to the same path.
+    expect((await client.send(`${gw.url}/api/chat?room=2`)).text).toBe('a');
+    await expect(connect(`${ws}/apiary`)).rejects.toMatchObject({ status: 404 });
+    await expect(connect(`${ws}/elsewhere`)).rejects.toMatchObject({ status: 404 });
+    expect(a.seen).toHaveLength(1);
+    socket.close();
+    expect(() => proxy.attach(gw.server, { mountPath: 'api/' })).toThrow(/`mountPath` must be a path/);
+  });
+});
+

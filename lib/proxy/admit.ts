@@ -79,8 +79,8 @@ export class ClientSessions {
  *   The result then starts with `?` or is empty, and the race puts the
  *   prefix (or a single `/`) in front.
  */
-export function requestTarget(req: IncomingMessage): string | { reason: string } {
-  const raw = req.url ?? '/';
+export function requestTarget(req: IncomingMessage, url: { url: string; originalUrl: string } | undefined = undefined): string | { reason: string } {
+  const raw = url?.url ?? req.url ?? '/';
   let target: string;
   if (raw.startsWith('/')) target = raw;
   else if (/^https?:\/\//i.test(raw)) {
@@ -94,7 +94,7 @@ export function requestTarget(req: IncomingMessage): string | { reason: string }
   const q = target.indexOf('?');
   const pathname = q === -1 ? target : target.slice(0, q);
   if (hasDotSegment(pathname)) return { reason: 'the request path may not contain dot-segments (`.` or `..`, in any encoding)' };
-  const original = (req as { originalUrl?: string }).originalUrl;
+  const original = url?.originalUrl ?? (req as { originalUrl?: string }).originalUrl;
   if (pathname === '/' && typeof original === 'string' && original !== raw) {
     const oq = original.indexOf('?');
     const originalPath = oq === -1 ? original : original.slice(0, oq);

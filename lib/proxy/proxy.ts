@@ -2,7 +2,7 @@ import { createHash, randomUUID } from 'node:crypto';
 import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
 import type { Dispatcher } from 'undici';
-import { codes, RedundantProxyError, type ErrorCode } from '../errors.js';
+import { codes, InvalidOptionError, RedundantProxyError, type ErrorCode } from '../errors.js';
 import type { RecordAdoptionInput } from '../store/types.js';
 import { Emitter, type Disposable } from '../events.js';
 import { detectFramework } from '../framework.js';
@@ -49,8 +49,14 @@ export interface RedundantProxy {
    * are piped together. Nothing is raced. `server.on('upgrade', proxy.upgrade)`.
    */
   upgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void;
-  /** Listens to the `upgrade` event of `server` with `proxy.upgrade`; dispose to stop. */
-  attach(server: Server): Disposable;
+  /**
+   * Listens to the `upgrade` event of `server` with `proxy.upgrade`; dispose
+   * to stop. `mountPath`: the path the proxy is mounted under in Express or
+   * koa-mount (`app.use('/api', proxy)`): only upgrades under it are the
+   * proxy's, taken off as the mount takes it off a request's path (others are
+   * left to the server's other `upgrade` listeners).
+   */
+  attach(server: Server, options?: { mountPath?: string }): Disposable;
   /**
    * Refuses new requests and upgrades (503), waits for the requests in
    * flight, ends the upgraded tunnels (after `tunnelGrace`), then closes the
@@ -410,9 +416,10 @@ export function redundantProxy(options: ProxyOptions): RedundantProxy {
 
   proxy.handler = (req, res) => safe(req, res, req as ParsedBodyHints);
   proxy.upgrade = upgrades.handle;
-  proxy.attach = (server) => {
-    server.on('upgrade', upgrades.handle);
-    return { dispose: () => void server.off('upgrade', upgrades.handle) };
+  proxy.attach = (server, options = {}) => {
+    const listener = mounted(upgrades, options.mountPath);
+    server.on('upgrade', listener);
+    return { dispose: () => void server.off('upgrade', listener) };
   };
   proxy.on = (name, listener) => events.on(name, listener);
   proxy.metrics = () => metrics.snapshot(planner.workers, ejector, health);
@@ -430,6 +437,26 @@ export function redundantProxy(options: ProxyOptions): RedundantProxy {
     events.clear();
   };
   return proxy;
+}
+
+/**
+ * The upgrade listener for a proxy mounted under `mountPath`: an upgrade
+ * under it goes on with the mount path taken off its target, as Express
+ * takes it off a request's (`/api/ws` → `/ws`, `/api?x` → `/?x`); one
+ * elsewhere is not the proxy's.
+ */
+function mounted(upgrades: Upgrades, mountPath: string | undefined): RedundantProxy['upgrade'] {
+  if (mountPath === undefined || mountPath === '/') return upgrades.handle;
+  if (typeof mountPath !== 'string' || !/^\/[\x21-\x7e]*[^/]$/.test(mountPath) || /[?#]/.test(mountPath)) {
+    throw new InvalidOptionError('mountPath', 'must be a path starting with / and not ending with / (no ? or #)', mountPath);
+  }
+  return (req, socket, head) => {
+    const url = req.url ?? '';
+    const rest = url.slice(mountPath.length);
+    if (!url.startsWith(mountPath) || (rest !== '' && rest[0] !== '/' && rest[0] !== '?')) return;
+    // The request itself stays as it came: the server's other listeners see it so.
+    upgrades.handleAt(req, socket, head, { url: rest === '' || rest[0] === '?' ? `/${rest}` : rest, originalUrl: url });
+  };
 }
 
 /** A WebSocket handshake (`Upgrade: websocket` named in `Connection`), which only `proxy.upgrade` can pass through. */

@@ -177,7 +177,9 @@ export function tunnel(req: IncomingMessage, socket: Duplex, head: Buffer, targe
     socket.on('error', () => upstream.destroy());
     upstream.on('close', () => socket.destroy());
     socket.on('close', () => upstream.destroy());
-    socket.write(rawHead(res.statusCode ?? 101, res.statusMessage, res.rawHeaders, [CLIENT_HEADERS.requestId, options.requestId, H.servedBy, label]));
+    // The switch's own headers (Connection, Upgrade, Sec-WebSocket-*) go as they came; the request id is the proxy's.
+    const rawHeaders = ownHeaders(res.rawHeaders, (name) => name === CLIENT_HEADERS.requestId || name.startsWith(PREFIX));
+    socket.write(rawHead(res.statusCode ?? 101, res.statusMessage, rawHeaders, [CLIENT_HEADERS.requestId, options.requestId, H.servedBy, label]));
     if (upstreamHead.length > 0) socket.write(upstreamHead);
     for (const chunk of early) upstream.write(chunk);
     upstream.pipe(socket);
@@ -191,13 +193,8 @@ export function tunnel(req: IncomingMessage, socket: Duplex, head: Buffer, targe
     clearTimer();
     stopWatching();
     done({ kind: 'refused', upstreamId: target.id, status: res.statusCode ?? 502 });
-    const rawHeaders: string[] = [];
-    for (let i = 0; i < res.rawHeaders.length; i += 2) {
-      const name = res.rawHeaders[i]!.toLowerCase();
-      // The body is sent as it comes and the connection closes after it.
-      if (name === 'connection' || name === 'keep-alive' || name === 'transfer-encoding' || name === CLIENT_HEADERS.requestId || name.startsWith(PREFIX)) continue;
-      rawHeaders.push(res.rawHeaders[i]!, res.rawHeaders[i + 1]!);
-    }
+    // The body is sent as it comes and the connection closes after it.
+    const rawHeaders = ownHeaders(res.rawHeaders, (name) => name === 'connection' || name === 'keep-alive' || name === 'transfer-encoding' || name === CLIENT_HEADERS.requestId || name.startsWith(PREFIX));
     if (socket.destroyed) {
       res.destroy();
       return;
@@ -211,4 +208,11 @@ export function tunnel(req: IncomingMessage, socket: Duplex, head: Buffer, targe
   // Bytes after the client's handshake (`head`) are the new protocol's: they
   // go to the upstream once it switched, never as this request's body.
   request.end();
+}
+
+/** An upstream's raw [name, value, …] headers less those `drop` names (lowercase). */
+function ownHeaders(raw: string[], drop: (name: string) => boolean): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < raw.length; i += 2) if (!drop(raw[i]!.toLowerCase())) out.push(raw[i]!, raw[i + 1]!);
+  return out;
 }

@@ -46,11 +46,14 @@ export class Upgrades {
    * would go (rotation, skipping ejected and busy ones), a fresh request id,
    * the client's `x-redundant-*` removed by the tunnel (lib/proxy/upgrade.ts).
    */
-  readonly handle = (req: IncomingMessage, socket: Duplex, head: Buffer): void => {
+  readonly handle = (req: IncomingMessage, socket: Duplex, head: Buffer): void => this.handleAt(req, socket, head, undefined);
+
+  /** `handle`, with the request's target as a mount took its path off (`url`), the request itself left as it is. */
+  handleAt(req: IncomingMessage, socket: Duplex, head: Buffer, url: { url: string; originalUrl: string } | undefined): void {
     const requestId = randomUUID();
     try {
       if (this.#d.isClosed()) return this.#refuse(socket, requestId, null, new RedundantProxyError(codes.CLOSED, 'the proxy is closing', { status: 503 }));
-      const path = requestTarget(req);
+      const path = requestTarget(req, url);
       if (typeof path !== 'string') return this.#refuse(socket, requestId, null, new RedundantProxyError(codes.BAD_TARGET, path.reason, { status: 400 }));
       const targets = this.#d.planner.plan(false);
       if (targets === 'busy') return this.#refuse(socket, requestId, path, new RedundantProxyError(codes.UPSTREAM_BUSY, `every upstream has ${this.#d.opts.maxInFlight} copies in flight (maxInFlight); retry later`, { status: 503 }));
@@ -77,7 +80,7 @@ export class Upgrades {
     } catch (err) {
       this.#refuse(socket, requestId, null, this.#d.toInternal(err));
     }
-  };
+  }
 
   /** Ends the this.#tunnels: at once, or once `tunnelGrace` passed (or they all ended by themselves). */
   async end(): Promise<void> {
