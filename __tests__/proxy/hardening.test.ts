@@ -1,6 +1,6 @@
 import express from 'express';
 import { afterAll, describe, expect, it } from '@jest/globals';
-import { redundantProxy, type ProxyErrorEvent, type UpstreamEjectedEvent } from '../../lib/index.js';
+import { MemorySessionStore, redundantProxy, type ProxyErrorEvent, type UpstreamEjectedEvent } from '../../lib/index.js';
 import { closeAfterEach } from '../helpers/cleanup.js';
 import { testClient } from '../helpers/client.js';
 import { frameworks, mountGateway, raceFixture } from '../helpers/gateway.js';
@@ -84,6 +84,30 @@ describe.each(frameworks)('hardening (%s)', (kind) => {
     const res = await rawRequest(gw.url, 'GET http://evil.example/x?y=1 HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n');
     expect(res.status).toBe(200);
     expect(up.seen[0]!.url).toBe('/api/x?y=1');
+  });
+});
+
+describe('an internal failure', () => {
+  it('is answered 500 RP_ERR_INTERNAL with the request id, in the body and x-request-id, and is an error event with that id', async () => {
+    const up = await startUpstream(after(0));
+    open.push(up);
+    const store = new MemorySessionStore();
+    open.push(store);
+    // A store whose method throws instead of rejecting: a fault the proxy cannot answer for otherwise.
+    store.getSession = () => {
+      throw new Error('store bug');
+    };
+    const proxy = redundantProxy({ upstreams: [up.url], store });
+    const gw = await mountGateway('node', proxy);
+    open.push(gw, proxy);
+    const errors: ProxyErrorEvent[] = [];
+    proxy.on('error', (e) => errors.push(e));
+    const res = await client.send(`${gw.url}/x`, { headers: { cookie: 'rp_session=abcdefghijklmnopqrstuvwxyz012345' } });
+    expect(res.status).toBe(500);
+    const body = res.json();
+    expect(body).toMatchObject({ code: 'RP_ERR_INTERNAL', requestId: expect.stringMatching(/^[0-9a-f-]{36}$/) });
+    expect(res.headers['x-request-id']).toBe(body.requestId);
+    expect(errors).toEqual([expect.objectContaining({ source: 'internal', requestId: body.requestId })]);
   });
 });
 

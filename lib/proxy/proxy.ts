@@ -209,8 +209,7 @@ export function redundantProxy(options: ProxyOptions): RedundantProxy {
   let closed = false;
 
   /** Stage "admit": a request id (never the client's), the body (bounded), the target checked, the client's session. */
-  async function admit(req: IncomingMessage, res: ServerResponse, hints: ParsedBodyHints, share: BodyShare): Promise<Passage | null> {
-    const requestId = randomUUID();
+  async function admit(req: IncomingMessage, res: ServerResponse, hints: ParsedBodyHints, share: BodyShare, requestId: string): Promise<Passage | null> {
     if (closed) {
       sendError(res, new RedundantProxyError(codes.CLOSED, 'the proxy is closing', { status: 503 }), requestId);
       return null;
@@ -377,11 +376,11 @@ export function redundantProxy(options: ProxyOptions): RedundantProxy {
     publish(observers, report, p);
   }
 
-  async function handle(req: IncomingMessage, res: ServerResponse, hints: ParsedBodyHints): Promise<void> {
+  async function handle(req: IncomingMessage, res: ServerResponse, hints: ParsedBodyHints, requestId: string): Promise<void> {
     // The request's body stays buffered until its race ends: so does its share of the budget.
     const share = bodyBudget.share();
     try {
-      const p = await admit(req, res, hints, share);
+      const p = await admit(req, res, hints, share, requestId);
       if (!p || !plan(res, p) || !(await takeKey(req, res, p))) return;
       const done = race(req, res, p);
       inFlight.add(done);
@@ -393,13 +392,15 @@ export function redundantProxy(options: ProxyOptions): RedundantProxy {
     }
   }
 
-  function toInternal(err: unknown): RedundantProxyError {
-    reportUnheard(null, 'internal', err);
+  function toInternal(err: unknown, requestId: string | null = null): RedundantProxyError {
+    reportUnheard(requestId, 'internal', err);
     return new RedundantProxyError(codes.INTERNAL, 'internal error in redundant-proxy', { status: 500, cause: err });
   }
 
   function safe(req: IncomingMessage, res: ServerResponse, hints: ParsedBodyHints): Promise<void> {
-    return handle(req, res, hints).catch((err) => sendError(res, toInternal(err), null));
+    // The request's id, minted here so that even an internal error's answer carries it.
+    const requestId = randomUUID();
+    return handle(req, res, hints, requestId).catch((err) => sendError(res, toInternal(err, requestId), requestId));
   }
 
   const proxy = function redundantProxyMiddleware(a: IncomingMessage | KoaLikeContext, b?: unknown): Promise<void> {
