@@ -1,7 +1,9 @@
+import net, { type AddressInfo } from 'node:net';
 import express from 'express';
 import { afterAll, describe, expect, it } from '@jest/globals';
-import { MemorySessionStore, redundantProxy, type ProxyErrorEvent, type UpstreamEjectedEvent } from '../../lib/index.js';
+import { MemorySessionStore, redundantProxy, type ProxyErrorEvent, type RaceReport, type UpstreamEjectedEvent } from '../../lib/index.js';
 import { closeAfterEach } from '../helpers/cleanup.js';
+import { eventually } from '../helpers/replica.js';
 import { testClient } from '../helpers/client.js';
 import { frameworks, mountGateway, raceFixture } from '../helpers/gateway.js';
 import { after, listen, rawRequest, startUpstream } from '../helpers/upstream.js';
@@ -84,6 +86,44 @@ describe.each(frameworks)('hardening (%s)', (kind) => {
     const res = await rawRequest(gw.url, 'GET http://evil.example/x?y=1 HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n');
     expect(res.status).toBe(200);
     expect(up.seen[0]!.url).toBe('/api/x?y=1');
+  });
+});
+
+describe('an error answer passed through without a body', () => {
+  it('keeps a 304’s and a HEAD’s framing headers, gives a 204 none, and never fails the copy for the body a 304 states and does not carry', async () => {
+    const heads = ['HTTP/1.1 304 Not Modified\r\nETag: "e"\r\nContent-Length: 5\r\n\r\n', 'HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n', 'HTTP/1.1 503 Service Unavailable\r\nContent-Length: 100\r\n\r\n'];
+    const seen: Array<[number, string | undefined, string]> = [];
+    for (const [i, head] of heads.entries()) {
+      const sockets = new Set<net.Socket>();
+      const server = net.createServer((socket) => {
+        sockets.add(socket);
+        socket.on('error', () => undefined);
+        socket.once('data', () => socket.write(head));
+      });
+      await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+      open.push({
+        close: () =>
+          new Promise<void>((r) => {
+            for (const socket of sockets) socket.destroy();
+            server.close(() => r());
+          }),
+      });
+      // A 304 and a 204 refused by accept, a 503 as usual: each passed through, the only answer there is.
+      const proxy = redundantProxy({ upstreams: [`http://127.0.0.1:${(server.address() as AddressInfo).port}`], accept: (r) => r.status === 200, timeout: 2000 });
+      const gw = await mountGateway('node', proxy);
+      open.push(gw, proxy);
+      const reports: RaceReport[] = [];
+      proxy.on('race:end', (r) => reports.push(r));
+      const res = await rawRequest(gw.url, `${i === 2 ? 'HEAD' : 'GET'} /x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n`);
+      seen.push([res.status, res.headers['content-length'], res.body]);
+      const report = await eventually(() => reports[0]);
+      expect(report.copies.map((c) => [c.outcome, c.error ?? null])).toEqual([['rejected', null]]);
+    }
+    expect(seen).toEqual([
+      [304, '5', ''],
+      [204, undefined, ''],
+      [503, '100', ''],
+    ]);
   });
 });
 

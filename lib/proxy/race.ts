@@ -215,6 +215,12 @@ export class Race implements CopyHost, HedgeHost, Judge<Copy>, RaceCore {
       }
       case 'reject':
         copy.report.outcome = 'rejected';
+        if (!this.fallback && isBodyless(this.input.method, status)) {
+          // Whole with its head (a 304 may state the length of a body it does
+          // not carry: undici would then fail the copy for a short body).
+          LOSERS.drainOrAbort(copy);
+          return this.rejectedEnded(copy);
+        }
         if (!this.fallback) {
           copy.to('collecting');
           return; // counted as settled once its body is in

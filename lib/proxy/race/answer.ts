@@ -130,14 +130,23 @@ export function winnerEnded(race: RaceCore): void {
 }
 
 /** Passes an upstream's own error answer through, whole, when no copy answered acceptably. */
-export function passThrough(res: ServerResponse, fallback: Copy, requestId: string): void {
+export function passThrough(res: ServerResponse, fallback: Copy, requestId: string, method: string): void {
   const out = forwardResponseHeaders(fallback.headers);
   out[CLIENT_HEADERS.requestId] = requestId;
   out[H.servedBy] = fallback.upstream.label;
-  const body = Buffer.concat(fallback.chunks, fallback.size);
-  out['content-length'] = String(body.length);
-  res.writeHead(fallback.report.status!, out);
-  res.end(body);
+  const status = fallback.report.status!;
+  if (isBodyless(method, status)) {
+    // Its framing headers as they came: a HEAD's or a 304's length is of a
+    // body it does not carry. A 204 has none (RFC 9110 §8.6).
+    if (status === 204) delete out['content-length'];
+    res.writeHead(status, out);
+    res.end();
+  } else {
+    const body = Buffer.concat(fallback.chunks, fallback.size);
+    out['content-length'] = String(body.length);
+    res.writeHead(status, out);
+    res.end(body);
+  }
   fallback.chunks = [];
 }
 

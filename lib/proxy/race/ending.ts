@@ -20,7 +20,7 @@ function answerFailureNow(race: RaceCore): void {
   const { res, requestId } = race.input;
   const { fallback } = race;
   if (fallback && !res.headersSent && !res.destroyed) {
-    passThrough(res, fallback, requestId);
+    passThrough(res, fallback, requestId, race.input.method);
     race.passedThrough = true;
   } else answerNoUsable(res, race.copies, requestId, race.input.maxAnswerSize);
   race.finish('failed');
