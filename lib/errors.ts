@@ -21,6 +21,12 @@ export const codes = {
   BODY_READ: 'RP_ERR_BODY_READ',
   /** The request target is neither a path nor an absolute URL (`OPTIONS *`): no upstream is asked (400). */
   BAD_TARGET: 'RP_ERR_BAD_TARGET',
+  /**
+   * The request's body comes in a transfer coding other than `chunked`
+   * (`Transfer-Encoding: gzip, chunked`), which the proxy does not decode and
+   * will not pass off as plain bytes: no upstream is asked (501).
+   */
+  TRANSFER_CODING: 'RP_ERR_TRANSFER_CODING',
   /** No copy produced an acceptable response and none produced any response (502). */
   UPSTREAMS_FAILED: 'RP_ERR_UPSTREAMS_FAILED',
   /** A copy's connection to an upstream set to `http2: true` was refused: the upstream chose HTTP/1.1 in the TLS handshake (the copy fails). */

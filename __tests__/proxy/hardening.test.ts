@@ -1,3 +1,4 @@
+import { gzipSync } from 'node:zlib';
 import net, { type AddressInfo } from 'node:net';
 import express from 'express';
 import { afterAll, describe, expect, it } from '@jest/globals';
@@ -124,6 +125,51 @@ describe('an error answer passed through without a body', () => {
       [204, undefined, ''],
       [503, '100', ''],
     ]);
+  });
+});
+
+describe('transfer codings other than chunked', () => {
+  it('a request body in one is refused with 501 RP_ERR_TRANSFER_CODING and reaches no upstream; an upstream answer in one fails its copy', async () => {
+    const up = await startUpstream(after(0));
+    open.push(up);
+    const sockets = new Set<net.Socket>();
+    const coded = net.createServer((socket) => {
+      sockets.add(socket);
+      socket.on('error', () => undefined);
+      const body = gzipSync('hidden');
+      socket.once('data', () => socket.write(`HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n${body.length.toString(16)}\r\n${body.toString('latin1')}\r\n0\r\n\r\n`, 'latin1'));
+    });
+    await new Promise<void>((r) => coded.listen(0, '127.0.0.1', r));
+    open.push({
+      close: () =>
+        new Promise<void>((r) => {
+          for (const socket of sockets) socket.destroy();
+          coded.close(() => r());
+        }),
+    });
+    const codedUrl = `http://127.0.0.1:${(coded.address() as AddressInfo).port}`;
+    const proxy = redundantProxy({ upstreams: [{ id: 'coded', url: codedUrl }, { id: 'plain', url: up.url }], ejection: false });
+    const gw = await mountGateway('node', proxy);
+    open.push(gw, proxy);
+    const reports: RaceReport[] = [];
+    proxy.on('race:end', (r) => reports.push(r));
+
+    const res = await rawRequest(gw.url, 'POST /x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\nConnection: close\r\n\r\n3\r\nabc\r\n0\r\n\r\n');
+    expect([res.status, JSON.parse(res.body).code]).toEqual([501, 'RP_ERR_TRANSFER_CODING']);
+    expect(up.seen).toHaveLength(0);
+
+    // Beside a plain upstream, the plain answer is the one there is.
+    const read = await client.send(`${gw.url}/r`);
+    expect([read.status, read.json()]).toEqual([200, { ok: true }]);
+    const alone = redundantProxy({ upstreams: [{ id: 'coded', url: codedUrl }] });
+    const gw2 = await mountGateway('node', alone);
+    open.push(gw2, alone);
+    alone.on('race:end', (r) => reports.push(r));
+    const failed = await client.send(`${gw2.url}/r`);
+    expect([failed.status, failed.json().code]).toEqual([502, 'RP_ERR_UPSTREAMS_FAILED']);
+    expect(failed.text).not.toContain('hidden');
+    const report = await eventually(() => reports.find((r) => r.copies.length === 1));
+    expect(report.copies[0]).toMatchObject({ upstream: 'coded', outcome: 'failed', error: 'unsupported transfer coding: gzip' });
   });
 });
 

@@ -101,3 +101,13 @@ export function forwardResponseHeaders(headers: IncomingHttpHeaders | Record<str
 export function dropHeader(flat: string[], name: string): void {
   for (let i = flat.length - 2; i >= 0; i -= 2) if (flat[i] === name) flat.splice(i, 2);
 }
+
+/** A transfer coding other than `chunked` in a `Transfer-Encoding` header (the first), or undefined. */
+export function otherCoding(value: string | string[] | undefined): string | undefined {
+  if (value === undefined) return undefined;
+  for (const coding of (Array.isArray(value) ? value.join(',') : value).split(',')) {
+    const name = coding.trim().toLowerCase();
+    if (name !== '' && name !== 'chunked') return name;
+  }
+  return undefined;
+}

@@ -12,7 +12,7 @@ import { ClientSessions, requestTarget, type ClientSession } from './admit.js';
 import { BodyBudget, decodedByParser, readBody, type BodyShare, type ParsedBodyHints } from './body.js';
 import { Bookkeeping } from './bookkeeping.js';
 import { Ejector } from './ejection.js';
-import { dropHeader, forwardRequestHeaders } from './headers.js';
+import { dropHeader, forwardRequestHeaders, otherCoding } from './headers.js';
 import { startHealthChecks } from './health-checks.js';
 import { AdaptiveDelay, HedgeBudget, hedgeQuantile } from './hedge.js';
 import { Idempotency, type KeyedAttempt } from './idempotency.js';
@@ -217,6 +217,12 @@ export function redundantProxy(options: ProxyOptions): RedundantProxy {
     if (isWebSocketUpgrade(req)) {
       // Sent on as a plain GET it would get a plain answer: the client would never learn why.
       sendError(res, new RedundantProxyError(codes.UPGRADE_NOT_ATTACHED, "a WebSocket upgrade reached the proxy as a plain request: hand the server's upgrades to it with proxy.attach(server)", { status: 501 }), requestId, { connection: 'close' });
+      return null;
+    }
+    const coding = otherCoding(req.headers['transfer-encoding']);
+    if (coding !== undefined) {
+      // Node took the chunked framing off and left the rest coded: sent on as plain bytes, it would be another body.
+      sendError(res, new RedundantProxyError(codes.TRANSFER_CODING, `the request body's transfer coding ${JSON.stringify(coding)} is not supported (only chunked); send it with Content-Encoding instead`, { status: 501 }), requestId, { connection: 'close' });
       return null;
     }
     let body: Buffer | null;

@@ -7,6 +7,7 @@ import { raceReport, type CapturedAnswer, type RaceOutcome, type RaceReport } fr
 import type { Upstream } from './options.js';
 import { adoptionFor, type AdoptionStrategy, type Decision, type HeadVerdict, type Judge } from './race/adoption.js';
 import { isBodyless, release, stream, winnerEnded } from './race/answer.js';
+import { otherCoding } from './headers.js';
 import { AnswerTail } from './race/tail.js';
 import { Copy, PER_TRY_TIMEOUT, type CopyHost } from './race/copy.js';
 import { answerFailure, sealThenAdopt, timedOut } from './race/ending.js';
@@ -177,6 +178,14 @@ export class Race implements CopyHost, HedgeHost, Judge<Copy>, RaceCore {
       LOSERS.drainOrAbort(copy);
       input.observer.refused(copy.upstream.id, refused);
       this.failed(copy, `refused: ${refused}`);
+      return;
+    }
+    const coding = otherCoding(headers['transfer-encoding']);
+    if (coding !== undefined) {
+      // undici took the chunked framing off and left the rest coded: passed
+      // on as plain bytes, it would be another body (RFC 9112 §6.1).
+      copy.abort();
+      this.failed(copy, `unsupported transfer coding: ${coding}`);
       return;
     }
     this.#apply(copy, this.strategy.head(copy, status, headers, this), status, headers);
