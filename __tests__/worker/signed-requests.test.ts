@@ -4,7 +4,7 @@ import http, { type IncomingMessage } from 'node:http';
 import express from 'express';
 import Koa from 'koa';
 import getRawBody from 'raw-body';
-import { MemorySessionStore, redundantProxy, redundantWorker, type RedundantHandle, type RedundantProxy, type RedundantWorker } from '../../lib/index.js';
+import { MemorySessionStore, redundantProxy, redundantWorker, type ProxyErrorEvent, type RedundantHandle, type RedundantProxy, type RedundantWorker } from '../../lib/index.js';
 import { testClient } from '../helpers/client.js';
 import { mountGateway, type Gateway } from '../helpers/gateway.js';
 import { eventually } from '../helpers/replica.js';
@@ -563,11 +563,16 @@ describe('a worker mounted after a body parser', () => {
     const server = await listen(app);
     const proxyStore = new MemorySessionStore();
     const proxy = redundantProxy({ upstreams: [{ id: 'a', url: server.url }], store: proxyStore, secret: SECRET });
+    const said: ProxyErrorEvent[] = [];
+    proxy.on('error', (e) => said.push(e));
     const gw = await mountGateway('node', proxy);
     try {
       const res = await client.send(`${gw.url}/transfer`, { method: 'POST', body: '{"to":"bob"}', headers: { 'content-type': 'application/json' } });
       expect(res.status).toBeGreaterThanOrEqual(400);
-      expect(refusals).toEqual([{ code: 'RP_ERR_BAD_SIGNATURE', reason: expect.stringContaining('read before the worker') }]);
+      expect(refusals).toEqual([{ code: 'RP_ERR_BODY_CONSUMED', reason: expect.stringContaining('read before the worker') }]);
+      // The proxy names the cause, not a secret or an id.
+      expect(said).toEqual([expect.objectContaining({ source: 'upstream', error: expect.objectContaining({ code: 'RP_ERR_BODY_CONSUMED', message: expect.stringMatching(/mounted after a body parser/) }) })]);
+      expect((said[0]!.error as Error).message).not.toMatch(/secret/);
       expect(ran).toBe(0);
       const get = await client.send(`${gw.url}/item`);
       expect(get.status).toBe(200);

@@ -181,11 +181,11 @@ export function redundantProxy(options: ProxyOptions): RedundantProxy {
     refused: (id, code) => {
       if (refusing.has(id)) return;
       refusing.add(id);
-      const error = new RedundantProxyError(
-        isErrorCode(code) ? code : codes.BAD_SIGNATURE,
-        `upstream "${id}" refuses this proxy's copies (${code}): its redundantWorker's secret or id does not match this proxy's (or, once its handler ran, a signed body did not arrive in full before a claim: read the body before committing); the worker's 'refused' event says which; its copies count as failures (it will be ejected) until that is fixed`,
-        { status: 502 },
-      );
+      const why =
+        code === codes.BODY_CONSUMED
+          ? 'its redundantWorker is mounted after a body parser, which read each copy\'s body before the worker could check it against its signature: mount the worker before any body parser'
+          : "its redundantWorker's secret or id does not match this proxy's (or, once its handler ran, a signed body did not arrive in full before a claim: read the body before committing); the worker's 'refused' event says which";
+      const error = new RedundantProxyError(isErrorCode(code) ? code : codes.BAD_SIGNATURE, `upstream "${id}" refuses this proxy's copies (${code}): ${why}; its copies count as failures (it will be ejected) until that is fixed`, { status: 502 });
       if (events.has('error')) events.emit('error', { requestId: null, source: 'upstream', error });
       else console.warn(`redundant-proxy: ${error.message}`);
     },

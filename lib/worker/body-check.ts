@@ -48,10 +48,11 @@ export interface BodyCheck {
  *
  * Returns the check, or the refusal when the body cannot be checked.
  */
-export function checkBody(req: IncomingMessage, res: ServerResponse, expected: string, signal: AbortSignal, refuse: (reason: string) => RedundantProxyError): BodyCheck | RedundantProxyError {
+export function checkBody(req: IncomingMessage, res: ServerResponse, expected: string, signal: AbortSignal, refuse: (reason: string, code?: typeof codes.BODY_CONSUMED) => RedundantProxyError): BodyCheck | RedundantProxyError {
   const buffered = req.readableLength;
   if (req.readableDidRead || (buffered > 0 && (req.readableFlowing === true || req.readableEncoding !== null))) {
-    return refuse('its body was read before the worker could check it against the signature (mount the worker before any body parser)');
+    // Its own code: the proxy then says what to fix (not a secret or an id).
+    return refuse('its body was read before the worker could check it against the signature (mount the worker before any body parser)', codes.BODY_CONSUMED);
   }
   const hash = createHash('sha256');
   let failed: RedundantProxyError | undefined;

@@ -132,7 +132,7 @@ export async function prepare(w: WorkerContext, req: IncomingMessage, res: Serve
   // The body is signed by its hash: checked as it streams in (see checkBody).
   let body: BodyCheck | undefined;
   if (secret !== undefined) {
-    const checked = checkBody(req, res, c.bodyHash!, controller.signal, (reason) => refuse(codes.BAD_SIGNATURE, reason));
+    const checked = checkBody(req, res, c.bodyHash!, controller.signal, (reason, code) => refuse(code ?? codes.BAD_SIGNATURE, reason));
     if (checked instanceof RedundantProxyError) throw checked;
     body = checked;
   }
