@@ -87,6 +87,10 @@ describe.each(frameworks)('hardening (%s)', (kind) => {
     const res = await rawRequest(gw.url, 'GET http://evil.example/x?y=1 HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n');
     expect(res.status).toBe(200);
     expect(up.seen[0]!.url).toBe('/api/x?y=1');
+    expect(up.seen[0]!.headers.host).not.toBe('evil.example');
+    // The target's authority is the client's host (RFC 9112 §3.2.2: its Host header is ignored).
+    await rawRequest(gw.url, 'GET http://shop.example:8080/x HTTP/1.1\r\nHost: other.example\r\nConnection: close\r\n\r\n');
+    expect(up.seen[1]!.headers['x-forwarded-host']).toBe('shop.example:8080');
   });
 });
 

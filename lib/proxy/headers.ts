@@ -85,8 +85,9 @@ export function forwardRequestHeaders(req: IncomingMessage, requestId: string, t
   if (forwardedFor) out.push('x-forwarded-for', forwardedFor);
   // A front load balancer may already have set these: keep its view.
   if (!proto) out.push('x-forwarded-proto', (req.socket as { encrypted?: boolean } | undefined)?.encrypted ? 'https' : 'http');
-  // Over HTTP/2 the client's host is its `:authority`.
-  const authority = from.host ?? from[':authority'];
+  // An absolute-form target names the host itself (its Host header is to be
+  // ignored, RFC 9112 §3.2.2); over HTTP/2 the client's host is its `:authority`.
+  const authority = targetAuthority(req.url) ?? from.host ?? from[':authority'];
   if (!host && typeof authority === 'string') out.push('x-forwarded-host', authority);
   out.push(CLIENT_HEADERS.requestId, requestId);
   return out;
@@ -110,4 +111,14 @@ export function otherCoding(value: string | string[] | undefined): string | unde
     if (name !== '' && name !== 'chunked') return name;
   }
   return undefined;
+}
+
+/** The authority of an absolute-form request target (`http://shop.example/x`), or undefined. */
+function targetAuthority(url: string | undefined): string | undefined {
+  if (url === undefined || url.startsWith('/') || !/^https?:\/\//i.test(url)) return undefined;
+  try {
+    return new URL(url).host || undefined;
+  } catch {
+    return undefined;
+  }
 }
