@@ -59,6 +59,27 @@ describe('MemorySessionStore on a virtual scheduler', () => {
     }
   });
 
+  it('keeps a request whose claim’s lease outlasts the record TTL: no other copy can claim it meanwhile', async () => {
+    const time = new VirtualTime(0);
+    const store = new MemorySessionStore(withScheduler({ ttl: 1_000 }, time));
+    try {
+      const first = await store.claim('r', 'a', { leaseMs: 5_000 });
+      await time.advance(2_000);
+      // Another copy's record (a write that is not a claim) does not shorten it either.
+      await store.recordCopy({ requestId: 'r', duplicateId: 'r.2', upstreamId: 'b', index: 2, of: 2, update: true, sessionId: '' });
+      await time.advance(1_500);
+      let granted = false;
+      const waiting = store.claim('r', 'b', { leaseMs: 5_000 }).then((g) => ((granted = true), g));
+      await time.advance(1_000);
+      expect(granted).toBe(false);
+      expect((await store.getRequest('r'))?.commit).toMatchObject({ state: 'claimed', holder: 'a', fence: first.fence });
+      await time.advance(600);
+      expect((await waiting).fence).toBeGreaterThan(first.fence);
+    } finally {
+      await store.close();
+    }
+  });
+
   it('turns a waiter away at once when the holder confirms, leaving no timer', async () => {
     const time = new VirtualTime();
     const store = new MemorySessionStore(withScheduler({}, time));

@@ -310,7 +310,13 @@ export class MemorySessionStore implements SessionStore {
 
   /** Entries are changed in place; setting one again restarts its TTL. */
   #touch(requestId: string, entry: Entry): void {
-    this.#requests.set(requestId, entry);
+    // A claim outlives the record's TTL when its lease is longer: the record
+    // stays until the lease has run out, or a copy could claim a request
+    // whose holder is still committing.
+    const commit = entry.record.commit;
+    const lease = commit.state === 'claimed' ? commit.leaseUntil - this.#now() : 0;
+    if (lease > this.#requests.ttl) this.#requests.set(requestId, entry, { ttl: Math.ceil(lease) });
+    else this.#requests.set(requestId, entry);
   }
 
   #promote(sessionId: string, data: Record<string, unknown>): void {
