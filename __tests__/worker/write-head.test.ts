@@ -1,8 +1,9 @@
 import http from 'node:http';
+import express from 'express';
 import { afterAll, describe, expect, it } from '@jest/globals';
 import { MemorySessionStore, redundantProxy, redundantWorker, type SessionStore } from '../../lib/index.js';
 import { testClient } from '../helpers/client.js';
-import { listen } from '../helpers/upstream.js';
+import { listen, rawRequest } from '../helpers/upstream.js';
 
 // A node:http handler that writes its answer with `res.writeHead(…)` and
 // `res.end(…)` (no `setHeader`) still announces its session change in the
@@ -173,6 +174,46 @@ describe('node:http handlers that use writeHead', () => {
       [true, true, 'ERR_HTTP_HEADERS_SENT'],
     ]);
     expect(errors).toEqual([]);
+  });
+
+  it('keep the Content-Length Node measures for a plain end(text), directly and through the proxy', async () => {
+    const { url } = await setup((req, res) => {
+      (req.redundant!.session.data as { seen?: boolean }).seen = true;
+      res.end('hello');
+    });
+    const res = await client.send(`${url}/plain`);
+    expect([res.text, res.headers['content-length'], res.headers['transfer-encoding']]).toEqual(['hello', '5', undefined]);
+    const worker = redundantWorker({ id: 'n', store: new MemorySessionStore() });
+    const direct = await listen((req, r) => worker(req, r, () => r.end('hello')));
+    closers.push(direct.close);
+    const raw = await rawRequest(direct.url, 'GET /x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n');
+    expect([raw.body, raw.headers['content-length'], raw.headers['transfer-encoding']]).toEqual(['hello', '5', undefined]);
+  });
+});
+
+describe('Express handlers with the worker', () => {
+  it('a second res.json() after the first (a missing return) throws in its own call, as without the worker: the first answer goes as it was', async () => {
+    const store = new MemorySessionStore();
+    const worker = redundantWorker({ id: 'a', store });
+    const app = express();
+    app.use(worker);
+    const thrown: string[] = [];
+    app.get('/x', (_req, res) => {
+      try {
+        res.status(400).json({ e: 'bad' });
+        res.json({ data: 'a much longer second body than the first one' });
+      } catch (err) {
+        thrown.push((err as { code: string }).code);
+      }
+    });
+    app.use(worker.errorHandler);
+    const server = await listen(app);
+    closers.push(server.close);
+    const res = await rawRequest(server.url, 'GET /x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n');
+    expect([res.status, res.body, res.headers['content-length']]).toEqual([400, '{"e":"bad"}', '11']);
+    expect(thrown).toEqual(['ERR_HTTP_HEADERS_SENT']);
+    // The replica lives on.
+    expect((await client.send(`${server.url}/x`)).status).toBe(400);
   });
 });
 

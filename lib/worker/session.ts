@@ -46,7 +46,7 @@ export function holdEnd(w: WorkerContext, res: ServerResponse, p: Prepared): voi
     }
   };
   res.writeHead = function (this: ServerResponse, status: number, reason?: unknown, headers?: unknown) {
-    if (ending) throw headersSent();
+    // Once the handler ended, the head reads as sent: checkedHead refuses it as Node would.
     held = checkedHead(res, status, reason, headers);
     return this;
   } as ServerResponse['writeHead'];
@@ -71,17 +71,32 @@ export function holdEnd(w: WorkerContext, res: ServerResponse, p: Prepared): voi
       return this;
     }
     ending = true;
-    // The head as it is now: a status set after the handler's end is not its answer's.
-    if (held === null && !res.headersSent) held = [res.statusCode, res.statusMessage || undefined];
+    // The status as it is now: one set after the handler's end is not its
+    // answer's. Node renders an implicit head in end() itself (measuring the
+    // body: Content-Length), so it is kept as a status, not made a writeHead.
+    const implicit = held === null && !res.headersSent ? ([res.statusCode, res.statusMessage] as const) : null;
+    p.gate.mark(res);
+    // From here the answer reads as sent and ended, and its head refuses
+    // changes, as Node's would (a second res.json() throws in its own call).
+    const { setHeader, appendHeader, removeHeader } = res;
+    const refused = () => {
+      throw Object.assign(new Error('Cannot set headers after they are sent to the client'), { code: 'ERR_HTTP_HEADERS_SENT' });
+    };
     const ended = () => true;
     Object.defineProperty(res, 'headersSent', { configurable: true, get: ended });
     Object.defineProperty(res, 'writableEnded', { configurable: true, get: ended });
-    p.gate.mark(res);
+    res.setHeader = refused;
+    res.appendHeader = refused;
+    res.removeHeader = refused;
     finishSession(w, p)
       .then((saved) => {
         delete (res as { headersSent?: boolean }).headersSent;
         delete (res as { writableEnded?: boolean }).writableEnded;
+        res.setHeader = setHeader;
+        res.appendHeader = appendHeader;
+        res.removeHeader = removeHeader;
         res.end = end;
+        if (implicit) [res.statusCode, res.statusMessage] = implicit;
         p.gate.mark(res);
         // Said either way while the head can still take it: `0` tells the proxy
         // there is nothing to promote (a streamed head says neither).
