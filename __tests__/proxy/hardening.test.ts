@@ -62,7 +62,7 @@ describe.each(frameworks)('hardening (%s)', (kind) => {
     const proxy = redundantProxy({ upstreams: [{ id: 'api', url: `${up.url}/api` }] });
     const gw = await mountGateway(kind, proxy);
     open.push(gw, proxy);
-    const encoded = ['/..;/secret', '/a/..;jsessionid=1/secret', '/..%2fsecret', '/%2e%2e%2fsecret', '/..%5csecret', '/a\\..\\secret', '/%252e%252e/secret', '/..%252fsecret', '/.../secret', '/..%20/secret'];
+    const encoded = ['/..;/secret', '/a/..;jsessionid=1/secret', '/..%2fsecret', '/%2e%2e%2fsecret', '/..%5csecret', '/a\\..\\secret', '/%252e%252e/secret', '/..%252fsecret', '/.../secret', '/..%20/secret', '/%25%32%65%25%32%65/secret', '/%25252e%25252e/secret', '/a/%2525252e/b'];
     for (const target of ['/../secret', '/a/../../secret', '/%2e%2e/secret', '/a/%2E%2e/b', '/a/./b', '/a/%2e/b?x=1', ...encoded]) {
       const res = await rawRequest(gw.url, `GET ${target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n`);
       expect([target, res.status, JSON.parse(res.body).code]).toEqual([target, 400, 'RP_ERR_BAD_TARGET']);
@@ -73,9 +73,9 @@ describe.each(frameworks)('hardening (%s)', (kind) => {
     expect(fine.status).toBe(200);
     expect(up.seen[0]!.url).toBe('/api/v1.2/..hidden/a..b');
     // So are encoded slashes and percent signs between names.
-    const names = await rawRequest(gw.url, 'GET /files/a%2Fb/100%25/x;v=1.2 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n');
+    const names = await rawRequest(gw.url, 'GET /files/a%2Fb/100%25/x;v=1.2/caf%C3%A9/100%2541/%252541 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n');
     expect(names.status).toBe(200);
-    expect(up.seen[1]!.url).toBe('/api/files/a%2Fb/100%25/x;v=1.2');
+    expect(up.seen[1]!.url).toBe('/api/files/a%2Fb/100%25/x;v=1.2/caf%C3%A9/100%2541/%252541');
   });
 
   it('an absolute-form target is reduced to origin-form: its host never reaches the upstream', async () => {

@@ -103,32 +103,32 @@ export function requestTarget(req: IncomingMessage, url: { url: string; original
   return target;
 }
 
-/** `%2e` `%2f` `%5c` `%20` `%25` (any case), each decoded once. */
-const ENCODED = /%(2e|2f|5c|20|25)/gi;
-const DECODED: Record<string, string> = { '2e': '.', '2f': '/', '5c': '\\', '20': ' ', '25': '%' };
+/** Every percent-escape, decoded once (as bytes read as Latin-1: only `.` `/` `\\` and spaces matter here). */
+const ESCAPE = /%([0-9a-f]{2})/gi;
 
 /**
  * Whether a path has a dot-segment under any reading an upstream may give
  * it, so that no upstream that normalises paths serves `/api/../secret`
- * from outside `/api`: with `.` `/` `\` `%` percent-decoded, once or twice
- * over (`%2e%2e`, `..%2f`, `%252e`); with `\` as a separator (IIS);
+ * from outside `/api`: percent-decoded once, twice or three times over
+ * (`%2e%2e`, `..%2f`, `%252e`, `%25%32%65`); with `\\` as a separator (IIS);
  * without a segment's `;` parameters (`..;/`, as Tomcat and Spring read
  * it); a segment of dots only, trailing spaces dropped (Windows: `...`,
- * `.. `). Dots inside a name (`v1.2`, `..hidden`) are names.
+ * `.. `). Dots inside a name (`v1.2`, `..hidden`) are names. A path still
+ * holding escapes after three decodings is refused too.
  */
 function hasDotSegment(pathname: string): boolean {
   let path = pathname;
-  for (let pass = 0; pass < 3; pass++) {
+  for (let pass = 0; ; pass++) {
     for (const segment of path.split(/[/\\]/)) {
       const name = segment.split(';', 1)[0]!.trimEnd();
       if (name.length > 0 && /^\.+$/.test(name)) return true;
     }
-    const next = path.replace(ENCODED, (_, hex: string) => DECODED[hex.toLowerCase()]!);
+    const next = path.replace(ESCAPE, (_, hex: string) => String.fromCharCode(parseInt(hex, 16)));
     if (next === path) return false;
+    // Still encoded after three decodings: no upstream reads it as a name.
+    if (pass === 3) return true;
     path = next;
   }
-  // Still encoded after three decodings: no upstream reads it as a name.
-  return true;
 }
 
 function firstHeader(value: string | string[] | undefined): string | undefined {
