@@ -96,6 +96,11 @@ export const codes = {
    * cannot be passed through (501) rather than sent on as a plain GET.
    */
   UPGRADE_NOT_ATTACHED: 'RP_ERR_UPGRADE_NOT_ATTACHED',
+  /**
+   * An upgrade outside the `mountPath` given to `proxy.attach()`, on a
+   * server with no other `upgrade` listener to take it (404).
+   */
+  NOT_MOUNTED: 'RP_ERR_NOT_MOUNTED',
   /** The proxy or store was closed. */
   CLOSED: 'RP_ERR_CLOSED',
   /** Unexpected failure inside the proxy (500). */

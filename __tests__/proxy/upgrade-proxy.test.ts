@@ -262,7 +262,7 @@ describe('attach(server, { mountPath }) under an Express mount', () => {
     proxy.attach(gw.server, { mountPath: '/api' });
     // Someone else's upgrades.
     gw.server.on('upgrade', (req: IncomingMessage, socket: net.Socket) => {
-      if (!/^\/api([/?]|$)/.test(req.url!)) socket.end('HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n');
+      if (!/^\/api([/?]|$)/i.test(req.url!)) socket.end('HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n');
     });
     const ws = gw.url.replace(/^http/, 'ws');
     const { ws: socket } = await connect(`${ws}/api/chat?room=2`);
@@ -275,7 +275,32 @@ describe('attach(server, { mountPath }) under an Express mount', () => {
     await expect(connect(`${ws}/elsewhere`)).rejects.toMatchObject({ status: 404 });
     expect(a.seen).toHaveLength(1);
     socket.close();
+    // As Express matches a mount path: whatever its case.
+    const { ws: upper } = await connect(`${ws}/API/chat`);
+    upper.close();
+    expect(a.seen.map((r) => r.url)).toEqual(['/api/chat?room=2', '/api/chat']);
     expect(() => proxy.attach(gw.server, { mountPath: 'api/' })).toThrow(/`mountPath` must be a path/);
+  });
+
+  it('an upgrade outside the mount path, on a server where nothing else takes upgrades, is answered 404 and closed, never left open', async () => {
+    const a = await wsUpstream('a');
+    const proxy = redundantProxy({ upstreams: [{ id: 'a', url: `${a.url}/api` }] });
+    const app = express();
+    app.use('/api', proxy);
+    const gw = await listenPlain(app);
+    open.push(gw, proxy);
+    proxy.attach(gw.server, { mountPath: '/api' });
+    const res = await new Promise<{ head: string; body: string }>((resolve, reject) => {
+      const socket = net.connect(Number(new URL(gw.url).port), '127.0.0.1');
+      let out = '';
+      socket.on('data', (c) => (out += c));
+      socket.on('close', () => resolve({ head: out.slice(0, out.indexOf('\r\n\r\n')), body: out.slice(out.indexOf('\r\n\r\n') + 4) }));
+      socket.on('error', reject);
+      socket.write('GET /elsewhere HTTP/1.1\r\nHost: gw\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n');
+    });
+    expect(res.head).toMatch(/^HTTP\/1.1 404/);
+    expect(JSON.parse(res.body)).toMatchObject({ code: 'RP_ERR_NOT_MOUNTED' });
+    expect(a.seen).toHaveLength(0);
   });
 });
 

@@ -424,7 +424,7 @@ export function redundantProxy(options: ProxyOptions): RedundantProxy {
   proxy.handler = (req, res) => safe(req, res, req as ParsedBodyHints);
   proxy.upgrade = upgrades.handle;
   proxy.attach = (server, options = {}) => {
-    const listener = mounted(upgrades, options.mountPath);
+    const listener = mounted(upgrades, options.mountPath, server);
     server.on('upgrade', listener);
     return { dispose: () => void server.off('upgrade', listener) };
   };
@@ -452,15 +452,21 @@ export function redundantProxy(options: ProxyOptions): RedundantProxy {
  * takes it off a request's (`/api/ws` → `/ws`, `/api?x` → `/?x`); one
  * elsewhere is not the proxy's.
  */
-function mounted(upgrades: Upgrades, mountPath: string | undefined): RedundantProxy['upgrade'] {
+function mounted(upgrades: Upgrades, mountPath: string | undefined, server: Server): RedundantProxy['upgrade'] {
   if (mountPath === undefined || mountPath === '/') return upgrades.handle;
   if (typeof mountPath !== 'string' || !/^\/[\x21-\x7e]*[^/]$/.test(mountPath) || /[?#]/.test(mountPath)) {
     throw new InvalidOptionError('mountPath', 'must be a path starting with / and not ending with / (no ? or #)', mountPath);
   }
+  // Express matches a mount path whatever its case.
+  const prefix = mountPath.toLowerCase();
   return (req, socket, head) => {
     const url = req.url ?? '';
     const rest = url.slice(mountPath.length);
-    if (!url.startsWith(mountPath) || (rest !== '' && rest[0] !== '/' && rest[0] !== '?')) return;
+    if (!url.toLowerCase().startsWith(prefix) || (rest !== '' && rest[0] !== '/' && rest[0] !== '?')) {
+      // Another listener's, if the server has one; else nobody's, and said so.
+      if (server.listenerCount('upgrade') <= 1) upgrades.notMounted(req, socket, mountPath);
+      return;
+    }
     // The request itself stays as it came: the server's other listeners see it so.
     upgrades.handleAt(req, socket, head, { url: rest === '' || rest[0] === '?' ? `/${rest}` : rest, originalUrl: url });
   };

@@ -48,6 +48,16 @@ export class Upgrades {
    */
   readonly handle = (req: IncomingMessage, socket: Duplex, head: Buffer): void => this.handleAt(req, socket, head, undefined);
 
+  /**
+   * An upgrade outside the proxy's mount path that no other listener of the
+   * server can take: answered (404) and closed, never left open. Node gives
+   * a socket it hands to `upgrade` listeners no timeout: one nobody answers
+   * stays open for good, and holds the server's close().
+   */
+  notMounted(req: IncomingMessage, socket: Duplex, mountPath: string): void {
+    this.#refuse(socket, randomUUID(), req.url ?? null, new RedundantProxyError(codes.NOT_MOUNTED, `this upgrade is outside the proxy's mountPath (${mountPath}) and nothing else on this server takes upgrades`, { status: 404 }));
+  }
+
   /** `handle`, with the request's target as a mount took its path off (`url`), the request itself left as it is. */
   handleAt(req: IncomingMessage, socket: Duplex, head: Buffer, url: { url: string; originalUrl: string } | undefined): void {
     const requestId = randomUUID();
