@@ -1,5 +1,5 @@
 import { createHash, randomBytes } from 'node:crypto';
-import { gzipSync } from 'node:zlib';
+import { brotliCompressSync, deflateSync, gzipSync } from 'node:zlib';
 import { afterAll, describe, expect, it } from '@jest/globals';
 import express from 'express';
 import http from 'node:http';
@@ -143,6 +143,47 @@ describe('bodies consumed by a parser before the proxy', () => {
     expect(seen.body.toString()).toBe('{"a":1}');
     expect(seen.headers['content-encoding']).toBeUndefined();
     expect(seen.headers['content-length']).toBe('7');
+  });
+
+  it('bytes kept as they were sent (still compressed, as for a webhook signature) keep their Content-Encoding, with a length or chunked', async () => {
+    const ups = await upstreams(1);
+    const keepsRaw: express.RequestHandler = (req, _res, next) => {
+      const chunks: Buffer[] = [];
+      req.on('data', (c: Buffer) => chunks.push(c));
+      req.on('end', () => {
+        (req as unknown as { rawBody: Buffer }).rawBody = Buffer.concat(chunks);
+        next();
+      });
+    };
+    const gw = await expressGateway([keepsRaw], ups.map((u) => u.url));
+    const cases = [
+      ['gzip', gzipSync('{"event":"paid"}'), true],
+      ['deflate', deflateSync('{"event":"paid"}'), true],
+      ['br', brotliCompressSync('{"event":"paid"}'), true],
+      ['gzip', gzipSync('{"event":"paid"}'), false],
+      ['deflate', deflateSync('{"event":"paid"}'), false],
+    ] as const;
+    for (const [i, [coding, sent, withLength]] of cases.entries()) {
+      const head = `POST /x HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Encoding: ${coding}\r\nConnection: close\r\n`;
+      const res = withLength
+        ? await rawRequest(gw.url, `${head}Content-Length: ${sent.length}\r\n\r\n`, sent)
+        : await rawRequest(gw.url, `${head}Transfer-Encoding: chunked\r\n\r\n${sent.length.toString(16)}\r\n`, Buffer.concat([sent, Buffer.from('\r\n0\r\n\r\n')]));
+      expect([coding, withLength, res.status]).toEqual([coding, withLength, 200]);
+      const seen = ups[0]!.seen[i]!;
+      expect(seen.body.equals(sent)).toBe(true);
+      expect(seen.headers['content-encoding']).toBe(coding);
+    }
+  });
+
+  it('text a parser kept without a length to check it by is refused when it holds U+FFFD, the mark of a decoding that lost bytes', async () => {
+    const ups = await upstreams(1);
+    const gw = await expressGateway([express.text({ type: 'text/plain' })], ups.map((u) => u.url));
+    const chunked = (body: Buffer) => rawRequest(gw.url, `POST /x HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain; charset=utf-8\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n${body.length.toString(16)}\r\n`, Buffer.concat([body, Buffer.from('\r\n0\r\n\r\n')]));
+    const lossy = await chunked(Buffer.from([0x63, 0x61, 0x66, 0xe9])); // latin1 sent as UTF-8
+    expect([lossy.status, JSON.parse(lossy.body).code]).toEqual([500, 'RP_ERR_BODY_CONSUMED']);
+    const fine = await chunked(Buffer.from('café'));
+    expect(fine.status).toBe(200);
+    expect(ups[0]!.seen.map((x) => x.body.toString())).toEqual(['café']);
   });
 
   it('text a parser kept is sent as the bytes received, in its charset (express.text, latin1)', async () => {

@@ -55,8 +55,11 @@ function keptBody(req: IncomingMessage, hints: ParsedBodyHints): Buffer | Redund
   if (bytes.toString(encoding) !== text) return consumed(`the text it kept holds characters that charset ${charset} cannot encode (it was not decoded from the bytes received as ${charset})`);
   const declared = req.headers['content-length'];
   // A compressed body's declared length is of the compressed bytes.
-  if (declared !== undefined && !contentCoded(req) && Number(declared) !== bytes.length) {
-    return consumed(`the text it kept encodes back to ${bytes.length} bytes, not the ${declared} received (its decoding lost or changed bytes)`);
+  if (declared !== undefined && !contentCoded(req)) {
+    if (Number(declared) !== bytes.length) return consumed(`the text it kept encodes back to ${bytes.length} bytes, not the ${declared} received (its decoding lost or changed bytes)`);
+  } else if (text.includes('\uFFFD')) {
+    // No length to check it by: a replacement character is what a lossy decoding leaves.
+    return consumed('the text it kept holds U+FFFD, which a decoding that lost bytes leaves, and no Content-Length to check it by');
   }
   return bytes;
 }
@@ -70,12 +73,18 @@ function isJson(req: IncomingMessage): boolean {
  * A body parser before the proxy decompressed the body it kept (body-parser
  * and koa-bodyparser inflate gzip, deflate and br): the copies carry those
  * bytes, so they go without the client's \`content-encoding\`. Bytes kept
- * still compressed (gzip's magic number at their start) keep it.
+ * as they were sent (raw-body, for a webhook's signature) keep it: bytes as
+ * long as the \`Content-Length\` received, or starting as gzip or zlib
+ * (deflate) data starts.
  */
 export function decodedByParser(req: IncomingMessage, body: Buffer | null): boolean {
   if (body === null || !contentCoded(req) || !(req.readableEnded || (req as { _body?: boolean })._body === true)) return false;
-  const gzip = /^\s*(x-)?gzip\s*$/i.test(req.headers['content-encoding'] ?? '');
-  return !(gzip && body.length >= 2 && body[0] === 0x1f && body[1] === 0x8b);
+  const declared = req.headers['content-length'];
+  if (declared !== undefined && Number(declared) === body.length) return false;
+  const coding = (req.headers['content-encoding'] ?? '').trim().toLowerCase();
+  if ((coding === 'gzip' || coding === 'x-gzip') && body.length >= 2 && body[0] === 0x1f && body[1] === 0x8b) return false;
+  if (coding === 'deflate' && body.length >= 2 && (body[0]! & 0x0f) === 8 && ((body[0]! << 8) | body[1]!) % 31 === 0) return false;
+  return true;
 }
 
 const tooLarge = (max: number) =>
