@@ -70,11 +70,13 @@ export function holdEnd(w: WorkerContext, res: ServerResponse, p: Prepared): voi
       after.push(() => (end as (...a: unknown[]) => void).apply(res, args));
       return this;
     }
-    ending = true;
     // The status as it is now: one set after the handler's end is not its
     // answer's. Node renders an implicit head in end() itself (measuring the
     // body: Content-Length), so it is kept as a status, not made a writeHead.
     const implicit = held === null && !res.headersSent ? ([res.statusCode, res.statusMessage] as const) : null;
+    // What Node's implicit head would refuse in this very call (a status set out of range, a reason with a line break).
+    if (implicit) checkedStatus(implicit[0], implicit[1]);
+    ending = true;
     p.gate.mark(res);
     // From here the answer reads as sent and ended, and its head refuses
     // changes, as Node's would (a second res.json() throws in its own call).
@@ -120,13 +122,9 @@ export function holdEnd(w: WorkerContext, res: ServerResponse, p: Prepared): voi
  */
 function checkedHead(res: ServerResponse, statusCode: number, reason: unknown, headers: unknown): [number, string | undefined] {
   if (res.headersSent) throw headersSent();
-  const status = statusCode | 0;
-  if (status < 100 || status > 999) throw Object.assign(new RangeError(`Invalid status code: ${String(statusCode)}`), { code: 'ERR_HTTP_INVALID_STATUS_CODE' });
-  let message: string | undefined;
-  if (typeof reason === 'string') {
-    validateHeaderValue('statusMessage', reason);
-    message = reason;
-  } else headers ??= reason;
+  const message = typeof reason === 'string' ? reason : undefined;
+  if (typeof reason !== 'string') headers ??= reason;
+  const status = checkedStatus(statusCode, message);
   if (Array.isArray(headers)) {
     if (headers.length % 2 !== 0) throw Object.assign(new TypeError('The argument \'headers\' is invalid: an array of headers needs an even length'), { code: 'ERR_INVALID_ARG_VALUE' });
     for (let i = 0; i < headers.length; i += 2) validateHeaderValue(String(headers[i]), headers[i + 1]);
@@ -138,6 +136,14 @@ function checkedHead(res: ServerResponse, statusCode: number, reason: unknown, h
   res.statusCode = status;
   if (message !== undefined) res.statusMessage = message;
   return [status, message];
+}
+
+/** A head's status (100 to 999) and reason, checked as Node checks them. */
+function checkedStatus(statusCode: number, reason: string | undefined): number {
+  const status = statusCode | 0;
+  if (status < 100 || status > 999) throw Object.assign(new RangeError(`Invalid status code: ${String(statusCode)}`), { code: 'ERR_HTTP_INVALID_STATUS_CODE' });
+  if (reason !== undefined) validateHeaderValue('statusMessage', reason);
+  return status;
 }
 
 /** Node's refusal of a second head. */
