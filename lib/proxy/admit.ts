@@ -117,6 +117,8 @@ const ESCAPE = /%([0-9a-f]{2})/gi;
  * holding escapes after three decodings is refused too.
  */
 function hasDotSegment(pathname: string): boolean {
+  // Most paths hold no `.`, `%` or backslash: nothing to read twice.
+  if (!/[.%\\]/.test(pathname)) return false;
   let path = pathname;
   for (let pass = 0; ; pass++) {
     for (const segment of path.split(/[/\\]/)) {
