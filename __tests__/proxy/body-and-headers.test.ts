@@ -26,6 +26,21 @@ async function upstreams(n: number, behaviour = after(1)): Promise<TestUpstream[
 
 const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
 
+/** `body` as a chunked body of one chunk. */
+const oneChunk = (body: Buffer) => Buffer.concat([Buffer.from(`${body.length.toString(16)}\r\n`), body, Buffer.from('\r\n0\r\n\r\n')]);
+
+/** A body parser before the proxy that reads the body whole and keeps `keep(bytes)` as `req.rawBody`. */
+function keepsRawBody(keep: (bytes: Buffer) => Buffer | string): express.RequestHandler {
+  return (req, _res, next) => {
+    const chunks: Buffer[] = [];
+    req.on('data', (c: Buffer) => chunks.push(c));
+    req.on('end', () => {
+      (req as unknown as { rawBody: Buffer | string }).rawBody = keep(Buffer.concat(chunks));
+      next();
+    });
+  };
+}
+
 /** A raw `GET /h` with Host gateway.example and these header lines, through a proxy to `ups` in a `kind` gateway. */
 async function rawGet(kind: Framework, ups: TestUpstream[], lines: string[]) {
   const proxy = redundantProxy({ upstreams: ups.map((u) => u.url) });
@@ -147,15 +162,7 @@ describe('bodies consumed by a parser before the proxy', () => {
 
   it('bytes kept as they were sent (still compressed, as for a webhook signature) keep their Content-Encoding, with a length or chunked', async () => {
     const ups = await upstreams(1);
-    const keepsRaw: express.RequestHandler = (req, _res, next) => {
-      const chunks: Buffer[] = [];
-      req.on('data', (c: Buffer) => chunks.push(c));
-      req.on('end', () => {
-        (req as unknown as { rawBody: Buffer }).rawBody = Buffer.concat(chunks);
-        next();
-      });
-    };
-    const gw = await expressGateway([keepsRaw], ups.map((u) => u.url));
+    const gw = await expressGateway([keepsRawBody((bytes) => bytes)], ups.map((u) => u.url));
     const cases = [
       ['gzip', gzipSync('{"event":"paid"}'), true],
       ['deflate', deflateSync('{"event":"paid"}'), true],
@@ -165,9 +172,7 @@ describe('bodies consumed by a parser before the proxy', () => {
     ] as const;
     for (const [i, [coding, sent, withLength]] of cases.entries()) {
       const head = `POST /x HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Encoding: ${coding}\r\nConnection: close\r\n`;
-      const res = withLength
-        ? await rawRequest(gw.url, `${head}Content-Length: ${sent.length}\r\n\r\n`, sent)
-        : await rawRequest(gw.url, `${head}Transfer-Encoding: chunked\r\n\r\n${sent.length.toString(16)}\r\n`, Buffer.concat([sent, Buffer.from('\r\n0\r\n\r\n')]));
+      const res = withLength ? await rawRequest(gw.url, `${head}Content-Length: ${sent.length}\r\n\r\n`, sent) : await rawRequest(gw.url, `${head}Transfer-Encoding: chunked\r\n\r\n`, oneChunk(sent));
       expect([coding, withLength, res.status]).toEqual([coding, withLength, 200]);
       const seen = ups[0]!.seen[i]!;
       expect(seen.body.equals(sent)).toBe(true);
@@ -178,7 +183,7 @@ describe('bodies consumed by a parser before the proxy', () => {
   it('text a parser kept without a length to check it by is refused when it holds U+FFFD, the mark of a decoding that lost bytes', async () => {
     const ups = await upstreams(1);
     const gw = await expressGateway([express.text({ type: 'text/plain' })], ups.map((u) => u.url));
-    const chunked = (body: Buffer) => rawRequest(gw.url, `POST /x HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain; charset=utf-8\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n${body.length.toString(16)}\r\n`, Buffer.concat([body, Buffer.from('\r\n0\r\n\r\n')]));
+    const chunked = (body: Buffer) => rawRequest(gw.url, 'POST /x HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain; charset=utf-8\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n', oneChunk(body));
     const lossy = await chunked(Buffer.from([0x63, 0x61, 0x66, 0xe9])); // latin1 sent as UTF-8
     expect([lossy.status, JSON.parse(lossy.body).code]).toEqual([500, 'RP_ERR_BODY_CONSUMED']);
     const fine = await chunked(Buffer.from('café'));
@@ -198,15 +203,7 @@ describe('bodies consumed by a parser before the proxy', () => {
   it('text a parser decoded with loss (latin1 read as UTF-8), or a parsed JSON string, is refused with 500 RP_ERR_BODY_CONSUMED, never forwarded changed', async () => {
     const ups = await upstreams(1);
     // What koa-bodyparser does with a form: the bytes decoded as UTF-8, kept as a string.
-    const decodesUtf8: express.RequestHandler = (req, _res, next) => {
-      const chunks: Buffer[] = [];
-      req.on('data', (c: Buffer) => chunks.push(c));
-      req.on('end', () => {
-        (req as unknown as { rawBody: string }).rawBody = Buffer.concat(chunks).toString('utf8');
-        next();
-      });
-    };
-    const lossy = await expressGateway([decodesUtf8], ups.map((u) => u.url));
+    const lossy = await expressGateway([keepsRawBody((bytes) => bytes.toString('utf8'))], ups.map((u) => u.url));
     const res = await client.send(`${lossy.url}/x`, { method: 'POST', body: Buffer.from([0x63, 0x61, 0x66, 0xe9]), headers: { 'content-type': 'application/x-www-form-urlencoded; charset=iso-8859-1' } });
     expect(res.status).toBe(500);
     expect(res.json()).toMatchObject({ code: 'RP_ERR_BODY_CONSUMED', message: expect.stringContaining('charset iso-8859-1') });

@@ -1,10 +1,9 @@
-import net from 'node:net';
 import { afterAll, describe, expect, it } from '@jest/globals';
 import { redundantProxy } from '../../lib/index.js';
 import { closeAfterEach } from '../helpers/cleanup.js';
 import { testClient } from '../helpers/client.js';
 import { frameworks, mountGateway, raceFixture } from '../helpers/gateway.js';
-import { after, rawRequest } from '../helpers/upstream.js';
+import { after, rawRequest, rawUpstream } from '../helpers/upstream.js';
 
 // Answers that are legal HTTP but unusual: interim 1xx heads before the final
 // one, a 304 that states the length of the body it does not carry.
@@ -12,35 +11,6 @@ import { after, rawRequest } from '../helpers/upstream.js';
 const client = testClient();
 const open = closeAfterEach();
 afterAll(() => client.close());
-
-/** A raw TCP upstream that answers every request with `reply` (bytes as they go on the wire). */
-async function rawUpstream(reply: string): Promise<{ url: string; close(): Promise<void> }> {
-  const sockets = new Set<net.Socket>();
-  const server = net.createServer((socket) => {
-    sockets.add(socket);
-    socket.on('close', () => sockets.delete(socket));
-    let buffered = '';
-    socket.on('data', (chunk) => {
-      buffered += chunk.toString('latin1');
-      // One answer per request head (the bodies here are empty).
-      while (buffered.includes('\r\n\r\n')) {
-        buffered = buffered.slice(buffered.indexOf('\r\n\r\n') + 4);
-        socket.write(reply);
-      }
-    });
-    socket.on('error', () => undefined);
-  });
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  const { port } = server.address() as net.AddressInfo;
-  return {
-    url: `http://127.0.0.1:${port}`,
-    close: () =>
-      new Promise<void>((resolve) => {
-        for (const s of sockets) s.destroy();
-        server.close(() => resolve());
-      }),
-  };
-}
 
 describe.each(frameworks)('odd but legal answers (%s)', (kind) => {
   it('an interim 103 Early Hints (and 102 Processing) is never adopted: the client gets the final 200', async () => {

@@ -251,15 +251,21 @@ describe('a WebSocket handshake that reaches the middleware as a plain request',
   });
 });
 
+/** An Express gateway with the proxy mounted under /api (its upstream's URL ending in /api), attached with that mountPath. */
+async function mountedUnderApi() {
+  const a = await wsUpstream('a');
+  const proxy = redundantProxy({ upstreams: [{ id: 'a', url: `${a.url}/api` }] });
+  const app = express();
+  app.use('/api', proxy);
+  const gw = await listenPlain(app);
+  open.push(gw, proxy);
+  proxy.attach(gw.server, { mountPath: '/api' });
+  return { a, proxy, gw };
+}
+
 describe('attach(server, { mountPath }) under an Express mount', () => {
   it('an upgrade under the mount path goes where the mount’s requests go; one elsewhere is left to the server’s other listeners', async () => {
-    const a = await wsUpstream('a');
-    const proxy = redundantProxy({ upstreams: [{ id: 'a', url: `${a.url}/api` }] });
-    const app = express();
-    app.use('/api', proxy);
-    const gw = await listenPlain(app);
-    open.push(gw, proxy);
-    proxy.attach(gw.server, { mountPath: '/api' });
+    const { a, proxy, gw } = await mountedUnderApi();
     // Someone else's upgrades.
     gw.server.on('upgrade', (req: IncomingMessage, socket: net.Socket) => {
       if (!/^\/api([/?]|$)/i.test(req.url!)) socket.end('HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n');
@@ -283,13 +289,7 @@ describe('attach(server, { mountPath }) under an Express mount', () => {
   });
 
   it('an upgrade outside the mount path, on a server where nothing else takes upgrades, is answered 404 and closed, never left open', async () => {
-    const a = await wsUpstream('a');
-    const proxy = redundantProxy({ upstreams: [{ id: 'a', url: `${a.url}/api` }] });
-    const app = express();
-    app.use('/api', proxy);
-    const gw = await listenPlain(app);
-    open.push(gw, proxy);
-    proxy.attach(gw.server, { mountPath: '/api' });
+    const { a, proxy, gw } = await mountedUnderApi();
     const res = await new Promise<{ head: string; body: string }>((resolve, reject) => {
       const socket = net.connect(Number(new URL(gw.url).port), '127.0.0.1');
       let out = '';

@@ -19,6 +19,7 @@ afterAll(async () => {
 type Handler = (req: http.IncomingMessage & { redundant?: import('../../lib/index.js').RedundantHandle }, res: http.ServerResponse) => void;
 
 async function setup(handler: Handler, store: SessionStore = new MemorySessionStore()) {
+  closers.push(() => store.close());
   const replicas = [];
   for (const id of ['a', 'b']) {
     const worker = redundantWorker({ id, store });
@@ -194,7 +195,9 @@ describe('node:http handlers that use writeHead', () => {
     });
     const res = await client.send(`${url}/plain`);
     expect([res.text, res.headers['content-length'], res.headers['transfer-encoding']]).toEqual(['hello', '5', undefined]);
-    const worker = redundantWorker({ id: 'n', store: new MemorySessionStore() });
+    const own = new MemorySessionStore();
+    closers.push(() => own.close());
+    const worker = redundantWorker({ id: 'n', store: own });
     const direct = await listen((req, r) => worker(req, r, () => r.end('hello')));
     closers.push(direct.close);
     const raw = await rawRequest(direct.url, 'GET /x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n');
@@ -205,6 +208,7 @@ describe('node:http handlers that use writeHead', () => {
 describe('Express handlers with the worker', () => {
   it('a second res.json() after the first (a missing return) throws in its own call, as without the worker: the first answer goes as it was', async () => {
     const store = new MemorySessionStore();
+    closers.push(() => store.close());
     const worker = redundantWorker({ id: 'a', store });
     const app = express();
     app.use(worker);

@@ -1,5 +1,6 @@
 import type { IncomingMessage } from 'node:http';
 import { codes, RedundantProxyError } from '../errors.js';
+import { otherCoding } from './headers.js';
 
 /**
  * Where a body parser that ran before the proxy may have left the raw bytes:
@@ -142,9 +143,14 @@ const overloaded = () =>
 /**
  * Reads the whole request body, at most `max` bytes, so it can be copied.
  * Resolves `null` when the request has no body. Rejects with a
- * `RedundantProxyError` (413, 400 or 500) otherwise; never buffers past `max`.
+ * `RedundantProxyError` (413, 400, 501 or 500) otherwise; never buffers past `max`.
  */
 export function readBody(req: IncomingMessage, max: number, hints: ParsedBodyHints, limits?: BodyLimits): Promise<Buffer | null> {
+  const coding = otherCoding(req.headers['transfer-encoding']);
+  if (coding !== undefined) {
+    // Node took the chunked framing off and left the rest coded: sent on as plain bytes, it would be another body.
+    return Promise.reject(new RedundantProxyError(codes.TRANSFER_CODING, `the request body's transfer coding ${JSON.stringify(coding)} is not supported (only chunked); send it with Content-Encoding instead`, { status: 501 }));
+  }
   const declared = req.headers['content-length'];
   let reserved = 0;
   if (declared !== undefined) {

@@ -12,7 +12,7 @@ import { ClientSessions, requestTarget, type ClientSession } from './admit.js';
 import { BodyBudget, decodedByParser, readBody, type BodyShare, type ParsedBodyHints } from './body.js';
 import { Bookkeeping } from './bookkeeping.js';
 import { Ejector } from './ejection.js';
-import { dropHeader, forwardRequestHeaders, otherCoding } from './headers.js';
+import { dropHeader, forwardRequestHeaders } from './headers.js';
 import { startHealthChecks } from './health-checks.js';
 import { AdaptiveDelay, HedgeBudget, hedgeQuantile } from './hedge.js';
 import { Idempotency, type KeyedAttempt } from './idempotency.js';
@@ -219,19 +219,13 @@ export function redundantProxy(options: ProxyOptions): RedundantProxy {
       sendError(res, new RedundantProxyError(codes.UPGRADE_NOT_ATTACHED, "a WebSocket upgrade reached the proxy as a plain request: hand the server's upgrades to it with proxy.attach(server)", { status: 501 }), requestId, { connection: 'close' });
       return null;
     }
-    const coding = otherCoding(req.headers['transfer-encoding']);
-    if (coding !== undefined) {
-      // Node took the chunked framing off and left the rest coded: sent on as plain bytes, it would be another body.
-      sendError(res, new RedundantProxyError(codes.TRANSFER_CODING, `the request body's transfer coding ${JSON.stringify(coding)} is not supported (only chunked); send it with Content-Encoding instead`, { status: 501 }), requestId, { connection: 'close' });
-      return null;
-    }
     let body: Buffer | null;
     try {
       body = await readBody(req, opts.maxBodySize, hints, { share, totalMs: opts.bodyTimeout, idleMs: opts.bodyIdleTimeout });
     } catch (err) {
       const e = err instanceof RedundantProxyError ? err : toInternal(err);
       // The rest of the body is not read: close the connection after answering.
-      const unread = e.code === codes.BODY_TOO_LARGE || e.code === codes.BODY_READ || e.code === codes.BODY_TIMEOUT || e.code === codes.OVERLOADED;
+      const unread = e.code === codes.BODY_TOO_LARGE || e.code === codes.BODY_READ || e.code === codes.BODY_TIMEOUT || e.code === codes.OVERLOADED || e.code === codes.TRANSFER_CODING;
       sendError(res, e, requestId, unread ? { connection: 'close', ...(e.code === codes.OVERLOADED ? { 'retry-after': '1' } : {}) } : undefined);
       return null;
     }

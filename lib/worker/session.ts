@@ -82,7 +82,7 @@ export function holdEnd(w: WorkerContext, res: ServerResponse, p: Prepared): voi
     // changes, as Node's would (a second res.json() throws in its own call).
     const { setHeader, appendHeader, removeHeader } = res;
     const refused = () => {
-      throw Object.assign(new Error('Cannot set headers after they are sent to the client'), { code: 'ERR_HTTP_HEADERS_SENT' });
+      throw headersSent('set');
     };
     const ended = () => true;
     Object.defineProperty(res, 'headersSent', { configurable: true, get: ended });
@@ -121,7 +121,7 @@ export function holdEnd(w: WorkerContext, res: ServerResponse, p: Prepared): voi
  * pairs replace and then add: duplicates stay), each checked by `setHeader`.
  */
 function checkedHead(res: ServerResponse, statusCode: number, reason: unknown, headers: unknown): [number, string | undefined] {
-  if (res.headersSent) throw headersSent();
+  if (res.headersSent) throw headersSent('render');
   const message = typeof reason === 'string' ? reason : undefined;
   if (typeof reason !== 'string') headers ??= reason;
   const status = checkedStatus(statusCode, message);
@@ -146,9 +146,9 @@ function checkedStatus(statusCode: number, reason: string | undefined): number {
   return status;
 }
 
-/** Node's refusal of a second head. */
-function headersSent(): Error {
-  return Object.assign(new Error('Cannot render headers after they are sent to the client'), { code: 'ERR_HTTP_HEADERS_SENT' });
+/** Node's refusal of a head, or a header, once the head is sent. */
+function headersSent(what: 'set' | 'render'): Error {
+  return Object.assign(new Error(`Cannot ${what} headers after they are sent to the client`), { code: 'ERR_HTTP_HEADERS_SENT' });
 }
 
 /** What Node's `end()` and `write()` refuse at once: a chunk that is neither text nor bytes. */
